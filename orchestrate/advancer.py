@@ -1,0 +1,224 @@
+"""The process that advances a pipeline after the caller's `doit` returned.
+
+`doit` takes the scheduling lock, decides, then forks: the parent prints and
+returns at once; the child (which keeps the lock: flock belongs to the open
+file) launches, then stays on as the advancer. It sleeps in inotify on the
+state folder, runs a pass whenever a run ends or a signal appears, and exits
+once nothing in its selection can advance. One advancer per selection: a
+second one for the same selection exits as soon as it has launched.
+"""
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+import sys
+import traceback
+from pathlib import Path
+from typing import Callable
+
+from .engine import Engine, PassResult, SelectionError, select
+from .scheduler import Decision
+from .spec import PipelineError, load_workspace
+from .state import Layout, SchedulingLock, append_event
+
+IDLE_CHECK_SECONDS = 1.0   # liveness check of running agents when nothing happens
+
+
+def can_advance(decisions: dict[str, Decision]) -> bool:
+    """Something is running, queued, launching, or waits on an external signal."""
+    return any(d.state in ("launch", "running", "queued") or
+               (d.state == "waiting" and d.external and not d.blocked)
+               for d in decisions.values())
+
+
+class AdvancerSlot:
+    """flock on `.orchestrate/advancers/<selection>.lock`, held while alive."""
+
+    def __init__(self, layout: Layout, names: list[str]):
+        key = hashlib.sha256("\0".join(sorted(names)).encode()).hexdigest()[:16]
+        directory = layout.base / "advancers"
+        directory.mkdir(exist_ok=True)
+        self.path = directory / f"{key}.lock"
+        self.fd: int | None = None
+
+    def take(self) -> bool:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        self.fd = fd
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        return True
+
+    def give_up(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+class Watcher:
+    """Blocks until something under `.orchestrate/` that a pass cares about changes."""
+
+    def __init__(self, layout: Layout, pipelines: list[str]):
+        self.layout = layout
+        self.inotify = None
+        try:
+            from inotify_simple import INotify, flags
+        except ImportError:   # not Linux: a short sleep loop instead
+            return
+        self.inotify = INotify()
+        mask = flags.CLOSE_WRITE | flags.MOVED_TO | flags.DELETE | flags.CREATE
+        for directory in [layout.runs_dir, layout.signals_dir,
+                          *(layout.signals_dir / p for p in pipelines),
+                          *(layout.status_dir / p for p in pipelines),
+                          layout.root / "pipelines"]:
+            if directory.is_dir():
+                self.inotify.add_watch(directory, mask)
+
+    def wait(self, timeout: float) -> bool:
+        """True if something changed, False on timeout."""
+        if self.inotify is None:
+            import time
+            time.sleep(min(timeout, 0.05))
+            return True
+        return bool(self.inotify.read(timeout=int(timeout * 1000)))
+
+    def close(self) -> None:
+        if self.inotify is not None:
+            self.inotify.close()
+
+
+def reap_children() -> None:
+    """Collect agents we launched that have exited (their wrapper records the status)."""
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+
+
+def _pipeline_stamp(root: Path) -> tuple:
+    files = sorted((root / "pipelines").glob("*.toml"))
+    return tuple((str(p), p.stat().st_mtime_ns) for p in files if p.exists())
+
+
+class Advancer:
+    """Runs passes for one selection until it can go no further."""
+
+    def __init__(self, engine: Engine, names: list[str], lock: SchedulingLock,
+                 slot: AdvancerSlot, log: Callable[[str], None]):
+        self.engine = engine
+        self.names = names
+        self.lock = lock
+        self.slot = slot
+        self.log = log
+        self.agents = select(engine.workspace, names)
+        self.stamp = _pipeline_stamp(engine.workspace.root)
+
+    def reload_if_changed(self) -> bool:
+        """Pick up edited pipeline files; False if they became invalid."""
+        stamp = _pipeline_stamp(self.engine.workspace.root)
+        if stamp == self.stamp:
+            return True
+        self.stamp = stamp
+        try:
+            workspace = load_workspace(self.engine.workspace.root)
+            agents = select(workspace, self.names)
+        except (PipelineError, SelectionError) as err:
+            self.log(f"pipelines changed and cannot be loaded; stopped advancing: {err}")
+            return False
+        self.engine = Engine(workspace, self.engine.launcher)
+        self.agents = agents
+        return True
+
+    def pass_and_go_on(self) -> bool:
+        """One pass; False (with the slot given up under the lock) when done.
+
+        Leaving happens under the scheduling lock, so a `doit` that launches
+        after our last pass finds the slot free and advances by itself.
+        """
+        with self.lock:
+            result = self.engine.run_pass(self.agents)
+            self.engine.launch_all(result)
+            if can_advance(result.decisions):
+                return True
+            self.slot.give_up()
+            return False
+
+    def run(self, watcher: Watcher) -> None:
+        while self.pass_and_go_on():
+            changed = watcher.wait(IDLE_CHECK_SECONDS)
+            reap_children()
+            if changed and not self.reload_if_changed():
+                with self.lock:
+                    self.slot.give_up()
+                return
+
+
+def _detach_stdio(layout: Layout) -> Callable[[str], None]:
+    """The advancer must not hold the caller's pipes open, nor its terminal."""
+    os.setsid()
+    null = os.open(os.devnull, os.O_RDWR)
+    log_fd = os.open(layout.base / "advancer.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND,
+                     0o644)
+    os.dup2(null, 0)
+    os.dup2(log_fd, 1)
+    os.dup2(log_fd, 2)
+    os.close(null)
+    os.close(log_fd)
+
+    def log(message: str) -> None:
+        from .state import utc_now
+        sys.stderr.write(f"{utc_now()} [{os.getpid()}] {message}\n")
+        sys.stderr.flush()
+    return log
+
+
+def fork_advancer(engine: Engine, names: list[str], lock: SchedulingLock,
+                  result: PassResult) -> int:
+    """Launch `result`'s ready agents and advance, in a detached child.
+
+    Called with `lock` held; returns the child's pid in the parent, which
+    keeps no hold on the lock. The child never returns.
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid:
+        lock.forget()
+        return pid
+    code = 0
+    try:
+        log = _detach_stdio(engine.layout)
+        code = _advance_in_child(engine, names, lock, result, log)
+    except BaseException:  # the child must never return into doit
+        try:
+            sys.stderr.write(traceback.format_exc())
+            sys.stderr.flush()
+        finally:
+            code = 70
+    os._exit(code)
+
+
+def _advance_in_child(engine: Engine, names: list[str], lock: SchedulingLock,
+                      result: PassResult, log: Callable[[str], None]) -> int:
+    watcher = Watcher(engine.layout, [p.name for p in engine.workspace.pipelines])
+    try:
+        engine.launch_all(result)
+        slot = AdvancerSlot(engine.layout, names)
+        if not can_advance(result.decisions) or not slot.take():
+            lock.release()
+            return 0
+        lock.release()
+        append_event(engine.layout, "advancer_start", pid=os.getpid(), selection=names)
+        Advancer(engine, names, lock, slot, log).run(watcher)
+        append_event(engine.layout, "advancer_exit", pid=os.getpid())
+        return 0
+    finally:
+        watcher.close()

@@ -1,0 +1,145 @@
+"""doit plugin commands. Thin: options, the help users see, a library call.
+
+`run` and `forget` replace doit built-ins and are registered only in the
+workspace's pyproject.toml; the others are package entry points.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from doit.cmd_base import DoitCmdBase, subtasks_iter, tasks_and_deps_iter
+from doit.cmd_forget import Forget as DoitForget
+from doit.exceptions import InvalidCommand
+
+from . import control
+from .engine import SelectionError
+from .state import StateFileError
+
+
+class OrchestrateCommand(DoitCmdBase):
+    """Turns user mistakes into doit's "ERROR: ..." and exit code 3."""
+
+    def execute(self, params, args):
+        try:
+            return super().execute(params, args)
+        except (SelectionError, StateFileError, ValueError) as err:
+            raise InvalidCommand(str(err)) from None
+        finally:
+            if self.dep_manager is not None:
+                self.dep_manager.close()
+
+    @property
+    def root(self) -> Path:
+        return Path(os.getcwd())  # doit has changed into the dodo file's folder
+
+
+opt_timeout = {"name": "timeout", "long": "timeout", "type": float, "default": None,
+               "help": "stop waiting after this many seconds (exit 124)"}
+opt_cancel_on_interrupt = {
+    "name": "cancel_on_interrupt", "long": "cancel-on-interrupt", "type": bool,
+    "default": False, "help": "on Ctrl-C, cancel the selected running agents too"}
+opt_json = {"name": "as_json", "long": "json", "type": bool, "default": False,
+            "help": "print {\"agents\": [status records]} as JSON"}
+opt_follow = {"name": "follow", "short": "f", "long": "follow", "type": bool,
+              "default": False, "help": "keep printing while the agent runs"}
+
+
+class Run(OrchestrateCommand):
+    name = "run"
+    doc_purpose = "launch every ready agent detached and return at once"
+    doc_usage = "[TASK ...]"
+    doc_description = ("Agents whose signal is current are skipped; running or gated ones "
+                       "are shown and set aside. The pipeline then advances by itself.\n"
+                       "Exit: 0; 1 if a selected agent failed; 3 on an invalid pipeline.")
+    cmd_options = ()
+
+    def _execute(self, pos_args):
+        return control.run(self.root, pos_args, self.outstream)
+
+
+class Wait(OrchestrateCommand):
+    name = "wait"
+    doc_purpose = "like run, then block until the selection is done or can go no further"
+    doc_usage = "[TASK ...] [--timeout S]"
+    doc_description = "Exit: 0 all done; 1 something failed; 124 timeout."
+    cmd_options = (opt_timeout, opt_cancel_on_interrupt)
+
+    def _execute(self, pos_args, timeout, cancel_on_interrupt):
+        return control.wait(self.root, pos_args, timeout, self.outstream,
+                            live=control.is_terminal(self.outstream),
+                            cancel_on_interrupt=cancel_on_interrupt)
+
+
+class Status(OrchestrateCommand):
+    name = "status"
+    doc_purpose = "show each agent's state, elapsed time, attempt and reason"
+    doc_usage = "[TASK ...] [--json]"
+    doc_description = None
+    cmd_options = (opt_json,)
+
+    def _execute(self, pos_args, as_json):
+        decisions, records = control.status(self.root, pos_args)
+        if as_json:
+            self.outstream.write(json.dumps(control.status_json(decisions, records),
+                                            indent=1) + "\n")
+        else:
+            control.print_status(self.outstream, decisions, records)
+        return 0
+
+
+class Logs(OrchestrateCommand):
+    name = "logs"
+    doc_purpose = "print an agent's log (-f: follow it while the agent runs)"
+    doc_usage = "PIPELINE:AGENT [-f]"
+    doc_description = None
+    cmd_options = (opt_follow,)
+
+    def _execute(self, pos_args, follow):
+        if len(pos_args) != 1:
+            raise InvalidCommand("logs takes one agent, e.g. doit logs review:plan")
+        return control.print_log(self.root, pos_args[0], follow, self.outstream)
+
+
+class Signal(OrchestrateCommand):
+    name = "signal"
+    doc_purpose = "create an external signal that agents wait_for"
+    doc_usage = "NAME"
+    doc_description = None
+    cmd_options = ()
+
+    def _execute(self, pos_args):
+        if len(pos_args) != 1:
+            raise InvalidCommand("signal takes one name, e.g. doit signal approved")
+        self.outstream.write(control.signal_create(self.root, pos_args[0]) + "\n")
+        return 0
+
+
+class Cancel(OrchestrateCommand):
+    name = "cancel"
+    doc_purpose = "stop running agents (SIGTERM to the group, SIGKILL after kill_grace)"
+    doc_usage = "[TASK ...]"
+    doc_description = None
+    cmd_options = ()
+
+    def _execute(self, pos_args):
+        return control.cancel(self.root, pos_args, self.outstream)
+
+
+class Forget(DoitForget):
+    """doit's forget, which also clears orchestrate's record of the agents."""
+
+    def _execute(self, forget_sub, forget_disable_default, forget_all):
+        tasks = {t.name: t for t in self.task_list}
+        if forget_all:
+            names = list(tasks)
+        elif self.sel_default_tasks and forget_disable_default:
+            names = []
+        elif forget_sub:
+            names = [t.name for t in tasks_and_deps_iter(tasks, self.sel_tasks or [])]
+        else:
+            names = [t.name for sel in self.sel_tasks or [] if sel in tasks
+                     for t in [tasks[sel], *subtasks_iter(tasks, tasks[sel])]]
+        control.forget_agents(Path(os.getcwd()), names, self.outstream)
+        return super()._execute(forget_sub, forget_disable_default, forget_all)

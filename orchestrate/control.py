@@ -1,0 +1,293 @@
+"""What each command does, as library calls the thin doit commands make."""
+from __future__ import annotations
+
+import os
+import signal
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import IO
+
+from .advancer import AdvancerSlot, Watcher, can_advance, fork_advancer
+from .engine import Engine, PassResult, select
+from .scheduler import Decision
+from .spec import NAME_RE, Agent
+from .state import (Layout, SchedulingLock, StatusRecord, append_event, read_status,
+                    utc_now, write_json, write_status)
+from .tasks import workspace_at
+from .ui import decision_line, status_row, status_table, summary_line, write_decisions
+
+EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_TIMEOUT, EXIT_INTERRUPTED = 0, 1, 3, 124, 130
+
+
+def outcome(decisions: dict[str, Decision]) -> int:
+    """0 unless an agent of the selection failed or was cancelled."""
+    bad = any(d.state in ("failed", "cancelled") for d in decisions.values())
+    return EXIT_FAILED if bad else EXIT_OK
+
+
+def start(root: Path, names: list[str]) -> dict[str, Decision]:
+    """Decide under the lock; a detached child launches and advances."""
+    workspace = workspace_at(root)
+    agents = select(workspace, names)
+    engine = Engine(workspace)
+    lock = SchedulingLock(engine.layout)
+    lock.acquire()
+    result = engine.run_pass(agents)
+    launches = any(d.state == "launch" for d in result.decisions.values())
+    if launches or (can_advance(result.decisions) and _slot_free(engine.layout, names)):
+        fork_advancer(engine, names, lock, result)
+    else:
+        lock.release()
+    return result.decisions
+
+
+def _slot_free(layout: Layout, names: list[str]) -> bool:
+    slot = AdvancerSlot(layout, names)
+    if slot.take():
+        slot.give_up()
+        return True
+    return False
+
+
+def run(root: Path, names: list[str], out: IO[str]) -> int:
+    decisions = start(root, names)
+    write_decisions(out, decisions.values())
+    return outcome(decisions)
+
+
+def _pass(engine: Engine, agents: list[Agent], lock: SchedulingLock) -> PassResult:
+    with lock:
+        result = engine.run_pass(agents)
+        engine.launch_all(result)
+    return result
+
+
+class _PlainProgress:
+    """Piped output: a line each time an agent's state or reason changes."""
+
+    def __init__(self, out: IO[str]):
+        self.out = out
+        self.seen: dict[str, str] = {}
+
+    def update(self, decisions: dict[str, Decision], records: dict) -> None:
+        for task, decision in decisions.items():
+            line = decision_line(decision)
+            if self.seen.get(task) != line:
+                self.seen[task] = line
+                self.out.write(line + "\n")
+        self.out.flush()
+
+    def close(self) -> None:
+        pass
+
+
+class _LiveProgress:
+    """Terminal: a rich live table of state, elapsed time and reason."""
+
+    def __init__(self, out: IO[str]):
+        from rich.console import Console
+        from rich.live import Live
+        self.console = Console(file=out)
+        self.live = Live(console=self.console, auto_refresh=False, transient=False)
+        self.live.start()
+
+    def update(self, decisions: dict[str, Decision], records: dict) -> None:
+        rows = [status_row(d, records.get(t)) for t, d in decisions.items()]
+        self.live.update(status_table(rows, title=summary_line(decisions.values())),
+                         refresh=True)
+
+    def close(self) -> None:
+        self.live.stop()
+
+
+def wait(root: Path, names: list[str], timeout: float | None, out: IO[str],
+         live: bool, cancel_on_interrupt: bool = False) -> int:
+    """Start, then block until the selection is done or can go no further."""
+    start(root, names)
+    workspace = workspace_at(root)
+    agents = select(workspace, names)
+    engine = Engine(workspace)
+    lock = SchedulingLock(engine.layout)
+    watcher = Watcher(engine.layout, [p.name for p in workspace.pipelines])
+    progress = _LiveProgress(out) if live else _PlainProgress(out)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    try:
+        while True:
+            result = _pass(engine, agents, lock)
+            records = {t: f.record for t, f in result.facts.items()}
+            progress.update(result.decisions, records)
+            if not can_advance(result.decisions):
+                return outcome(result.decisions)
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                out.write(f"timeout after {timeout:g}s; agents keep running "
+                          "(doit status to check, doit cancel to stop them)\n")
+                return EXIT_TIMEOUT
+            watcher.wait(1.0 if remaining is None else min(1.0, remaining))
+    except KeyboardInterrupt:
+        progress.close()
+        if cancel_on_interrupt:
+            cancel(root, names, out)
+        else:
+            out.write("stopped waiting; agents keep running detached "
+                      "(doit status to check, doit cancel to stop them)\n")
+        return EXIT_INTERRUPTED
+    finally:
+        progress.close()
+        watcher.close()
+
+
+def status(root: Path, names: list[str]) -> tuple[dict[str, Decision], dict]:
+    """Settle finished runs (under the lock) and report; launches nothing."""
+    workspace = workspace_at(root)
+    agents = select(workspace, names)
+    engine = Engine(workspace)
+    with SchedulingLock(engine.layout):
+        result = engine.run_pass(agents)
+    return result.decisions, {t: f.record for t, f in result.facts.items()}
+
+
+def status_json(decisions: dict[str, Decision], records: dict) -> dict:
+    agents = []
+    for task, decision in decisions.items():
+        record = records.get(task)
+        base = record.to_json() if record else {
+            "pipeline": decision.agent.pipeline, "agent": decision.agent.name, "attempt": 0,
+            "pid": None, "started_at": None, "ended_at": None, "exit_code": None,
+            "log": "", "task": task}
+        for private in ("inputs", "upstream", "config_digest", "launches", "pid_create_time"):
+            base.pop(private, None)
+        state = decision.state if decision.state != "launch" else "pending"
+        agents.append({**base, "state": state, "reason": decision.reason, "task": task})
+    return {"agents": agents}
+
+
+def print_status(out: IO[str], decisions: dict[str, Decision], records: dict) -> None:
+    from rich.console import Console
+    console = Console(file=out, width=None if out.isatty() else 120)
+    rows = [status_row(d, records.get(t)) for t, d in decisions.items()]
+    console.print(status_table(rows))
+    console.print(summary_line(decisions.values()))
+
+
+def signal_create(root: Path, name: str) -> str:
+    if not NAME_RE.fullmatch(name):
+        raise ValueError(f"'{name}' is not a valid signal name "
+                         "(expected [A-Za-z0-9][A-Za-z0-9_-]*)")
+    layout = Layout(root)
+    layout.make_dirs()
+    path = layout.external_signal(name)
+    if path.exists():
+        return f"signal {name} already present"
+    write_json(path, {"name": name, "created_at": utc_now()})
+    append_event(layout, "signal", name=name)
+    return f"signal {name} created"
+
+
+def _group_alive(pgid: int) -> bool:
+    import psutil
+    for process in psutil.process_iter(["status"]):
+        try:
+            if os.getpgid(process.pid) == pgid and process.info["status"] != psutil.STATUS_ZOMBIE:
+                return True
+        except (ProcessLookupError, PermissionError):
+            continue
+    return False
+
+
+def stop_group(pid: int, grace: float) -> None:
+    """SIGTERM the agent's process group, SIGKILL what is left after `grace`."""
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        if not _group_alive(pid):
+            return
+        time.sleep(0.05)
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def cancel(root: Path, names: list[str], out: IO[str]) -> int:
+    from .launcher import is_alive
+    workspace = workspace_at(root)
+    agents = select(workspace, names) if names else [
+        a for p in workspace.pipelines for a in p.agents]
+    layout = Layout(workspace.root)
+    to_stop: list[tuple[Agent, StatusRecord]] = []
+    with SchedulingLock(layout):
+        for agent in agents:
+            record = read_status(layout, agent.pipeline, agent.name)
+            if record is None or record.state not in ("running", "launching"):
+                continue
+            alive = is_alive(record.pid, record.pid_create_time)
+            cancelled = replace(record, state="cancelled", ended_at=utc_now(),
+                                reason="cancelled by user")
+            write_status(layout, cancelled)
+            append_event(layout, "cancel", task=agent.task, run_id=record.run_id)
+            if alive:
+                to_stop.append((agent, record))
+    for agent, record in to_stop:
+        stop_group(record.pid, agent.kill_grace)
+        for path in (layout.exit_file(record.run_id or ""), layout.upstream_file(record.run_id or "")):
+            path.unlink(missing_ok=True)
+        out.write(f"cancelled {agent.task}\n")
+    if not to_stop:
+        out.write("nothing running to cancel\n")
+    return EXIT_OK
+
+
+def forget_agents(root: Path, tasks: list[str], out: IO[str]) -> None:
+    """Clear orchestrate's record of finished agents, so the next `doit` re-runs them."""
+    workspace = workspace_at(root)
+    layout = Layout(workspace.root)
+    with SchedulingLock(layout):
+        for task in tasks:
+            agent = workspace.agents_by_task.get(task)
+            if agent is None:
+                continue
+            record = read_status(layout, agent.pipeline, agent.name)
+            if record and record.state in ("running", "launching"):
+                out.write(f"{task} is running; not forgotten (doit cancel {task} first)\n")
+                continue
+            layout.status(agent.pipeline, agent.name).unlink(missing_ok=True)
+
+
+def print_log(root: Path, task: str, follow: bool, out: IO[str]) -> int:
+    workspace = workspace_at(root)
+    agent = workspace.agents_by_task.get(task)
+    if agent is None:
+        raise ValueError(f"'{task}' is not an agent (expected pipeline:agent)")
+    layout = Layout(workspace.root)
+    path = layout.log(agent.pipeline, agent.name)
+    if not path.exists():
+        out.write(f"{task} has no log yet\n")
+        return EXIT_OK
+    with open(path, "rb") as handle:
+        while True:
+            chunk = handle.read(65536)
+            if chunk:
+                out.write(chunk.decode(errors="replace"))
+                out.flush()
+                continue
+            if not follow:
+                return EXIT_OK
+            record = read_status(layout, agent.pipeline, agent.name)
+            if record is None or record.state not in ("running", "launching"):
+                rest = handle.read()
+                out.write(rest.decode(errors="replace"))
+                return EXIT_OK
+            time.sleep(0.1)
+
+
+def is_terminal(stream: IO[str]) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+

@@ -1,0 +1,260 @@
+"""One scheduling pass: read the state files, settle finished runs, decide, launch.
+
+A pass must run under the `SchedulingLock`; it re-reads every file it
+decides on, so any number of processes doing passes launch each agent once.
+"""
+from __future__ import annotations
+
+import glob
+import json
+import os
+import secrets
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from .fingerprint import digest_text
+from .launcher import Launcher, is_alive
+from .scheduler import ACTIVE, AgentFacts, Decision, plan
+from .spec import Agent, Workspace
+from .state import (Layout, StatusRecord, append_event, read_status, utc_now,
+                    write_status)
+from .wrapper import exit_time, finish_run, read_exit_code
+
+
+class SelectionError(Exception):
+    """A task name on the command line that matches no pipeline or agent."""
+
+
+def select(workspace: Workspace, names: list[str]) -> list[Agent]:
+    """Task names -> the agents they name plus everything upstream, upstream-first.
+
+    `review` selects a pipeline, `review:plan` one agent (and what it needs);
+    shell-style wildcards work as in doit (`review:impl_*`). None = everything.
+    """
+    from fnmatch import fnmatchcase
+    wanted: set[str] = set()
+    for name in names or [p.name for p in workspace.pipelines]:
+        pipeline_name, _, agent_name = name.partition(":")
+        matched = [a.task for p in workspace.pipelines if fnmatchcase(p.name, pipeline_name)
+                   for a in p.agents if not agent_name or fnmatchcase(a.name, agent_name)]
+        if not matched:
+            known = ", ".join(p.name for p in workspace.pipelines) or "none"
+            raise SelectionError(f"no pipeline or agent matches '{name}' (pipelines: {known})")
+        wanted.update(matched)
+    return upstream_closure(workspace, wanted)
+
+
+def upstream_closure(workspace: Workspace, tasks: set[str]) -> list[Agent]:
+    ordered: list[Agent] = []
+    seen: set[str] = set()
+
+    def visit(agent: Agent) -> None:
+        if agent.task in seen:
+            return
+        seen.add(agent.task)
+        for name in agent.upstream:
+            visit(workspace.agents_by_task[f"{agent.pipeline}:{name}"])
+        ordered.append(agent)
+
+    for pipeline in workspace.pipelines:
+        for agent in pipeline.agents:
+            if agent.task in tasks:
+                visit(agent)
+    return ordered
+
+
+def _is_pattern(text: str) -> bool:
+    return any(c in text for c in "*?[")
+
+
+def hash_inputs(root: Path, patterns: tuple[str, ...], cache: dict[str, list]) -> dict[str, list]:
+    """Input path -> [mtime_ns, size, digest]; unchanged files are not re-read."""
+    from .state import file_digest
+    result: dict[str, list] = {}
+    for pattern in patterns:
+        paths = (sorted(glob.glob(pattern, root_dir=root, recursive=True))
+                 if _is_pattern(pattern) else [pattern])
+        for rel in paths:
+            try:
+                stat = os.stat(root / rel)
+            except OSError:
+                continue
+            if not os.path.isfile(root / rel):
+                continue
+            old = cache.get(rel)
+            if old and old[0] == stat.st_mtime_ns and old[1] == stat.st_size:
+                result[rel] = old
+            else:
+                result[rel] = [stat.st_mtime_ns, stat.st_size, file_digest(root / rel)]
+    return result
+
+
+def read_signal_digest(path: Path) -> str | None:
+    try:
+        return digest_text(path.read_bytes())
+    except FileNotFoundError:
+        return None
+
+
+@dataclass
+class PassResult:
+    decisions: dict[str, Decision]
+    facts: dict[str, AgentFacts]
+
+
+class Engine:
+    """Scheduling passes for one workspace; holds no state between passes."""
+
+    def __init__(self, workspace: Workspace, launcher: Launcher | None = None):
+        self.workspace = workspace
+        self.layout = Layout(workspace.root)
+        self.launcher = launcher or Launcher(self.layout)
+        self.layout.make_dirs([p.name for p in workspace.pipelines])
+
+    # -- reading ---------------------------------------------------------
+    def records(self, agents: list[Agent]) -> dict[str, StatusRecord | None]:
+        return {a.task: read_status(self.layout, a.pipeline, a.name) for a in agents}
+
+    def facts(self, agents: list[Agent], records: dict[str, StatusRecord | None],
+              ) -> dict[str, AgentFacts]:
+        result = {}
+        for agent in agents:
+            record = records[agent.task]
+            cache = record.inputs if record else {}
+            inputs = hash_inputs(self.layout.root, agent.inputs, cache)
+            result[agent.task] = AgentFacts(
+                record, read_signal_digest(self.layout.signal(agent.pipeline, agent.name)),
+                inputs)
+        return result
+
+    def external_signals(self) -> set[str]:
+        return {p.name[:-len(".signal")] for p in self.layout.signals_dir.glob("*.signal")}
+
+    def evaluate(self, agents: list[Agent]) -> dict[str, Decision]:
+        """Read-only view of the selection (for status and wait)."""
+        records = self.records(agents)
+        return plan(self.workspace, agents, self.facts(agents, records),
+                    self.external_signals())
+
+    # -- settling --------------------------------------------------------
+    def settle(self, agent: Agent, record: StatusRecord) -> StatusRecord:
+        """Finish a run whose exit was recorded, or whose process vanished."""
+        exit_path = self.layout.exit_file(record.run_id or "")
+        code = read_exit_code(exit_path)
+        if code is not None:
+            return finish_run(self.layout, agent, record, code, exit_time(exit_path))
+        if record.state == "launching" and record.pid is None:
+            return self._recover_launch(agent, record)
+        if is_alive(record.pid, record.pid_create_time):
+            return record
+        code = read_exit_code(exit_path)   # it may have finished since we looked
+        if code is not None:
+            return finish_run(self.layout, agent, record, code, exit_time(exit_path))
+        record = replace(record, state="failed", ended_at=utc_now(),
+                         reason="agent process ended without recording an exit status "
+                                "(killed with SIGKILL?)")
+        write_status(self.layout, record)
+        append_event(self.layout, "fail", task=agent.task, run_id=record.run_id,
+                     reason=record.reason)
+        return record
+
+    def _recover_launch(self, agent: Agent, record: StatusRecord) -> StatusRecord:
+        """A pass crashed between recording a launch and recording its pid."""
+        from .launcher import process_create_time
+        pid = find_run_process(record.run_id or "")
+        if pid is not None:
+            record = replace(record, state="running", pid=pid,
+                             pid_create_time=process_create_time(pid), reason="running")
+        else:
+            record = replace(record, state="pending", reason="launch interrupted",
+                             fingerprint=None)
+        write_status(self.layout, record)
+        return record
+
+    # -- the pass ----------------------------------------------------------
+    def run_pass(self, agents: list[Agent]) -> PassResult:
+        """Settle finished runs and decide; `launch_all` then starts what may start."""
+        records = self.records(agents)
+        for agent in agents:
+            record = records[agent.task]
+            if record and record.state in ACTIVE:
+                records[agent.task] = self.settle(agent, record)
+        facts = self.facts(agents, records)
+        decisions = plan(self.workspace, agents, facts, self.external_signals())
+        return PassResult(decisions, facts)
+
+    def launch_all(self, result: PassResult) -> list[str]:
+        launched = []
+        for task, decision in result.decisions.items():
+            if decision.state == "launch":
+                facts = result.facts[task]
+                self.start(decision, facts.record, facts.inputs)
+                launched.append(task)
+        return launched
+
+    def start(self, decision: Decision, previous: StatusRecord | None,
+              inputs: dict[str, list]) -> StatusRecord:
+        agent = decision.agent
+        layout = self.layout
+        launches = (previous.launches if previous else 0) + 1
+        run_id = f"{agent.pipeline}.{agent.name}.{launches}.{secrets.token_hex(4)}"
+        layout.signal(agent.pipeline, agent.name).unlink(missing_ok=True)
+        fingerprint = decision.fingerprint
+        log = layout.log(agent.pipeline, agent.name)
+        record = StatusRecord(
+            state="launching", pipeline=agent.pipeline, agent=agent.name, task=agent.task,
+            attempt=1, run_id=run_id, launches=launches, started_at=utc_now(),
+            reason=decision.reason, log=layout.relative(log),
+            fingerprint=fingerprint.digest if fingerprint else None,
+            config_digest=fingerprint.config if fingerprint else None,
+            inputs=inputs, upstream=dict(fingerprint.upstream) if fingerprint else {},
+            upstream_used=decision.upstream_used)
+        write_status(layout, record, durable=False)
+        self._write_upstream_file(agent, run_id, fingerprint.upstream if fingerprint else {})
+        if previous and previous.launches and log.exists():
+            os.replace(log, layout.log(agent.pipeline, agent.name, previous.launches))
+        try:
+            started = self.launcher.launch(agent, run_id, 1, log)
+        except OSError as err:
+            record = replace(record, state="failed", ended_at=utc_now(),
+                             reason=f"could not start: {err.strerror or err}")
+            write_status(layout, record)
+            append_event(layout, "fail", task=agent.task, run_id=run_id, reason=record.reason)
+            return record
+        record = replace(record, state="running", pid=started.pid,
+                         pid_create_time=started.create_time,
+                         reason=f"launched ({decision.reason})")
+        write_status(layout, record, durable=False)
+        append_event(layout, "launch", task=agent.task, run_id=run_id, pid=started.pid,
+                     reason=decision.reason)
+        return record
+
+    def _write_upstream_file(self, agent: Agent, run_id: str, consumed: dict[str, str]) -> None:
+        mapping = {}
+        for name in consumed:
+            path = self.layout.signal(agent.pipeline, name)
+            signal = json.loads(path.read_text())
+            mapping[name] = {
+                "task": f"{agent.pipeline}:{name}",
+                "signal": signal,
+                "signal_path": str(path),
+                "outputs": [str(self.layout.root / rel) for rel in signal.get("outputs", {})],
+            }
+        self.layout.upstream_file(run_id).write_text(json.dumps(mapping, indent=1) + "\n")
+
+
+def find_run_process(run_id: str) -> int | None:
+    """The pid whose environment carries ORCHESTRATE_RUN_ID=run_id, if any."""
+    needle = f"ORCHESTRATE_RUN_ID={run_id}".encode()
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/environ", "rb") as handle:
+                found = needle in handle.read().split(b"\0")
+            # the wrapper leads its session; its children carry the same id
+            if found and os.getsid(int(entry.name)) == int(entry.name):
+                return int(entry.name)
+        except OSError:
+            continue
+    return None

@@ -1,0 +1,85 @@
+"""Start an agent detached: its own session, stdin /dev/null, output to its log.
+
+The launcher never waits for the agent: completion is the wrapper's record.
+What it returns (pid and the process's start time) lets any later process
+tell the agent apart from an unrelated process that reused the pid.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from .spec import Agent
+from .state import Layout
+from .wrapper import wrapper_argv
+
+
+@dataclass(frozen=True)
+class Started:
+    pid: int
+    create_time: float | None
+
+
+def process_create_time(pid: int) -> float | None:
+    """Start time as psutil reports it, None if the process is gone."""
+    import psutil
+    try:
+        return psutil.Process(pid).create_time()
+    except psutil.Error:
+        return None
+
+
+def is_alive(pid: int | None, create_time: float | None) -> bool:
+    """True if `pid` is still the process that was started at `create_time`."""
+    import psutil
+    if not pid:
+        return False
+    try:
+        process = psutil.Process(pid)
+        if create_time is not None and abs(process.create_time() - create_time) > 0.05:
+            return False
+        return process.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def agent_environment(layout: Layout, agent: Agent, run_id: str, attempt: int,
+                      base: dict[str, str] | None = None) -> dict[str, str]:
+    env = dict(os.environ if base is None else base)
+    env.update(dict(agent.env))
+    env.update({
+        "ORCHESTRATE_PIPELINE": agent.pipeline,
+        "ORCHESTRATE_AGENT": agent.name,
+        "ORCHESTRATE_RUN_ID": run_id,
+        "ORCHESTRATE_ATTEMPT": str(attempt),
+        "ORCHESTRATE_ROOT": str(layout.root),
+        "ORCHESTRATE_UPSTREAM": str(layout.upstream_file(run_id)),
+    })
+    return env
+
+
+class Launcher:
+    """Spawns wrapped agents; `popen` is injectable for tests of the caller."""
+
+    def __init__(self, layout: Layout, popen: Callable[..., subprocess.Popen] = subprocess.Popen):
+        self.layout = layout
+        self.popen = popen
+
+    def launch(self, agent: Agent, run_id: str, attempt: int, log_path: Path) -> Started:
+        env = agent_environment(self.layout, agent, run_id, attempt)
+        log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        try:
+            process = self.popen(
+                wrapper_argv(agent, self.layout.exit_file(run_id)),
+                stdin=subprocess.DEVNULL, stdout=log_fd, stderr=subprocess.STDOUT,
+                cwd=self.layout.root / agent.cwd, env=env, start_new_session=True,
+                close_fds=True)
+        finally:
+            os.close(log_fd)
+        # The Popen object is dropped on purpose: the agent outlives us, and
+        # whoever is its parent reaps it (see Advancer.reap_children).
+        process.returncode = 0
+        return Started(process.pid, process_create_time(process.pid))

@@ -1,0 +1,154 @@
+"""Decide, for every selected agent, what it is and whether it may launch now.
+
+Pure: a pass takes what the state files said (`AgentFacts`) and returns one
+`Decision` per agent. Running and gated agents are set aside, never failed;
+failed and cancelled agents stay as they are until their fingerprint changes.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .fingerprint import Fingerprint, config_digest, stale_reason
+from .spec import Agent, Workspace
+from .state import StatusRecord
+
+ACTIVE = ("launching", "running")
+
+
+@dataclass(frozen=True)
+class AgentFacts:
+    """What the files say about one agent at the start of a pass."""
+    record: StatusRecord | None
+    signal_digest: str | None            # digest of the `.done` content, None if absent
+    inputs: dict[str, list] = field(default_factory=dict)  # path -> [mtime_ns, size, digest]
+
+
+@dataclass(frozen=True)
+class Decision:
+    agent: Agent
+    state: str                 # a status state, or "launch"
+    reason: str
+    fingerprint: Fingerprint | None = None
+    upstream_used: str | None = None
+    blocked: bool = False      # cannot advance without a user's action
+    external: bool = False     # waiting on an external signal
+
+    @property
+    def settled(self) -> bool:
+        """Nothing more will happen to it unless a user acts."""
+        return self.state in ("done", "failed", "cancelled") or self.blocked
+
+
+@dataclass
+class Capacity:
+    """Running counts against max_parallel caps and pools."""
+    workspace: Workspace
+    running: dict[str, int] = field(default_factory=dict)
+
+    def _limits(self, agent: Agent) -> list[tuple[str, int, str]]:
+        limits = []
+        if self.workspace.max_parallel:
+            limits.append(("*", self.workspace.max_parallel, "workspace max_parallel"))
+        pipeline = self.workspace.pipeline(agent.pipeline)
+        if pipeline.max_parallel:
+            limits.append((f"p:{agent.pipeline}", pipeline.max_parallel,
+                           f"max_parallel of pipeline {agent.pipeline}"))
+        if agent.pool:
+            size = dict(self.workspace.pools).get(agent.pool)
+            if size:
+                limits.append((f"pool:{agent.pool}", size, f"pool {agent.pool}"))
+        return limits
+
+    def take(self, agent: Agent) -> None:
+        for key, _, _ in self._limits(agent):
+            self.running[key] = self.running.get(key, 0) + 1
+
+    def full(self, agent: Agent) -> str | None:
+        for key, size, label in self._limits(agent):
+            if self.running.get(key, 0) >= size:
+                return f"queued: {label} ({size}) reached"
+        return None
+
+
+def _upstream_gate(agent: Agent, decided: dict[str, Decision],
+                   signals: dict[str, str | None], present: set[str],
+                   record: StatusRecord | None) -> tuple[Decision | None, dict[str, str], str | None]:
+    """(a waiting decision or None, upstream digests to consume, after_any used)."""
+    consumed: dict[str, str] = {}
+    for name in agent.after:
+        upstream = decided[f"{agent.pipeline}:{name}"]
+        if upstream.state != "done":
+            return _waiting_on(agent, name, upstream), {}, None
+        consumed[name] = signals[upstream.agent.task] or ""
+    used = None
+    if agent.after_any:
+        ready = [n for n in agent.after_any
+                 if decided[f"{agent.pipeline}:{n}"].state == "done"]
+        if not ready:
+            ups = [decided[f"{agent.pipeline}:{n}"] for n in agent.after_any]
+            blocked = all(u.settled for u in ups)
+            return Decision(agent, "waiting", "waiting on any of " + ", ".join(agent.after_any)
+                            + (" (none can finish)" if blocked else ""),
+                            blocked=blocked), {}, None
+        previous = record.upstream_used if record else None
+        used = previous if previous in ready else ready[0]
+        consumed[used] = signals[f"{agent.pipeline}:{used}"] or ""
+    missing = [s for s in agent.wait_for if s not in present]
+    if missing:
+        return Decision(agent, "waiting", f"waiting on signal {missing[0]} "
+                        f"(doit signal {missing[0]})", external=True), {}, None
+    return None, consumed, used
+
+
+def _waiting_on(agent: Agent, name: str, upstream: Decision) -> Decision:
+    if upstream.settled:
+        why = upstream.state if upstream.state != "waiting" else "blocked"
+        return Decision(agent, "waiting", f"waiting on {name} ({why})", blocked=True)
+    return Decision(agent, "waiting", f"waiting on {name}", external=upstream.external)
+
+
+def decide(agent: Agent, facts: AgentFacts, decided: dict[str, Decision],
+           signals: dict[str, str | None], present: set[str],
+           capacity: Capacity) -> Decision:
+    record = facts.record
+    if record and record.state in ACTIVE:
+        return Decision(agent, "running", record.reason or "running")
+    gate, consumed, used = _upstream_gate(agent, decided, signals, present, record)
+    if gate:
+        return gate
+    fingerprint = Fingerprint(config_digest(agent),
+                              {p: v[2] for p, v in facts.inputs.items()}, consumed)
+    current = record is not None and record.fingerprint == fingerprint.digest
+    if current and record.state == "done" and facts.signal_digest is not None:
+        return Decision(agent, "done", record.reason or "done", fingerprint, used)
+    if current and record.state in ("failed", "cancelled"):
+        return Decision(agent, record.state, record.reason, fingerprint, used)
+    reason = _why_stale(record, facts, fingerprint)
+    if full := capacity.full(agent):
+        return Decision(agent, "queued", full, fingerprint, used)
+    capacity.take(agent)
+    return Decision(agent, "launch", reason, fingerprint, used)
+
+
+def _why_stale(record: StatusRecord | None, facts: AgentFacts, new: Fingerprint) -> str:
+    if record is None or record.fingerprint is None:
+        return "never run"
+    if record.state == "done" and facts.signal_digest is None:
+        return "signal missing"
+    old_inputs = {p: v[2] for p, v in record.inputs.items()}
+    return stale_reason(record.config_digest, old_inputs, record.upstream, new)
+
+
+def plan(workspace: Workspace, agents: list[Agent], facts: dict[str, AgentFacts],
+         present_signals: set[str]) -> dict[str, Decision]:
+    """One scheduling pass over `agents` (upstream-first order) -> decisions by task."""
+    capacity = Capacity(workspace)
+    for task, fact in facts.items():
+        if fact.record and fact.record.state in ACTIVE:
+            capacity.take(workspace.agents_by_task[task])
+    signals = {task: fact.signal_digest for task, fact in facts.items()}
+    decided: dict[str, Decision] = {}
+    for agent in agents:
+        decided[agent.task] = decide(agent, facts[agent.task], decided, signals,
+                                     present_signals, capacity)
+    return decided

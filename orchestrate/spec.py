@@ -1,0 +1,425 @@
+"""Pipeline files (TOML) -> validated, frozen dataclasses.
+
+Everything here is pure except `load_workspace`, which reads the files.
+Every user mistake becomes one `PipelineError` line naming the file, the
+agent and the key, so a user can fix all of them in one go.
+"""
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
+_DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+_DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+# Keys that a later version turns into behaviour (agent presets); today they
+# are rejected with a clear message rather than silently ignored.
+PRESET_KEYS = ("agent", "prompt", "prompt_file", "model", "extra_args",
+               "executable", "allowed_tools")
+
+
+class PipelineError(Exception):
+    """One or more mistakes in pipeline files or the workspace config."""
+
+    def __init__(self, problems: list[str]):
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+@dataclass(frozen=True)
+class Agent:
+    pipeline: str
+    name: str
+    command: str | tuple[str, ...]
+    description: str = ""
+    inputs: tuple[str, ...] = ()
+    outputs: tuple[str, ...] = ()
+    after: tuple[str, ...] = ()
+    after_any: tuple[str, ...] = ()
+    wait_for: tuple[str, ...] = ()
+    env: tuple[tuple[str, str], ...] = ()
+    cwd: str = "."
+    timeout: float | None = None
+    stall_timeout: float | None = None
+    kill_grace: float = 10.0
+    retries: int = 0
+    retry_backoff: float = 5.0
+    retry_on_exit: tuple[int, ...] = ()
+    fail_fast_exit: tuple[int, ...] = ()
+    pool: str | None = None
+    isolation: str | None = None
+    base: str | None = None
+
+    @property
+    def task(self) -> str:
+        return f"{self.pipeline}:{self.name}"
+
+    @property
+    def upstream(self) -> tuple[str, ...]:
+        return self.after + tuple(u for u in self.after_any if u not in self.after)
+
+    def config_identity(self) -> dict[str, Any]:
+        """What, when changed, makes the agent stale (doit's config_changed)."""
+        command = self.command if isinstance(self.command, str) else list(self.command)
+        return {"command": command, "env": dict(self.env), "cwd": self.cwd,
+                "outputs": list(self.outputs)}
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    name: str
+    path: str
+    agents: tuple[Agent, ...]
+    description: str = ""
+    max_parallel: int | None = None
+    budget_usd: float | None = None
+
+    def agent(self, name: str) -> Agent:
+        for agent in self.agents:
+            if agent.name == name:
+                return agent
+        raise KeyError(name)
+
+
+@dataclass(frozen=True)
+class Workspace:
+    root: Path
+    pipelines: tuple[Pipeline, ...]
+    max_parallel: int | None = None
+    pools: tuple[tuple[str, int], ...] = ()
+    budget_usd: float | None = None
+    agents_by_task: dict[str, Agent] = field(default_factory=dict, compare=False,
+                                             repr=False)
+
+    def __post_init__(self) -> None:
+        for pipeline in self.pipelines:
+            for agent in pipeline.agents:
+                self.agents_by_task[agent.task] = agent
+
+    def pipeline(self, name: str) -> Pipeline:
+        for pipeline in self.pipelines:
+            if pipeline.name == name:
+                return pipeline
+        raise KeyError(name)
+
+
+def parse_duration(value: Any) -> float:
+    """"90s", "10m", "2h", "1h30m" or a number of seconds -> seconds."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration")
+    if isinstance(value, (int, float)):
+        if value < 0:
+            raise ValueError("expected a duration of 0 or more")
+        return float(value)
+    if isinstance(value, str):
+        text = value.replace(" ", "")
+        parts = _DURATION_RE.findall(text)
+        if text and "".join(n + u for n, u in parts) == text:
+            return sum(float(n) * _DURATION_UNITS[u] for n, u in parts)
+    raise ValueError('expected a duration like "90s", "10m", "2h" or a number of seconds')
+
+
+class _Problems:
+    """Collects error lines that each name file, agent and key."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def add(self, path: str, agent: str | None, key: str | None, message: str) -> None:
+        where = [path]
+        if agent is not None:
+            where.append(f"agent '{agent}'")
+        if key is not None:
+            where.append(f"key '{key}'")
+        self.lines.append(": ".join(where) + ": " + message)
+
+
+def _type_name(value: Any) -> str:
+    return {str: "a string", int: "an integer", float: "a number", bool: "a boolean",
+            list: "a list", dict: "a table"}.get(type(value), type(value).__name__)
+
+
+def _check_str(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"expected a string, got {_type_name(value)}")
+    return value
+
+
+def _check_str_list(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ValueError(f"expected a list of strings, got {_type_name(value)}")
+    return tuple(value)
+
+
+def _check_name_list(value: Any) -> tuple[str, ...]:
+    names = _check_str_list(value)
+    for name in names:
+        if not NAME_RE.fullmatch(name):
+            raise ValueError(f"'{name}' is not a valid name (expected letters, digits, '_' or '-')")
+    if len(set(names)) != len(names):
+        raise ValueError("lists a name twice")
+    return names
+
+
+def _check_int(value: Any, minimum: int = 0) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"expected an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def _check_positive_number(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        raise ValueError(f"expected a number > 0, got {value!r}")
+    return float(value)
+
+
+def _check_int_list(value: Any) -> tuple[int, ...]:
+    if not isinstance(value, list) or not all(
+            isinstance(v, int) and not isinstance(v, bool) for v in value):
+        raise ValueError(f"expected a list of exit codes (integers), got {value!r}")
+    return tuple(value)
+
+
+def _check_command(value: Any) -> str | tuple[str, ...]:
+    if isinstance(value, str):
+        if not value.strip():
+            raise ValueError("expected a non-empty command")
+        return value
+    if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+        return tuple(value)
+    raise ValueError("expected a string (run by /bin/sh) or a non-empty list of strings (argv)")
+
+
+def _check_env(value: Any) -> tuple[tuple[str, str], ...]:
+    if not isinstance(value, dict):
+        raise ValueError(f"expected a table of strings, got {_type_name(value)}")
+    for key, item in value.items():
+        if not isinstance(item, str):
+            raise ValueError(f"expected a string for {key}, got {_type_name(item)}")
+        if key.startswith("ORCHESTRATE_"):
+            raise ValueError(f"{key} is set by orchestrate and cannot be overridden")
+    return tuple(sorted(value.items()))
+
+
+def _check_cwd(value: Any) -> str:
+    text = _check_str(value)
+    if Path(text).is_absolute() or ".." in Path(text).parts:
+        raise ValueError("expected a path inside the workspace (relative, no '..')")
+    return text
+
+
+def _check_isolation(value: Any) -> str:
+    if value != "worktree":
+        raise ValueError('expected "worktree"')
+    raise ValueError('"worktree" isolation is not supported yet')
+
+
+AGENT_KEYS: dict[str, tuple[str, Callable[[Any], Any]]] = {
+    "command": ("command", _check_command),
+    "description": ("description", _check_str),
+    "inputs": ("inputs", _check_str_list),
+    "outputs": ("outputs", _check_str_list),
+    "after": ("after", _check_name_list),
+    "after_any": ("after_any", _check_name_list),
+    "wait_for": ("wait_for", _check_name_list),
+    "env": ("env", _check_env),
+    "cwd": ("cwd", _check_cwd),
+    "timeout": ("timeout", parse_duration),
+    "stall_timeout": ("stall_timeout", parse_duration),
+    "kill_grace": ("kill_grace", parse_duration),
+    "retries": ("retries", _check_int),
+    "retry_backoff": ("retry_backoff", parse_duration),
+    "retry_on_exit": ("retry_on_exit", _check_int_list),
+    "fail_fast_exit": ("fail_fast_exit", _check_int_list),
+    "pool": ("pool", _check_str),
+    "isolation": ("isolation", _check_isolation),
+    "base": ("base", _check_str),
+}
+PIPELINE_KEYS = ("description", "max_parallel", "budget_usd", "defaults", "agents")
+WORKSPACE_KEYS = ("max_parallel", "pools", "budget_usd")
+
+
+def _known(keys: Any) -> str:
+    return ", ".join(sorted(keys))
+
+
+def _agent_fields(path: str, agent: str, table: Any, problems: _Problems) -> dict[str, Any]:
+    if not isinstance(table, dict):
+        problems.add(path, agent, None, f"expected a table [agents.{agent}], got {_type_name(table)}")
+        return {}
+    fields: dict[str, Any] = {}
+    for key, value in table.items():
+        if key in PRESET_KEYS:
+            problems.add(path, agent, key, "agent presets (claude, codex, gemini, aider) "
+                         "are not supported yet; use 'command'")
+        elif key not in AGENT_KEYS:
+            problems.add(path, agent, key, f"unknown key (known keys: {_known(AGENT_KEYS)})")
+        else:
+            attr, check = AGENT_KEYS[key]
+            try:
+                fields[attr] = check(value)
+            except ValueError as err:
+                problems.add(path, agent, key, str(err))
+    return fields
+
+
+def _check_dependencies(path: str, agents: dict[str, dict[str, Any]],
+                        problems: _Problems, pools: dict[str, int] | None) -> None:
+    names = list(agents)
+    for name, fields in agents.items():
+        for key in ("after", "after_any"):
+            for upstream in fields.get(key, ()):
+                if upstream == name:
+                    problems.add(path, name, key, "an agent cannot depend on itself")
+                elif upstream not in agents:
+                    problems.add(path, name, key, f"unknown agent '{upstream}' "
+                                 f"(agents in this pipeline: {', '.join(names)})")
+        pool = fields.get("pool")
+        if pool is not None and pools is not None and pool not in pools:
+            problems.add(path, name, "pool", f"unknown pool '{pool}' (declare it in "
+                         "pyproject.toml [tool.orchestrate] pools = { name = size })")
+    cycle = find_cycle({n: tuple(f.get("after", ())) + tuple(f.get("after_any", ()))
+                        for n, f in agents.items()})
+    if cycle:
+        problems.add(path, cycle[0], "after", "dependency cycle: " + " -> ".join(cycle))
+
+
+def find_cycle(graph: dict[str, tuple[str, ...]]) -> list[str] | None:
+    """Return one cycle as [a, b, ..., a], or None. Unknown nodes are ignored."""
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        stack.append(node)
+        for nxt in graph.get(node, ()):
+            if nxt not in graph or nxt == node:
+                continue
+            if state.get(nxt) == 1:
+                return stack[stack.index(nxt):] + [nxt]
+            if nxt not in state and (found := visit(nxt)):
+                return found
+        stack.pop()
+        state[node] = 2
+        return None
+
+    for node in graph:
+        if node not in state and (found := visit(node)):
+            return found
+    return None
+
+
+def _pipeline_scalar(path: str, data: dict[str, Any], problems: _Problems,
+                     key: str, check: Callable[[Any], Any]) -> Any:
+    if key not in data:
+        return None
+    try:
+        return check(data[key])
+    except ValueError as err:
+        problems.add(path, None, key, str(err))
+        return None
+
+
+def parse_pipeline(name: str, path: str, data: dict[str, Any], problems: _Problems,
+                   pools: dict[str, int] | None = None) -> Pipeline | None:
+    """Validate one pipeline's parsed TOML; add problems, return None if any."""
+    before = len(problems.lines)
+    if not NAME_RE.fullmatch(name):
+        problems.add(path, None, None, f"'{name}' is not a valid pipeline name "
+                     "(file stem must match [A-Za-z0-9][A-Za-z0-9_-]*)")
+    for key in data:
+        if key not in PIPELINE_KEYS:
+            problems.add(path, None, key, f"unknown key (known keys: {_known(PIPELINE_KEYS)})")
+    description = _pipeline_scalar(path, data, problems, "description", _check_str) or ""
+    max_parallel = _pipeline_scalar(path, data, problems, "max_parallel",
+                                    lambda v: _check_int(v, 1))
+    budget = _pipeline_scalar(path, data, problems, "budget_usd", _check_positive_number)
+    defaults = data.get("defaults", {})
+    default_fields = _agent_fields(path, "[defaults]", defaults, problems) if defaults else {}
+    if "command" in default_fields:
+        problems.add(path, "[defaults]", "command", "a command cannot be a default")
+    agent_tables = data.get("agents", {})
+    if not isinstance(agent_tables, dict) or not agent_tables:
+        problems.add(path, None, "agents", "expected at least one [agents.NAME] table")
+        agent_tables = {}
+    fields_by_agent: dict[str, dict[str, Any]] = {}
+    for agent_name, table in agent_tables.items():
+        if not NAME_RE.fullmatch(agent_name):
+            problems.add(path, agent_name, None, "not a valid agent name "
+                         "(expected [A-Za-z0-9][A-Za-z0-9_-]*)")
+        fields = {**default_fields, **_agent_fields(path, agent_name, table, problems)}
+        if isinstance(table, dict) and "command" not in table:
+            problems.add(path, agent_name, "command", "missing (expected a string or a list of strings)")
+        fields_by_agent[agent_name] = fields
+    _check_dependencies(path, fields_by_agent, problems, pools)
+    if len(problems.lines) > before:
+        return None
+    agents = tuple(Agent(pipeline=name, name=n, **f) for n, f in fields_by_agent.items())
+    return Pipeline(name=name, path=path, agents=agents, description=description,
+                    max_parallel=max_parallel, budget_usd=budget)
+
+
+def parse_workspace_config(path: str, data: dict[str, Any], problems: _Problems) -> dict[str, Any]:
+    """The [tool.orchestrate] table of pyproject.toml."""
+    table = data.get("tool", {}).get("orchestrate", {})
+    if not isinstance(table, dict):
+        problems.add(path, None, "tool.orchestrate", "expected a table")
+        return {}
+    config: dict[str, Any] = {}
+    for key, value in table.items():
+        if key not in WORKSPACE_KEYS:
+            problems.add(path, None, f"tool.orchestrate.{key}",
+                         f"unknown key (known keys: {_known(WORKSPACE_KEYS)})")
+    try:
+        if "max_parallel" in table:
+            config["max_parallel"] = _check_int(table["max_parallel"], 1)
+        if "budget_usd" in table:
+            config["budget_usd"] = _check_positive_number(table["budget_usd"])
+    except ValueError as err:
+        problems.add(path, None, "tool.orchestrate", str(err))
+    pools = table.get("pools", {})
+    if not isinstance(pools, dict) or not all(
+            NAME_RE.fullmatch(k) and isinstance(v, int) and not isinstance(v, bool) and v >= 1
+            for k, v in pools.items()):
+        problems.add(path, None, "tool.orchestrate.pools",
+                     "expected a table of pool names to sizes >= 1, e.g. { llm = 4 }")
+        pools = {}
+    config["pools"] = tuple(sorted(pools.items()))
+    return config
+
+
+def _read_toml(path: Path, shown: str, problems: _Problems) -> dict[str, Any] | None:
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as err:
+        problems.add(shown, None, None, f"invalid TOML: {err}")
+    except (OSError, UnicodeDecodeError) as err:
+        problems.add(shown, None, None, f"cannot read: {err}")
+    return None
+
+
+def load_workspace(root: Path) -> Workspace:
+    """Read pyproject.toml's [tool.orchestrate] and every pipelines/*.toml."""
+    problems = _Problems()
+    config: dict[str, Any] = {"pools": ()}
+    pyproject = root / "pyproject.toml"
+    if pyproject.exists():
+        data = _read_toml(pyproject, "pyproject.toml", problems)
+        if data is not None:
+            config = parse_workspace_config("pyproject.toml", data, problems)
+    pools = dict(config.get("pools", ()))
+    pipelines = []
+    for path in sorted((root / "pipelines").glob("*.toml")):
+        shown = f"pipelines/{path.name}"
+        data = _read_toml(path, shown, problems)
+        if data is not None:
+            pipeline = parse_pipeline(path.stem, shown, data, problems, pools)
+            if pipeline is not None:
+                pipelines.append(pipeline)
+    if problems.lines:
+        raise PipelineError(problems.lines)
+    return Workspace(root=root, pipelines=tuple(pipelines), **config)

@@ -1,0 +1,235 @@
+"""Files under `.orchestrate/`: the source of truth anyone can read.
+
+Signals, status records and the events log live here; doit's database is
+only a cache. Every JSON file is replaced atomically (tmp + fsync + rename),
+so a reader sees the old record or the new one, never a torn one.
+"""
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field, fields
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+STATES = ("pending", "waiting", "queued", "launching", "running", "done", "failed",
+          "cancelled")
+
+
+class StateFileError(Exception):
+    """A state file exists but cannot be understood (hand-edited, disk full)."""
+
+
+def utc_now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass
+class StatusRecord:
+    """An agent's current state, as `status/<pipeline>/<agent>.json` holds it."""
+    state: str
+    pipeline: str
+    agent: str
+    attempt: int = 0
+    pid: int | None = None
+    started_at: str | None = None
+    ended_at: str | None = None
+    exit_code: int | None = None
+    reason: str = ""
+    log: str = ""
+    task: str = ""
+    run_id: str | None = None
+    launches: int = 0
+    pid_create_time: float | None = None
+    fingerprint: str | None = None
+    config_digest: str | None = None
+    inputs: dict[str, list] = field(default_factory=dict)
+    upstream: dict[str, str] = field(default_factory=dict)
+    upstream_used: str | None = None
+    signal_digest: str | None = None
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "StatusRecord":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where each kind of state file lives, for one workspace."""
+    root: Path
+
+    @property
+    def base(self) -> Path:
+        return self.root / ".orchestrate"
+
+    @property
+    def lock_path(self) -> Path:
+        return self.base / "lock"
+
+    @property
+    def events_path(self) -> Path:
+        return self.base / "events.jsonl"
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.base / "runs"
+
+    @property
+    def signals_dir(self) -> Path:
+        return self.base / "signals"
+
+    @property
+    def status_dir(self) -> Path:
+        return self.base / "status"
+
+    def signal(self, pipeline: str, agent: str) -> Path:
+        return self.base / "signals" / pipeline / f"{agent}.done"
+
+    def external_signal(self, name: str) -> Path:
+        return self.base / "signals" / f"{name}.signal"
+
+    def status(self, pipeline: str, agent: str) -> Path:
+        return self.base / "status" / pipeline / f"{agent}.json"
+
+    def log(self, pipeline: str, agent: str, number: int | None = None) -> Path:
+        suffix = f".{number}.log" if number else ".log"
+        return self.base / "logs" / pipeline / f"{agent}{suffix}"
+
+    def exit_file(self, run_id: str) -> Path:
+        return self.runs_dir / f"{run_id}.exit"
+
+    def upstream_file(self, run_id: str) -> Path:
+        return self.runs_dir / f"{run_id}.upstream.json"
+
+    def relative(self, path: Path) -> str:
+        return os.path.relpath(path, self.root)
+
+    def make_dirs(self, pipelines: list[str] | tuple[str, ...] = ()) -> None:
+        for sub in ("runs", "signals", "status", "logs"):
+            (self.base / sub).mkdir(parents=True, exist_ok=True)
+        for name in pipelines:
+            for sub in ("signals", "status", "logs"):
+                (self.base / sub / name).mkdir(exist_ok=True)
+
+
+def write_atomic(path: Path, text: str, durable: bool = True) -> None:
+    """Replace `path` so readers never see a partial file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        os.write(fd, text.encode())
+        if durable:
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+def write_json(path: Path, data: dict[str, Any], durable: bool = True) -> None:
+    write_atomic(path, json.dumps(data, indent=1, sort_keys=True) + "\n", durable)
+
+
+def read_json(path: Path) -> dict[str, Any] | None:
+    """The file's JSON object, None if absent; StateFileError if unreadable."""
+    try:
+        with open(path, "rb") as handle:
+            raw = handle.read()
+    except FileNotFoundError:
+        return None
+    try:
+        data = json.loads(raw)
+    except ValueError as err:
+        raise StateFileError(f"{path}: corrupt state file ({err}); "
+                             "delete it to rebuild the agent's state") from None
+    if not isinstance(data, dict):
+        raise StateFileError(f"{path}: corrupt state file (expected a JSON object)")
+    return data
+
+
+def read_status(layout: Layout, pipeline: str, agent: str) -> StatusRecord | None:
+    data = read_json(layout.status(pipeline, agent))
+    if data is None:
+        return None
+    try:
+        return StatusRecord.from_json(data)
+    except TypeError as err:
+        raise StateFileError(f"{layout.status(pipeline, agent)}: corrupt state file "
+                             f"({err}); delete it to rebuild the agent's state") from None
+
+
+def write_status(layout: Layout, record: StatusRecord, durable: bool = True) -> None:
+    write_json(layout.status(record.pipeline, record.agent), record.to_json(), durable)
+
+
+def append_event(layout: Layout, kind: str, **details: Any) -> None:
+    """One line per lifecycle event; O_APPEND keeps concurrent lines whole."""
+    line = json.dumps({"ts": utc_now(), "event": kind, **details}, sort_keys=True) + "\n"
+    fd = os.open(layout.events_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        os.write(fd, line.encode())
+    finally:
+        os.close(fd)
+
+
+class SchedulingLock:
+    """flock on `.orchestrate/lock`: one scheduling pass at a time.
+
+    The lock belongs to the open file, so a forked child that keeps the
+    descriptor keeps the lock after its parent exits.
+    """
+
+    def __init__(self, layout: Layout):
+        self.path = layout.lock_path
+        self.fd: int | None = None
+
+    def acquire(self, blocking: bool = True) -> bool:
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+        except BlockingIOError:
+            os.close(self.fd)
+            self.fd = None
+            return False
+        return True
+
+    def release(self) -> None:
+        if self.fd is not None:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
+            self.fd = None
+
+    def forget(self) -> None:
+        """Close our descriptor without unlocking: a forked child still holds it."""
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+    def __enter__(self) -> "SchedulingLock":
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    def __repr__(self) -> str:
+        return f"<SchedulingLock {self.path} {'held' if self.fd is not None else 'free'}>"
+
+
+def file_digest(path: Path) -> str:
+    import hashlib
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def monotonic() -> float:
+    return time.monotonic()

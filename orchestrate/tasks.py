@@ -1,0 +1,121 @@
+"""Pipelines -> doit task dicts, one group per pipeline, one task per agent.
+
+doit owns the task model (`doit list`, `info`, `clean`, `forget`, task
+selection); orchestrate owns staleness, through an `uptodate` object that
+reads the state files, so that deleting doit's database loses nothing.
+"""
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Iterator
+
+from .spec import Agent, PipelineError, Workspace, load_workspace
+from .state import Layout
+
+_loaded: dict[Path, Workspace] = {}
+
+
+def workspace_at(root: Path) -> Workspace:
+    """The workspace at `root`, parsed once per process."""
+    root = root.resolve()
+    if root not in _loaded:
+        _loaded[root] = load_workspace(root)
+    return _loaded[root]
+
+
+def describe_command(agent: Agent) -> str:
+    text = agent.command if isinstance(agent.command, str) else " ".join(agent.command)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+class AgentIsCurrent:
+    """doit `uptodate` check: is the agent's signal current? Says why not."""
+
+    def __init__(self, workspace: Workspace, agent: Agent):
+        self.workspace = workspace
+        self.agent = agent
+        self.reason = "not checked"
+
+    def __call__(self) -> bool:
+        from .engine import Engine, upstream_closure
+        engine = Engine(self.workspace)
+        decision = engine.evaluate(upstream_closure(self.workspace, {self.agent.task}))[
+            self.agent.task]
+        self.reason = f"{decision.state}: {decision.reason}"
+        return decision.state == "done"
+
+    def __str__(self) -> str:
+        return f"orchestrate says {self.reason}"
+
+    __repr__ = __str__
+
+
+def _expand_inputs(root: Path, patterns: tuple[str, ...]) -> list[str]:
+    files: list[str] = []
+    for pattern in patterns:
+        if any(c in pattern for c in "*?["):
+            files.extend(sorted(p for p in glob.glob(pattern, root_dir=root, recursive=True)
+                                if os.path.isfile(root / p)))
+        elif os.path.isfile(root / pattern):
+            files.append(pattern)
+    return files
+
+
+def _refuse_plain_run(task: str) -> str:
+    return (f"{task}: agents are launched by orchestrate's run command; add "
+            '[tool.doit.plugins.command] run = "orchestrate.commands:Run" '
+            "to pyproject.toml (python -m orchestrate init does it)")
+
+
+def clean_agent(root: str, pipeline: str, agent: str) -> None:
+    """`doit clean`: remove the agent's signal, outputs and status."""
+    from .wrapper import expand_outputs
+    spec = workspace_at(Path(root)).pipeline(pipeline).agent(agent)
+    layout = Layout(Path(root))
+    outputs, _ = expand_outputs(layout.root, spec.outputs)
+    for path in [*outputs.values(), layout.signal(pipeline, agent),
+                 layout.status(pipeline, agent)]:
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+
+
+def agent_task(workspace: Workspace, agent: Agent) -> dict[str, Any]:
+    layout = Layout(workspace.root)
+    rel = layout.relative
+    return {
+        "basename": agent.pipeline,
+        "name": agent.name,
+        "doc": agent.description or describe_command(agent),
+        "actions": [(_refuse_plain_run, [agent.task])],
+        "targets": [rel(layout.signal(agent.pipeline, agent.name))],
+        "file_dep": _expand_inputs(workspace.root, agent.inputs)
+        + [rel(layout.signal(agent.pipeline, u)) for u in agent.after],
+        "task_dep": [f"{agent.pipeline}:{u}" for u in agent.upstream],
+        "uptodate": [AgentIsCurrent(workspace, agent)],
+        "clean": [(clean_agent, [str(workspace.root), agent.pipeline, agent.name])],
+        "verbosity": 0,
+    }
+
+
+def pipeline_tasks(root: Path) -> Iterator[dict[str, Any]]:
+    """Everything doit needs to know about every pipeline of the workspace."""
+    from doit.exceptions import InvalidDodoFile
+    try:
+        workspace = workspace_at(root)
+    except PipelineError as err:
+        raise InvalidDodoFile("invalid pipeline:\n" + str(err)) from None
+    Layout(workspace.root).make_dirs([p.name for p in workspace.pipelines])
+    for pipeline in workspace.pipelines:
+        yield {"basename": pipeline.name, "name": None,
+               "doc": pipeline.description or f"pipeline {pipeline.name}"}
+        for agent in pipeline.agents:
+            yield agent_task(workspace, agent)
+
+
+def ensure_state_folder(root: Path) -> None:
+    (root / ".orchestrate").mkdir(exist_ok=True)

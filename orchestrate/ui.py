@@ -1,0 +1,82 @@
+"""Everything a user reads: one line per agent, the status table, the live view.
+
+The scheduler and launcher never print; commands hand decisions and status
+records to these functions.
+"""
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import IO, Iterable
+
+from .scheduler import Decision
+from .state import StatusRecord
+
+LABELS = {"launch": "launched", "launching": "launching", "running": "running",
+          "waiting": "waiting", "queued": "queued", "done": "done", "failed": "failed",
+          "cancelled": "cancelled", "pending": "pending"}
+STYLES = {"running": "cyan", "launched": "cyan", "done": "green", "failed": "red",
+          "cancelled": "magenta", "waiting": "yellow", "queued": "yellow", "pending": "dim"}
+
+
+def label(decision: Decision) -> str:
+    return LABELS.get(decision.state, decision.state)
+
+
+def decision_line(decision: Decision) -> str:
+    reason = decision.reason
+    if decision.state in ("done", "running") and reason in ("done", "running"):
+        reason = ""
+    return f"{label(decision):<9} {decision.agent.task}" + (f"  ({reason})" if reason else "")
+
+
+def write_decisions(out: IO[str], decisions: Iterable[Decision]) -> None:
+    for decision in decisions:
+        out.write(decision_line(decision) + "\n")
+    out.flush()
+
+
+def _parse_time(text: str | None) -> datetime | None:
+    if not text:
+        return None
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def elapsed(record: StatusRecord | None, now: datetime | None = None) -> str:
+    if record is None or not record.started_at:
+        return ""
+    start = _parse_time(record.started_at)
+    end = _parse_time(record.ended_at) if record.state not in ("running", "launching") else None
+    seconds = max(0.0, ((end or now or datetime.now(timezone.utc)) - start).total_seconds())
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
+
+
+def status_row(decision: Decision, record: StatusRecord | None) -> tuple[str, ...]:
+    state = label(decision) if decision.state != "launch" else "pending"
+    reason = decision.reason if decision.state != "launch" else f"ready ({decision.reason})"
+    attempt = str(record.attempt) if record and record.attempt else ""
+    return decision.agent.task, state, elapsed(record), attempt, reason
+
+
+def status_table(rows: list[tuple[str, ...]], title: str | None = None):
+    from rich.table import Table
+    table = Table(title=title, box=None, pad_edge=False, header_style="bold")
+    for column in ("agent", "state", "elapsed", "attempt", "reason"):
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        table.add_row(row[0], f"[{STYLES.get(row[1], '')}]{row[1]}[/]" if STYLES.get(row[1])
+                      else row[1], *row[2:])
+    return table
+
+
+def summary_line(decisions: Iterable[Decision]) -> str:
+    counts: dict[str, int] = {}
+    for decision in decisions:
+        state = label(decision)
+        counts[state] = counts.get(state, 0) + 1
+    order = ["done", "running", "launched", "queued", "waiting", "pending", "failed",
+             "cancelled"]
+    return ", ".join(f"{counts[s]} {s}" for s in order if s in counts)

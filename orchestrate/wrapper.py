@@ -1,0 +1,114 @@
+"""The agent's wrapper: a `/bin/sh` that stays the agent's parent.
+
+Its exit trap records the exit status in `runs/<run id>.exit` whether or
+not any orchestrator process is alive; `finish_run` then turns that record
+into the `.done` signal, the status record and an event, idempotently, in
+whichever orchestrator process sees it first. A string command runs inline
+in the wrapper's own shell, so each agent costs one shell, not two.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shlex
+from dataclasses import replace
+from datetime import datetime, timezone
+from pathlib import Path
+
+from .fingerprint import digest_text
+from .spec import Agent
+from .state import (Layout, StatusRecord, append_event, file_digest, utc_now,
+                    write_atomic, write_status)
+
+SIGNAL_NAMES = {129: "SIGHUP", 130: "SIGINT", 137: "SIGKILL", 143: "SIGTERM"}
+
+
+def wrapper_script(agent: Agent, exit_path: Path) -> str:
+    # `printf` is a builtin and the record is one small write, so a reader
+    # sees either nothing or the whole line; the trap also runs when the
+    # wrapper is stopped by SIGTERM/SIGINT/SIGHUP, after its child has gone.
+    record = shlex.quote(str(exit_path))
+    body = agent.command if isinstance(agent.command, str) else '"$@"'
+    return (f"trap 'printf \"%s\\n\" \"$?\" > {record}' EXIT\n"
+            "trap 'exit 143' TERM; trap 'exit 130' INT; trap 'exit 129' HUP\n"
+            f"{body}\n")
+
+
+def wrapper_argv(agent: Agent, exit_path: Path) -> list[str]:
+    argv = ["/bin/sh", "-c", wrapper_script(agent, exit_path), f"orchestrate:{agent.task}"]
+    if not isinstance(agent.command, str):
+        argv.extend(agent.command)
+    return argv
+
+
+def read_exit_code(path: Path) -> int | None:
+    """The recorded exit status, None while the record is absent or unwritten."""
+    try:
+        text = path.read_text().strip()
+    except FileNotFoundError:
+        return None
+    return int(text) if text.lstrip("-").isdigit() else None
+
+
+def describe_exit(code: int) -> str:
+    name = SIGNAL_NAMES.get(code)
+    return f"exit {code}" + (f" ({name})" if name else "")
+
+
+def expand_outputs(root: Path, patterns: tuple[str, ...]) -> tuple[dict[str, Path], list[str]]:
+    """Declared outputs -> (existing files by relative path, missing patterns)."""
+    found: dict[str, Path] = {}
+    missing = []
+    for pattern in patterns:
+        matches = sorted(root.glob(pattern)) if any(c in pattern for c in "*?[") else (
+            [root / pattern] if (root / pattern).is_file() else [])
+        if not matches:
+            missing.append(pattern)
+        for path in matches:
+            found[os.path.relpath(path, root)] = path
+    return found, missing
+
+
+def signal_content(agent: Agent, outputs: dict[str, Path], run_id: str) -> str:
+    """Deterministic in the outputs' hashes when outputs are declared (early cutoff)."""
+    record: dict[str, object] = {"pipeline": agent.pipeline, "agent": agent.name}
+    if agent.outputs:
+        record["outputs"] = {rel: file_digest(path) for rel, path in sorted(outputs.items())}
+    else:
+        record["run_id"] = run_id
+    return json.dumps(record, indent=1, sort_keys=True) + "\n"
+
+
+def finish_run(layout: Layout, agent: Agent, record: StatusRecord, code: int,
+               ended_at: str | None = None) -> StatusRecord:
+    """Turn a recorded exit status into signal + status + event. Idempotent by run id."""
+    ended_at = ended_at or utc_now()
+    run_id = record.run_id or ""
+    if code == 0:
+        outputs, missing = expand_outputs(layout.root, agent.outputs)
+        if missing:
+            record = replace(record, state="failed", exit_code=0, ended_at=ended_at,
+                             reason=f"exit 0 but output missing: {', '.join(missing)}")
+        else:
+            content = signal_content(agent, outputs, run_id)
+            write_atomic(layout.signal(agent.pipeline, agent.name), content)
+            record = replace(record, state="done", exit_code=0, ended_at=ended_at,
+                             reason="done", signal_digest=digest_text(content))
+    else:
+        record = replace(record, state="failed", exit_code=code, ended_at=ended_at,
+                         reason=describe_exit(code))
+    write_status(layout, record)
+    append_event(layout, "finish" if record.state == "done" else "fail", task=agent.task,
+                 run_id=run_id, exit_code=code, reason=record.reason)
+    for path in (layout.exit_file(run_id), layout.upstream_file(run_id)):
+        path.unlink(missing_ok=True)
+    return record
+
+
+def exit_time(path: Path) -> str | None:
+    try:
+        stamp = path.stat().st_mtime
+    except FileNotFoundError:
+        return None
+    return datetime.fromtimestamp(stamp, timezone.utc).isoformat(
+        timespec="milliseconds").replace("+00:00", "Z")
