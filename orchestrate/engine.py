@@ -223,7 +223,7 @@ class Engine:
             return record
         record = replace(record, state="running", pid=started.pid,
                          pid_create_time=started.create_time,
-                         reason=f"launched ({decision.reason})")
+                         reason="running")
         write_status(layout, record, durable=False)
         append_event(layout, "launch", task=agent.task, run_id=run_id, pid=started.pid,
                      reason=decision.reason)

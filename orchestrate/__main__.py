@@ -1,0 +1,31 @@
+"""`python -m orchestrate init [DIR]`."""
+from __future__ import annotations
+
+import argparse
+import sys
+import tomllib
+from pathlib import Path
+
+from .scaffold import init_workspace
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m orchestrate",
+                                     description="orchestrate: make-style agent pipelines on doit")
+    sub = parser.add_subparsers(dest="command", required=True)
+    init = sub.add_parser("init", help="make DIR an orchestrate workspace (never overwrites)")
+    init.add_argument("directory", nargs="?", default=".")
+    args = parser.parse_args(argv)
+    try:
+        for line in init_workspace(Path(args.directory)):
+            print(line)
+    except tomllib.TOMLDecodeError as err:
+        print(f"error: {Path(args.directory) / 'pyproject.toml'}: invalid TOML ({err}); "
+              "nothing changed", file=sys.stderr)
+        return 3
+    print("next: doit wait   (runs pipelines/*.toml; doit status, doit list --all)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,115 @@
+"""`python -m orchestrate init [DIR]`: make any folder an orchestrate workspace.
+
+Never overwrites a user's file: new tables are rendered with tomli-w and
+appended to pyproject.toml, so the user's own content, comments and
+formatting stay byte for byte; running it twice changes nothing.
+"""
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+DODO = '''"""doit entry point: every pipelines/*.toml becomes a group of agent tasks."""
+from pathlib import Path
+
+from orchestrate.tasks import ensure_state_folder, pipeline_tasks
+
+ROOT = Path(__file__).parent
+ensure_state_folder(ROOT)  # doit opens its database (in there) before loading tasks
+
+
+def task_pipelines():
+    """Agents of every pipeline in pipelines/."""
+    yield from pipeline_tasks(ROOT)
+'''
+
+EXAMPLE = '''description = "Example: one agent fans out to two, a third gathers their results"
+
+[agents.list]
+description = "List the files of this workspace"
+command = "mkdir -p reports && find . -path ./.orchestrate -prune -o -type f -print | sort > reports/files.txt"
+outputs = ["reports/files.txt"]
+
+[agents.count]
+description = "Count the files"
+command = "wc -l < reports/files.txt > reports/count.txt"
+outputs = ["reports/count.txt"]
+after = ["list"]
+
+[agents.types]
+description = "Count files per extension"
+command = "sed -n 's/.*\\\\.//p' reports/files.txt | sort | uniq -c | sort -rn > reports/types.txt"
+outputs = ["reports/types.txt"]
+after = ["list"]
+
+[agents.report]
+description = "Gather both into one report"
+command = "{ echo files: $(cat reports/count.txt); cat reports/types.txt; } > reports/report.txt"
+outputs = ["reports/report.txt"]
+after = ["count", "types"]
+'''
+
+DOIT_CONFIG = {"dep_file": ".orchestrate/doit.sqlite", "backend": "sqlite3"}
+PLUGINS = {"run": "orchestrate.commands:Run", "forget": "orchestrate.commands:Forget"}
+GITIGNORE_LINE = ".orchestrate/"
+
+
+def _write_new(path: Path, text: str, done: list[str]) -> None:
+    if path.exists():
+        done.append(f"kept     {path}")
+    else:
+        path.write_text(text)
+        done.append(f"created  {path}")
+
+
+def _missing_tables(existing: dict) -> dict:
+    doit = existing.get("tool", {}).get("doit")
+    if doit is None:
+        return {"tool": {"doit": {**DOIT_CONFIG, "plugins": {"command": PLUGINS}}}}
+    if "plugins" not in doit:
+        return {"tool": {"doit": {"plugins": {"command": PLUGINS}}}}
+    return {}
+
+
+def _render_tables(tables: dict) -> str:
+    import tomli_w
+    return tomli_w.dumps(tables)
+
+
+def update_pyproject(path: Path, done: list[str]) -> None:
+    text = path.read_text() if path.exists() else ""
+    existing = tomllib.loads(text)
+    tables = _missing_tables(existing)
+    if tables:
+        separator = "" if not text or text.endswith("\n\n") else ("\n" if text.endswith("\n") else "\n\n")
+        path.write_text(text + separator + _render_tables(tables))
+        done.append(f"{'updated ' if text else 'created '} {path} (doit config)")
+        return
+    doit = existing["tool"]["doit"]
+    commands = doit.get("plugins", {}).get("command", {})
+    wrong = [k for k, v in PLUGINS.items() if commands.get(k) != v]
+    if wrong or doit.get("dep_file") is None:
+        done.append(f"check    {path}: [tool.doit] should have dep_file = "
+                    f"\"{DOIT_CONFIG['dep_file']}\", backend = \"sqlite3\" and "
+                    "[tool.doit.plugins.command] " +
+                    ", ".join(f'{k} = "{v}"' for k, v in PLUGINS.items()))
+    else:
+        done.append(f"kept     {path}")
+
+
+def init_workspace(directory: Path) -> list[str]:
+    done: list[str] = []
+    directory.mkdir(parents=True, exist_ok=True)
+    _write_new(directory / "dodo.py", DODO, done)
+    update_pyproject(directory / "pyproject.toml", done)
+    (directory / "pipelines").mkdir(exist_ok=True)
+    if not any((directory / "pipelines").glob("*.toml")):
+        _write_new(directory / "pipelines" / "example.toml", EXAMPLE, done)
+    gitignore = directory / ".gitignore"
+    lines = gitignore.read_text().splitlines() if gitignore.exists() else []
+    if GITIGNORE_LINE not in lines:
+        prefix = "" if not lines or gitignore.read_text().endswith("\n") else "\n"
+        with open(gitignore, "a") as handle:
+            handle.write(prefix + GITIGNORE_LINE + "\n")
+        done.append(f"updated  {gitignore} (ignore .orchestrate/)")
+    return done
