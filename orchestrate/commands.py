@@ -11,6 +11,7 @@ from pathlib import Path
 
 from doit.cmd_base import DoitCmdBase, subtasks_iter, tasks_and_deps_iter
 from doit.cmd_forget import Forget as DoitForget
+from doit.cmdparse import CmdOption, CmdParseError
 from doit.exceptions import InvalidCommand
 
 from . import control
@@ -29,6 +30,27 @@ class OrchestrateCommand(DoitCmdBase):
         finally:
             if self.dep_manager is not None:
                 self.dep_manager.close()
+
+    def get_options(self):
+        """Our short options win over the task loader's (`-f` follows, not --file)."""
+        ours = {o["short"] for o in self.cmd_options if o.get("short")}
+        loader = [dict(o, short="") if o.get("short") in ours else o
+                  for o in self.loader.cmd_options]
+        return [CmdOption(o) for o in self.base_options + tuple(loader) + self.cmd_options]
+
+    def parse_execute(self, in_args):
+        # doit parses with getopt, which stops at the first task name; the
+        # contract's `doit logs TASK -f` and `doit wait TASK --timeout S` put
+        # options after tasks, so parse GNU-style (options anywhere).
+        import getopt
+        parser = self.cmdparser
+        try:
+            opts, args = getopt.gnu_getopt(list(in_args), parser.get_short(),
+                                           parser.get_long())
+        except getopt.GetoptError as err:
+            raise CmdParseError(str(err)) from None
+        flat = [item for pair in opts for item in pair if item != ""]
+        return super().parse_execute(flat + args)
 
     @property
     def root(self) -> Path:

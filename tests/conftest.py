@@ -1,0 +1,132 @@
+"""Test workspaces made by `python -m orchestrate init`, driven by the real doit."""
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+FAKE_AGENT = Path(__file__).with_name("fake_agent.py")
+
+
+def wait_until(predicate, timeout: float = 20.0, what: str = "condition"):
+    """Poll `predicate` until it is truthy; fail the test after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.01)
+
+
+class Workspace:
+    def __init__(self, root: Path):
+        self.root = root
+        self.ledger = root / "ledger.jsonl"
+        self.state = root / ".orchestrate"
+
+    def agent_cmd(self, *args: str) -> str:
+        """A shell command string running the fake agent (quoted safely)."""
+        return " ".join(shlex.quote(a) for a in
+                        [sys.executable, str(FAKE_AGENT), str(self.ledger), *args])
+
+    def write_pipeline(self, name: str, text: str) -> None:
+        (self.root / "pipelines" / f"{name}.toml").write_text(text)
+
+    def doit(self, *args: str, timeout: float = 60, check_rc: int | None = None
+             ) -> subprocess.CompletedProcess:
+        proc = subprocess.run([sys.executable, "-m", "doit", *args], cwd=self.root,
+                              capture_output=True, text=True, timeout=timeout,
+                              stdin=subprocess.DEVNULL)
+        if check_rc is not None:
+            assert proc.returncode == check_rc, (proc.returncode, proc.stdout, proc.stderr)
+        return proc
+
+    def launches(self, agent: str | None = None) -> list[dict]:
+        if not self.ledger.exists():
+            return []
+        entries = [json.loads(l) for l in self.ledger.read_text().splitlines() if l]
+        return [e for e in entries if agent is None or e["agent"] == agent]
+
+    def signal(self, pipeline: str, agent: str) -> Path:
+        return self.state / "signals" / pipeline / f"{agent}.done"
+
+    def status(self, pipeline: str, agent: str) -> dict | None:
+        path = self.state / "status" / pipeline / f"{agent}.json"
+        return json.loads(path.read_text()) if path.exists() else None
+
+    def state_of(self, pipeline: str, agent: str) -> str | None:
+        record = self.status(pipeline, agent)
+        return record["state"] if record else None
+
+    def wait_state(self, pipeline: str, agent: str, *states: str, timeout: float = 20.0):
+        return wait_until(lambda: self.state_of(pipeline, agent) in states, timeout,
+                          f"{pipeline}:{agent} in {states}")
+
+    def wait_idle(self, timeout: float = 30.0) -> None:
+        """Until no advancer of this workspace is alive."""
+        wait_until(lambda: not self.advancer_pids(), timeout, "advancers to exit")
+
+    def advancer_pids(self) -> list[int]:
+        pids = []
+        for lock in (self.state / "advancers").glob("*.lock"):
+            text = lock.read_text().strip()
+            if text.isdigit() and _is_our_process(int(text), self.root):
+                pids.append(int(text))
+        return pids
+
+    def agent_pids(self) -> list[int]:
+        needle = f"ORCHESTRATE_ROOT={self.root}".encode()
+        found = []
+        for entry in os.scandir("/proc"):
+            if entry.name.isdigit():
+                try:
+                    env = Path(f"/proc/{entry.name}/environ").read_bytes().split(b"\0")
+                except OSError:
+                    continue
+                if needle in env:
+                    found.append(int(entry.name))
+        return found
+
+    def kill_everything(self) -> None:
+        for pid in self.advancer_pids():
+            _kill(pid, by_group=False)
+        for pid in self.agent_pids():
+            _kill(pid, by_group=True)
+
+
+def _is_our_process(pid: int, root: Path) -> bool:
+    try:
+        return os.readlink(f"/proc/{pid}/cwd") == str(root)
+    except OSError:
+        return False
+
+
+def _kill(pid: int, by_group: bool) -> None:
+    try:
+        if by_group:
+            os.killpg(os.getpgid(pid), signal.SIGKILL)
+        else:
+            os.kill(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+@pytest.fixture
+def ws(tmp_path: Path):
+    root = tmp_path / "ws"
+    subprocess.run([sys.executable, "-m", "orchestrate", "init", str(root)], check=True,
+                   capture_output=True)
+    (root / "pipelines" / "example.toml").unlink()
+    workspace = Workspace(root.resolve())
+    yield workspace
+    workspace.kill_everything()
+    wait_until(lambda: not workspace.agent_pids(), 10, "agents to be gone")

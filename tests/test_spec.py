@@ -1,0 +1,149 @@
+"""Pipeline parsing and validation (pure, no processes)."""
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from orchestrate.spec import PipelineError, find_cycle, load_workspace, parse_duration
+
+
+def load(tmp_path: Path, **files: str):
+    (tmp_path / "pipelines").mkdir(exist_ok=True)
+    for name, text in files.items():
+        (tmp_path / "pipelines" / f"{name}.toml").write_text(text)
+    return load_workspace(tmp_path)
+
+
+def problems(tmp_path: Path, **files: str) -> str:
+    with pytest.raises(PipelineError) as info:
+        load(tmp_path, **files)
+    return str(info.value)
+
+
+@pytest.mark.parametrize("text,seconds", [("90s", 90), ("10m", 600), ("2h", 7200),
+                                          ("1h30m", 5400), (45, 45), (1.5, 1.5), ("250ms", 0.25)])
+def test_durations(text, seconds):
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("bad", ["soon", "10 minutes", "", -1, True, "5x"])
+def test_bad_durations(bad):
+    with pytest.raises(ValueError):
+        parse_duration(bad)
+
+
+def test_full_pipeline_parses(tmp_path):
+    ws = load(tmp_path, review='''
+description = "d"
+max_parallel = 2
+[defaults]
+timeout = "30m"
+retries = 1
+[agents.research]
+command = "python agents/research.py"
+inputs = ["notes/*.md"]
+outputs = ["build/research.md"]
+[agents.plan]
+command = ["python", "agents/plan.py"]
+after = ["research"]
+timeout = 90
+[agents.review]
+command = "true"
+after_any = ["research", "plan"]
+wait_for = ["approved"]
+env = { MODEL = "sonnet" }
+cwd = "."
+''')
+    pipeline = ws.pipeline("review")
+    assert [a.name for a in pipeline.agents] == ["research", "plan", "review"]
+    plan = pipeline.agent("plan")
+    assert plan.command == ("python", "agents/plan.py")
+    assert plan.timeout == 90 and plan.retries == 1
+    assert pipeline.agent("research").timeout == 1800
+    assert dict(pipeline.agent("review").env) == {"MODEL": "sonnet"}
+    assert pipeline.max_parallel == 2
+    assert ws.agents_by_task["review:plan"] is plan
+
+
+def test_unknown_key_names_file_agent_and_key(tmp_path):
+    text = problems(tmp_path, p='[agents.a]\ncommand = "x"\ncomand = "y"\n')
+    assert "pipelines/p.toml: agent 'a': key 'comand': unknown key" in text
+
+
+def test_bad_type_says_what_was_expected(tmp_path):
+    text = problems(tmp_path, p='[agents.a]\ncommand = 3\n')
+    assert "pipelines/p.toml: agent 'a': key 'command': expected a string" in text
+    text = problems(tmp_path, p='[agents.a]\ncommand = "x"\nretries = "two"\n')
+    assert "key 'retries': expected an integer" in text
+
+
+def test_bad_duration_is_reported(tmp_path):
+    text = problems(tmp_path, p='[agents.a]\ncommand = "x"\ntimeout = "soon"\n')
+    assert "agent 'a': key 'timeout': expected a duration" in text
+
+
+def test_unknown_and_self_dependencies(tmp_path):
+    text = problems(tmp_path, p='''
+[agents.a]
+command = "x"
+after = ["a"]
+[agents.b]
+command = "x"
+after_any = ["nope"]
+''')
+    assert "agent 'a': key 'after': an agent cannot depend on itself" in text
+    assert "agent 'b': key 'after_any': unknown agent 'nope'" in text
+
+
+def test_cycle_is_reported_with_its_path(tmp_path):
+    text = problems(tmp_path, p='''
+[agents.a]
+command = "x"
+after = ["c"]
+[agents.b]
+command = "x"
+after = ["a"]
+[agents.c]
+command = "x"
+after_any = ["b"]
+''')
+    assert "dependency cycle: a -> c -> b -> a" in text
+
+
+def test_duplicate_agent_is_invalid_toml_naming_the_file(tmp_path):
+    text = problems(tmp_path, p='[agents.a]\ncommand = "x"\n[agents.a]\ncommand = "y"\n')
+    assert text.startswith("pipelines/p.toml: invalid TOML")
+
+
+def test_bad_names(tmp_path):
+    text = problems(tmp_path, p='[agents."bad name"]\ncommand = "x"\nwait_for = ["-x"]\n')
+    assert "agent 'bad name': not a valid agent name" in text
+    assert "key 'wait_for': '-x' is not a valid name" in text
+
+
+def test_missing_command_and_empty_pipeline(tmp_path):
+    assert "agent 'a': key 'command': missing" in problems(
+        tmp_path, p='[agents.a]\ndescription = "x"\n')
+    assert "key 'agents': expected at least one" in problems(tmp_path, p='description = "x"\n')
+
+
+def test_every_invalid_file_is_reported_at_once(tmp_path):
+    text = problems(tmp_path, one='[agents.a]\ncommand = 1\n', two='x = 1\n[agents.b]\ncommand="x"\n')
+    assert "pipelines/one.toml" in text and "pipelines/two.toml: key 'x'" in text
+
+
+def test_unknown_pool_and_workspace_keys(tmp_path):
+    (tmp_path / "pyproject.toml").write_text('[tool.orchestrate]\npools = { llm = 2 }\nmaxparallel = 3\n')
+    text = problems(tmp_path, p='[agents.a]\ncommand = "x"\npool = "gpu"\n')
+    assert "pyproject.toml: key 'tool.orchestrate.maxparallel': unknown key" in text
+    assert "agent 'a': key 'pool': unknown pool 'gpu'" in text
+
+
+def test_presets_are_refused_clearly(tmp_path):
+    text = problems(tmp_path, p='[agents.a]\nagent = "claude"\nprompt = "hi"\n')
+    assert "key 'agent': agent presets" in text
+
+
+def test_find_cycle():
+    assert find_cycle({"a": ("b",), "b": ()}) is None
+    assert find_cycle({"a": ("b",), "b": ("a",)}) == ["a", "b", "a"]
