@@ -180,8 +180,18 @@ class Engine:
             if record and record.state in ACTIVE:
                 records[agent.task] = self.settle(agent, record)
         facts = self.facts(agents, records)
-        decisions = plan(self.workspace, agents, facts, self.external_signals())
+        decisions = plan(self.workspace, agents, facts, self.external_signals(),
+                         self.running_elsewhere(agents))
         return PassResult(decisions, facts)
+
+    def running_elsewhere(self, agents: list[Agent]) -> tuple[Agent, ...]:
+        """Running agents outside the selection, read only when shared caps exist."""
+        if not (self.workspace.max_parallel or self.workspace.pools):
+            return ()
+        selected = {a.task for a in agents}
+        others = [a for a in self.workspace.agents_by_task.values() if a.task not in selected]
+        return tuple(a for a in others
+                     if (r := read_status(self.layout, a.pipeline, a.name)) and r.state in ACTIVE)
 
     def launch_all(self, result: PassResult) -> list[str]:
         launched = []

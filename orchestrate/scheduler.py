@@ -140,9 +140,16 @@ def _why_stale(record: StatusRecord | None, facts: AgentFacts, new: Fingerprint)
 
 
 def plan(workspace: Workspace, agents: list[Agent], facts: dict[str, AgentFacts],
-         present_signals: set[str]) -> dict[str, Decision]:
-    """One scheduling pass over `agents` (upstream-first order) -> decisions by task."""
+         present_signals: set[str], running_elsewhere: tuple[Agent, ...] = ()
+         ) -> dict[str, Decision]:
+    """One scheduling pass over `agents` (upstream-first order) -> decisions by task.
+
+    `running_elsewhere`: running agents outside the selection, which still
+    count against workspace-wide caps and pools.
+    """
     capacity = Capacity(workspace)
+    for agent in running_elsewhere:
+        capacity.take(agent)
     for task, fact in facts.items():
         if fact.record and fact.record.state in ACTIVE:
             capacity.take(workspace.agents_by_task[task])

@@ -117,3 +117,10 @@ def test_max_parallel_queues_the_rest_in_declaration_order():
     decisions = run_plan(ws, {a.task: AgentFacts(None, None) for a in agents})
     assert [decisions[a.task].state for a in agents] == ["launch", "launch", "queued", "queued"]
     assert "max_parallel" in decisions["p:a2"].reason
+
+
+def test_pools_count_agents_running_outside_the_selection():
+    a, b = Agent("p", "a", "x", pool="llm"), Agent("p", "b", "x", pool="llm")
+    ws = workspace(a, b, pools=(("llm", 1),))
+    decisions = plan(ws, [b], {"p:b": AgentFacts(None, None)}, set(), running_elsewhere=(a,))
+    assert decisions["p:b"].state == "queued" and "pool llm" in decisions["p:b"].reason

@@ -1,0 +1,74 @@
+"""`python -m orchestrate init` on a user's project, and the example pipeline."""
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import Workspace
+
+USER_PYPROJECT = '''# my project, my formatting
+[project]
+name    = "mine"      # aligned on purpose
+version = "1.0"
+
+[tool.black]
+line-length = 100
+'''
+
+
+def init(directory: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "orchestrate", "init", str(directory)],
+                          capture_output=True, text=True, check=True)
+
+
+def test_init_appends_config_keeps_user_bytes_and_is_idempotent(tmp_path):
+    (tmp_path / "pyproject.toml").write_text(USER_PYPROJECT)
+    (tmp_path / "dodo.py").write_text("# the user's own dodo\n")
+    init(tmp_path)
+    text = (tmp_path / "pyproject.toml").read_text()
+    assert text.startswith(USER_PYPROJECT)
+    assert '[tool.doit.plugins.command]\nrun = "orchestrate.commands:Run"' in text
+    assert (tmp_path / "dodo.py").read_text() == "# the user's own dodo\n"
+    assert (tmp_path / "pipelines" / "example.toml").exists()
+    snapshot = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    second = init(tmp_path)
+    assert "kept" in second.stdout
+    assert snapshot == {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+
+
+def test_init_on_invalid_pyproject_changes_nothing(tmp_path):
+    (tmp_path / "pyproject.toml").write_text("[project\n")
+    proc = subprocess.run([sys.executable, "-m", "orchestrate", "init", str(tmp_path)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 3 and "invalid TOML" in proc.stderr
+    assert (tmp_path / "pyproject.toml").read_text() == "[project\n"
+
+
+def test_example_pipeline_of_a_new_workspace_runs_to_the_end(tmp_path):
+    init(tmp_path / "new")
+    ws = Workspace((tmp_path / "new").resolve())
+    try:
+        ws.doit("wait", check_rc=0)
+        report = (ws.root / "reports" / "report.txt").read_text()
+        assert report.startswith("files: ")
+        assert ws.doit("list", check_rc=0).stdout.startswith("example")
+    finally:
+        ws.kill_everything()
+
+
+def test_this_repositorys_survey_pipeline_runs(tmp_path):
+    """The quick start's pipeline, run on a copy of this repository."""
+    repo = Path(__file__).resolve().parent.parent
+    copy = tmp_path / "repo"
+    copy.mkdir()
+    for name in ("orchestrate", "agents", "pipelines"):
+        shutil.copytree(repo / name, copy / name, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("dodo.py", "pyproject.toml"):
+        shutil.copy(repo / name, copy / name)
+    ws = Workspace(copy)
+    try:
+        ws.doit("wait", check_rc=0)
+        summary = (copy / "reports" / "summary.md").read_text()
+        assert summary.startswith("# Code survey") and "Longest functions" in summary
+    finally:
+        ws.kill_everything()
