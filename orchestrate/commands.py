@@ -11,6 +11,7 @@ from pathlib import Path
 
 from doit.cmd_base import DoitCmdBase, subtasks_iter, tasks_and_deps_iter
 from doit.cmd_forget import Forget as DoitForget
+from doit.cmd_info import Info as DoitInfo
 from doit.cmdparse import CmdOption, CmdParseError
 from doit.exceptions import InvalidCommand
 
@@ -165,3 +166,24 @@ class Forget(DoitForget):
                      for t in [tasks[sel], *subtasks_iter(tasks, tasks[sel])]]
         control.forget_agents(Path(os.getcwd()), names, self.outstream)
         return super()._execute(forget_sub, forget_disable_default, forget_all)
+
+
+class Info(DoitInfo):
+    """doit's info, with orchestrate's verdict on staleness instead of doit's.
+
+    doit's own verdict would come from its database, which orchestrate keeps
+    only as a cache; the state files say why an agent is or is not current.
+    """
+
+    def _execute(self, pos_args, hide_status=False):
+        super()._execute(pos_args, hide_status=True)
+        if hide_status:
+            return 0
+        verdict = control.staleness(Path(os.getcwd()), pos_args[0])
+        if verdict is None:
+            return 0
+        up_to_date, lines = verdict
+        self.outstream.write("\n{:11s}: {}\n".format("status", "up-to-date" if up_to_date else "run"))
+        for line in lines:
+            self.outstream.write(f" * {line}\n")
+        return 0 if up_to_date else 1

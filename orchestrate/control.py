@@ -148,6 +148,20 @@ def status(root: Path, names: list[str]) -> tuple[dict[str, Decision], dict]:
     return result.decisions, {t: f.record for t, f in result.facts.items()}
 
 
+def staleness(root: Path, task: str) -> tuple[bool, list[str]] | None:
+    """(up to date?, why) for one agent, as `doit info` shows it; None for a group."""
+    workspace = workspace_at(root)
+    agent = workspace.agents_by_task.get(task)
+    if agent is None:
+        return None
+    decision = Engine(workspace).evaluate(select(workspace, [task]))[task]
+    if decision.state == "done":
+        return True, ["its signal is current"]
+    if decision.state == "launch":
+        return False, [f"stale: {decision.reason}"]
+    return False, [f"{decision.state}: {decision.reason}"]
+
+
 def status_json(decisions: dict[str, Decision], records: dict) -> dict:
     agents = []
     for task, decision in decisions.items():
@@ -168,7 +182,7 @@ def print_status(out: IO[str], decisions: dict[str, Decision], records: dict) ->
     console = Console(file=out, width=None if out.isatty() else 120)
     rows = [status_row(d, records.get(t)) for t, d in decisions.items()]
     console.print(status_table(rows))
-    console.print(summary_line(decisions.values()))
+    console.print(summary_line(decisions.values(), launched="pending"))
 
 
 def signal_create(root: Path, name: str) -> str:

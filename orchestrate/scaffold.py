@@ -50,7 +50,8 @@ after = ["count", "types"]
 '''
 
 DOIT_CONFIG = {"dep_file": ".orchestrate/doit.sqlite", "backend": "sqlite3"}
-PLUGINS = {"run": "orchestrate.commands:Run", "forget": "orchestrate.commands:Forget"}
+PLUGINS = {"run": "orchestrate.commands:Run", "forget": "orchestrate.commands:Forget",
+           "info": "orchestrate.commands:Info"}
 GITIGNORE_LINE = ".orchestrate/"
 
 

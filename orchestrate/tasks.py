@@ -48,9 +48,7 @@ class AgentIsCurrent:
         return decision.state == "done"
 
     def __str__(self) -> str:
-        return f"orchestrate says {self.reason}"
-
-    __repr__ = __str__
+        return f"orchestrate: {self.reason}"
 
 
 def _expand_inputs(root: Path, patterns: tuple[str, ...]) -> list[str]:

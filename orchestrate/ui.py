@@ -55,10 +55,12 @@ def elapsed(record: StatusRecord | None, now: datetime | None = None) -> str:
 
 
 def status_row(decision: Decision, record: StatusRecord | None) -> tuple[str, ...]:
+    """A status table row; a "launch" decision is an agent ready to launch: pending."""
     state = label(decision) if decision.state != "launch" else "pending"
     reason = decision.reason if decision.state != "launch" else f"ready ({decision.reason})"
-    attempt = str(record.attempt) if record and record.attempt else ""
-    return decision.agent.task, state, elapsed(record), attempt, reason
+    current = decision.state in ("running", "done", "failed", "cancelled")
+    attempt = str(record.attempt) if current and record and record.attempt else ""
+    return (decision.agent.task, state, elapsed(record) if current else "", attempt, reason)
 
 
 def status_table(rows: list[tuple[str, ...]], title: str | None = None):
@@ -72,10 +74,11 @@ def status_table(rows: list[tuple[str, ...]], title: str | None = None):
     return table
 
 
-def summary_line(decisions: Iterable[Decision]) -> str:
+def summary_line(decisions: Iterable[Decision], launched: str = "launched") -> str:
+    """"3 done, 1 running, ..."; `launched` names the ready agents (pending in status)."""
     counts: dict[str, int] = {}
     for decision in decisions:
-        state = label(decision)
+        state = label(decision) if decision.state != "launch" else launched
         counts[state] = counts.get(state, 0) + 1
     order = ["done", "running", "launched", "queued", "waiting", "pending", "failed",
              "cancelled"]

@@ -108,7 +108,10 @@ command = {json.dumps(ws.agent_cmd("--write", "out/other.txt=o"))}
 inputs = ["in/other.txt"]
 ''')
     ws.doit("wait", check_rc=0)
+    assert "status     : up-to-date" in ws.doit("info", "p:a", check_rc=0).stdout
     (ws.root / "in" / "one.txt").write_text("2")   # content of a's input changed
+    info = ws.doit("info", "p:a", check_rc=1).stdout
+    assert "status     : run" in info and "stale: input in/one.txt changed" in info
     proc = ws.doit("wait", check_rc=0)
     assert "p:a" in proc.stdout
     # a's output changed, so b and c re-ran; they wrote what they wrote
