@@ -362,3 +362,96 @@ def test_clean_removes_signal_and_outputs(ws):
     assert ws.signal("p", "c").exists()
     ws.doit("wait", check_rc=0)
     assert launch_counts(ws) == {"a": 1, "b": 1, "c": 1, "d": 2}
+
+
+def test_wait_on_a_terminal_shows_a_live_table(ws):
+    import pty
+    setup_abc(ws)
+    primary, secondary = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "doit", "wait"], cwd=ws.root,
+                            stdin=subprocess.DEVNULL, stdout=secondary, stderr=secondary,
+                            env={**os.environ, "COLUMNS": "120", "TERM": "xterm"})
+    os.close(secondary)
+    chunks = []
+    while True:
+        try:
+            data = os.read(primary, 65536)
+        except OSError:        # EIO: the terminal's last writer has gone
+            break
+        if not data:
+            break
+        chunks.append(data)
+    assert proc.wait(timeout=30) == 0
+    os.close(primary)
+    screen = b"".join(chunks).decode(errors="replace")
+    assert "agent" in screen and "state" in screen and "elapsed" in screen
+    assert "4 done" in screen
+
+
+def _record_launching(ws, run_id: str) -> None:
+    """What a pass leaves behind when killed between recording a launch and the spawn."""
+    from orchestrate.engine import Engine, hash_inputs, select
+    from orchestrate.spec import load_workspace
+    workspace = load_workspace(ws.root)
+    fingerprint = Engine(workspace).evaluate(select(workspace, ["p:a"]))["p:a"].fingerprint
+    path = ws.state / "status" / "p" / "a.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({
+        "state": "launching", "pipeline": "p", "agent": "a", "task": "p:a", "run_id": run_id,
+        "launches": 1, "attempt": 1, "reason": "never run",
+        "fingerprint": fingerprint.digest, "config_digest": fingerprint.config,
+        "inputs": hash_inputs(ws.root, ("in/*.txt",), {})}))
+
+
+def test_crash_before_the_spawn_relaunches_once(ws):
+    setup_abc(ws)
+    (ws.state / "status").mkdir(parents=True, exist_ok=True)
+    _record_launching(ws, "p.a.1.deadbeef")
+    ws.doit("wait", check_rc=0)
+    assert launch_counts(ws) == {"a": 1, "b": 1, "c": 1, "d": 1}
+
+
+def test_crash_after_the_spawn_adopts_the_running_agent(ws):
+    setup_abc(ws, a_args=("--gate", str(ws.root / "go")))
+    run_id = "p.a.1.cafe0001"
+    _record_launching(ws, run_id)
+    exit_path = ws.state / "runs" / f"{run_id}.exit"
+    exit_path.parent.mkdir(parents=True, exist_ok=True)
+    # the agent as the launcher would have started it: its wrapper, its session
+    from orchestrate.spec import load_workspace
+    from orchestrate.wrapper import wrapper_argv
+    agent = load_workspace(ws.root).pipeline("p").agent("a")
+    orphan = subprocess.Popen(wrapper_argv(agent, exit_path), cwd=ws.root,
+                              start_new_session=True, stdout=subprocess.DEVNULL,
+                              env={**os.environ, "ORCHESTRATE_RUN_ID": run_id,
+                                   "ORCHESTRATE_AGENT": "a", "ORCHESTRATE_ROOT": str(ws.root)})
+    wait_until(lambda: ws.launches("a"), what="the orphan agent to start")
+    proc = ws.doit(check_rc=0)
+    assert "running   p:a" in proc.stdout
+    assert ws.status("p", "a")["pid"] == orphan.pid
+    (ws.root / "go").touch()
+    orphan.wait(timeout=20)
+    ws.doit("wait", check_rc=0)
+    assert launch_counts(ws) == {"a": 1, "b": 1, "c": 1, "d": 1}
+
+
+def test_sigkill_of_orchestrator_processes_at_random_moments(ws):
+    import random
+    rng = random.Random(20261125)
+    setup_abc(ws, a_args=("--sleep", "0.1"), b_args=("--sleep", "0.1"))
+    for trial in range(6):
+        (ws.root / "in" / "one.txt").write_text(f"trial {trial}")   # a (and so all) stale
+        caller = subprocess.Popen([sys.executable, "-m", "doit"], cwd=ws.root,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + rng.uniform(0.0, 0.6)
+        while time.monotonic() < deadline:
+            time.sleep(0.005)
+        for pid in ws.advancer_pids():      # the orchestrator, never the agents
+            os.kill(pid, signal.SIGKILL)
+        if caller.poll() is None:
+            caller.send_signal(signal.SIGKILL)
+        caller.wait()
+        ws.doit("wait", check_rc=0)
+        counts = launch_counts(ws)
+        assert counts["a"] == trial + 1, counts      # never twice for one change
+        assert all(n <= trial + 1 for n in counts.values()), counts
