@@ -20,7 +20,7 @@ from typing import Callable
 from .engine import Engine, PassResult, SelectionError, select
 from .scheduler import Decision
 from .spec import PipelineError, load_workspace
-from .state import Layout, SchedulingLock, append_event
+from .state import Layout, SchedulingLock, append_event, utc_now
 
 IDLE_CHECK_SECONDS = 1.0   # liveness check of running agents when nothing happens
 
@@ -174,7 +174,6 @@ def _detach_stdio(layout: Layout) -> Callable[[str], None]:
     os.close(log_fd)
 
     def log(message: str) -> None:
-        from .state import utc_now
         sys.stderr.write(f"{utc_now()} [{os.getpid()}] {message}\n")
         sys.stderr.flush()
     return log

@@ -13,11 +13,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .fingerprint import digest_text
-from .launcher import Launcher, is_alive
+from .launcher import Launcher, is_alive, process_create_time
 from .scheduler import ACTIVE, AgentFacts, Decision, plan
 from .spec import Agent, Workspace
-from .state import (Layout, StatusRecord, append_event, read_status, utc_now,
-                    write_status)
+from .state import (Layout, StatusRecord, append_event, file_digest, read_status,
+                    utc_now, write_status)
 from .wrapper import exit_time, finish_run, read_exit_code
 
 
@@ -69,7 +69,6 @@ def _is_pattern(text: str) -> bool:
 
 def hash_inputs(root: Path, patterns: tuple[str, ...], cache: dict[str, list]) -> dict[str, list]:
     """Input path -> [mtime_ns, size, digest]; unchanged files are not re-read."""
-    from .state import file_digest
     result: dict[str, list] = {}
     for pattern in patterns:
         paths = (sorted(glob.glob(pattern, root_dir=root, recursive=True))
@@ -160,7 +159,6 @@ class Engine:
 
     def _recover_launch(self, agent: Agent, record: StatusRecord) -> StatusRecord:
         """A pass crashed between recording a launch and recording its pid."""
-        from .launcher import process_create_time
         pid = find_run_process(record.run_id or "")
         if pid is not None:
             record = replace(record, state="running", pid=pid,

@@ -7,9 +7,9 @@ so a reader sees the old record or the new one, never a torn one.
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
-import time
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
@@ -223,13 +223,8 @@ class SchedulingLock:
 
 
 def file_digest(path: Path) -> str:
-    import hashlib
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def monotonic() -> float:
-    return time.monotonic()

@@ -62,8 +62,10 @@ def _expand_inputs(root: Path, patterns: tuple[str, ...]) -> list[str]:
     return files
 
 
-def _refuse_plain_run(task: str) -> str:
-    return (f"{task}: agents are launched by orchestrate's run command; add "
+def _refuse_plain_run(task: str):
+    """The action doit's own `run` would execute: fail, saying what to configure."""
+    from doit.exceptions import TaskFailed
+    return TaskFailed(f"{task}: agents are launched by orchestrate's run command; add "
             '[tool.doit.plugins.command] run = "orchestrate.commands:Run" '
             "to pyproject.toml (python -m orchestrate init does it)")
 
