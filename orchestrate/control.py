@@ -26,11 +26,14 @@ def outcome(decisions: dict[str, Decision]) -> int:
     return EXIT_FAILED if bad else EXIT_OK
 
 
+def _selection(root: Path, names: list[str]) -> tuple[Engine, list[Agent]]:
+    workspace = workspace_at(root)
+    return Engine(workspace), select(workspace, names)
+
+
 def start(root: Path, names: list[str]) -> dict[str, Decision]:
     """Decide under the lock; a detached child launches and advances."""
-    workspace = workspace_at(root)
-    agents = select(workspace, names)
-    engine = Engine(workspace)
+    engine, agents = _selection(root, names)
     lock = SchedulingLock(engine.layout)
     lock.acquire()
     result = engine.run_pass(agents)
@@ -105,11 +108,9 @@ def wait(root: Path, names: list[str], timeout: float | None, out: IO[str],
          live: bool, cancel_on_interrupt: bool = False) -> int:
     """Start, then block until the selection is done or can go no further."""
     start(root, names)
-    workspace = workspace_at(root)
-    agents = select(workspace, names)
-    engine = Engine(workspace)
+    engine, agents = _selection(root, names)
     lock = SchedulingLock(engine.layout)
-    watcher = Watcher(engine.layout, [p.name for p in workspace.pipelines])
+    watcher = Watcher(engine.layout, [p.name for p in engine.workspace.pipelines])
     progress = _LiveProgress(out) if live else _PlainProgress(out)
     deadline = None if timeout is None else time.monotonic() + timeout
     try:
@@ -140,9 +141,7 @@ def wait(root: Path, names: list[str], timeout: float | None, out: IO[str],
 
 def status(root: Path, names: list[str]) -> tuple[dict[str, Decision], dict]:
     """Settle finished runs (under the lock) and report; launches nothing."""
-    workspace = workspace_at(root)
-    agents = select(workspace, names)
-    engine = Engine(workspace)
+    engine, agents = _selection(root, names)
     with SchedulingLock(engine.layout):
         result = engine.run_pass(agents)
     return result.decisions, {t: f.record for t, f in result.facts.items()}
@@ -150,11 +149,10 @@ def status(root: Path, names: list[str]) -> tuple[dict[str, Decision], dict]:
 
 def staleness(root: Path, task: str) -> tuple[bool, list[str]] | None:
     """(up to date?, why) for one agent, as `doit info` shows it; None for a group."""
-    workspace = workspace_at(root)
-    agent = workspace.agents_by_task.get(task)
-    if agent is None:
+    if task not in workspace_at(root).agents_by_task:
         return None
-    decision = Engine(workspace).evaluate(select(workspace, [task]))[task]
+    engine, agents = _selection(root, [task])
+    decision = engine.evaluate(agents)[task]
     if decision.state == "done":
         return True, ["its signal is current"]
     if decision.state == "launch":

@@ -5,7 +5,6 @@ decides on, so any number of processes doing passes launch each agent once.
 """
 from __future__ import annotations
 
-import glob
 import json
 import os
 import secrets
@@ -16,8 +15,8 @@ from .fingerprint import digest_text
 from .launcher import Launcher, is_alive, process_create_time
 from .scheduler import ACTIVE, AgentFacts, Decision, plan
 from .spec import Agent, Workspace
-from .state import (Layout, StatusRecord, append_event, file_digest, read_status,
-                    utc_now, write_status)
+from .state import (Layout, StatusRecord, append_event, expand_patterns, file_digest,
+                    read_status, utc_now, write_status)
 from .wrapper import exit_time, finish_run, read_exit_code
 
 
@@ -63,28 +62,16 @@ def upstream_closure(workspace: Workspace, tasks: set[str]) -> list[Agent]:
     return ordered
 
 
-def _is_pattern(text: str) -> bool:
-    return any(c in text for c in "*?[")
-
-
 def hash_inputs(root: Path, patterns: tuple[str, ...], cache: dict[str, list]) -> dict[str, list]:
     """Input path -> [mtime_ns, size, digest]; unchanged files are not re-read."""
+    found, _ = expand_patterns(root, patterns)
     result: dict[str, list] = {}
-    for pattern in patterns:
-        paths = (sorted(glob.glob(pattern, root_dir=root, recursive=True))
-                 if _is_pattern(pattern) else [pattern])
-        for rel in paths:
-            try:
-                stat = os.stat(root / rel)
-            except OSError:
-                continue
-            if not os.path.isfile(root / rel):
-                continue
-            old = cache.get(rel)
-            if old and old[0] == stat.st_mtime_ns and old[1] == stat.st_size:
-                result[rel] = old
-            else:
-                result[rel] = [stat.st_mtime_ns, stat.st_size, file_digest(root / rel)]
+    for rel, info in found.items():
+        old = cache.get(rel)
+        if old and old[0] == info.st_mtime_ns and old[1] == info.st_size:
+            result[rel] = old
+        else:
+            result[rel] = [info.st_mtime_ns, info.st_size, file_digest(root / rel)]
     return result
 
 

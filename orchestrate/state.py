@@ -7,9 +7,11 @@ so a reader sees the old record or the new one, never a torn one.
 from __future__ import annotations
 
 import fcntl
+import glob
 import hashlib
 import json
 import os
+import stat as stat_module
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
@@ -220,6 +222,29 @@ class SchedulingLock:
 
     def __repr__(self) -> str:
         return f"<SchedulingLock {self.path} {'held' if self.fd is not None else 'free'}>"
+
+
+def expand_patterns(root: Path, patterns: tuple[str, ...]) -> tuple[dict[str, os.stat_result], list[str]]:
+    """Workspace files named by `patterns` (globs, `**` too) -> (stat by relative
+    path, patterns that matched no regular file). The one place inputs, outputs
+    and doit's file_dep are expanded, so they always agree."""
+    found: dict[str, os.stat_result] = {}
+    missing = []
+    for pattern in patterns:
+        names = (sorted(glob.glob(pattern, root_dir=root, recursive=True))
+                 if any(c in pattern for c in "*?[") else [pattern])
+        matched = False
+        for rel in names:
+            try:
+                info = os.stat(root / rel)
+            except OSError:
+                continue
+            if stat_module.S_ISREG(info.st_mode):
+                found[os.path.normpath(rel)] = info
+                matched = True
+        if not matched:
+            missing.append(pattern)
+    return found, missing
 
 
 def file_digest(path: Path) -> str:

@@ -6,14 +6,11 @@ reads the state files, so that deleting doit's database loses nothing.
 """
 from __future__ import annotations
 
-import glob
-import os
-import shutil
 from pathlib import Path
 from typing import Any, Iterator
 
 from .spec import Agent, PipelineError, Workspace, load_workspace
-from .state import Layout
+from .state import Layout, expand_patterns
 
 _loaded: dict[Path, Workspace] = {}
 
@@ -51,17 +48,6 @@ class AgentIsCurrent:
         return f"orchestrate: {self.reason}"
 
 
-def _expand_inputs(root: Path, patterns: tuple[str, ...]) -> list[str]:
-    files: list[str] = []
-    for pattern in patterns:
-        if any(c in pattern for c in "*?["):
-            files.extend(sorted(p for p in glob.glob(pattern, root_dir=root, recursive=True)
-                                if os.path.isfile(root / p)))
-        elif os.path.isfile(root / pattern):
-            files.append(pattern)
-    return files
-
-
 def _refuse_plain_run(task: str):
     """The action doit's own `run` would execute: fail, saying what to configure."""
     from doit.exceptions import TaskFailed
@@ -72,16 +58,12 @@ def _refuse_plain_run(task: str):
 
 def clean_agent(root: str, pipeline: str, agent: str) -> None:
     """`doit clean`: remove the agent's signal, outputs and status."""
-    from .wrapper import expand_outputs
     spec = workspace_at(Path(root)).pipeline(pipeline).agent(agent)
     layout = Layout(Path(root))
-    outputs, _ = expand_outputs(layout.root, spec.outputs)
-    for path in [*outputs.values(), layout.signal(pipeline, agent),
+    outputs, _ = expand_patterns(layout.root, spec.outputs)
+    for path in [*(layout.root / rel for rel in outputs), layout.signal(pipeline, agent),
                  layout.status(pipeline, agent)]:
-        if path.is_dir():
-            shutil.rmtree(path)
-        else:
-            path.unlink(missing_ok=True)
+        path.unlink(missing_ok=True)
 
 
 def agent_task(workspace: Workspace, agent: Agent) -> dict[str, Any]:
@@ -93,7 +75,7 @@ def agent_task(workspace: Workspace, agent: Agent) -> dict[str, Any]:
         "doc": agent.description or describe_command(agent),
         "actions": [(_refuse_plain_run, [agent.task])],
         "targets": [rel(layout.signal(agent.pipeline, agent.name))],
-        "file_dep": _expand_inputs(workspace.root, agent.inputs)
+        "file_dep": sorted(expand_patterns(workspace.root, agent.inputs)[0])
         + [rel(layout.signal(agent.pipeline, u)) for u in agent.after],
         "task_dep": [f"{agent.pipeline}:{u}" for u in agent.upstream],
         "uptodate": [AgentIsCurrent(workspace, agent)],

@@ -9,16 +9,16 @@ in the wrapper's own shell, so each agent costs one shell, not two.
 from __future__ import annotations
 
 import json
-import os
 import shlex
 from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Iterable
 
 from .fingerprint import digest_text
 from .spec import Agent
-from .state import (Layout, StatusRecord, append_event, file_digest, utc_now,
-                    write_atomic, write_status)
+from .state import (Layout, StatusRecord, append_event, expand_patterns, file_digest,
+                    utc_now, write_atomic, write_status)
 
 SIGNAL_NAMES = {129: "SIGHUP", 130: "SIGINT", 137: "SIGKILL", 143: "SIGTERM"}
 
@@ -55,25 +55,11 @@ def describe_exit(code: int) -> str:
     return f"exit {code}" + (f" ({name})" if name else "")
 
 
-def expand_outputs(root: Path, patterns: tuple[str, ...]) -> tuple[dict[str, Path], list[str]]:
-    """Declared outputs -> (existing files by relative path, missing patterns)."""
-    found: dict[str, Path] = {}
-    missing = []
-    for pattern in patterns:
-        matches = sorted(root.glob(pattern)) if any(c in pattern for c in "*?[") else (
-            [root / pattern] if (root / pattern).is_file() else [])
-        if not matches:
-            missing.append(pattern)
-        for path in matches:
-            found[os.path.relpath(path, root)] = path
-    return found, missing
-
-
-def signal_content(agent: Agent, outputs: dict[str, Path], run_id: str) -> str:
+def signal_content(root: Path, agent: Agent, outputs: Iterable[str], run_id: str) -> str:
     """Deterministic in the outputs' hashes when outputs are declared (early cutoff)."""
     record: dict[str, object] = {"pipeline": agent.pipeline, "agent": agent.name}
     if agent.outputs:
-        record["outputs"] = {rel: file_digest(path) for rel, path in sorted(outputs.items())}
+        record["outputs"] = {rel: file_digest(root / rel) for rel in sorted(outputs)}
     else:
         record["run_id"] = run_id
     return json.dumps(record, indent=1, sort_keys=True) + "\n"
@@ -85,12 +71,12 @@ def finish_run(layout: Layout, agent: Agent, record: StatusRecord, code: int,
     ended_at = ended_at or utc_now()
     run_id = record.run_id or ""
     if code == 0:
-        outputs, missing = expand_outputs(layout.root, agent.outputs)
+        outputs, missing = expand_patterns(layout.root, agent.outputs)
         if missing:
             record = replace(record, state="failed", exit_code=0, ended_at=ended_at,
                              reason=f"exit 0 but output missing: {', '.join(missing)}")
         else:
-            content = signal_content(agent, outputs, run_id)
+            content = signal_content(layout.root, agent, outputs, run_id)
             write_atomic(layout.signal(agent.pipeline, agent.name), content)
             record = replace(record, state="done", exit_code=0, ended_at=ended_at,
                              reason="done", signal_digest=digest_text(content))

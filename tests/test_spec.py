@@ -1,5 +1,4 @@
 """Pipeline parsing and validation (pure, no processes)."""
-import tomllib
 from pathlib import Path
 
 import pytest
