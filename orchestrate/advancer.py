@@ -17,7 +17,7 @@ import traceback
 from pathlib import Path
 from typing import Callable
 
-from .engine import Engine, PassResult, SelectionError, select
+from .engine import LIVENESS_INTERVAL, Engine, PassResult, SelectionError, select
 from .scheduler import Decision
 from .spec import PipelineError, load_workspace
 from .state import Layout, SchedulingLock, append_event, utc_now
@@ -133,7 +133,7 @@ class Advancer:
         except (PipelineError, SelectionError) as err:
             self.log(f"pipelines changed and cannot be loaded; stopped advancing: {err}")
             return False
-        self.engine = Engine(workspace, self.engine.launcher)
+        self.engine = Engine(workspace, self.engine.launcher, LIVENESS_INTERVAL)
         self.agents = agents
         return True
 
@@ -216,8 +216,11 @@ def _advance_in_child(engine: Engine, names: list[str], lock: SchedulingLock,
             return 0
         lock.release()
         append_event(engine.layout, "advancer_start", pid=os.getpid(), selection=names)
+        engine.liveness_interval = LIVENESS_INTERVAL
         Advancer(engine, names, lock, slot, log).run(watcher)
-        append_event(engine.layout, "advancer_exit", pid=os.getpid())
+        times = os.times()
+        append_event(engine.layout, "advancer_exit", pid=os.getpid(),
+                     cpu_seconds=round(times.user + times.system, 4))
         return 0
     finally:
         watcher.close()

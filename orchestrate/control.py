@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import IO
 
 from .advancer import AdvancerSlot, Watcher, can_advance, fork_advancer
-from .engine import Engine, PassResult, select
+from .engine import LIVENESS_INTERVAL, Engine, PassResult, select
 from .scheduler import Decision
 from .spec import NAME_RE, Agent
 from .state import (Layout, SchedulingLock, StatusRecord, append_event, read_status,
@@ -109,6 +109,7 @@ def wait(root: Path, names: list[str], timeout: float | None, out: IO[str],
     """Start, then block until the selection is done or can go no further."""
     start(root, names)
     engine, agents = _selection(root, names)
+    engine.liveness_interval = LIVENESS_INTERVAL
     lock = SchedulingLock(engine.layout)
     watcher = Watcher(engine.layout, [p.name for p in engine.workspace.pipelines])
     progress = _LiveProgress(out) if live else _PlainProgress(out)

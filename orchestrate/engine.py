@@ -8,15 +8,18 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Callable
 
 from .fingerprint import digest_text
 from .launcher import Launcher, is_alive, process_create_time
 from .scheduler import ACTIVE, AgentFacts, Decision, plan
 from .spec import Agent, Workspace
-from .state import (Layout, StatusRecord, append_event, expand_patterns, file_digest,
-                    read_status, utc_now, write_status)
+from .state import (FileCache, Layout, StatusRecord, append_event, append_events, event,
+                    expand_patterns,
+                    file_digest, parse_status, utc_now, write_status)
 from .wrapper import exit_time, finish_run, read_exit_code
 
 
@@ -82,6 +85,9 @@ def read_signal_digest(path: Path) -> str | None:
         return None
 
 
+LIVENESS_INTERVAL = 1.0   # seconds between liveness checks of running agents in a loop
+
+
 @dataclass
 class PassResult:
     decisions: dict[str, Decision]
@@ -89,17 +95,31 @@ class PassResult:
 
 
 class Engine:
-    """Scheduling passes for one workspace; holds no state between passes."""
+    """Scheduling passes for one workspace.
 
-    def __init__(self, workspace: Workspace, launcher: Launcher | None = None):
+    Between passes it keeps only caches of file contents keyed by the files'
+    stat (the files stay the truth) and when it last checked that running
+    agents are alive: a long-lived advancer checks that at most once a
+    second, since the wrapper's exit record already wakes it on every exit.
+    """
+
+    def __init__(self, workspace: Workspace, launcher: Launcher | None = None,
+                 liveness_interval: float = 0.0, clock: Callable[[], float] = time.monotonic):
         self.workspace = workspace
         self.layout = Layout(workspace.root)
         self.launcher = launcher or Launcher(self.layout)
         self.layout.make_dirs([p.name for p in workspace.pipelines])
+        self.status_cache: FileCache[StatusRecord] = FileCache(parse_status)
+        self.signal_cache: FileCache[str] = FileCache(read_signal_digest)
+        self.liveness_interval = liveness_interval
+        self.clock = clock
+        self.last_liveness = float("-inf")
+        self.check_liveness = True
 
     # -- reading ---------------------------------------------------------
     def records(self, agents: list[Agent]) -> dict[str, StatusRecord | None]:
-        return {a.task: read_status(self.layout, a.pipeline, a.name) for a in agents}
+        status = self.layout.status
+        return {a.task: self.status_cache.get(status(a.pipeline, a.name)) for a in agents}
 
     def facts(self, agents: list[Agent], records: dict[str, StatusRecord | None],
               ) -> dict[str, AgentFacts]:
@@ -109,7 +129,7 @@ class Engine:
             cache = record.inputs if record else {}
             inputs = hash_inputs(self.layout.root, agent.inputs, cache)
             result[agent.task] = AgentFacts(
-                record, read_signal_digest(self.layout.signal(agent.pipeline, agent.name)),
+                record, self.signal_cache.get(self.layout.signal(agent.pipeline, agent.name)),
                 inputs)
         return result
 
@@ -131,7 +151,7 @@ class Engine:
             return finish_run(self.layout, agent, record, code, exit_time(exit_path))
         if record.state == "launching" and record.pid is None:
             return self._recover_launch(agent, record)
-        if is_alive(record.pid, record.pid_create_time):
+        if not self.check_liveness or is_alive(record.pid, record.pid_create_time):
             return record
         code = read_exit_code(exit_path)   # it may have finished since we looked
         if code is not None:
@@ -159,6 +179,10 @@ class Engine:
     # -- the pass ----------------------------------------------------------
     def run_pass(self, agents: list[Agent]) -> PassResult:
         """Settle finished runs and decide; `launch_all` then starts what may start."""
+        now = self.clock()
+        self.check_liveness = now - self.last_liveness >= self.liveness_interval
+        if self.check_liveness:
+            self.last_liveness = now
         records = self.records(agents)
         for agent in agents:
             record = records[agent.task]
@@ -175,20 +199,27 @@ class Engine:
             return ()
         selected = {a.task for a in agents}
         others = [a for a in self.workspace.agents_by_task.values() if a.task not in selected]
+        status = self.layout.status
         return tuple(a for a in others
-                     if (r := read_status(self.layout, a.pipeline, a.name)) and r.state in ACTIVE)
+                     if (r := self.status_cache.get(status(a.pipeline, a.name)))
+                     and r.state in ACTIVE)
 
     def launch_all(self, result: PassResult) -> list[str]:
-        launched = []
-        for task, decision in result.decisions.items():
-            if decision.state == "launch":
-                facts = result.facts[task]
-                self.start(decision, facts.record, facts.inputs)
-                launched.append(task)
+        launched: list[str] = []
+        events: list[dict] = []
+        try:
+            for task, decision in result.decisions.items():
+                if decision.state == "launch":
+                    facts = result.facts[task]
+                    self.start(decision, facts.record, facts.inputs, events)
+                    launched.append(task)
+        finally:
+            append_events(self.layout, events)
         return launched
 
     def start(self, decision: Decision, previous: StatusRecord | None,
-              inputs: dict[str, list]) -> StatusRecord:
+              inputs: dict[str, list], events: list[dict]) -> StatusRecord:
+        """Record the launch, spawn, record the pid; events are added to `events`."""
         agent = decision.agent
         layout = self.layout
         launches = (previous.launches if previous else 0) + 1
@@ -205,26 +236,30 @@ class Engine:
             inputs=inputs, upstream=dict(fingerprint.upstream) if fingerprint else {},
             upstream_used=decision.upstream_used)
         write_status(layout, record, durable=False)
-        self._write_upstream_file(agent, run_id, fingerprint.upstream if fingerprint else {})
-        if previous and previous.launches and log.exists():
+        upstream = self._write_upstream_file(agent, run_id,
+                                             fingerprint.upstream if fingerprint else {})
+        if previous and previous.launches and os.path.exists(log):
             os.replace(log, layout.log(agent.pipeline, agent.name, previous.launches))
         try:
-            started = self.launcher.launch(agent, run_id, 1, log)
+            started = self.launcher.launch(agent, run_id, 1, log, upstream)
         except OSError as err:
             record = replace(record, state="failed", ended_at=utc_now(),
                              reason=f"could not start: {err.strerror or err}")
             write_status(layout, record)
-            append_event(layout, "fail", task=agent.task, run_id=run_id, reason=record.reason)
+            events.append(event("fail", task=agent.task, run_id=run_id, reason=record.reason))
             return record
         record = replace(record, state="running", pid=started.pid,
                          pid_create_time=started.create_time,
                          reason="running")
         write_status(layout, record, durable=False)
-        append_event(layout, "launch", task=agent.task, run_id=run_id, pid=started.pid,
-                     reason=decision.reason)
+        events.append(event("launch", task=agent.task, run_id=run_id, pid=started.pid,
+                            reason=decision.reason))
         return record
 
-    def _write_upstream_file(self, agent: Agent, run_id: str, consumed: dict[str, str]) -> None:
+    def _write_upstream_file(self, agent: Agent, run_id: str, consumed: dict[str, str]) -> Path:
+        """The ORCHESTRATE_UPSTREAM file: each consumed upstream's signal and outputs."""
+        if not consumed:
+            return self.layout.no_upstream_file
         mapping = {}
         for name in consumed:
             path = self.layout.signal(agent.pipeline, name)
@@ -235,7 +270,9 @@ class Engine:
                 "signal_path": str(path),
                 "outputs": [str(self.layout.root / rel) for rel in signal.get("outputs", {})],
             }
-        self.layout.upstream_file(run_id).write_text(json.dumps(mapping, indent=1) + "\n")
+        path = self.layout.upstream_file(run_id)
+        path.write_text(json.dumps(mapping, indent=1) + "\n")
+        return path
 
 
 def find_run_process(run_id: str) -> int | None:

@@ -47,7 +47,7 @@ def is_alive(pid: int | None, create_time: float | None) -> bool:
 
 
 def agent_environment(layout: Layout, agent: Agent, run_id: str, attempt: int,
-                      base: dict[str, str] | None = None) -> dict[str, str]:
+                      upstream: Path, base: dict[str, str] | None = None) -> dict[str, str]:
     env = dict(os.environ if base is None else base)
     env.update(dict(agent.env))
     env.update({
@@ -56,7 +56,7 @@ def agent_environment(layout: Layout, agent: Agent, run_id: str, attempt: int,
         "ORCHESTRATE_RUN_ID": run_id,
         "ORCHESTRATE_ATTEMPT": str(attempt),
         "ORCHESTRATE_ROOT": str(layout.root),
-        "ORCHESTRATE_UPSTREAM": str(layout.upstream_file(run_id)),
+        "ORCHESTRATE_UPSTREAM": str(upstream),
     })
     return env
 
@@ -68,8 +68,9 @@ class Launcher:
         self.layout = layout
         self.popen = popen
 
-    def launch(self, agent: Agent, run_id: str, attempt: int, log_path: Path) -> Started:
-        env = agent_environment(self.layout, agent, run_id, attempt)
+    def launch(self, agent: Agent, run_id: str, attempt: int, log_path: Path,
+               upstream: Path) -> Started:
+        env = agent_environment(self.layout, agent, run_id, attempt, upstream)
         log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
         try:
             process = self.popen(

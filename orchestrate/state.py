@@ -12,10 +12,11 @@ import hashlib
 import json
 import os
 import stat as stat_module
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
+from functools import cached_property, lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Generic, TypeVar
 
 STATES = ("pending", "waiting", "queued", "launching", "running", "done", "failed",
           "cancelled")
@@ -59,15 +60,22 @@ class StatusRecord:
         return cls(**{k: v for k, v in data.items() if k in known})
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        return {name: getattr(self, name) for name in _STATUS_FIELDS}
+
+
+_STATUS_FIELDS = tuple(f.name for f in fields(StatusRecord))
 
 
 @dataclass(frozen=True)
 class Layout:
-    """Where each kind of state file lives, for one workspace."""
+    """Where each kind of state file lives, for one workspace.
+
+    Paths are built once and remembered: a pass asks for thousands of them,
+    and pathlib's construction would otherwise dominate its cost.
+    """
     root: Path
 
-    @property
+    @cached_property
     def base(self) -> Path:
         return self.root / ".orchestrate"
 
@@ -79,24 +87,26 @@ class Layout:
     def events_path(self) -> Path:
         return self.base / "events.jsonl"
 
-    @property
+    @cached_property
     def runs_dir(self) -> Path:
         return self.base / "runs"
 
-    @property
+    @cached_property
     def signals_dir(self) -> Path:
         return self.base / "signals"
 
-    @property
+    @cached_property
     def status_dir(self) -> Path:
         return self.base / "status"
 
+    @lru_cache(maxsize=None)
     def signal(self, pipeline: str, agent: str) -> Path:
         return self.base / "signals" / pipeline / f"{agent}.done"
 
     def external_signal(self, name: str) -> Path:
         return self.base / "signals" / f"{name}.signal"
 
+    @lru_cache(maxsize=None)
     def status(self, pipeline: str, agent: str) -> Path:
         return self.base / "status" / pipeline / f"{agent}.json"
 
@@ -110,6 +120,11 @@ class Layout:
     def upstream_file(self, run_id: str) -> Path:
         return self.runs_dir / f"{run_id}.upstream.json"
 
+    @cached_property
+    def no_upstream_file(self) -> Path:
+        """One shared `{}` for every agent that consumed no upstream signal."""
+        return self.runs_dir / "none.upstream.json"
+
     def relative(self, path: Path) -> str:
         return os.path.relpath(path, self.root)
 
@@ -119,6 +134,8 @@ class Layout:
         for name in pipelines:
             for sub in ("signals", "status", "logs"):
                 (self.base / sub / name).mkdir(exist_ok=True)
+        if not self.no_upstream_file.exists():
+            write_atomic(self.no_upstream_file, "{}\n", durable=False)
 
 
 def write_atomic(path: Path, text: str, durable: bool = True) -> None:
@@ -155,29 +172,74 @@ def read_json(path: Path) -> dict[str, Any] | None:
     return data
 
 
-def read_status(layout: Layout, pipeline: str, agent: str) -> StatusRecord | None:
-    data = read_json(layout.status(pipeline, agent))
+def parse_status(path: Path) -> StatusRecord | None:
+    data = read_json(path)
     if data is None:
         return None
     try:
         return StatusRecord.from_json(data)
     except TypeError as err:
-        raise StateFileError(f"{layout.status(pipeline, agent)}: corrupt state file "
-                             f"({err}); delete it to rebuild the agent's state") from None
+        raise StateFileError(f"{path}: corrupt state file ({err}); "
+                             "delete it to rebuild the agent's state") from None
+
+
+def read_status(layout: Layout, pipeline: str, agent: str) -> StatusRecord | None:
+    return parse_status(layout.status(pipeline, agent))
+
+
+T = TypeVar("T")
+
+
+class FileCache(Generic[T]):
+    """Parsed state files, re-read only when their stat changes.
+
+    Every state file is replaced by rename, so new content always comes with
+    a new inode and mtime; a stat is far cheaper than a read and a parse.
+    Cached values are shared: never mutate them (records change by replace()).
+    """
+
+    def __init__(self, parse: Callable[[Path], T | None]):
+        self.parse = parse
+        self.entries: dict[Path, tuple[tuple[int, int, int], T | None]] = {}
+
+    def get(self, path: Path) -> T | None:
+        try:
+            info = os.stat(path)
+        except FileNotFoundError:
+            self.entries.pop(path, None)
+            return None
+        key = (info.st_ino, info.st_mtime_ns, info.st_size)
+        hit = self.entries.get(path)
+        if hit is not None and hit[0] == key:
+            return hit[1]
+        value = self.parse(path)
+        self.entries[path] = (key, value)
+        return value
 
 
 def write_status(layout: Layout, record: StatusRecord, durable: bool = True) -> None:
     write_json(layout.status(record.pipeline, record.agent), record.to_json(), durable)
 
 
-def append_event(layout: Layout, kind: str, **details: Any) -> None:
-    """One line per lifecycle event; O_APPEND keeps concurrent lines whole."""
-    line = json.dumps({"ts": utc_now(), "event": kind, **details}, sort_keys=True) + "\n"
+def event(kind: str, **details: Any) -> dict[str, Any]:
+    return {"ts": utc_now(), "event": kind, **details}
+
+
+def append_events(layout: Layout, events: list[dict[str, Any]]) -> None:
+    """Lifecycle events, one JSON line each, in one O_APPEND write so that
+    concurrent writers never interleave inside a line."""
+    if not events:
+        return
+    text = "".join(json.dumps(e, sort_keys=True) + "\n" for e in events)
     fd = os.open(layout.events_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     try:
-        os.write(fd, line.encode())
+        os.write(fd, text.encode())
     finally:
         os.close(fd)
+
+
+def append_event(layout: Layout, kind: str, **details: Any) -> None:
+    append_events(layout, [event(kind, **details)])
 
 
 class SchedulingLock:

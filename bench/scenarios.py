@@ -1,0 +1,285 @@
+"""The benchmark scenarios. Each returns rows: (scenario, figure, values, target)."""
+from __future__ import annotations
+
+import os
+import resource
+import signal
+import statistics
+import subprocess
+import time
+from dataclasses import dataclass, field
+
+from .harness import (advancer_cpu, advancer_pids, cpu_of, doit, events, percentile,
+                      pipeline, signal_times, start_times, stamp_start, summary,
+                      wait_for_advancers, wait_for_signals, workspace)
+
+
+@dataclass
+class Row:
+    scenario: str
+    figure: str
+    values: list[float]
+    target: str            # e.g. "<= 1.10"
+    unit: str = ""
+    note: str = ""
+    extra: dict = field(default_factory=dict)
+
+    def met(self) -> bool:
+        op, number = self.target.split()
+        median = statistics.median(self.values)
+        return median <= float(number) if op == "<=" else median >= float(number)
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """Scenario sizes: the issue's, or tiny ones for the smoke test."""
+    runs: int = 3
+    scale: float = 1.0            # multiplies agent durations of A-C
+    caller_agents: int = 100
+    throughput_agents: int = 200
+    chain_length: int = 50
+    layers: int = 10
+    layer_width: int = 100
+    layer_seconds: float = 1.0
+    noop_sizes: tuple[int, ...] = (1000, 10000)
+    memory_agents: int = 200
+    idle_seconds: float = 10.0
+
+
+SMOKE = Sizes(runs=1, scale=0.1, caller_agents=5, throughput_agents=10, chain_length=5,
+              layers=2, layer_width=3, layer_seconds=0.2, noop_sizes=(20,), memory_agents=5,
+              idle_seconds=1.0)
+
+
+def _wall_to_last_signal(agents: dict[str, dict]) -> float:
+    with workspace({"bench": pipeline(agents)}) as root:
+        invoked, _, _ = doit(root)
+        times = wait_for_signals(root, len(agents))
+        return max(times.values()) - invoked
+
+
+def _baseline_wall(agents: dict[str, dict]) -> float:
+    """The approach we improve on: background shells, signal files polled every 0.5 s."""
+    lines = ["set -e", "cd \"$1\""]
+    for name, spec in agents.items():
+        waits = "".join(f"while [ ! -f {u}.sig ]; do sleep 0.5; done; "
+                        for u in spec.get("after", []))
+        lines.append(f"( {waits}{spec['command']}; touch {name}.sig ) &")
+    lines.append("wait")
+    with workspace({}) as root:
+        started = time.time()
+        subprocess.run(["bash", "-c", "\n".join(lines), "bench", str(root)], check=True)
+        return max((root / f"{n}.sig").stat().st_mtime_ns / 1e9 for n in agents) - started
+
+
+def critical_path_scenarios(sizes: Sizes) -> list[Row]:
+    k = sizes.scale
+    shapes = {
+        "A: 3 agents, no deps": ({"a": {"command": f"sleep {2.0 * k}"},
+                                  "b": {"command": f"sleep {1.5 * k}"},
+                                  "c": {"command": f"sleep {1.0 * k}"}}, 2.0 * k, "<= 1.10"),
+        "B: 1.0 s after the 2.0 s": ({"a": {"command": f"sleep {2.0 * k}"},
+                                      "b": {"command": f"sleep {1.5 * k}"},
+                                      "c": {"command": f"sleep {1.0 * k}", "after": ["a"]}},
+                                     3.0 * k, "<= 1.07"),
+        "C: 10 agents of 1 s": ({f"a{i}": {"command": f"sleep {1.0 * k}"} for i in range(10)},
+                                1.0 * k, "<= 1.25"),
+    }
+    rows = []
+    for name, (agents, critical, target) in shapes.items():
+        ours = [_wall_to_last_signal(agents) / critical for _ in range(sizes.runs)]
+        baseline = _baseline_wall(agents) / critical
+        rows.append(Row(name, "wall / critical path", ours, target,
+                        note=f"baseline (0.5 s polling) {baseline:.2f}",
+                        extra={"baseline_ratio": baseline, "critical_path_s": critical}))
+    return rows
+
+
+def caller_block(sizes: Sizes) -> Row:
+    agents = {f"a{i}": {"command": "sleep 1"} for i in range(sizes.caller_agents)}
+    values = []
+    for _ in range(sizes.runs):
+        with workspace({"bench": pipeline(agents)}) as root:
+            values.append(doit(root)[1])
+            wait_for_signals(root, len(agents))
+    return Row(f"caller block: doit on {sizes.caller_agents} agents", "seconds until doit returns",
+               values, "<= 0.2", "s")
+
+
+def _raw_spawn_rate(count: int) -> float:
+    """The physical limit: detached spawns per second from one Python process."""
+    started = time.perf_counter()
+    procs = [subprocess.Popen(["sleep", "2"], start_new_session=True,
+                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+             for _ in range(count)]
+    rate = count / (time.perf_counter() - started)
+    for proc in procs:
+        proc.kill()
+        proc.wait()
+    return rate
+
+
+def launch_throughput(sizes: Sizes) -> Row:
+    n = sizes.throughput_agents
+    agents = {f"a{i}": {"command": "sleep 2"} for i in range(n)}
+    values = []
+    for _ in range(sizes.runs):
+        with workspace({"bench": pipeline(agents)}) as root:
+            invoked, _, _ = doit(root)
+            wait_for_signals(root, n)
+            launches = [e for e in events(root) if e["event"] == "launch"]
+            from datetime import datetime
+            last = max(datetime.fromisoformat(e["ts"].replace("Z", "+00:00")).timestamp()
+                       for e in launches)
+            values.append(len(launches) / (last - invoked))
+    limit = _raw_spawn_rate(n)
+    return Row(f"launch throughput: {n} independent agents", "agents launched per second",
+               values, ">= 500", "/s", note=f"raw spawn limit {limit:.0f}/s",
+               extra={"raw_spawn_per_s": limit})
+
+
+def signal_to_launch(sizes: Sizes) -> list[Row]:
+    n = sizes.chain_length
+    agents = {f"a{i}": {"command": stamp_start("sleep 0.02"),
+                        "after": [f"a{i - 1}"] if i else []} for i in range(n)}
+    latencies: list[float] = []
+    medians, p95s = [], []
+    for _ in range(sizes.runs):
+        with workspace({"bench": pipeline(agents)}) as root:
+            doit(root)
+            signals = wait_for_signals(root, n)
+            starts = start_times(root)
+            run = [(starts[f"a{i}"] - signals[f"bench:a{i - 1}"]) * 1000 for i in range(1, n)]
+            latencies.extend(run)
+            medians.append(statistics.median(run))
+            p95s.append(percentile(run, 0.95))
+    return [Row(f"signal to launch: chain of {n}", "median ms", medians, "<= 10", "ms"),
+            Row(f"signal to launch: chain of {n}", "p95 ms", p95s, "<= 30", "ms")]
+
+
+def _layered(layers: int, width: int, command: str) -> dict[str, dict]:
+    agents = {}
+    for layer in range(layers):
+        for j in range(width):
+            after = [] if layer == 0 else sorted({f"l{layer - 1}_{j}",
+                                                  f"l{layer - 1}_{(j + 1) % width}"})
+            agents[f"l{layer}_{j}"] = {"command": command, "after": after}
+    return agents
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def scale(sizes: Sizes) -> list[Row]:
+    n = sizes.layers * sizes.layer_width
+    agents = _layered(sizes.layers, sizes.layer_width, f"sleep {sizes.layer_seconds}")
+    ideal = sizes.layers * sizes.layer_seconds
+    cpu_per_agent, ratios = [], []
+    for _ in range(max(1, sizes.runs - 1)):
+        with workspace({"bench": pipeline(agents)}) as root:
+            before = _children_cpu()
+            invoked, _, _ = doit(root)
+            caller_cpu = _children_cpu() - before
+            times = wait_for_signals(root, n)
+            wait_for_advancers(root, 60)
+            cpu_per_agent.append((caller_cpu + advancer_cpu(root)) / n * 1000)
+            ratios.append((max(times.values()) - invoked) / ideal)
+    name = f"scale: {n} agents, {sizes.layers} layers"
+    return [Row(name, "orchestrator CPU ms per agent", cpu_per_agent, "<= 5", "ms"),
+            Row(name, f"wall / ideal ({ideal:g} s)", ratios, "<= 1.3")]
+
+
+def noop(sizes: Sizes) -> list[Row]:
+    rows = []
+    for n in sizes.noop_sizes:
+        layers = 10 if n >= 100 else 2
+        agents = _layered(layers, n // layers, "true")
+        with workspace({"bench": pipeline(agents)}) as root:
+            doit(root, "wait")
+            values = [doit(root)[1] for _ in range(max(3, sizes.runs))]
+            listing = [doit(root, "list")[1] for _ in range(max(3, sizes.runs))]
+        target = "<= 0.4" if n <= 1000 else "<= 2.5"
+        rows.append(Row(f"no-op: {n} agents up to date", "seconds for doit", values, target,
+                        "s", note=f"doit alone (doit list) {statistics.median(listing):.2f} s",
+                        extra={"doit_list_s": statistics.median(listing)}))
+    return rows
+
+
+def _rss_kb(pid: int) -> int:
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def _wrapper_pids(task_prefix: str) -> list[int]:
+    pids = []
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                argv = open(f"/proc/{entry.name}/cmdline", "rb").read().split(b"\0")
+            except OSError:
+                continue
+            if len(argv) > 3 and argv[0] == b"/bin/sh" and argv[3].startswith(task_prefix.encode()):
+                pids.append(int(entry.name))
+    return pids
+
+
+def _kill_groups(pids: list[int]) -> None:
+    for pid in pids:
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def memory(sizes: Sizes) -> Row:
+    n = sizes.memory_agents
+    agents = {f"a{i}": {"command": "sleep 60"} for i in range(n)}
+    with workspace({"bench": pipeline(agents)}) as root:
+        doit(root)
+        deadline = time.monotonic() + 30
+        while len(_wrapper_pids("orchestrate:bench:")) < n and time.monotonic() < deadline:
+            time.sleep(0.05)
+        wrappers = _wrapper_pids("orchestrate:bench:")
+        owned = sum(_rss_kb(p) for p in wrappers + advancer_pids(root))
+        _kill_groups(wrappers)
+    per_agent = owned / 1024 / n
+    return Row(f"memory: {n} agents running", "orchestrator RSS MB per running agent",
+               [per_agent], "<= 2", "MB", note="wrapper shells + advancer")
+
+
+def idle(sizes: Sizes) -> Row:
+    agents = {"slow": {"command": f"sleep {sizes.idle_seconds + 3}"}}
+    with workspace({"bench": pipeline(agents)}) as root:
+        doit(root)
+        deadline = time.monotonic() + 10
+        while not advancer_pids(root) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        pid = advancer_pids(root)[0]
+        time.sleep(0.5)
+        before = cpu_of(pid)
+        time.sleep(sizes.idle_seconds)
+        used = cpu_of(pid) - before
+        _kill_groups(_wrapper_pids("orchestrate:bench:"))
+    return Row(f"idle: waiting {sizes.idle_seconds:g} s on a running agent",
+               "orchestrator CPU % of one core", [used / sizes.idle_seconds * 100], "<= 0.5",
+               "%")
+
+
+ALL = [critical_path_scenarios, caller_block, launch_throughput, signal_to_launch, scale,
+       noop, memory, idle]
+
+
+def run_all(sizes: Sizes, report, only: str | None = None) -> list[Row]:
+    rows: list[Row] = []
+    for scenario in ALL:
+        if only and only not in scenario.__name__:
+            continue
+        result = scenario(sizes)
+        for row in result if isinstance(result, list) else [result]:
+            rows.append(row)
+            report(row)
+    return rows

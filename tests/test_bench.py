@@ -1,0 +1,23 @@
+"""The benchmark command runs every scenario at tiny size, so it cannot rot."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_bench_smoke_runs_every_scenario(tmp_path):
+    output = tmp_path / "results.json"
+    proc = subprocess.run([sys.executable, "-m", "bench", "--smoke", "--output", str(output)],
+                          cwd=REPO, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(output.read_text())
+    assert result["machine"]["cores"] >= 1 and result["machine"]["python"]
+    figures = {(r["scenario"].split(":")[0], r["figure"]) for r in result["results"]}
+    for scenario in ("A", "B", "C", "caller block", "launch throughput", "signal to launch",
+                     "scale", "no-op", "memory", "idle"):
+        assert any(s == scenario for s, _ in figures), scenario
+    for row in result["results"]:
+        assert row["min"] <= row["median"] <= row["max"]
+    assert "targets met" in proc.stdout
