@@ -119,23 +119,31 @@ def _raw_spawn_rate(count: int) -> float:
     return rate
 
 
-def launch_throughput(sizes: Sizes) -> Row:
+def launch_throughput(sizes: Sizes) -> list[Row]:
+    """Agents launched per second: over the launch phase (first to last launch,
+    what orchestrate adds per agent) and from the invocation of `doit`
+    (interpreter and doit start-up included, about 0.12 s)."""
     n = sizes.throughput_agents
     agents = {f"a{i}": {"command": "sleep 2"} for i in range(n)}
-    values = []
+    phase, from_invocation = [], []
     for _ in range(sizes.runs):
         with workspace({"bench": pipeline(agents)}) as root:
             invoked, _, _ = doit(root)
             wait_for_signals(root, n)
-            launches = [e for e in events(root) if e["event"] == "launch"]
-            from datetime import datetime
-            last = max(datetime.fromisoformat(e["ts"].replace("Z", "+00:00")).timestamp()
-                       for e in launches)
-            values.append(len(launches) / (last - invoked))
+            stamps = sorted(_timestamp(e["ts"]) for e in events(root) if e["event"] == "launch")
+            phase.append((len(stamps) - 1) / max(stamps[-1] - stamps[0], 1e-6))
+            from_invocation.append(len(stamps) / (stamps[-1] - invoked))
     limit = _raw_spawn_rate(n)
-    return Row(f"launch throughput: {n} independent agents", "agents launched per second",
-               values, ">= 500", "/s", note=f"raw spawn limit {limit:.0f}/s",
-               extra={"raw_spawn_per_s": limit})
+    name = f"launch throughput: {n} independent agents"
+    return [Row(name, "launched per second, launch phase", phase, ">= 500", "/s",
+                note=f"raw spawn limit {limit:.0f}/s", extra={"raw_spawn_per_s": limit}),
+            Row(name, "launched per second, from invocation", from_invocation, ">= 500", "/s",
+                note="includes ~0.12 s of python + doit start-up")]
+
+
+def _timestamp(text: str) -> float:
+    from datetime import datetime
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
 
 
 def signal_to_launch(sizes: Sizes) -> list[Row]:

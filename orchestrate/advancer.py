@@ -71,21 +71,33 @@ class Watcher:
         except ImportError:   # not Linux: a short sleep loop instead
             return
         self.inotify = INotify()
-        mask = flags.CLOSE_WRITE | flags.MOVED_TO | flags.DELETE | flags.CREATE
-        for directory in [layout.runs_dir, layout.signals_dir,
-                          *(layout.signals_dir / p for p in pipelines),
-                          *(layout.status_dir / p for p in pipelines),
-                          layout.root / "pipelines"]:
-            if directory.is_dir():
-                self.inotify.add_watch(directory, mask)
+        self.mask = flags.CLOSE_WRITE | flags.MOVED_TO | flags.DELETE | flags.CREATE
+        self.directories: dict[int, Path] = {}
+        for directory in [layout.runs_dir, layout.signals_dir, layout.root / "pipelines"]:
+            self._add(directory)
+        self.watch_pipelines(pipelines)
 
-    def wait(self, timeout: float) -> bool:
-        """True if something changed, False on timeout."""
+    def _add(self, directory: Path) -> None:
+        if directory.is_dir() and directory not in self.directories.values():
+            self.directories[self.inotify.add_watch(directory, self.mask)] = directory
+
+    def watch_pipelines(self, pipelines: list[str]) -> None:
+        if self.inotify is None:
+            return
+        for name in pipelines:
+            self._add(self.layout.signals_dir / name)
+            self._add(self.layout.status_dir / name)
+
+    def wait(self, timeout: float) -> list[Path]:
+        """The paths that changed; empty on timeout. An unknown watch (the
+        queue overflowed) is reported as the state folder itself."""
         if self.inotify is None:
             import time
             time.sleep(min(timeout, 0.05))
-            return True
-        return bool(self.inotify.read(timeout=int(timeout * 1000)))
+            return [self.layout.base]
+        return [self.directories[e.wd] / e.name if e.wd in self.directories
+                else self.layout.base
+                for e in self.inotify.read(timeout=int(timeout * 1000), read_delay=None)]
 
     def close(self) -> None:
         if self.inotify is not None:
@@ -112,13 +124,17 @@ class Advancer:
     """Runs passes for one selection until it can go no further."""
 
     def __init__(self, engine: Engine, names: list[str], lock: SchedulingLock,
-                 slot: AdvancerSlot, log: Callable[[str], None]):
+                 slot: AdvancerSlot, watcher: Watcher, log: Callable[[str], None]):
         self.engine = engine
+        self.watcher = watcher
+        if watcher.inotify is not None:
+            engine.watched()
         self.names = names
         self.lock = lock
         self.slot = slot
         self.log = log
         self.agents = select(engine.workspace, names)
+        self.passes = 0
         self.stamp = _pipeline_stamp(engine.workspace.root)
 
     def reload_if_changed(self) -> bool:
@@ -135,6 +151,9 @@ class Advancer:
             return False
         self.engine = Engine(workspace, self.engine.launcher, LIVENESS_INTERVAL)
         self.agents = agents
+        self.watcher.watch_pipelines([p.name for p in workspace.pipelines])
+        if self.watcher.inotify is not None:
+            self.engine.watched()
         return True
 
     def pass_and_go_on(self) -> bool:
@@ -143,7 +162,11 @@ class Advancer:
         Leaving happens under the scheduling lock, so a `doit` that launches
         after our last pass finds the slot free and advances by itself.
         """
+        self.passes += 1
         with self.lock:
+            # Changes another process made before we got the lock are queued
+            # in inotify now: take them in, or the trusted caches would be stale.
+            self.engine.notice(self.watcher.wait(0))
             result = self.engine.run_pass(self.agents)
             self.engine.launch_all(result)
             if can_advance(result.decisions):
@@ -151,14 +174,25 @@ class Advancer:
             self.slot.give_up()
             return False
 
-    def run(self, watcher: Watcher) -> None:
+    def run(self) -> None:
         while self.pass_and_go_on():
-            changed = watcher.wait(IDLE_CHECK_SECONDS)
-            reap_children()
-            if changed and not self.reload_if_changed():
+            if not self.wait_for_news(self.watcher):
                 with self.lock:
                     self.slot.give_up()
                 return
+
+    def wait_for_news(self, watcher: Watcher) -> bool:
+        """Sleep until a change can matter (or the idle timeout); False if the
+        pipelines were edited into an invalid state."""
+        while True:
+            changed = watcher.wait(IDLE_CHECK_SECONDS)
+            reap_children()
+            if not changed:
+                return True
+            if not self.reload_if_changed():
+                return False
+            if self.engine.notice(changed):
+                return True
 
 
 def _detach_stdio(layout: Layout) -> Callable[[str], None]:
@@ -217,9 +251,10 @@ def _advance_in_child(engine: Engine, names: list[str], lock: SchedulingLock,
         lock.release()
         append_event(engine.layout, "advancer_start", pid=os.getpid(), selection=names)
         engine.liveness_interval = LIVENESS_INTERVAL
-        Advancer(engine, names, lock, slot, log).run(watcher)
+        advancer = Advancer(engine, names, lock, slot, watcher, log)
+        advancer.run()
         times = os.times()
-        append_event(engine.layout, "advancer_exit", pid=os.getpid(),
+        append_event(engine.layout, "advancer_exit", pid=os.getpid(), passes=advancer.passes,
                      cpu_seconds=round(times.user + times.system, 4))
         return 0
     finally:

@@ -133,6 +133,51 @@ class Engine:
                 inputs)
         return result
 
+    def watched(self) -> None:
+        """inotify now reports every change to status and signal files: trust
+        the caches for files no event has touched (see `notice`)."""
+        self.status_cache.trusted = self.signal_cache.trusted = True
+
+    def notice(self, changed: list[Path]) -> bool:
+        """Take inotify's changed paths; True if any can change a decision.
+
+        Our own writes and temporary files cannot, and waking for them would
+        double the passes.
+        """
+        news = False
+        for path in changed:
+            news = self._note(path) or news
+        return news
+
+    def _note(self, path: Path) -> bool:
+        name = path.name
+        if name.startswith("."):
+            return False
+        if path.parent == self.layout.runs_dir:
+            return name.endswith(".exit")
+        if path.parent.parent == self.layout.status_dir:
+            self.status_cache.mark_dirty(path)
+            return self.status_cache.changed(path)
+        if path.parent.parent == self.layout.signals_dir and name.endswith(".done"):
+            self.signal_cache.mark_dirty(path)
+            return self.signal_cache.changed(path)
+        if path == self.layout.base:   # events were lost: read everything again
+            self.status_cache.distrust_all()
+            self.signal_cache.distrust_all()
+        return True
+
+    def _save(self, record: StatusRecord, durable: bool = True) -> None:
+        write_status(self.layout, record, durable)
+        self.status_cache.remember(self.layout.status(record.pipeline, record.agent), record)
+
+    def _finish(self, agent: Agent, record: StatusRecord, code: int, ended_at: str | None
+                ) -> StatusRecord:
+        record = finish_run(self.layout, agent, record, code, ended_at)
+        self.status_cache.remember(self.layout.status(agent.pipeline, agent.name), record)
+        self.signal_cache.remember(self.layout.signal(agent.pipeline, agent.name),
+                                   record.signal_digest if record.state == "done" else None)
+        return record
+
     def external_signals(self) -> set[str]:
         return {p.name[:-len(".signal")] for p in self.layout.signals_dir.glob("*.signal")}
 
@@ -148,18 +193,18 @@ class Engine:
         exit_path = self.layout.exit_file(record.run_id or "")
         code = read_exit_code(exit_path)
         if code is not None:
-            return finish_run(self.layout, agent, record, code, exit_time(exit_path))
+            return self._finish(agent, record, code, exit_time(exit_path))
         if record.state == "launching" and record.pid is None:
             return self._recover_launch(agent, record)
         if not self.check_liveness or is_alive(record.pid, record.pid_create_time):
             return record
         code = read_exit_code(exit_path)   # it may have finished since we looked
         if code is not None:
-            return finish_run(self.layout, agent, record, code, exit_time(exit_path))
+            return self._finish(agent, record, code, exit_time(exit_path))
         record = replace(record, state="failed", ended_at=utc_now(),
                          reason="agent process ended without recording an exit status "
                                 "(killed with SIGKILL?)")
-        write_status(self.layout, record)
+        self._save(record)
         append_event(self.layout, "fail", task=agent.task, run_id=record.run_id,
                      reason=record.reason)
         return record
@@ -173,7 +218,7 @@ class Engine:
         else:
             record = replace(record, state="pending", reason="launch interrupted",
                              fingerprint=None)
-        write_status(self.layout, record)
+        self._save(record)
         return record
 
     # -- the pass ----------------------------------------------------------
@@ -225,6 +270,7 @@ class Engine:
         launches = (previous.launches if previous else 0) + 1
         run_id = f"{agent.pipeline}.{agent.name}.{launches}.{secrets.token_hex(4)}"
         layout.signal(agent.pipeline, agent.name).unlink(missing_ok=True)
+        self.signal_cache.forget(layout.signal(agent.pipeline, agent.name))
         fingerprint = decision.fingerprint
         log = layout.log(agent.pipeline, agent.name)
         record = StatusRecord(
@@ -235,7 +281,7 @@ class Engine:
             config_digest=fingerprint.config if fingerprint else None,
             inputs=inputs, upstream=dict(fingerprint.upstream) if fingerprint else {},
             upstream_used=decision.upstream_used)
-        write_status(layout, record, durable=False)
+        self._save(record, durable=False)
         upstream = self._write_upstream_file(agent, run_id,
                                              fingerprint.upstream if fingerprint else {})
         if previous and previous.launches and os.path.exists(log):
@@ -245,13 +291,13 @@ class Engine:
         except OSError as err:
             record = replace(record, state="failed", ended_at=utc_now(),
                              reason=f"could not start: {err.strerror or err}")
-            write_status(layout, record)
+            self._save(record)
             events.append(event("fail", task=agent.task, run_id=run_id, reason=record.reason))
             return record
         record = replace(record, state="running", pid=started.pid,
                          pid_create_time=started.create_time,
                          reason="running")
-        write_status(layout, record, durable=False)
+        self._save(record, durable=False)
         events.append(event("launch", task=agent.task, run_id=run_id, pid=started.pid,
                             reason=decision.reason))
         return record

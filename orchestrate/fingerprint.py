@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
+from functools import cached_property, lru_cache
 from typing import Any
 
 from .spec import Agent
@@ -23,6 +24,7 @@ def _canonical(data: Any) -> str:
     return json.dumps(data, sort_keys=True, separators=(",", ":"))
 
 
+@lru_cache(maxsize=None)
 def config_digest(agent: Agent) -> str:
     return digest_text(_canonical(agent.config_identity()))
 
@@ -33,7 +35,7 @@ class Fingerprint:
     inputs: dict[str, str]      # path -> content digest
     upstream: dict[str, str]    # upstream agent -> its signal's digest
 
-    @property
+    @cached_property
     def digest(self) -> str:
         return digest_text(_canonical(
             {"config": self.config, "inputs": self.inputs, "upstream": self.upstream}))

@@ -67,10 +67,11 @@ class Launcher:
     def __init__(self, layout: Layout, popen: Callable[..., subprocess.Popen] = subprocess.Popen):
         self.layout = layout
         self.popen = popen
+        self.base_env = dict(os.environ)   # decoded once, not once per launch
 
     def launch(self, agent: Agent, run_id: str, attempt: int, log_path: Path,
                upstream: Path) -> Started:
-        env = agent_environment(self.layout, agent, run_id, attempt, upstream)
+        env = agent_environment(self.layout, agent, run_id, attempt, upstream, self.base_env)
         log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
         try:
             process = self.popen(

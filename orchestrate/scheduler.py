@@ -118,7 +118,7 @@ def decide(agent: Agent, facts: AgentFacts, decided: dict[str, Decision],
         return gate
     fingerprint = Fingerprint(config_digest(agent),
                               {p: v[2] for p, v in facts.inputs.items()}, consumed)
-    current = record is not None and record.fingerprint == fingerprint.digest
+    current = record is not None and recorded_fingerprint_matches(record, fingerprint)
     if current and record.state == "done" and facts.signal_digest is not None:
         return Decision(agent, "done", record.reason or "done", fingerprint, used)
     if current and record.state in ("failed", "cancelled"):
@@ -128,6 +128,17 @@ def decide(agent: Agent, facts: AgentFacts, decided: dict[str, Decision],
         return Decision(agent, "queued", full, fingerprint, used)
     capacity.take(agent)
     return Decision(agent, "launch", reason, fingerprint, used)
+
+
+def recorded_fingerprint_matches(record: StatusRecord, fingerprint: Fingerprint) -> bool:
+    """Same verdict as comparing digests, without hashing on every pass: the
+    record keeps the parts the digest was made of."""
+    if record.fingerprint is None or record.config_digest != fingerprint.config:
+        return False
+    if record.upstream != fingerprint.upstream or len(record.inputs) != len(fingerprint.inputs):
+        return False
+    return all(record.inputs.get(path, (None, None, None))[2] == digest
+               for path, digest in fingerprint.inputs.items())
 
 
 def _why_stale(record: StatusRecord | None, facts: AgentFacts, new: Fingerprint) -> str:

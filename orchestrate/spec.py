@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 import tomllib
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Callable
 
@@ -54,11 +55,11 @@ class Agent:
     isolation: str | None = None
     base: str | None = None
 
-    @property
+    @cached_property
     def task(self) -> str:
         return f"{self.pipeline}:{self.name}"
 
-    @property
+    @cached_property
     def upstream(self) -> tuple[str, ...]:
         return self.after + tuple(u for u in self.after_any if u not in self.after)
 

@@ -152,7 +152,9 @@ def write_atomic(path: Path, text: str, durable: bool = True) -> None:
 
 
 def write_json(path: Path, data: dict[str, Any], durable: bool = True) -> None:
-    write_atomic(path, json.dumps(data, indent=1, sort_keys=True) + "\n", durable)
+    # One line, no indent: json's C encoder is only used without indent, and
+    # status files are written several times per agent (pipe to `jq` to read).
+    write_atomic(path, json.dumps(data, sort_keys=True) + "\n", durable)
 
 
 def read_json(path: Path) -> dict[str, Any] | None:
@@ -201,14 +203,52 @@ class FileCache(Generic[T]):
     def __init__(self, parse: Callable[[Path], T | None]):
         self.parse = parse
         self.entries: dict[Path, tuple[tuple[int, int, int], T | None]] = {}
+        # With inotify on the files' folders, an entry no event has touched
+        # since it was read is still current: not even a stat is needed.
+        self.trusted = False
+        self.dirty: set[Path] = set()
 
-    def get(self, path: Path) -> T | None:
+    def mark_dirty(self, path: Path) -> None:
+        self.dirty.add(path)
+
+    def distrust_all(self) -> None:
+        self.entries.clear()
+        self.dirty.clear()
+
+    @staticmethod
+    def _key(path: Path) -> tuple[int, int, int] | None:
         try:
             info = os.stat(path)
         except FileNotFoundError:
+            return None
+        return info.st_ino, info.st_mtime_ns, info.st_size
+
+    def remember(self, path: Path, value: T | None) -> None:
+        """We just wrote `value` to `path`: no need to read it back."""
+        self.dirty.discard(path)
+        key = self._key(path)
+        if key is None:
+            self.entries.pop(path, None)
+        else:
+            self.entries[path] = (key, value)
+
+    def forget(self, path: Path) -> None:
+        self.entries.pop(path, None)
+
+    def changed(self, path: Path) -> bool:
+        """Does `path` differ from what we last read or wrote?"""
+        key = self._key(path)
+        hit = self.entries.get(path)
+        return key != (hit[0] if hit else None)
+
+    def get(self, path: Path) -> T | None:
+        if self.trusted and path not in self.dirty and path in self.entries:
+            return self.entries[path][1]
+        self.dirty.discard(path)
+        key = self._key(path)
+        if key is None:
             self.entries.pop(path, None)
             return None
-        key = (info.st_ino, info.st_mtime_ns, info.st_size)
         hit = self.entries.get(path)
         if hit is not None and hit[0] == key:
             return hit[1]
