@@ -26,9 +26,10 @@ IDLE_CHECK_SECONDS = 1.0   # liveness check of running agents when nothing happe
 
 
 def can_advance(decisions: dict[str, Decision]) -> bool:
-    """Something is running, queued, launching, or waits on an external signal."""
+    """Something is running, queued, launching, waits on an external signal
+    or for a retry's backoff."""
     return any(d.state in ("launch", "running", "queued") or
-               (d.state == "waiting" and d.external and not d.blocked)
+               (d.state == "waiting" and (d.external or d.timed) and not d.blocked)
                for d in decisions.values())
 
 
@@ -181,11 +182,16 @@ class Advancer:
                     self.slot.give_up()
                 return
 
+    def sleep_seconds(self) -> float:
+        """Until the next timeout, kill or retry is due, at most IDLE_CHECK_SECONDS."""
+        ahead = self.engine.next_wake - self.engine.clock()
+        return max(0.005, min(IDLE_CHECK_SECONDS, ahead))
+
     def wait_for_news(self, watcher: Watcher) -> bool:
         """Sleep until a change can matter (or the idle timeout); False if the
         pipelines were edited into an invalid state."""
         while True:
-            changed = watcher.wait(IDLE_CHECK_SECONDS)
+            changed = watcher.wait(self.sleep_seconds())
             reap_children()
             if not changed:
                 return True

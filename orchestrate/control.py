@@ -1,19 +1,18 @@
 """What each command does, as library calls the thin doit commands make."""
 from __future__ import annotations
 
-import os
 import signal
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import IO
 
+from . import processes
 from .advancer import AdvancerSlot, Watcher, can_advance, fork_advancer
-from .engine import LIVENESS_INTERVAL, Engine, PassResult, select
+from .engine import LIVENESS_INTERVAL, Engine, PassResult, match, select
 from .scheduler import Decision
 from .spec import NAME_RE, Agent
 from .state import (Layout, SchedulingLock, StatusRecord, append_event, read_status,
-                    utc_now, write_json, write_status)
+                    utc_now, write_json)
 from .tasks import workspace_at
 from .ui import decision_line, status_row, status_table, summary_line, write_decisions
 
@@ -126,7 +125,8 @@ def wait(root: Path, names: list[str], timeout: float | None, out: IO[str],
                 out.write(f"timeout after {timeout:g}s; agents keep running "
                           "(doit status to check, doit cancel to stop them)\n")
                 return EXIT_TIMEOUT
-            watcher.wait(1.0 if remaining is None else min(1.0, remaining))
+            ahead = max(0.005, min(1.0, engine.next_wake - time.time()))
+            watcher.wait(ahead if remaining is None else min(ahead, remaining))
     except KeyboardInterrupt:
         progress.close()
         if cancel_on_interrupt:
@@ -198,61 +198,53 @@ def signal_create(root: Path, name: str) -> str:
     return f"signal {name} created"
 
 
-def _group_alive(pgid: int) -> bool:
-    import psutil
-    for process in psutil.process_iter(["status"]):
-        try:
-            if os.getpgid(process.pid) == pgid and process.info["status"] != psutil.STATUS_ZOMBIE:
-                return True
-        except (ProcessLookupError, PermissionError):
-            continue
-    return False
-
-
-def stop_group(pid: int, grace: float) -> None:
-    """SIGTERM the agent's process group, SIGKILL what is left after `grace`."""
-    try:
-        os.killpg(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline:
-        if not _group_alive(pid):
-            return
-        time.sleep(0.05)
-    try:
-        os.killpg(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-
-
 def cancel(root: Path, names: list[str], out: IO[str]) -> int:
-    from .launcher import is_alive
+    """Stop the named running agents (none: every running one) and cancel the
+    named queued, ready or retry-waiting ones; returns once no process of a
+    stopped agent is left."""
     workspace = workspace_at(root)
-    agents = select(workspace, names) if names else [
-        a for p in workspace.pipelines for a in p.agents]
-    layout = Layout(workspace.root)
-    to_stop: list[tuple[Agent, StatusRecord]] = []
-    with SchedulingLock(layout):
-        for agent in agents:
-            record = read_status(layout, agent.pipeline, agent.name)
-            if record is None or record.state not in ("running", "launching"):
+    targets = {a.task for a in match(workspace, names)} if names else None
+    engine, agents = _selection(root, names)
+    stopping: list[tuple[Agent, StatusRecord]] = []
+    with SchedulingLock(engine.layout):
+        result = engine.run_pass(agents)
+        for task, decision in result.decisions.items():
+            if targets is not None and task not in targets:
                 continue
-            alive = is_alive(record.pid, record.pid_create_time)
-            cancelled = replace(record, state="cancelled", ended_at=utc_now(),
-                                reason="cancelled by user")
-            write_status(layout, cancelled)
-            append_event(layout, "cancel", task=agent.task, run_id=record.run_id)
-            if alive:
-                to_stop.append((agent, record))
-    for agent, record in to_stop:
-        stop_group(record.pid, agent.kill_grace)
-        for path in (layout.exit_file(record.run_id or ""), layout.upstream_file(record.run_id or "")):
-            path.unlink(missing_ok=True)
+            record = result.facts[task].record
+            if decision.state == "running" and record is not None:
+                stopping.append((decision.agent,
+                                 engine.begin_stop(decision.agent, record, "cancelled by user")))
+            elif decision.state in ("launch", "queued") or decision.timed:
+                engine.mark_cancelled(decision, record, result.facts[task].inputs)
+                out.write(f"cancelled {task} ({'queued' if decision.state != 'launch' else 'not started'})\n")
+    _wait_until_stopped(stopping)
+    with SchedulingLock(engine.layout):   # settle them now: state cancelled
+        engine.run_pass(agents)
+    for agent, _ in stopping:
         out.write(f"cancelled {agent.task}\n")
-    if not to_stop:
+    if not stopping and targets is None:
         out.write("nothing running to cancel\n")
     return EXIT_OK
+
+
+def _wait_until_stopped(stopping: list[tuple[Agent, StatusRecord]]) -> None:
+    """Each agent had SIGTERM; SIGKILL at its kill_at; until no process is left."""
+    pending = list(stopping)
+    while pending:
+        now = time.time()
+        still = []
+        for agent, record in pending:
+            pid = record.pid or 0
+            if not processes.tree_alive(pid, record.descendants):
+                continue
+            if record.kill_at is not None and now >= record.kill_at:
+                processes.signal_tree(pid, record.descendants, signal.SIGKILL)
+            if now < (record.kill_at or now) + 5:
+                still.append((agent, record))
+        pending = still
+        if pending:
+            time.sleep(0.02)
 
 
 def forget_agents(root: Path, tasks: list[str], out: IO[str]) -> None:

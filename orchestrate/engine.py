@@ -8,19 +8,23 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import signal
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
 from .fingerprint import digest_text
-from .launcher import Launcher, is_alive, process_create_time
+from . import processes
+from .launcher import Launcher
+from .policy import backoff, limit_exceeded, next_limit, should_retry
+from .processes import is_alive
 from .scheduler import ACTIVE, AgentFacts, Decision, plan
 from .spec import Agent, Workspace
 from .state import (FileCache, Layout, StatusRecord, append_event, append_events, event,
                     expand_patterns,
                     file_digest, parse_status, utc_now, write_status)
-from .wrapper import exit_time, finish_run, read_exit_code
+from .wrapper import exit_time, finish_run, read_exit_code, remove_run_files
 
 
 class SelectionError(Exception):
@@ -28,11 +32,13 @@ class SelectionError(Exception):
 
 
 def select(workspace: Workspace, names: list[str]) -> list[Agent]:
-    """Task names -> the agents they name plus everything upstream, upstream-first.
+    """Task names -> the agents they name plus everything upstream, upstream-first."""
+    return upstream_closure(workspace, {a.task for a in match(workspace, names)})
 
-    `review` selects a pipeline, `review:plan` one agent (and what it needs);
-    shell-style wildcards work as in doit (`review:impl_*`). None = everything.
-    """
+
+def match(workspace: Workspace, names: list[str]) -> list[Agent]:
+    """The agents task names name: `review` a pipeline, `review:plan` one agent;
+    shell-style wildcards work as in doit (`review:impl_*`). None = everything."""
     from fnmatch import fnmatchcase
     wanted: set[str] = set()
     for name in names or [p.name for p in workspace.pipelines]:
@@ -43,7 +49,7 @@ def select(workspace: Workspace, names: list[str]) -> list[Agent]:
             known = ", ".join(p.name for p in workspace.pipelines) or "none"
             raise SelectionError(f"no pipeline or agent matches '{name}' (pipelines: {known})")
         wanted.update(matched)
-    return upstream_closure(workspace, wanted)
+    return [workspace.agents_by_task[t] for t in sorted(wanted)]
 
 
 def upstream_closure(workspace: Workspace, tasks: set[str]) -> list[Agent]:
@@ -104,7 +110,7 @@ class Engine:
     """
 
     def __init__(self, workspace: Workspace, launcher: Launcher | None = None,
-                 liveness_interval: float = 0.0, clock: Callable[[], float] = time.monotonic):
+                 liveness_interval: float = 0.0, clock: Callable[[], float] = time.time):
         self.workspace = workspace
         self.layout = Layout(workspace.root)
         self.launcher = launcher or Launcher(self.layout)
@@ -115,6 +121,8 @@ class Engine:
         self.clock = clock
         self.last_liveness = float("-inf")
         self.check_liveness = True
+        self.parents: dict[int, list[int]] | None = None   # one /proc scan per pass
+        self.next_wake = float("inf")   # the earliest timeout, kill or retry ahead
 
     # -- reading ---------------------------------------------------------
     def records(self, agents: list[Agent]) -> dict[str, StatusRecord | None]:
@@ -170,12 +178,32 @@ class Engine:
         write_status(self.layout, record, durable)
         self.status_cache.remember(self.layout.status(record.pipeline, record.agent), record)
 
-    def _finish(self, agent: Agent, record: StatusRecord, code: int, ended_at: str | None
-                ) -> StatusRecord:
-        record = finish_run(self.layout, agent, record, code, ended_at)
-        self.status_cache.remember(self.layout.status(agent.pipeline, agent.name), record)
+    def _finish(self, agent: Agent, record: StatusRecord, code: int | None,
+                ended_at: str | None) -> StatusRecord:
+        """Settle a run: its outcome, a retry if the policy allows, status, event."""
+        stopped = bool(record.stop_reason)
+        if code is None:   # no exit status was recorded: the wrapper itself was killed
+            record = replace(record, state="cancelled" if stopped and record.stop_reason
+                             .startswith("cancelled") else "failed", ended_at=utc_now(),
+                             kill_at=None, reason=record.stop_reason or
+                             "agent process ended without recording an exit status "
+                             "(killed with SIGKILL?)")
+        else:
+            record = finish_run(self.layout, agent, record, code, ended_at)
         self.signal_cache.remember(self.layout.signal(agent.pipeline, agent.name),
                                    record.signal_digest if record.state == "done" else None)
+        kind = {"done": "finish", "cancelled": "cancel"}.get(record.state, "fail")
+        details = {"task": agent.task, "run_id": record.run_id, "exit_code": code,
+                   "reason": record.reason, "attempt": record.attempt}
+        if should_retry(agent, record, stopped):
+            at = self.clock() + backoff(agent, record.attempt)
+            record = replace(record, state="waiting", retry_at=at, reason=(
+                f"retry {record.attempt + 1} of {agent.retries + 1} at "
+                f"{time.strftime('%H:%M:%S', time.localtime(at))} after: {record.reason}"))
+            details["retry_at"] = at
+        self._save(record)
+        append_event(self.layout, kind, **details)
+        remove_run_files(self.layout, record.run_id)
         return record
 
     def external_signals(self) -> set[str]:
@@ -185,28 +213,90 @@ class Engine:
         """Read-only view of the selection (for status and wait)."""
         records = self.records(agents)
         return plan(self.workspace, agents, self.facts(agents, records),
-                    self.external_signals())
+                    self.external_signals(), now=self.clock())
 
     # -- settling --------------------------------------------------------
     def settle(self, agent: Agent, record: StatusRecord) -> StatusRecord:
-        """Finish a run whose exit was recorded, or whose process vanished."""
+        """Finish a run whose exit was recorded or whose process vanished;
+        stop one past its timeout or stall limit; track its descendants."""
         exit_path = self.layout.exit_file(record.run_id or "")
         code = read_exit_code(exit_path)
         if code is not None:
             return self._finish(agent, record, code, exit_time(exit_path))
         if record.state == "launching" and record.pid is None:
             return self._recover_launch(agent, record)
-        if not self.check_liveness or is_alive(record.pid, record.pid_create_time):
+        if self.check_liveness:
+            if not is_alive(record.pid, record.pid_create_time):
+                code = read_exit_code(exit_path)   # it may have finished since we looked
+                return self._finish(agent, record, code, exit_time(exit_path))
+            record = self._track_descendants(record)
+        return self._enforce_limits(agent, record)
+
+    def _track_descendants(self, record: StatusRecord) -> StatusRecord:
+        """Remember the agent's descendants while it runs: one that moves to a
+        session of its own leaves the process group but is still the agent's."""
+        if self.parents is None:
+            self.parents = processes.parent_map()
+        current = processes.descendants(record.pid or 0, self.parents)
+        known = {int(p) for p, _ in record.descendants}
+        alive = [t for t in record.descendants if processes.is_alive(int(t[0]), t[1])]
+        fresh = processes.track(p for p in current if p not in known)
+        if not fresh and len(alive) == len(record.descendants):
             return record
-        code = read_exit_code(exit_path)   # it may have finished since we looked
-        if code is not None:
-            return self._finish(agent, record, code, exit_time(exit_path))
-        record = replace(record, state="failed", ended_at=utc_now(),
-                         reason="agent process ended without recording an exit status "
-                                "(killed with SIGKILL?)")
+        record = replace(record, descendants=alive + fresh)
+        self._save(record, durable=False)
+        return record
+
+    def _last_output(self, agent: Agent, record: StatusRecord) -> float | None:
+        if agent.stall_timeout is None:
+            return None
+        try:
+            return os.stat(self.layout.root / record.log).st_mtime
+        except OSError:
+            return None
+
+    def _enforce_limits(self, agent: Agent, record: StatusRecord) -> StatusRecord:
+        now = self.clock()
+        last_output = self._last_output(agent, record)
+        if record.stop_reason is None:
+            reason = limit_exceeded(agent, record, now, last_output)
+            if reason is not None:
+                record = self.begin_stop(agent, record, reason)
+        elif record.kill_at is not None and now >= record.kill_at:
+            processes.signal_tree(record.pid or 0, record.descendants, signal.SIGKILL)
+            record = replace(record, kill_at=None)
+            self._save(record)
+        wake = next_limit(agent, record, last_output)
+        if wake is not None:
+            self.next_wake = min(self.next_wake, wake)
+        return record
+
+    def mark_cancelled(self, decision: Decision, previous: StatusRecord | None,
+                       inputs: dict[str, list]) -> StatusRecord:
+        """Cancel an agent that is not running: it stays cancelled until its
+        fingerprint changes or `doit forget`, like a cancelled run."""
+        agent, fingerprint = decision.agent, decision.fingerprint
+        base = previous or StatusRecord(state="cancelled", pipeline=agent.pipeline,
+                                        agent=agent.name, task=agent.task)
+        record = replace(
+            base, state="cancelled", reason="cancelled by user", ended_at=utc_now(),
+            retry_at=None, fingerprint=fingerprint.digest if fingerprint else None,
+            config_digest=fingerprint.config if fingerprint else None, inputs=inputs,
+            upstream=dict(fingerprint.upstream) if fingerprint else {},
+            upstream_used=decision.upstream_used)
         self._save(record)
-        append_event(self.layout, "fail", task=agent.task, run_id=record.run_id,
-                     reason=record.reason)
+        append_event(self.layout, "cancel", task=agent.task, reason=record.reason)
+        return record
+
+    def begin_stop(self, agent: Agent, record: StatusRecord, reason: str) -> StatusRecord:
+        """SIGTERM the agent's group and descendants now; SIGKILL at kill_grace."""
+        children = processes.descendants(record.pid or 0, processes.parent_map())
+        tracked = processes.merge(record.descendants, processes.track(children))
+        processes.signal_tree(record.pid or 0, tracked, signal.SIGTERM)
+        record = replace(record, stop_reason=reason, descendants=tracked,
+                         kill_at=self.clock() + agent.kill_grace)
+        self._save(record)
+        append_event(self.layout, "stop", task=agent.task, run_id=record.run_id, reason=reason)
         return record
 
     def _recover_launch(self, agent: Agent, record: StatusRecord) -> StatusRecord:
@@ -214,7 +304,7 @@ class Engine:
         pid = find_run_process(record.run_id or "")
         if pid is not None:
             record = replace(record, state="running", pid=pid,
-                             pid_create_time=process_create_time(pid), reason="running")
+                             pid_create_time=processes.create_time(pid), reason="running")
         else:
             record = replace(record, state="pending", reason="launch interrupted",
                              fingerprint=None)
@@ -228,6 +318,8 @@ class Engine:
         self.check_liveness = now - self.last_liveness >= self.liveness_interval
         if self.check_liveness:
             self.last_liveness = now
+        self.parents = None
+        self.next_wake = float("inf")
         records = self.records(agents)
         for agent in agents:
             record = records[agent.task]
@@ -235,7 +327,10 @@ class Engine:
                 records[agent.task] = self.settle(agent, record)
         facts = self.facts(agents, records)
         decisions = plan(self.workspace, agents, facts, self.external_signals(),
-                         self.running_elsewhere(agents))
+                         self.running_elsewhere(agents), now=self.clock())
+        for decision in decisions.values():
+            if decision.timed and decision.wake_at is not None:
+                self.next_wake = min(self.next_wake, decision.wake_at)
         return PassResult(decisions, facts)
 
     def running_elsewhere(self, agents: list[Agent]) -> tuple[Agent, ...]:
@@ -275,7 +370,8 @@ class Engine:
         log = layout.log(agent.pipeline, agent.name)
         record = StatusRecord(
             state="launching", pipeline=agent.pipeline, agent=agent.name, task=agent.task,
-            attempt=1, run_id=run_id, launches=launches, started_at=utc_now(),
+            attempt=decision.attempt, run_id=run_id, launches=launches, started_at=utc_now(),
+            started_epoch=self.clock(),
             reason=decision.reason, log=layout.relative(log),
             fingerprint=fingerprint.digest if fingerprint else None,
             config_digest=fingerprint.config if fingerprint else None,
@@ -285,9 +381,9 @@ class Engine:
         upstream = self._write_upstream_file(agent, run_id,
                                              fingerprint.upstream if fingerprint else {})
         if previous and previous.launches and os.path.exists(log):
-            os.replace(log, layout.log(agent.pipeline, agent.name, previous.launches))
+            os.replace(log, layout.log(agent.pipeline, agent.name, previous.attempt or 1))
         try:
-            started = self.launcher.launch(agent, run_id, 1, log, upstream)
+            started = self.launcher.launch(agent, run_id, decision.attempt, log, upstream)
         except OSError as err:
             record = replace(record, state="failed", ended_at=utc_now(),
                              reason=f"could not start: {err.strerror or err}")
@@ -299,7 +395,7 @@ class Engine:
                          reason="running")
         self._save(record, durable=False)
         events.append(event("launch", task=agent.task, run_id=run_id, pid=started.pid,
-                            reason=decision.reason))
+                            attempt=decision.attempt, reason=decision.reason))
         return record
 
     def _write_upstream_file(self, agent: Agent, run_id: str, consumed: dict[str, str]) -> Path:

@@ -2,7 +2,8 @@
 
 The launcher never waits for the agent: completion is the wrapper's record.
 What it returns (pid and the process's start time) lets any later process
-tell the agent apart from an unrelated process that reused the pid.
+tell the agent apart from an unrelated process that reused the pid
+(see `processes`).
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from .processes import create_time
 from .spec import Agent
 from .state import Layout
 from .wrapper import wrapper_argv
@@ -21,29 +23,6 @@ from .wrapper import wrapper_argv
 class Started:
     pid: int
     create_time: float | None
-
-
-def process_create_time(pid: int) -> float | None:
-    """Start time as psutil reports it, None if the process is gone."""
-    import psutil
-    try:
-        return psutil.Process(pid).create_time()
-    except psutil.Error:
-        return None
-
-
-def is_alive(pid: int | None, create_time: float | None) -> bool:
-    """True if `pid` is still the process that was started at `create_time`."""
-    import psutil
-    if not pid:
-        return False
-    try:
-        process = psutil.Process(pid)
-        if create_time is not None and abs(process.create_time() - create_time) > 0.05:
-            return False
-        return process.status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
 
 
 def agent_environment(layout: Layout, agent: Agent, run_id: str, attempt: int,
@@ -84,4 +63,4 @@ class Launcher:
         # The Popen object is dropped on purpose: the agent outlives us, and
         # whoever is its parent reaps it (see Advancer.reap_children).
         process.returncode = 0
-        return Started(process.pid, process_create_time(process.pid))
+        return Started(process.pid, create_time(process.pid))

@@ -32,6 +32,9 @@ class Decision:
     upstream_used: str | None = None
     blocked: bool = False      # cannot advance without a user's action
     external: bool = False     # waiting on an external signal
+    timed: bool = False        # waiting for a retry's backoff to pass
+    wake_at: float | None = None
+    attempt: int = 1           # the attempt a launch would be
 
     @property
     def settled(self) -> bool:
@@ -109,7 +112,7 @@ def _waiting_on(agent: Agent, name: str, upstream: Decision) -> Decision:
 
 def decide(agent: Agent, facts: AgentFacts, decided: dict[str, Decision],
            signals: dict[str, str | None], present: set[str],
-           capacity: Capacity) -> Decision:
+           capacity: Capacity, now: float) -> Decision:
     record = facts.record
     if record and record.state in ACTIVE:
         return Decision(agent, "running", record.reason or "running")
@@ -123,11 +126,17 @@ def decide(agent: Agent, facts: AgentFacts, decided: dict[str, Decision],
         return Decision(agent, "done", record.reason or "done", fingerprint, used)
     if current and record.state in ("failed", "cancelled"):
         return Decision(agent, record.state, record.reason, fingerprint, used)
+    attempt = 1
     reason = _why_stale(record, facts, fingerprint)
+    if current and record.state == "waiting" and record.retry_at is not None:
+        if now < record.retry_at:
+            return Decision(agent, "waiting", record.reason, fingerprint, used, timed=True,
+                            wake_at=record.retry_at, attempt=record.attempt + 1)
+        attempt, reason = record.attempt + 1, f"attempt {record.attempt + 1} of {agent.retries + 1}"
     if full := capacity.full(agent):
-        return Decision(agent, "queued", full, fingerprint, used)
+        return Decision(agent, "queued", full, fingerprint, used, attempt=attempt)
     capacity.take(agent)
-    return Decision(agent, "launch", reason, fingerprint, used)
+    return Decision(agent, "launch", reason, fingerprint, used, attempt=attempt)
 
 
 def recorded_fingerprint_matches(record: StatusRecord, fingerprint: Fingerprint) -> bool:
@@ -151,8 +160,8 @@ def _why_stale(record: StatusRecord | None, facts: AgentFacts, new: Fingerprint)
 
 
 def plan(workspace: Workspace, agents: list[Agent], facts: dict[str, AgentFacts],
-         present_signals: set[str], running_elsewhere: tuple[Agent, ...] = ()
-         ) -> dict[str, Decision]:
+         present_signals: set[str], running_elsewhere: tuple[Agent, ...] = (),
+         now: float = 0.0) -> dict[str, Decision]:
     """One scheduling pass over `agents` (upstream-first order) -> decisions by task.
 
     `running_elsewhere`: running agents outside the selection, which still
@@ -168,5 +177,5 @@ def plan(workspace: Workspace, agents: list[Agent], facts: dict[str, AgentFacts]
     decided: dict[str, Decision] = {}
     for agent in agents:
         decided[agent.task] = decide(agent, facts[agent.task], decided, signals,
-                                     present_signals, capacity)
+                                     present_signals, capacity, now)
     return decided

@@ -53,6 +53,11 @@ class StatusRecord:
     upstream: dict[str, str] = field(default_factory=dict)
     upstream_used: str | None = None
     signal_digest: str | None = None
+    started_epoch: float | None = None
+    stop_reason: str | None = None      # set when orchestrate began stopping the run
+    kill_at: float | None = None        # when SIGKILL follows the SIGTERM
+    descendants: list = field(default_factory=list)   # [[pid, create_time], ...]
+    retry_at: float | None = None       # a failed attempt waits until then
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "StatusRecord":

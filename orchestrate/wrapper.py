@@ -17,8 +17,7 @@ from typing import Iterable
 
 from .fingerprint import digest_text
 from .spec import Agent
-from .state import (Layout, StatusRecord, append_event, expand_patterns, file_digest,
-                    utc_now, write_atomic, write_status)
+from .state import Layout, StatusRecord, expand_patterns, file_digest, utc_now, write_atomic
 
 SIGNAL_NAMES = {129: "SIGHUP", 130: "SIGINT", 137: "SIGKILL", 143: "SIGTERM"}
 
@@ -67,28 +66,33 @@ def signal_content(root: Path, agent: Agent, outputs: Iterable[str], run_id: str
 
 def finish_run(layout: Layout, agent: Agent, record: StatusRecord, code: int,
                ended_at: str | None = None) -> StatusRecord:
-    """Turn a recorded exit status into signal + status + event. Idempotent by run id."""
+    """The run's outcome from its recorded exit status; on success writes the
+    `.done` signal. The caller writes the status record (it may schedule a retry).
+
+    A run that orchestrate was stopping (timeout, stall, cancel) ends with that
+    reason whatever its exit code.
+    """
     ended_at = ended_at or utc_now()
-    run_id = record.run_id or ""
-    if code == 0:
-        outputs, missing = expand_patterns(layout.root, agent.outputs)
-        if missing:
-            record = replace(record, state="failed", exit_code=0, ended_at=ended_at,
-                             reason=f"exit 0 but output missing: {', '.join(missing)}")
-        else:
-            content = signal_content(layout.root, agent, outputs, run_id)
-            write_atomic(layout.signal(agent.pipeline, agent.name), content)
-            record = replace(record, state="done", exit_code=0, ended_at=ended_at,
-                             reason="done", signal_digest=digest_text(content))
-    else:
-        record = replace(record, state="failed", exit_code=code, ended_at=ended_at,
-                         reason=describe_exit(code))
-    write_status(layout, record)
-    append_event(layout, "finish" if record.state == "done" else "fail", task=agent.task,
-                 run_id=run_id, exit_code=code, reason=record.reason)
-    for path in (layout.exit_file(run_id), layout.upstream_file(run_id)):
+    if record.stop_reason:
+        state = "cancelled" if record.stop_reason.startswith("cancelled") else "failed"
+        return replace(record, state=state, exit_code=code, ended_at=ended_at,
+                       reason=record.stop_reason, kill_at=None)
+    if code != 0:
+        return replace(record, state="failed", exit_code=code, ended_at=ended_at,
+                       reason=describe_exit(code))
+    outputs, missing = expand_patterns(layout.root, agent.outputs)
+    if missing:
+        return replace(record, state="failed", exit_code=0, ended_at=ended_at,
+                       reason=f"exit 0 but output missing: {', '.join(missing)}")
+    content = signal_content(layout.root, agent, outputs, record.run_id or "")
+    write_atomic(layout.signal(agent.pipeline, agent.name), content)
+    return replace(record, state="done", exit_code=0, ended_at=ended_at, reason="done",
+                   signal_digest=digest_text(content))
+
+
+def remove_run_files(layout: Layout, run_id: str | None) -> None:
+    for path in (layout.exit_file(run_id or ""), layout.upstream_file(run_id or "")):
         path.unlink(missing_ok=True)
-    return record
 
 
 def exit_time(path: Path) -> str | None:

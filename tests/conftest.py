@@ -50,6 +50,21 @@ class Workspace:
             assert proc.returncode == check_rc, (proc.returncode, proc.stdout, proc.stderr)
         return proc
 
+    def fingerprint_fields(self, task: str) -> dict:
+        """The staleness fields a status record of `task` would hold if it were
+        launched now (for tests that forge a crash's leftovers)."""
+        from orchestrate.engine import Engine, select
+        from orchestrate.spec import load_workspace
+        workspace = load_workspace(self.root)
+        engine = Engine(workspace)
+        agents = select(workspace, [task])
+        result = engine.run_pass(agents)
+        decision = result.decisions[task]
+        return {"fingerprint": decision.fingerprint.digest,
+                "config_digest": decision.fingerprint.config,
+                "inputs": result.facts[task].inputs,
+                "upstream": decision.fingerprint.upstream}
+
     def launches(self, agent: str | None = None) -> list[dict]:
         if not self.ledger.exists():
             return []

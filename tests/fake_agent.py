@@ -2,12 +2,16 @@
 
     fake_agent.py LEDGER [--sleep S] [--gate FILE] [--write PATH=TEXT ...]
                          [--copy SRC=DEST] [--copy-upstream NAME=PATH] [--exit N] [--env-to PATH]
+                         [--succeed-from-attempt N] [--spawn-session-child PIDFILE]
+                         [--ignore-term]
 
 Every start appends one JSON line to LEDGER, so tests count launches exactly.
 """
 import argparse
 import json
 import os
+import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -23,6 +27,12 @@ def main() -> int:
     parser.add_argument("--copy-upstream", action="append", default=[],
                         help="NAME=PATH: copy upstream NAME's first output to PATH")
     parser.add_argument("--exit", type=int, default=0)
+    parser.add_argument("--succeed-from-attempt", type=int,
+                        help="exit 0 once ORCHESTRATE_ATTEMPT reaches this, --exit before")
+    parser.add_argument("--spawn-session-child", metavar="PIDFILE",
+                        help="start `sleep 60` in a session of its own, write its pid")
+    parser.add_argument("--ignore-term", action="store_true",
+                        help="ignore SIGTERM, as a hung CLI might")
     parser.add_argument("--env-to", help="dump ORCHESTRATE_* variables and more as JSON")
     args = parser.parse_args()
     entry = {"agent": os.environ.get("ORCHESTRATE_AGENT"), "pid": os.getpid(),
@@ -30,6 +40,11 @@ def main() -> int:
     with open(args.ledger, "a") as ledger:
         ledger.write(json.dumps(entry) + "\n")
     print(f"started {entry['agent']}", flush=True)
+    if args.ignore_term:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if args.spawn_session_child:
+        child = subprocess.Popen(["sleep", "60"], start_new_session=True)
+        Path(args.spawn_session_child).write_text(str(child.pid))
     if args.env_to:
         info = {k: v for k, v in os.environ.items() if k.startswith(("ORCHESTRATE_", "FAKE_"))}
         info.update(sid=os.getsid(0), pgid=os.getpgid(0), pid=os.getpid(),
@@ -54,8 +69,12 @@ def main() -> int:
         path, text = spec.split("=", 1)
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         Path(path).write_text(text)
-    print(f"finished {entry['agent']} with exit {args.exit}", flush=True)
-    return args.exit
+    code = args.exit
+    if args.succeed_from_attempt is not None:
+        attempt = int(os.environ.get("ORCHESTRATE_ATTEMPT", "1"))
+        code = 0 if attempt >= args.succeed_from_attempt else args.exit
+    print(f"finished {entry['agent']} with exit {code}", flush=True)
+    return code
 
 
 if __name__ == "__main__":

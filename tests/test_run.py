@@ -390,17 +390,11 @@ def test_wait_on_a_terminal_shows_a_live_table(ws):
 
 def _record_launching(ws, run_id: str) -> None:
     """What a pass leaves behind when killed between recording a launch and the spawn."""
-    from orchestrate.engine import Engine, hash_inputs, select
-    from orchestrate.spec import load_workspace
-    workspace = load_workspace(ws.root)
-    fingerprint = Engine(workspace).evaluate(select(workspace, ["p:a"]))["p:a"].fingerprint
+    fields = ws.fingerprint_fields("p:a")
     path = ws.state / "status" / "p" / "a.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({
         "state": "launching", "pipeline": "p", "agent": "a", "task": "p:a", "run_id": run_id,
-        "launches": 1, "attempt": 1, "reason": "never run",
-        "fingerprint": fingerprint.digest, "config_digest": fingerprint.config,
-        "inputs": hash_inputs(ws.root, ("in/*.txt",), {})}))
+        "launches": 1, "attempt": 1, "reason": "never run", **fields}))
 
 
 def test_crash_before_the_spawn_relaunches_once(ws):
