@@ -292,22 +292,29 @@ class Engine:
         """SIGTERM the agent's group and descendants now; SIGKILL at kill_grace."""
         children = processes.descendants(record.pid or 0, processes.parent_map())
         tracked = processes.merge(record.descendants, processes.track(children))
-        processes.signal_tree(record.pid or 0, tracked, signal.SIGTERM)
         record = replace(record, stop_reason=reason, descendants=tracked,
                          kill_at=self.clock() + agent.kill_grace)
+        # the reason is recorded before the signal: if we die in between, the
+        # run still ends with this reason (and a later pass sends SIGKILL)
         self._save(record)
+        processes.signal_tree(record.pid or 0, tracked, signal.SIGTERM)
         append_event(self.layout, "stop", task=agent.task, run_id=record.run_id, reason=reason)
         return record
 
     def _recover_launch(self, agent: Agent, record: StatusRecord) -> StatusRecord:
         """A pass crashed between recording a launch and recording its pid."""
         pid = find_run_process(record.run_id or "")
+        if pid is None:
+            # A child caught between fork and exec still shows its parent's
+            # environment; exec takes a millisecond, so look once more.
+            time.sleep(0.1)
+            pid = find_run_process(record.run_id or "")
         if pid is not None:
             record = replace(record, state="running", pid=pid,
                              pid_create_time=processes.create_time(pid), reason="running")
-        else:
-            record = replace(record, state="pending", reason="launch interrupted",
-                             fingerprint=None)
+        else:   # it never started: that attempt is owed, at once
+            record = replace(record, state="waiting", attempt=record.attempt - 1,
+                             retry_at=self.clock(), reason="launch interrupted; relaunching")
         self._save(record)
         return record
 

@@ -98,6 +98,21 @@ class Workspace:
                 pids.append(int(text))
         return pids
 
+    def orchestrator_pids(self) -> list[int]:
+        """Every `python -m doit` process working in this workspace: callers,
+        the children they forked, advancers. Never an agent."""
+        found = []
+        for entry in os.scandir("/proc"):
+            if not entry.name.isdigit():
+                continue
+            try:
+                argv = Path(f"/proc/{entry.name}/cmdline").read_bytes().split(b"\0")
+                if argv[1:3] == [b"-m", b"doit"] and _is_our_process(int(entry.name), self.root):
+                    found.append(int(entry.name))
+            except (OSError, IndexError):
+                continue
+        return found
+
     def agent_pids(self) -> list[int]:
         needle = f"ORCHESTRATE_ROOT={self.root}".encode()
         found = []
@@ -112,7 +127,7 @@ class Workspace:
         return found
 
     def kill_everything(self) -> None:
-        for pid in self.advancer_pids():
+        for pid in self.orchestrator_pids():
             _kill(pid, by_group=False)
         for pid in self.agent_pids():
             _kill(pid, by_group=True)

@@ -1,0 +1,100 @@
+"""Crash recovery, proved by chaos: the orchestrator is SIGKILLed at random
+moments (never the agents), then `doit wait` must bring every agent to the
+state it should have, with no agent run more often than its attempts allow,
+no current agent re-run, and no process left behind."""
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from conftest import wait_until
+
+TRIALS = 30
+SEED = 20261125
+
+
+def chaos_pipeline(ws) -> str:
+    def agent(name, *args, **keys):
+        lines = [f"[agents.{name}]", f"command = {json.dumps(ws.agent_cmd(*args))}"]
+        lines += [f"{k} = {json.dumps(v)}" for k, v in keys.items()]
+        return "\n".join(lines) + "\n"
+    workers = [agent(f"w{i}", "--sleep", str(0.05 * i), "--write", f"out/w{i}.txt=w{i}",
+                     after=["src"], outputs=[f"out/w{i}.txt"]) for i in range(1, 7)]
+    return "".join([
+        agent("src", "--sleep", "0.05", "--write", "out/src.txt=s", outputs=["out/src.txt"]),
+        *workers,
+        agent("flaky", "--exit", "3", "--succeed-from-attempt", "2", after=["src"],
+              retries=2, retry_backoff=0.05),
+        agent("doomed", "--exit", "5", after=["src"], retries=1, retry_backoff=0.05),
+        agent("hang", "--sleep", "30", after=["src"], timeout="0.4s", kill_grace="0.2s"),
+        agent("join", after=[f"w{i}" for i in range(1, 7)] + ["flaky"]),
+        agent("blocked", after=["doomed"]),
+    ])
+
+
+EXPECTED_STATE = {**{f"w{i}": "done" for i in range(1, 7)}, "src": "done", "flaky": "done",
+                  "join": "done", "doomed": "failed", "hang": "failed", "blocked": None}
+MAX_LAUNCHES = {**{f"w{i}": 1 for i in range(1, 7)}, "src": 1, "flaky": 2, "join": 1,
+                "doomed": 2, "hang": 1, "blocked": 0}
+
+
+def reset(ws) -> None:
+    for path in (ws.state, ws.root / "out"):
+        shutil.rmtree(path, ignore_errors=True)
+    ws.ledger.unlink(missing_ok=True)
+
+
+def check_outcome(ws, trial) -> None:
+    states = {name: ws.state_of("chaos", name) for name in EXPECTED_STATE}
+    assert states == EXPECTED_STATE, f"trial {trial}: {states}"
+    counts = {name: len(ws.launches(name)) for name in MAX_LAUNCHES}
+    events = (ws.state / "events.jsonl").read_text()
+    assert all(counts[n] <= MAX_LAUNCHES[n] for n in counts), f"trial {trial}: {counts}\n{events}"
+    assert counts["doomed"] == 2 and counts["flaky"] == 2, f"trial {trial}: {counts}"
+    assert ws.status("chaos", "hang")["reason"] == "timeout after 0.4s"
+
+
+def settle(ws) -> None:
+    """No orchestrator nor agent of the workspace left running."""
+    wait_until(lambda: not ws.orchestrator_pids(), 30, "orchestrator processes to exit")
+    wait_until(lambda: not ws.agent_pids(), 30, "agent processes to exit")
+
+
+def test_sigkill_at_random_moments_over_many_trials(ws):
+    rng = random.Random(SEED)
+    ws.write_pipeline("chaos", chaos_pipeline(ws))
+    started = time.monotonic()
+    for trial in range(TRIALS):
+        reset(ws)
+        for _ in range(rng.randint(1, 3)):   # one to three crashes per trial
+            subprocess.Popen([sys.executable, "-m", "doit"], cwd=ws.root,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(rng.uniform(0.0, 0.8))          # a random moment, not a synchronisation
+            for pid in ws.orchestrator_pids():          # callers, forked children, advancers
+                os.kill(pid, signal.SIGKILL)
+        proc = ws.doit("wait", timeout=60)
+        assert proc.returncode == 1, (trial, proc.stdout, proc.stderr)
+        check_outcome(ws, trial)
+        before = len(ws.launches())
+        ws.doit(timeout=60)                              # everything current: nothing re-runs
+        settle(ws)
+        assert len(ws.launches()) == before, trial
+    print(f"{TRIALS} chaos trials in {time.monotonic() - started:.1f}s")
+
+
+def test_eight_racing_doit_and_wait_calls(ws):
+    ws.write_pipeline("chaos", chaos_pipeline(ws))
+    for trial in range(3):
+        reset(ws)
+        with ThreadPoolExecutor(8) as pool:
+            procs = list(pool.map(lambda i: ws.doit("wait" if i % 2 else "run", timeout=60),
+                                  range(8)))
+        assert all(p.returncode in (0, 1) for p in procs), [p.stderr for p in procs]
+        ws.doit("wait", timeout=60)
+        check_outcome(ws, trial)
+        settle(ws)
