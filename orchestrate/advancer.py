@@ -20,7 +20,7 @@ from typing import Callable
 from .engine import LIVENESS_INTERVAL, Engine, PassResult, SelectionError, select
 from .scheduler import Decision
 from .spec import PipelineError, load_workspace
-from .state import Layout, SchedulingLock, append_event, utc_now
+from .state import Layout, SchedulingLock, StateFileError, append_event, utc_now
 
 IDLE_CHECK_SECONDS = 1.0   # liveness check of running agents when nothing happens
 
@@ -233,9 +233,14 @@ def fork_advancer(engine: Engine, names: list[str], lock: SchedulingLock,
         lock.forget()
         return pid
     code = 0
+    log = None
     try:
         log = _detach_stdio(engine.layout)
         code = _advance_in_child(engine, names, lock, result, log)
+    except StateFileError as err:   # a user's edit: say which file, no traceback
+        if log is not None:
+            log(f"stopped advancing: {err}")
+        code = 3
     except BaseException:  # the child must never return into doit
         try:
             sys.stderr.write(traceback.format_exc())

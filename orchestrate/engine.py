@@ -5,7 +5,6 @@ decides on, so any number of processes doing passes launch each agent once.
 """
 from __future__ import annotations
 
-import json
 import os
 import secrets
 import signal
@@ -23,7 +22,8 @@ from .scheduler import ACTIVE, AgentFacts, Decision, plan
 from .spec import Agent, Workspace
 from .state import (FileCache, Layout, StatusRecord, append_event, append_events, event,
                     expand_patterns,
-                    file_digest, parse_status, utc_now, write_status)
+                    file_digest, parse_status, read_json, utc_now, write_json,
+                    write_status)
 from .wrapper import exit_time, finish_run, read_exit_code, remove_run_files
 
 
@@ -412,7 +412,7 @@ class Engine:
         mapping = {}
         for name in consumed:
             path = self.layout.signal(agent.pipeline, name)
-            signal = json.loads(path.read_text())
+            signal = read_json(path) or {}
             mapping[name] = {
                 "task": f"{agent.pipeline}:{name}",
                 "signal": signal,
@@ -420,7 +420,7 @@ class Engine:
                 "outputs": [str(self.layout.root / rel) for rel in signal.get("outputs", {})],
             }
         path = self.layout.upstream_file(run_id)
-        path.write_text(json.dumps(mapping, indent=1) + "\n")
+        write_json(path, mapping, durable=False)
         return path
 
 
