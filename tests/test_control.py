@@ -220,7 +220,7 @@ def test_max_parallel_caps_running_agents_and_releases_in_order(ws):
     assert order == ["p:a0", "p:a1", "p:a2", "p:a3", "p:a4"]     # declaration order
 
 
-def test_pools_and_workspace_cap_hold_across_pipelines(ws):
+def test_pools_hold_across_pipelines(ws):
     pyproject = ws.root / "pyproject.toml"
     pyproject.write_text(pyproject.read_text() + "\n[tool.orchestrate]\npools = { llm = 1 }\n")
     gate = ws.root / "go"
@@ -271,3 +271,17 @@ def test_corrupt_status_file_gives_a_clear_error(ws, garbage):
         assert proc.returncode == 3
         assert f"{path}" in proc.stderr and "corrupt state file" in proc.stderr
         assert "Traceback" not in proc.stderr
+
+
+def test_workspace_max_parallel_holds_across_pipelines(ws):
+    pyproject = ws.root / "pyproject.toml"
+    pyproject.write_text(pyproject.read_text() + "\n[tool.orchestrate]\nmax_parallel = 1\n")
+    gate = ws.root / "go"
+    ws.write_pipeline("one", agent_toml(ws, "x", "--gate", str(gate)))
+    ws.write_pipeline("two", agent_toml(ws, "y", "--gate", str(gate)))
+    proc = ws.doit(check_rc=0)
+    assert "launched  one:x" in proc.stdout
+    assert "queued    two:y  (queued: workspace max_parallel (1) reached)" in proc.stdout
+    gate.touch()
+    ws.doit("wait", check_rc=0)
+    assert ws.launches("y")[0]["t"] > ws.launches("x")[0]["t"]
