@@ -10,8 +10,7 @@ import time
 from dataclasses import dataclass, field
 
 from .harness import (advancer_cpu, advancer_pids, cpu_of, doit, events, percentile,
-                      pipeline, signal_times, start_times, stamp_start, summary,
-                      wait_for_advancers, wait_for_signals, workspace)
+                      pipeline, start_times, stamp_start, wait_for_advancers, wait_for_signals, workspace)
 
 
 @dataclass

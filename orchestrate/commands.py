@@ -16,7 +16,7 @@ from doit.cmdparse import CmdOption, CmdParseError
 from doit.exceptions import InvalidCommand
 
 from . import control
-from .engine import SelectionError
+from .selection import SelectionError
 from .state import StateFileError
 
 

@@ -8,7 +8,8 @@ from typing import IO
 
 from . import processes
 from .advancer import AdvancerSlot, Watcher, can_advance, fork_advancer
-from .engine import LIVENESS_INTERVAL, Engine, PassResult, match, select
+from .engine import LIVENESS_INTERVAL, Engine, PassResult
+from .selection import match, select
 from .scheduler import Decision
 from .spec import NAME_RE, Agent
 from .state import (Layout, SchedulingLock, StatusRecord, append_event, read_status,

@@ -27,50 +27,6 @@ from .state import (FileCache, Layout, StatusRecord, append_event, append_events
 from .wrapper import exit_time, finish_run, read_exit_code, remove_run_files
 
 
-class SelectionError(Exception):
-    """A task name on the command line that matches no pipeline or agent."""
-
-
-def select(workspace: Workspace, names: list[str]) -> list[Agent]:
-    """Task names -> the agents they name plus everything upstream, upstream-first."""
-    return upstream_closure(workspace, {a.task for a in match(workspace, names)})
-
-
-def match(workspace: Workspace, names: list[str]) -> list[Agent]:
-    """The agents task names name: `review` a pipeline, `review:plan` one agent;
-    shell-style wildcards work as in doit (`review:impl_*`). None = everything."""
-    from fnmatch import fnmatchcase
-    wanted: set[str] = set()
-    for name in names or [p.name for p in workspace.pipelines]:
-        pipeline_name, _, agent_name = name.partition(":")
-        matched = [a.task for p in workspace.pipelines if fnmatchcase(p.name, pipeline_name)
-                   for a in p.agents if not agent_name or fnmatchcase(a.name, agent_name)]
-        if not matched:
-            known = ", ".join(p.name for p in workspace.pipelines) or "none"
-            raise SelectionError(f"no pipeline or agent matches '{name}' (pipelines: {known})")
-        wanted.update(matched)
-    return [workspace.agents_by_task[t] for t in sorted(wanted)]
-
-
-def upstream_closure(workspace: Workspace, tasks: set[str]) -> list[Agent]:
-    ordered: list[Agent] = []
-    seen: set[str] = set()
-
-    def visit(agent: Agent) -> None:
-        if agent.task in seen:
-            return
-        seen.add(agent.task)
-        for name in agent.upstream:
-            visit(workspace.agents_by_task[f"{agent.pipeline}:{name}"])
-        ordered.append(agent)
-
-    for pipeline in workspace.pipelines:
-        for agent in pipeline.agents:
-            if agent.task in tasks:
-                visit(agent)
-    return ordered
-
-
 def hash_inputs(root: Path, patterns: tuple[str, ...], cache: dict[str, list]) -> dict[str, list]:
     """Input path -> [mtime_ns, size, digest]; unchanged files are not re-read."""
     found, _ = expand_patterns(root, patterns)
@@ -303,12 +259,12 @@ class Engine:
 
     def _recover_launch(self, agent: Agent, record: StatusRecord) -> StatusRecord:
         """A pass crashed between recording a launch and recording its pid."""
-        pid = find_run_process(record.run_id or "")
+        pid = processes.find_run_process(record.run_id or "")
         if pid is None:
             # A child caught between fork and exec still shows its parent's
             # environment; exec takes a millisecond, so look once more.
             time.sleep(0.1)
-            pid = find_run_process(record.run_id or "")
+            pid = processes.find_run_process(record.run_id or "")
         if pid is not None:
             record = replace(record, state="running", pid=pid,
                              pid_create_time=processes.create_time(pid), reason="running")
@@ -422,20 +378,3 @@ class Engine:
         path = self.layout.upstream_file(run_id)
         write_json(path, mapping, durable=False)
         return path
-
-
-def find_run_process(run_id: str) -> int | None:
-    """The pid whose environment carries ORCHESTRATE_RUN_ID=run_id, if any."""
-    needle = f"ORCHESTRATE_RUN_ID={run_id}".encode()
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry.name}/environ", "rb") as handle:
-                found = needle in handle.read().split(b"\0")
-            # the wrapper leads its session; its children carry the same id
-            if found and os.getsid(int(entry.name)) == int(entry.name):
-                return int(entry.name)
-        except OSError:
-            continue
-    return None

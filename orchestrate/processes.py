@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import signal
 import time
-from typing import Iterable
+from typing import Iterable, Iterator
 
 Tracked = list[int | float]   # [pid, create_time]: a pid alone can be reused
 
@@ -37,18 +37,24 @@ def is_alive(pid: int | None, started: float | None) -> bool:
         return False
 
 
-def parent_map() -> dict[int, list[int]]:
-    """ppid -> children, from one scan of /proc (cheaper than psutil per agent)."""
-    children: dict[int, list[int]] = {}
+def _proc_stats() -> Iterator[tuple[int, list[bytes]]]:
+    """(pid, fields of /proc/pid/stat after the command name) for every process:
+    fields[0] is the state, [1] the parent pid, [2] the process group."""
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
         try:
             with open(f"/proc/{entry.name}/stat", "rb") as handle:
-                fields = handle.read().rsplit(b")", 1)[1].split()
+                yield int(entry.name), handle.read().rsplit(b")", 1)[1].split()
         except OSError:
             continue
-        children.setdefault(int(fields[1]), []).append(int(entry.name))
+
+
+def parent_map() -> dict[int, list[int]]:
+    """ppid -> children, from one scan of /proc (cheaper than psutil per agent)."""
+    children: dict[int, list[int]] = {}
+    for pid, fields in _proc_stats():
+        children.setdefault(int(fields[1]), []).append(pid)
     return children
 
 
@@ -93,17 +99,7 @@ def signal_tree(pgid: int, tracked: list[Tracked], sig: int) -> None:
 
 def group_alive(pgid: int) -> bool:
     """Any non-zombie process still in process group `pgid`?"""
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry.name}/stat", "rb") as handle:
-                fields = handle.read().rsplit(b")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == pgid and fields[0] != b"Z":
-            return True
-    return False
+    return any(int(fields[2]) == pgid and fields[0] != b"Z" for _, fields in _proc_stats())
 
 
 def tree_alive(pgid: int, tracked: list[Tracked]) -> bool:
@@ -125,3 +121,20 @@ def stop_tree(pgid: int, tracked: list[Tracked], grace: float,
     while tree_alive(pgid, tracked) and time.monotonic() < deadline + 5:
         time.sleep(poll)
     return time.monotonic() - began
+
+
+def find_run_process(run_id: str) -> int | None:
+    """The pid whose environment carries ORCHESTRATE_RUN_ID=run_id, if any."""
+    needle = f"ORCHESTRATE_RUN_ID={run_id}".encode()
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/environ", "rb") as handle:
+                found = needle in handle.read().split(b"\0")
+            # the wrapper leads its session; its children carry the same id
+            if found and os.getsid(int(entry.name)) == int(entry.name):
+                return int(entry.name)
+        except OSError:
+            continue
+    return None

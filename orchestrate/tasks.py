@@ -37,7 +37,8 @@ class AgentIsCurrent:
         self.reason = "not checked"
 
     def __call__(self) -> bool:
-        from .engine import Engine, upstream_closure
+        from .engine import Engine
+        from .selection import upstream_closure
         engine = Engine(self.workspace)
         decision = engine.evaluate(upstream_closure(self.workspace, {self.agent.task}))[
             self.agent.task]

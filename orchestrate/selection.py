@@ -1,0 +1,48 @@
+"""Task names on the command line -> the agents they select (pure)."""
+from __future__ import annotations
+
+from .spec import Agent, Workspace
+
+
+class SelectionError(Exception):
+    """A task name on the command line that matches no pipeline or agent."""
+
+
+def select(workspace: Workspace, names: list[str]) -> list[Agent]:
+    """Task names -> the agents they name plus everything upstream, upstream-first."""
+    return upstream_closure(workspace, {a.task for a in match(workspace, names)})
+
+
+def match(workspace: Workspace, names: list[str]) -> list[Agent]:
+    """The agents task names name: `review` a pipeline, `review:plan` one agent;
+    shell-style wildcards work as in doit (`review:impl_*`). None = everything."""
+    from fnmatch import fnmatchcase
+    wanted: set[str] = set()
+    for name in names or [p.name for p in workspace.pipelines]:
+        pipeline_name, _, agent_name = name.partition(":")
+        matched = [a.task for p in workspace.pipelines if fnmatchcase(p.name, pipeline_name)
+                   for a in p.agents if not agent_name or fnmatchcase(a.name, agent_name)]
+        if not matched:
+            known = ", ".join(p.name for p in workspace.pipelines) or "none"
+            raise SelectionError(f"no pipeline or agent matches '{name}' (pipelines: {known})")
+        wanted.update(matched)
+    return [workspace.agents_by_task[t] for t in sorted(wanted)]
+
+
+def upstream_closure(workspace: Workspace, tasks: set[str]) -> list[Agent]:
+    ordered: list[Agent] = []
+    seen: set[str] = set()
+
+    def visit(agent: Agent) -> None:
+        if agent.task in seen:
+            return
+        seen.add(agent.task)
+        for name in agent.upstream:
+            visit(workspace.agents_by_task[f"{agent.pipeline}:{name}"])
+        ordered.append(agent)
+
+    for pipeline in workspace.pipelines:
+        for agent in pipeline.agents:
+            if agent.task in tasks:
+                visit(agent)
+    return ordered
