@@ -9,8 +9,20 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 
-from .harness import (advancer_cpu, advancer_pids, cpu_of, doit, events, percentile,
-                      pipeline, start_times, stamp_start, wait_for_advancers, wait_for_signals, workspace)
+from .harness import (
+    advancer_cpu,
+    advancer_pids,
+    cpu_of,
+    doit,
+    events,
+    percentile,
+    pipeline,
+    stamp_start,
+    start_times,
+    wait_for_advancers,
+    wait_for_signals,
+    workspace,
+)
 
 
 @dataclass

@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Callable
 
 from .engine import LIVENESS_INTERVAL, Engine, PassResult
-from .selection import SelectionError, select
 from .scheduler import Decision
+from .selection import SelectionError, select
 from .spec import PipelineError, load_workspace
 from .state import Layout, SchedulingLock, StateFileError, append_event, utc_now
 

@@ -9,11 +9,18 @@ from typing import IO
 from . import processes
 from .advancer import AdvancerSlot, Watcher, can_advance, fork_advancer
 from .engine import LIVENESS_INTERVAL, Engine, PassResult
-from .selection import match, select
 from .scheduler import Decision
+from .selection import match, select
 from .spec import NAME_RE, Agent
-from .state import (Layout, SchedulingLock, StatusRecord, append_event, read_status,
-                    utc_now, write_json)
+from .state import (
+    Layout,
+    SchedulingLock,
+    StatusRecord,
+    append_event,
+    read_status,
+    utc_now,
+    write_json,
+)
 from .tasks import workspace_at
 from .ui import decision_line, status_row, status_table, summary_line, write_decisions
 

@@ -1,7 +1,8 @@
 """One scheduling pass: read the state files, settle finished runs, decide, launch.
 
-A pass must run under the `SchedulingLock`; it re-reads every file it
-decides on, so any number of processes doing passes launch each agent once.
+A pass must run under the `SchedulingLock` and sees every state file as it
+is then (re-read, or known unchanged through inotify events drained under
+the lock), so any number of processes doing passes launch each agent once.
 """
 from __future__ import annotations
 
@@ -13,17 +14,28 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
-from .fingerprint import digest_text
 from . import processes
+from .fingerprint import digest_text
 from .launcher import Launcher
 from .policy import backoff, limit_exceeded, next_limit, should_retry
 from .processes import is_alive
 from .scheduler import ACTIVE, AgentFacts, Decision, plan
 from .spec import Agent, Workspace
-from .state import (FileCache, Layout, StatusRecord, append_event, append_events, event,
-                    expand_patterns,
-                    file_digest, parse_status, read_json, utc_now, write_json,
-                    write_status)
+from .state import (
+    FileCache,
+    Layout,
+    StatusRecord,
+    append_event,
+    append_events,
+    event,
+    expand_patterns,
+    file_digest,
+    parse_status,
+    read_json,
+    utc_now,
+    write_json,
+    write_status,
+)
 from .wrapper import exit_time, finish_run, read_exit_code, remove_run_files
 
 

@@ -17,7 +17,14 @@ from typing import Iterable
 
 from .fingerprint import digest_text
 from .spec import Agent
-from .state import Layout, StatusRecord, expand_patterns, file_digest, utc_now, write_atomic
+from .state import (
+    Layout,
+    StatusRecord,
+    expand_patterns,
+    file_digest,
+    utc_now,
+    write_atomic,
+)
 
 SIGNAL_NAMES = {129: "SIGHUP", 130: "SIGINT", 137: "SIGKILL", 143: "SIGTERM"}
 
