@@ -141,7 +141,7 @@ class Signal(OrchestrateCommand):
 
 class Cancel(OrchestrateCommand):
     name = "cancel"
-    doc_purpose = "stop running agents (SIGTERM to the group, SIGKILL after kill_grace)"
+    doc_purpose = "stop running agents (SIGTERM, SIGKILL after kill_grace) and dequeue queued ones"
     doc_usage = "[TASK ...]"
     doc_description = None
     cmd_options = ()
@@ -152,6 +152,8 @@ class Cancel(OrchestrateCommand):
 
 class Forget(DoitForget):
     """doit's forget, which also clears orchestrate's record of the agents."""
+
+    doc_purpose = "forget agents' results and failures, so that they run again"
 
     def _execute(self, forget_sub, forget_disable_default, forget_all):
         tasks = {t.name: t for t in self.task_list}
@@ -174,6 +176,8 @@ class Info(DoitInfo):
     doit's own verdict would come from its database, which orchestrate keeps
     only as a cache; the state files say why an agent is or is not current.
     """
+
+    doc_purpose = "show an agent's inputs, upstream signals and why it would run"
 
     def _execute(self, pos_args, hide_status=False):
         super()._execute(pos_args, hide_status=True)

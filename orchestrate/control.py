@@ -60,8 +60,13 @@ def _slot_free(layout: Layout, names: list[str]) -> bool:
     return False
 
 
+NO_PIPELINES = "no pipelines: add pipelines/NAME.toml (python -m orchestrate init makes an example)\n"
+
+
 def run(root: Path, names: list[str], out: IO[str]) -> int:
     decisions = start(root, names)
+    if not decisions:
+        out.write(NO_PIPELINES)
     write_decisions(out, decisions.values())
     return outcome(decisions)
 
@@ -114,7 +119,9 @@ class _LiveProgress:
 def wait(root: Path, names: list[str], timeout: float | None, out: IO[str],
          live: bool, cancel_on_interrupt: bool = False) -> int:
     """Start, then block until the selection is done or can go no further."""
-    start(root, names)
+    if not start(root, names):
+        out.write(NO_PIPELINES)
+        return EXIT_OK
     engine, agents = _selection(root, names)
     engine.liveness_interval = LIVENESS_INTERVAL
     lock = SchedulingLock(engine.layout)
@@ -185,6 +192,9 @@ def status_json(decisions: dict[str, Decision], records: dict) -> dict:
 
 
 def print_status(out: IO[str], decisions: dict[str, Decision], records: dict) -> None:
+    if not decisions:
+        out.write(NO_PIPELINES)
+        return
     from rich.console import Console
     console = Console(file=out, width=None if out.isatty() else 120)
     rows = [status_row(d, records.get(t)) for t, d in decisions.items()]
