@@ -22,7 +22,15 @@ from .state import (
     write_json,
 )
 from .tasks import workspace_at
-from .ui import decision_line, status_row, status_table, summary_line, write_decisions
+from .ui import (
+    decision_line,
+    pipeline_totals,
+    status_row,
+    status_table,
+    summary_line,
+    totals_lines,
+    write_decisions,
+)
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_TIMEOUT, EXIT_INTERRUPTED = 0, 1, 3, 124, 130
 
@@ -188,7 +196,7 @@ def status_json(decisions: dict[str, Decision], records: dict) -> dict:
             base.pop(private, None)
         state = decision.state if decision.state != "launch" else "pending"
         agents.append({**base, "state": state, "reason": decision.reason, "task": task})
-    return {"agents": agents}
+    return {"agents": agents, "pipelines": pipeline_totals(records.values())}
 
 
 def print_status(out: IO[str], decisions: dict[str, Decision], records: dict) -> None:
@@ -200,6 +208,8 @@ def print_status(out: IO[str], decisions: dict[str, Decision], records: dict) ->
     rows = [status_row(d, records.get(t)) for t, d in decisions.items()]
     console.print(status_table(rows))
     console.print(summary_line(decisions.values(), launched="pending"))
+    for line in totals_lines(pipeline_totals(records.values())):
+        console.print(line)
 
 
 def signal_create(root: Path, name: str) -> str:

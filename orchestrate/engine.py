@@ -19,6 +19,7 @@ from .fingerprint import digest_text
 from .launcher import Launcher
 from .policy import backoff, limit_exceeded, next_limit, should_retry
 from .processes import is_alive
+from .results import parse as parse_result
 from .scheduler import ACTIVE, AgentFacts, Decision, plan
 from .spec import Agent, Workspace
 from .state import (
@@ -33,6 +34,7 @@ from .state import (
     parse_status,
     read_json,
     utc_now,
+    write_atomic,
     write_json,
     write_status,
 )
@@ -157,7 +159,12 @@ class Engine:
                              "agent process ended without recording an exit status "
                              "(killed with SIGKILL?)")
         else:
-            record = finish_run(self.layout, agent, record, code, ended_at)
+            reported = self._record_result(agent, record) if agent.preset else None
+            if reported is not None:
+                record, error = reported
+            else:
+                error = None
+            record = finish_run(self.layout, agent, record, code, ended_at, error)
         self.signal_cache.remember(self.layout.signal(agent.pipeline, agent.name),
                                    record.signal_digest if record.state == "done" else None)
         kind = {"done": "finish", "cancelled": "cancel"}.get(record.state, "fail")
@@ -173,6 +180,22 @@ class Engine:
         append_event(self.layout, kind, **details)
         remove_run_files(self.layout, record.run_id)
         return record
+
+    def _record_result(self, agent: Agent, record: StatusRecord
+                       ) -> tuple[StatusRecord, str | None]:
+        """Read what the CLI reported from its log: into the status record,
+        the final message into results/<pipeline>/<agent>.md."""
+        try:
+            text = (self.layout.root / record.log).read_text(errors="replace")
+        except OSError:
+            text = ""
+        reported = parse_result(agent.preset or "", text)
+        path = self.layout.result(agent.pipeline, agent.name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(path, reported.final_message + "\n", durable=False)
+        record = replace(record, result=reported.to_json(),
+                         spent_usd=round(record.spent_usd + (reported.cost_usd or 0.0), 6))
+        return record, (reported.error or "is_error") if reported.is_error else None
 
     def external_signals(self) -> set[str]:
         return {p.name[:-len(".signal")] for p in self.layout.signals_dir.glob("*.signal")}
@@ -387,6 +410,10 @@ class Engine:
                 "signal_path": str(path),
                 "outputs": [str(self.layout.root / rel) for rel in signal.get("outputs", {})],
             }
+            upstream = self.status_cache.get(self.layout.status(agent.pipeline, name))
+            if upstream is not None and upstream.result:
+                mapping[name]["result"] = upstream.result
+                mapping[name]["result_path"] = str(self.layout.result(agent.pipeline, name))
         path = self.layout.upstream_file(run_id)
         write_json(path, mapping, durable=False)
         return path

@@ -8,11 +8,13 @@ tell the agent apart from an unrelated process that reused the pid
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from .presets import executable, invocation
 from .processes import create_time
 from .spec import Agent
 from .state import Layout
@@ -23,6 +25,14 @@ from .wrapper import wrapper_argv
 class Started:
     pid: int
     create_time: float | None
+
+
+def _prompt_path(layout: Layout, agent: Agent, run_id: str) -> str:
+    if agent.prompt_file:
+        return str(layout.root / agent.prompt_file)
+    path = layout.prompt_file(run_id)
+    path.write_text(agent.prompt or "")
+    return str(path)
 
 
 def agent_environment(layout: Layout, agent: Agent, run_id: str, attempt: int,
@@ -51,16 +61,32 @@ class Launcher:
     def launch(self, agent: Agent, run_id: str, attempt: int, log_path: Path,
                upstream: Path) -> Started:
         env = agent_environment(self.layout, agent, run_id, attempt, upstream, self.base_env)
+        command, stdin_path = self._command(agent, run_id, env)
+        stdin = os.open(stdin_path or os.devnull, os.O_RDONLY | os.O_CLOEXEC)
         log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
         try:
             process = self.popen(
-                wrapper_argv(agent, self.layout.exit_file(run_id)),
-                stdin=subprocess.DEVNULL, stdout=log_fd, stderr=subprocess.STDOUT,
+                wrapper_argv(agent.task, command, self.layout.exit_file(run_id)),
+                stdin=stdin, stdout=log_fd, stderr=subprocess.STDOUT,
                 cwd=self.layout.root / agent.cwd, env=env, start_new_session=True,
                 close_fds=True)
         finally:
             os.close(log_fd)
+            os.close(stdin)
         # The Popen object is dropped on purpose: the agent outlives us, and
         # whoever is its parent reaps it (see Advancer.reap_children).
         process.returncode = 0
         return Started(process.pid, create_time(process.pid))
+
+    def _command(self, agent: Agent, run_id: str, env: dict[str, str]
+                 ) -> tuple[str | tuple[str, ...], str | None]:
+        """The agent's command and the file for its stdin (None: /dev/null)."""
+        if agent.preset is None:
+            return agent.command or "", None
+        program = executable(agent, env)
+        if shutil.which(program, path=env.get("PATH")) is None:
+            raise FileNotFoundError(
+                f"{program} not found (install it, or set executable = \"/path\" or "
+                f"ORCHESTRATE_{agent.preset.upper()}_BIN)")
+        called = invocation(agent, program, _prompt_path(self.layout, agent, run_id))
+        return called.argv, called.stdin

@@ -17,10 +17,10 @@ NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 _DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 _DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
-# Keys that a later version turns into behaviour (agent presets); today they
-# are rejected with a clear message rather than silently ignored.
-PRESET_KEYS = ("agent", "prompt", "prompt_file", "model", "extra_args",
-               "executable", "allowed_tools")
+PRESETS = ("claude", "codex", "gemini", "aider")
+# Keys that only mean something with `agent = "<preset>"`.
+PRESET_ONLY_KEYS = ("prompt", "prompt_file", "model", "extra_args", "executable",
+                    "allowed_tools", "permission_mode")
 
 
 class PipelineError(Exception):
@@ -35,7 +35,7 @@ class PipelineError(Exception):
 class Agent:
     pipeline: str
     name: str
-    command: str | tuple[str, ...]
+    command: str | tuple[str, ...] | None = None
     description: str = ""
     inputs: tuple[str, ...] = ()
     outputs: tuple[str, ...] = ()
@@ -54,6 +54,14 @@ class Agent:
     pool: str | None = None
     isolation: str | None = None
     base: str | None = None
+    preset: str | None = None           # `agent = "claude"` etc., instead of `command`
+    prompt: str | None = None
+    prompt_file: str | None = None      # also one of `inputs`
+    model: str | None = None
+    extra_args: tuple[str, ...] = ()
+    executable: str | None = None
+    allowed_tools: tuple[str, ...] = ()
+    permission_mode: str | None = None
 
     @cached_property
     def task(self) -> str:
@@ -64,10 +72,20 @@ class Agent:
         return self.after + tuple(u for u in self.after_any if u not in self.after)
 
     def config_identity(self) -> dict[str, Any]:
-        """What, when changed, makes the agent stale (doit's config_changed)."""
-        command = self.command if isinstance(self.command, str) else list(self.command)
-        return {"command": command, "env": dict(self.env), "cwd": self.cwd,
-                "outputs": list(self.outputs)}
+        """What, when changed, makes the agent stale (doit's config_changed).
+        For a preset: the invocation's parts, not the executable's path."""
+        identity: dict[str, Any] = {"env": dict(self.env), "cwd": self.cwd,
+                                    "outputs": list(self.outputs)}
+        if self.preset is None:
+            command = self.command
+            identity["command"] = command if isinstance(command, str) else list(command or ())
+        else:
+            identity["agent"] = {"preset": self.preset, "prompt": self.prompt,
+                                 "prompt_file": self.prompt_file, "model": self.model,
+                                 "extra_args": list(self.extra_args),
+                                 "allowed_tools": list(self.allowed_tools),
+                                 "permission_mode": self.permission_mode}
+        return identity
 
 
 @dataclass(frozen=True)
@@ -213,6 +231,12 @@ def _check_cwd(value: Any) -> str:
     return text
 
 
+def _check_preset(value: Any) -> str:
+    if value not in PRESETS:
+        raise ValueError(f"expected one of {', '.join(PRESETS)}, got {value!r}")
+    return value
+
+
 def _check_isolation(value: Any) -> str:
     if value != "worktree":
         raise ValueError('expected "worktree"')
@@ -239,6 +263,14 @@ AGENT_KEYS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "pool": ("pool", _check_str),
     "isolation": ("isolation", _check_isolation),
     "base": ("base", _check_str),
+    "agent": ("preset", _check_preset),
+    "prompt": ("prompt", _check_str),
+    "prompt_file": ("prompt_file", _check_cwd),
+    "model": ("model", _check_str),
+    "extra_args": ("extra_args", _check_str_list),
+    "executable": ("executable", _check_str),
+    "allowed_tools": ("allowed_tools", _check_str_list),
+    "permission_mode": ("permission_mode", _check_str),
 }
 PIPELINE_KEYS = ("description", "max_parallel", "budget_usd", "defaults", "agents")
 WORKSPACE_KEYS = ("max_parallel", "pools", "budget_usd")
@@ -254,10 +286,7 @@ def _agent_fields(path: str, agent: str, table: Any, problems: _Problems) -> dic
         return {}
     fields: dict[str, Any] = {}
     for key, value in table.items():
-        if key in PRESET_KEYS:
-            problems.add(path, agent, key, "agent presets (claude, codex, gemini, aider) "
-                         "are not supported yet; use 'command'")
-        elif key not in AGENT_KEYS:
+        if key not in AGENT_KEYS:
             problems.add(path, agent, key, f"unknown key (known keys: {_known(AGENT_KEYS)})")
         else:
             attr, check = AGENT_KEYS[key]
@@ -266,6 +295,26 @@ def _agent_fields(path: str, agent: str, table: Any, problems: _Problems) -> dic
             except ValueError as err:
                 problems.add(path, agent, key, str(err))
     return fields
+
+
+def _check_how_it_runs(path: str, agent: str, fields: dict[str, Any],
+                       problems: _Problems) -> None:
+    """Either a `command`, or `agent = "<preset>"` with one of prompt/prompt_file."""
+    if "preset" not in fields:
+        if "command" not in fields:
+            problems.add(path, agent, "command", "missing (expected a string or a list of "
+                         f"strings, or agent = one of {', '.join(PRESETS)} with a prompt)")
+        for key in PRESET_ONLY_KEYS:
+            if key in fields:
+                problems.add(path, agent, key, 'only applies with agent = "<preset>"')
+        return
+    if "command" in fields:
+        problems.add(path, agent, "command", "give either command or agent, not both")
+    if ("prompt" in fields) == ("prompt_file" in fields):
+        problems.add(path, agent, "prompt", "a preset agent needs exactly one of prompt "
+                     "or prompt_file")
+    if fields.get("permission_mode") and fields["preset"] != "claude":
+        problems.add(path, agent, "permission_mode", "only the claude preset has it")
 
 
 def _check_dependencies(path: str, agents: dict[str, dict[str, Any]],
@@ -353,8 +402,10 @@ def parse_pipeline(name: str, path: str, data: dict[str, Any], problems: _Proble
             problems.add(path, agent_name, None, "not a valid agent name "
                          "(expected [A-Za-z0-9][A-Za-z0-9_-]*)")
         fields = {**default_fields, **_agent_fields(path, agent_name, table, problems)}
-        if isinstance(table, dict) and "command" not in table:
-            problems.add(path, agent_name, "command", "missing (expected a string or a list of strings)")
+        if isinstance(table, dict):
+            _check_how_it_runs(path, agent_name, fields, problems)
+        if fields.get("prompt_file"):
+            fields["inputs"] = tuple(fields.get("inputs", ())) + (fields["prompt_file"],)
         fields_by_agent[agent_name] = fields
     _check_dependencies(path, fields_by_agent, problems, pools)
     if len(problems.lines) > before:

@@ -58,6 +58,8 @@ class StatusRecord:
     kill_at: float | None = None        # when SIGKILL follows the SIGTERM
     descendants: list = field(default_factory=list)   # [[pid, create_time], ...]
     retry_at: float | None = None       # a failed attempt waits until then
+    result: dict = field(default_factory=dict)   # what a preset CLI reported (results.py)
+    spent_usd: float = 0.0              # cost of every attempt and run so far
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "StatusRecord":
@@ -121,6 +123,12 @@ class Layout:
 
     def exit_file(self, run_id: str) -> Path:
         return self.runs_dir / f"{run_id}.exit"
+
+    def prompt_file(self, run_id: str) -> Path:
+        return self.runs_dir / f"{run_id}.prompt"
+
+    def result(self, pipeline: str, agent: str) -> Path:
+        return self.base / "results" / pipeline / f"{agent}.md"
 
     def upstream_file(self, run_id: str) -> Path:
         return self.runs_dir / f"{run_id}.upstream.json"

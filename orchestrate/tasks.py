@@ -24,7 +24,10 @@ def workspace_at(root: Path) -> Workspace:
 
 
 def describe_command(agent: Agent) -> str:
-    text = agent.command if isinstance(agent.command, str) else " ".join(agent.command)
+    if agent.preset:
+        return f"{agent.preset} agent" + (f" ({agent.model})" if agent.model else "")
+    command = agent.command or ""
+    text = command if isinstance(command, str) else " ".join(command)
     return text if len(text) <= 60 else text[:57] + "..."
 
 

@@ -60,13 +60,48 @@ def status_row(decision: Decision, record: StatusRecord | None) -> tuple[str, ..
     reason = decision.reason if decision.state != "launch" else f"ready ({decision.reason})"
     current = decision.state in ("running", "done", "failed", "cancelled")
     attempt = str(record.attempt) if current and record and record.attempt else ""
-    return (decision.agent.task, state, elapsed(record) if current else "", attempt, reason)
+    return (decision.agent.task, state, elapsed(record) if current else "", attempt, reason,
+            *usage_cells(record))
+
+
+def usage_cells(record: StatusRecord | None) -> tuple[str, str]:
+    """Cost (all runs so far) and tokens (latest run) of a preset agent."""
+    if record is None or not record.result:
+        return "", ""
+    result = record.result
+    cost = f"${record.spent_usd:.4f}" if result.get("cost_usd") is not None else ""
+    tokens = (f"{result.get('input_tokens', 0):,} in / {result.get('output_tokens', 0):,} out"
+              + (f" / {result['cache_tokens']:,} cache" if result.get("cache_tokens") else ""))
+    return cost, tokens
+
+
+def pipeline_totals(records: Iterable[StatusRecord | None]) -> dict[str, dict[str, float]]:
+    """Per pipeline: dollars spent and tokens used by its preset agents."""
+    totals: dict[str, dict[str, float]] = {}
+    for record in records:
+        if record is None or not record.result:
+            continue
+        total = totals.setdefault(record.pipeline, {"cost_usd": 0.0, "input_tokens": 0,
+                                                    "output_tokens": 0})
+        total["cost_usd"] += record.spent_usd
+        total["input_tokens"] += record.result.get("input_tokens", 0)
+        total["output_tokens"] += record.result.get("output_tokens", 0)
+    return totals
+
+
+def totals_lines(totals: dict[str, dict[str, float]]) -> list[str]:
+    return [f"{name}: ${t['cost_usd']:.4f} spent, {int(t['input_tokens']):,} tokens in, "
+            f"{int(t['output_tokens']):,} out" for name, t in sorted(totals.items())]
 
 
 def status_table(rows: list[tuple[str, ...]], title: str | None = None):
     from rich.table import Table
     table = Table(title=title, box=None, pad_edge=False, header_style="bold")
-    for column in ("agent", "state", "elapsed", "attempt", "reason"):
+    usage = any(row[5] or row[6] for row in rows)
+    columns = ["agent", "state", "elapsed", "attempt", "reason"] + (
+        ["cost", "tokens"] if usage else [])
+    rows = [row if usage else row[:5] for row in rows]
+    for column in columns:
         table.add_column(column, overflow="fold")
     for row in rows:
         table.add_row(row[0], f"[{STYLES.get(row[1], '')}]{row[1]}[/]" if STYLES.get(row[1])

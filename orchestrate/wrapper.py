@@ -29,21 +29,25 @@ from .state import (
 SIGNAL_NAMES = {129: "SIGHUP", 130: "SIGINT", 137: "SIGKILL", 143: "SIGTERM"}
 
 
-def wrapper_script(agent: Agent, exit_path: Path) -> str:
+Command = str | tuple[str, ...]
+
+
+def wrapper_script(command: Command, exit_path: Path) -> str:
     # `printf` is a builtin and the record is one small write, so a reader
     # sees either nothing or the whole line; the trap also runs when the
     # wrapper is stopped by SIGTERM/SIGINT/SIGHUP, after its child has gone.
     record = shlex.quote(str(exit_path))
-    body = agent.command if isinstance(agent.command, str) else '"$@"'
+    body = command if isinstance(command, str) else '"$@"'
     return (f"trap 'printf \"%s\\n\" \"$?\" > {record}' EXIT\n"
             "trap 'exit 143' TERM; trap 'exit 130' INT; trap 'exit 129' HUP\n"
             f"{body}\n")
 
 
-def wrapper_argv(agent: Agent, exit_path: Path) -> list[str]:
-    argv = ["/bin/sh", "-c", wrapper_script(agent, exit_path), f"orchestrate:{agent.task}"]
-    if not isinstance(agent.command, str):
-        argv.extend(agent.command)
+def wrapper_argv(task: str, command: Command, exit_path: Path) -> list[str]:
+    """`sh -c SCRIPT orchestrate:<task> [argv...]`: `ps` shows whose wrapper it is."""
+    argv = ["/bin/sh", "-c", wrapper_script(command, exit_path), f"orchestrate:{task}"]
+    if not isinstance(command, str):
+        argv.extend(command)
     return argv
 
 
@@ -72,7 +76,8 @@ def signal_content(root: Path, agent: Agent, outputs: Iterable[str], run_id: str
 
 
 def finish_run(layout: Layout, agent: Agent, record: StatusRecord, code: int,
-               ended_at: str | None = None) -> StatusRecord:
+               ended_at: str | None = None, reported_error: str | None = None
+               ) -> StatusRecord:
     """The run's outcome from its recorded exit status; on success writes the
     `.done` signal. The caller writes the status record (it may schedule a retry).
 
@@ -87,6 +92,9 @@ def finish_run(layout: Layout, agent: Agent, record: StatusRecord, code: int,
     if code != 0:
         return replace(record, state="failed", exit_code=code, ended_at=ended_at,
                        reason=describe_exit(code))
+    if reported_error is not None:   # the CLI exited 0 but called the run an error
+        return replace(record, state="failed", exit_code=0, ended_at=ended_at,
+                       reason=f"agent reported an error: {reported_error[:200]}")
     outputs, missing = expand_patterns(layout.root, agent.outputs)
     if missing:
         return replace(record, state="failed", exit_code=0, ended_at=ended_at,
@@ -98,7 +106,8 @@ def finish_run(layout: Layout, agent: Agent, record: StatusRecord, code: int,
 
 
 def remove_run_files(layout: Layout, run_id: str | None) -> None:
-    for path in (layout.exit_file(run_id or ""), layout.upstream_file(run_id or "")):
+    for path in (layout.exit_file(run_id or ""), layout.upstream_file(run_id or ""),
+                 layout.prompt_file(run_id or "")):
         path.unlink(missing_ok=True)
 
 

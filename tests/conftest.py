@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 
 FAKE_AGENT = Path(__file__).with_name("fake_agent.py")
+FAKE_CLI = Path(__file__).with_name("fake_cli.py")
+PRESETS = ("claude", "codex", "gemini", "aider")
 
 
 def wait_until(predicate, timeout: float = 20.0, what: str = "condition"):
@@ -41,11 +43,11 @@ class Workspace:
     def write_pipeline(self, name: str, text: str) -> None:
         (self.root / "pipelines" / f"{name}.toml").write_text(text)
 
-    def doit(self, *args: str, timeout: float = 60, check_rc: int | None = None
-             ) -> subprocess.CompletedProcess:
+    def doit(self, *args: str, timeout: float = 60, check_rc: int | None = None,
+             env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
         proc = subprocess.run([sys.executable, "-m", "doit", *args], cwd=self.root,
                               capture_output=True, text=True, timeout=timeout,
-                              stdin=subprocess.DEVNULL)
+                              stdin=subprocess.DEVNULL, env={**os.environ, **(env or {})})
         if check_rc is not None:
             assert proc.returncode == check_rc, (proc.returncode, proc.stdout, proc.stderr)
         return proc
@@ -149,6 +151,22 @@ def _kill(pid: int, by_group: bool) -> None:
             os.kill(pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
         pass
+
+
+@pytest.fixture
+def fake_bins(tmp_path: Path) -> dict[str, str]:
+    """Executables standing in for the agent CLIs, and the ORCHESTRATE_<X>_BIN
+    variables that point orchestrate at them."""
+    directory = tmp_path / "bin"
+    directory.mkdir()
+    env = {}
+    for preset in PRESETS:
+        path = directory / preset
+        path.write_text(f'#!/bin/sh\nexec {shlex.quote(sys.executable)} '
+                        f'{shlex.quote(str(FAKE_CLI))} {preset} "$@"\n')
+        path.chmod(0o755)
+        env[f"ORCHESTRATE_{preset.upper()}_BIN"] = str(path)
+    return env
 
 
 @pytest.fixture

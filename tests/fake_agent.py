@@ -34,6 +34,7 @@ def main() -> int:
     parser.add_argument("--ignore-term", action="store_true",
                         help="ignore SIGTERM, as a hung CLI might")
     parser.add_argument("--env-to", help="dump ORCHESTRATE_* variables and more as JSON")
+    parser.add_argument("--upstream-to", help="copy the ORCHESTRATE_UPSTREAM file here")
     args = parser.parse_args()
     entry = {"agent": os.environ.get("ORCHESTRATE_AGENT"), "pid": os.getpid(),
              "run_id": os.environ.get("ORCHESTRATE_RUN_ID"), "t": time.time()}
@@ -51,6 +52,8 @@ def main() -> int:
                     stdin_isatty=sys.stdin.isatty(), stdin=os.readlink("/proc/self/fd/0"),
                     cwd=os.getcwd())
         Path(args.env_to).write_text(json.dumps(info))
+    if args.upstream_to:
+        Path(args.upstream_to).write_text(Path(os.environ["ORCHESTRATE_UPSTREAM"]).read_text())
     if args.gate:
         while not os.path.exists(args.gate):
             time.sleep(0.01)

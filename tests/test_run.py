@@ -415,7 +415,7 @@ def test_crash_after_the_spawn_adopts_the_running_agent(ws):
     from orchestrate.spec import load_workspace
     from orchestrate.wrapper import wrapper_argv
     agent = load_workspace(ws.root).pipeline("p").agent("a")
-    orphan = subprocess.Popen(wrapper_argv(agent, exit_path), cwd=ws.root,
+    orphan = subprocess.Popen(wrapper_argv(agent.task, agent.command, exit_path), cwd=ws.root,
                               start_new_session=True, stdout=subprocess.DEVNULL,
                               env={**os.environ, "ORCHESTRATE_RUN_ID": run_id,
                                    "ORCHESTRATE_AGENT": "a", "ORCHESTRATE_ROOT": str(ws.root)})

@@ -138,9 +138,48 @@ def test_unknown_pool_and_workspace_keys(tmp_path):
     assert "agent 'a': key 'pool': unknown pool 'gpu'" in text
 
 
-def test_presets_are_refused_clearly(tmp_path):
-    text = problems(tmp_path, p='[agents.a]\nagent = "claude"\nprompt = "hi"\n')
-    assert "key 'agent': agent presets" in text
+def test_preset_agents_parse_and_their_prompt_file_is_an_input(tmp_path):
+    ws = load(tmp_path, p='''
+[agents.a]
+agent = "claude"
+prompt_file = "prompts/a.md"
+model = "sonnet"
+allowed_tools = ["Read"]
+permission_mode = "acceptEdits"
+[agents.b]
+agent = "aider"
+prompt = "fix it"
+extra_args = ["--no-git"]
+''')
+    a, b = ws.pipeline("p").agents
+    assert a.preset == "claude" and a.inputs == ("prompts/a.md",) and a.command is None
+    assert b.prompt == "fix it" and b.extra_args == ("--no-git",)
+
+
+def test_preset_mistakes_are_reported(tmp_path):
+    text = problems(tmp_path, p='''
+[agents.a]
+agent = "gpt"
+prompt = "x"
+[agents.b]
+agent = "codex"
+[agents.c]
+agent = "codex"
+prompt = "x"
+command = "y"
+[agents.d]
+command = "y"
+model = "m"
+[agents.e]
+agent = "gemini"
+prompt = "x"
+permission_mode = "plan"
+''')
+    assert "agent 'a': key 'agent': expected one of claude, codex, gemini, aider" in text
+    assert "agent 'b': key 'prompt': a preset agent needs exactly one of prompt or prompt_file" in text
+    assert "agent 'c': key 'command': give either command or agent, not both" in text
+    assert "agent 'd': key 'model': only applies with agent" in text
+    assert "agent 'e': key 'permission_mode': only the claude preset has it" in text
 
 
 def test_find_cycle():

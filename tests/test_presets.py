@@ -1,0 +1,136 @@
+"""Agent presets (claude, codex, gemini, aider) run through faithful fake CLIs."""
+import json
+
+import pytest
+
+from conftest import PRESETS
+
+EXPECTED_ARGV = {
+    "claude": ["-p", "--output-format", "stream-json", "--verbose", "--model", "m1",
+               "--allowedTools", "Read,Edit", "--extra"],
+    "codex": ["exec", "--json", "-m", "m1", "--extra", "-"],
+    "gemini": ["--output-format", "stream-json", "-m", "m1", "--allowed-tools", "Read,Edit",
+               "--extra", "-p", ""],
+    "aider": ["--message-file", None, "--yes-always", "--no-pretty", "--no-stream",
+              "--no-check-update", "--no-show-release-notes", "--no-fancy-input",
+              "--model", "m1", "--extra"],
+}
+EXPECTED_USAGE = {   # input, output, cache tokens; cost as the CLI reports it
+    "claude": (1200, 340, 15, 0.0123), "codex": (2400, 120, 2000, None),
+    "gemini": (100, 50, 0, None), "aider": (2300, 110, 0, 0.0081),
+}
+
+
+def calls(ws) -> list[dict]:
+    path = ws.root / "cli-calls.jsonl"
+    return [json.loads(l) for l in path.read_text().splitlines()] if path.exists() else []
+
+
+def preset_toml(name: str, preset: str, prompt: str, **keys) -> str:
+    lines = [f"[agents.{name}]", f'agent = "{preset}"', f"prompt = {json.dumps(prompt)}"]
+    lines += [f"{k} = {json.dumps(v)}" for k, v in keys.items()]
+    return "\n".join(lines) + "\n"
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_preset_builds_the_headless_invocation_and_records_results(ws, fake_bins, preset):
+    prompt = "Say hello. $(touch pwned) `touch pwned2`"
+    tools = {} if preset in ("codex", "aider") else {"allowed_tools": ["Read", "Edit"]}
+    ws.write_pipeline("p", preset_toml("a", preset, prompt, model="m1", extra_args=["--extra"],
+                                       **tools))
+    ws.doit("wait", check_rc=0, env=fake_bins)
+    [call] = calls(ws)
+    expected = EXPECTED_ARGV[preset]
+    argv = [None if expected[i] is None else arg for i, arg in enumerate(call["argv"])]
+    assert argv == expected
+    assert call["prompt"] == prompt and not call["stdin_isatty"]
+    assert not list(ws.root.rglob("pwned*"))
+    record = ws.status("p", "a")
+    result = record["result"]
+    assert record["state"] == "done" and not result["is_error"]
+    assert "echo:" in result["final_message"] and "Say hello" in result["final_message"]
+    inp, out, cache, cost = EXPECTED_USAGE[preset]
+    assert (result["input_tokens"], result["output_tokens"], result["cache_tokens"]) == (inp, out, cache)
+    assert result["cost_usd"] == cost
+    if preset in ("claude", "codex", "gemini"):
+        assert result["session_id"]
+    results_md = ws.state / "results" / "p" / "a.md"
+    assert "Say hello" in results_md.read_text()
+
+
+def test_status_shows_cost_tokens_and_pipeline_totals(ws, fake_bins):
+    ws.write_pipeline("p", preset_toml("a", "claude", "one") + preset_toml("b", "aider", "two"))
+    ws.doit("wait", check_rc=0, env=fake_bins)
+    table = ws.doit("status", check_rc=0).stdout
+    assert "cost" in table and "tokens" in table
+    assert "$0.0123" in table and "1,200 in / 340 out" in table
+    assert "p: $0.0204 spent, 3,500 tokens in, 450 out" in table
+    data = json.loads(ws.doit("status", "--json", check_rc=0).stdout)
+    assert data["pipelines"]["p"]["cost_usd"] == pytest.approx(0.0204)
+    by_agent = {a["agent"]: a for a in data["agents"]}
+    assert by_agent["a"]["result"]["cost_usd"] == 0.0123
+
+
+@pytest.mark.parametrize("preset,reason", [
+    ("claude", "exit 1"), ("codex", "exit 1"), ("gemini", "exit 1"),
+    ("aider", "agent reported an error: litellm.RateLimitError")])
+def test_cli_failures_fail_the_agent(ws, fake_bins, preset, reason):
+    ws.write_pipeline("p", preset_toml("a", preset, "please FAIL"))
+    ws.doit("wait", check_rc=1, env=fake_bins)
+    record = ws.status("p", "a")
+    assert record["state"] == "failed" and record["reason"].startswith(reason)
+    assert record["result"]["is_error"]
+
+
+def test_error_reported_with_exit_0_fails_the_agent(ws, fake_bins):
+    ws.write_pipeline("p", preset_toml("a", "claude", "ERROR0"))
+    ws.doit("wait", check_rc=1, env=fake_bins)
+    record = ws.status("p", "a")
+    assert record["state"] == "failed" and record["exit_code"] == 0
+    assert record["reason"].startswith("agent reported an error")
+    assert not ws.signal("p", "a").exists()
+
+
+def test_prompt_file_is_an_input(ws, fake_bins):
+    (ws.root / "prompts").mkdir()
+    (ws.root / "prompts" / "x.md").write_text("first version")
+    ws.write_pipeline("p", '[agents.a]\nagent = "codex"\nprompt_file = "prompts/x.md"\n')
+    ws.doit("wait", check_rc=0, env=fake_bins)
+    ws.doit("wait", check_rc=0, env=fake_bins)
+    assert len(calls(ws)) == 1
+    (ws.root / "prompts" / "x.md").write_text("second version")
+    assert "stale: input prompts/x.md changed" in ws.doit("info", "p:a").stdout
+    ws.doit("wait", check_rc=0, env=fake_bins)
+    assert [c["prompt"] for c in calls(ws)] == ["first version", "second version"]
+
+
+def test_executable_key_wins_and_a_missing_cli_is_a_clear_failure(ws, fake_bins):
+    ws.write_pipeline("p", preset_toml("a", "claude", "hi",
+                                       executable=fake_bins["ORCHESTRATE_CLAUDE_BIN"])
+                      + preset_toml("b", "gemini", "hi", executable="/nowhere/gemini"))
+    ws.doit("wait", check_rc=1)          # no ORCHESTRATE_*_BIN in this environment
+    assert ws.state_of("p", "a") == "done"
+    record = ws.status("p", "b")
+    assert record["state"] == "failed"
+    assert "could not start: /nowhere/gemini not found" in record["reason"]
+
+
+def test_downstream_reads_upstream_results_through_the_upstream_file(ws, fake_bins):
+    ws.write_pipeline("p", preset_toml("plan", "claude", "make a plan") + f'''
+[agents.use]
+command = {json.dumps(ws.agent_cmd("--upstream-to", str(ws.root / "upstream.json")))}
+after = ["plan"]
+''')
+    ws.doit("wait", check_rc=0, env=fake_bins)
+    plan = json.loads((ws.root / "upstream.json").read_text())["plan"]
+    assert plan["task"] == "p:plan"
+    assert plan["result"]["final_message"] == "echo: make a plan"
+    assert plan["result"]["session_id"] and plan["result"]["cost_usd"] == 0.0123
+    assert open(plan["result_path"]).read().strip() == "echo: make a plan"
+
+
+def test_a_silent_cli_is_caught_by_the_stall_watchdog(ws, fake_bins):
+    ws.write_pipeline("p", preset_toml("a", "claude", "HANG", stall_timeout="0.5s",
+                                       kill_grace="0.2s"))
+    ws.doit("wait", check_rc=1, env=fake_bins)
+    assert ws.status("p", "a")["reason"] == "stalled: no output for 0.5s"
