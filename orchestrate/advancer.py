@@ -29,8 +29,9 @@ IDLE_CHECK_SECONDS = 1.0   # liveness check of running agents when nothing happe
 def can_advance(decisions: dict[str, Decision]) -> bool:
     """Something is running, queued, launching, waits on an external signal
     or for a retry's backoff."""
-    return any(d.state in ("launch", "running", "queued") or
-               (d.state == "waiting" and (d.external or d.timed) and not d.blocked)
+    return any(d.state in ("launch", "running") or
+               (d.state in ("waiting", "queued") and not d.blocked and
+                (d.state == "queued" or d.external or d.timed))
                for d in decisions.values())
 
 

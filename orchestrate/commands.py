@@ -108,7 +108,7 @@ class Status(OrchestrateCommand):
             self.outstream.write(json.dumps(control.status_json(decisions, records),
                                             indent=1) + "\n")
         else:
-            control.print_status(self.outstream, decisions, records)
+            control.print_status(self.outstream, decisions, records, control.budgets(self.root))
         return 0
 
 

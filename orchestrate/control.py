@@ -36,8 +36,10 @@ EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_TIMEOUT, EXIT_INTERRUPTED = 0, 1, 3, 12
 
 
 def outcome(decisions: dict[str, Decision]) -> int:
-    """0 unless an agent of the selection failed or was cancelled."""
-    bad = any(d.state in ("failed", "cancelled") for d in decisions.values())
+    """0 unless an agent of the selection failed, was cancelled, or is held by
+    a budget (it cannot finish without a user's action)."""
+    bad = any(d.state in ("failed", "cancelled") or (d.state == "queued" and d.blocked)
+              for d in decisions.values())
     return EXIT_FAILED if bad else EXIT_OK
 
 
@@ -163,6 +165,11 @@ def wait(root: Path, names: list[str], timeout: float | None, out: IO[str],
         watcher.close()
 
 
+def budgets(root: Path) -> dict[str, float | None]:
+    workspace = workspace_at(root)
+    return {"*": workspace.budget_usd, **{p.name: p.budget_usd for p in workspace.pipelines}}
+
+
 def status(root: Path, names: list[str]) -> tuple[dict[str, Decision], dict]:
     """Settle finished runs (under the lock) and report; launches nothing."""
     engine, agents = _selection(root, names)
@@ -199,7 +206,8 @@ def status_json(decisions: dict[str, Decision], records: dict) -> dict:
     return {"agents": agents, "pipelines": pipeline_totals(records.values())}
 
 
-def print_status(out: IO[str], decisions: dict[str, Decision], records: dict) -> None:
+def print_status(out: IO[str], decisions: dict[str, Decision], records: dict,
+                 budgets: dict[str, float | None]) -> None:
     if not decisions:
         out.write(NO_PIPELINES)
         return
@@ -208,7 +216,7 @@ def print_status(out: IO[str], decisions: dict[str, Decision], records: dict) ->
     rows = [status_row(d, records.get(t)) for t, d in decisions.items()]
     console.print(status_table(rows))
     console.print(summary_line(decisions.values(), launched="pending"))
-    for line in totals_lines(pipeline_totals(records.values())):
+    for line in totals_lines(pipeline_totals(records.values()), budgets):
         console.print(line)
 
 

@@ -61,7 +61,8 @@ def read_signal_digest(path: Path) -> str | None:
         return None
 
 
-LIVENESS_INTERVAL = 1.0   # seconds between liveness checks of running agents in a loop
+LIVENESS_INTERVAL = 1.0
+MAX_RATE_LIMIT_HITS = 10   # rate-limited attempts in a row before it counts as a failure   # seconds between liveness checks of running agents in a loop
 
 
 @dataclass
@@ -167,10 +168,17 @@ class Engine:
             record = finish_run(self.layout, agent, record, code, ended_at, error)
         self.signal_cache.remember(self.layout.signal(agent.pipeline, agent.name),
                                    record.signal_digest if record.state == "done" else None)
+        if record.state == "done":
+            record = replace(record, rate_limit_hits=0)
         kind = {"done": "finish", "cancelled": "cancel"}.get(record.state, "fail")
         details = {"task": agent.task, "run_id": record.run_id, "exit_code": code,
                    "reason": record.reason, "attempt": record.attempt}
-        if should_retry(agent, record, stopped):
+        limited = (record.state == "failed" and record.result.get("rate_limited")
+                   and record.rate_limit_hits < MAX_RATE_LIMIT_HITS)
+        if limited:
+            record = self._rest_after_rate_limit(agent, record)
+            details["retry_at"] = record.retry_at
+        elif should_retry(agent, record, stopped):
             at = self.clock() + backoff(agent, record.attempt)
             record = replace(record, state="waiting", retry_at=at, reason=(
                 f"retry {record.attempt + 1} of {agent.retries + 1} at "
@@ -180,6 +188,21 @@ class Engine:
         append_event(self.layout, kind, **details)
         remove_run_files(self.layout, record.run_id)
         return record
+
+    def _rest_after_rate_limit(self, agent: Agent, record: StatusRecord) -> StatusRecord:
+        """Retry when the CLI says the limit resets (or with backoff), without
+        spending one of `retries`, and hold the preset's other agents till then."""
+        hits = record.rate_limit_hits + 1
+        reset = record.result.get("reset_at")
+        until = float(reset) if reset and reset > self.clock() else (
+            self.clock() + backoff(agent, hits))
+        directory = self.layout.base / "ratelimits"
+        directory.mkdir(exist_ok=True)
+        write_json(directory / f"{agent.preset}.json", {"until": until, "by": agent.task})
+        clock = time.strftime("%H:%M:%S", time.localtime(until))
+        return replace(record, state="waiting", retry_at=until, attempt=record.attempt - 1,
+                       rate_limit_hits=hits,
+                       reason=f"rate limited until {clock}; retrying (not counted as a retry)")
 
     def _record_result(self, agent: Agent, record: StatusRecord
                        ) -> tuple[StatusRecord, str | None]:
@@ -325,11 +348,36 @@ class Engine:
                 records[agent.task] = self.settle(agent, record)
         facts = self.facts(agents, records)
         decisions = plan(self.workspace, agents, facts, self.external_signals(),
-                         self.running_elsewhere(agents), now=self.clock())
+                         self.running_elsewhere(agents), now=self.clock(),
+                         spent=self.spent(), rate_limited=self.rate_limits())
         for decision in decisions.values():
             if decision.timed and decision.wake_at is not None:
                 self.next_wake = min(self.next_wake, decision.wake_at)
         return PassResult(decisions, facts)
+
+    def spent(self) -> dict[str, float]:
+        """Dollars spent per pipeline ("*": the workspace), read only when a
+        budget is set: budgets count every agent, selected or not."""
+        ws = self.workspace
+        if ws.budget_usd is None and all(p.budget_usd is None for p in ws.pipelines):
+            return {}
+        spent: dict[str, float] = {}
+        for agent in ws.agents_by_task.values():
+            record = self.status_cache.get(self.layout.status(agent.pipeline, agent.name))
+            if record is not None and record.spent_usd:
+                spent[agent.pipeline] = spent.get(agent.pipeline, 0.0) + record.spent_usd
+                spent["*"] = spent.get("*", 0.0) + record.spent_usd
+        return spent
+
+    def rate_limits(self) -> dict[str, float]:
+        """Preset -> until when its CLI said it is rate limited (ratelimits/*.json)."""
+        directory = self.layout.base / "ratelimits"
+        limits = {}
+        for path in directory.glob("*.json") if directory.is_dir() else ():
+            data = read_json(path) or {}
+            if isinstance(data.get("until"), (int, float)):
+                limits[path.stem] = float(data["until"])
+        return limits
 
     def running_elsewhere(self, agents: list[Agent]) -> tuple[Agent, ...]:
         """Running agents outside the selection, read only when shared caps exist."""

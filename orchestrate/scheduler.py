@@ -6,6 +6,7 @@ failed and cancelled agents stay as they are until their fingerprint changes.
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 from .fingerprint import Fingerprint, config_digest, stale_reason
@@ -44,9 +45,27 @@ class Decision:
 
 @dataclass
 class Capacity:
-    """Running counts against max_parallel caps and pools."""
+    """Running counts against max_parallel caps and pools; money spent against
+    budgets; presets resting after a rate limit."""
     workspace: Workspace
     running: dict[str, int] = field(default_factory=dict)
+    spent: dict[str, float] = field(default_factory=dict)          # pipeline or "*" -> $
+    rate_limited: dict[str, float] = field(default_factory=dict)   # preset -> until (epoch)
+    now: float = 0.0
+
+    def held(self, agent: Agent) -> tuple[str, bool, float | None] | None:
+        """(reason, blocked, wake at) if a budget or a rate limit holds `agent` back."""
+        pipeline = self.workspace.pipeline(agent.pipeline)
+        for key, budget, label in ((agent.pipeline, pipeline.budget_usd, "pipeline"),
+                                   ("*", self.workspace.budget_usd, "workspace")):
+            if budget is not None and self.spent.get(key, 0.0) >= budget:
+                return (f"budget reached: ${self.spent.get(key, 0.0):.2f} of ${budget:.2f} "
+                        f"({label})", True, None)
+        until = self.rate_limited.get(agent.preset or "")
+        if until is not None and self.now < until:
+            clock = time.strftime("%H:%M:%S", time.localtime(until))
+            return f"rate limited until {clock} ({agent.preset})", False, until
+        return None
 
     def _limits(self, agent: Agent) -> list[tuple[str, int, str]]:
         limits = []
@@ -133,6 +152,10 @@ def decide(agent: Agent, facts: AgentFacts, decided: dict[str, Decision],
             return Decision(agent, "waiting", record.reason, fingerprint, used, timed=True,
                             wake_at=record.retry_at, attempt=record.attempt + 1)
         attempt, reason = record.attempt + 1, f"attempt {record.attempt + 1} of {agent.retries + 1}"
+    if hold := capacity.held(agent):
+        reason, blocked, wake_at = hold
+        return Decision(agent, "queued", reason, fingerprint, used, attempt=attempt,
+                        blocked=blocked, timed=wake_at is not None, wake_at=wake_at)
     if full := capacity.full(agent):
         return Decision(agent, "queued", full, fingerprint, used, attempt=attempt)
     capacity.take(agent)
@@ -161,13 +184,14 @@ def _why_stale(record: StatusRecord | None, facts: AgentFacts, new: Fingerprint)
 
 def plan(workspace: Workspace, agents: list[Agent], facts: dict[str, AgentFacts],
          present_signals: set[str], running_elsewhere: tuple[Agent, ...] = (),
-         now: float = 0.0) -> dict[str, Decision]:
+         now: float = 0.0, spent: dict[str, float] | None = None,
+         rate_limited: dict[str, float] | None = None) -> dict[str, Decision]:
     """One scheduling pass over `agents` (upstream-first order) -> decisions by task.
 
     `running_elsewhere`: running agents outside the selection, which still
     count against workspace-wide caps and pools.
     """
-    capacity = Capacity(workspace)
+    capacity = Capacity(workspace, spent=spent or {}, rate_limited=rate_limited or {}, now=now)
     for agent in running_elsewhere:
         capacity.take(agent)
     for task, fact in facts.items():

@@ -60,6 +60,7 @@ class StatusRecord:
     retry_at: float | None = None       # a failed attempt waits until then
     result: dict = field(default_factory=dict)   # what a preset CLI reported (results.py)
     spent_usd: float = 0.0              # cost of every attempt and run so far
+    rate_limit_hits: int = 0            # rate-limited attempts in a row (not retries)
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "StatusRecord":

@@ -89,9 +89,21 @@ def pipeline_totals(records: Iterable[StatusRecord | None]) -> dict[str, dict[st
     return totals
 
 
-def totals_lines(totals: dict[str, dict[str, float]]) -> list[str]:
-    return [f"{name}: ${t['cost_usd']:.4f} spent, {int(t['input_tokens']):,} tokens in, "
-            f"{int(t['output_tokens']):,} out" for name, t in sorted(totals.items())]
+def totals_lines(totals: dict[str, dict[str, float]], budgets: dict[str, float | None]
+                 ) -> list[str]:
+    """One line per pipeline with spend (against its budget) and tokens;
+    `budgets` maps pipeline names, and "*" the workspace, to budget_usd."""
+    lines = []
+    for name, total in sorted(totals.items()):
+        budget = budgets.get(name)
+        lines.append(f"{name}: ${total['cost_usd']:.4f} spent"
+                     + (f" of ${budget:.2f} budget" if budget is not None else "")
+                     + f", {int(total['input_tokens']):,} tokens in, "
+                       f"{int(total['output_tokens']):,} out")
+    if budgets.get("*") is not None:
+        spent = sum(t["cost_usd"] for t in totals.values())
+        lines.append(f"workspace: ${spent:.4f} spent of ${budgets['*']:.2f} budget")
+    return lines
 
 
 def status_table(rows: list[tuple[str, ...]], title: str | None = None):

@@ -27,6 +27,34 @@ def emit(event: dict) -> None:
     print(json.dumps(event), flush=True)
 
 
+def rate_limited_once(preset: str) -> bool:
+    """True the first time an agent's prompt asks for RATELIMIT: then it works."""
+    marker = Path(os.environ.get("ORCHESTRATE_ROOT", ".")) / (
+        f"ratelimited-{preset}-{os.environ.get('ORCHESTRATE_AGENT')}")
+    if marker.exists():
+        return False
+    marker.touch()
+    return True
+
+
+RESET_IN = 1.5   # seconds until the fake's rate limit resets
+
+
+def claude_rate_limit(session: str) -> int:
+    reset = int(time.time() + RESET_IN) + 1
+    emit({"type": "rate_limit_event", "rate_limit_info": {
+        "status": "rejected", "resetsAt": reset, "rateLimitType": "five_hour"},
+        "uuid": "u-1", "session_id": session})
+    emit({"type": "assistant", "message": {"id": "msg_x", "role": "assistant", "content": [
+        {"type": "text", "text": "API Error: Rate limit reached"}]}, "error": "rate_limit",
+        "parent_tool_use_id": None, "session_id": session})
+    emit({"type": "result", "subtype": "success", "is_error": True, "api_error_status": 429,
+          "duration_ms": 5, "num_turns": 1, "result": "API Error: Rate limit reached",
+          "session_id": session, "total_cost_usd": 0, "usage": {"input_tokens": 0,
+                                                                 "output_tokens": 0}})
+    return 1
+
+
 def claude(argv: list[str], prompt: str) -> int:
     if "-p" not in argv:
         print("fake claude: interactive mode is not supported here", file=sys.stderr)
@@ -39,6 +67,8 @@ def claude(argv: list[str], prompt: str) -> int:
     session = "5e0c7a1e-0000-4000-8000-000000000001"
     emit({"type": "system", "subtype": "init", "cwd": os.getcwd(), "session_id": session,
           "model": model, "tools": [], "permissionMode": "default"})
+    if "RATELIMIT" in prompt and rate_limited_once("claude"):
+        return claude_rate_limit(session)
     text = f"echo: {prompt.strip().splitlines()[0] if prompt.strip() else ''}"
     emit({"type": "assistant", "message": {"id": "msg_1", "role": "assistant", "model": model,
           "content": [{"type": "text", "text": text}]}, "parent_tool_use_id": None,
@@ -63,6 +93,11 @@ def codex(argv: list[str], prompt: str) -> int:
         return 2
     emit({"type": "thread.started", "thread_id": "0199a213-81c0-7800-8aa1-bbab2a035a53"})
     emit({"type": "turn.started"})
+    if "RATELIMIT" in prompt and rate_limited_once("codex"):
+        emit({"type": "error", "message": "exceeded retry limit, last status: 429 Too Many Requests"})
+        emit({"type": "turn.failed", "error": {
+            "message": "exceeded retry limit, last status: 429 Too Many Requests"}})
+        return 1
     if "FAIL" in prompt:
         emit({"type": "error", "message": "stream disconnected before completion"})
         emit({"type": "turn.failed", "error": {"message": "stream disconnected before completion"}})
@@ -80,6 +115,11 @@ def gemini(argv: list[str], prompt: str) -> int:
         return 1
     stamp = "2026-11-25T12:00:00.000Z"
     emit({"type": "init", "timestamp": stamp, "session_id": "gem-1", "model": "gemini-flash"})
+    if "RATELIMIT" in prompt and rate_limited_once("gemini"):
+        print(json.dumps({"error": {"type": "TerminalQuotaError", "code": 429, "message":
+              "You have exhausted your capacity on this model. RESOURCE_EXHAUSTED"}},
+              indent=2), file=sys.stderr)
+        return 1
     if "FAIL" in prompt:
         emit({"type": "result", "timestamp": stamp, "status": "error",
               "error": {"type": "FatalError", "message": "the fake failed"}, "stats": {}})
@@ -97,6 +137,10 @@ def gemini(argv: list[str], prompt: str) -> int:
 def aider(argv: list[str], prompt: str) -> int:
     print("Aider v0.86.1\nModel: fake with diff edit format\nGit repo: none", flush=True)
     if "FAIL" in prompt:
+        print("litellm.AuthenticationError: AnthropicException - invalid x-api-key")
+        print("The API provider is not able to authenticate you. Check your API key.")
+        return 0       # aider exits 0 after --message-file even when the call failed
+    if "RATELIMIT" in prompt and rate_limited_once("aider"):
         print('litellm.RateLimitError: AnthropicException - {"type":"error","error":'
               '{"type":"rate_limit_error","message":"rate limited"}}')
         print("The API provider has rate limited you. Try again later or check your quotas.")

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from conftest import PRESETS
+from conftest import PRESETS, wait_until
 
 EXPECTED_ARGV = {
     "claude": ["-p", "--output-format", "stream-json", "--verbose", "--model", "m1",
@@ -73,7 +73,7 @@ def test_status_shows_cost_tokens_and_pipeline_totals(ws, fake_bins):
 
 @pytest.mark.parametrize("preset,reason", [
     ("claude", "exit 1"), ("codex", "exit 1"), ("gemini", "exit 1"),
-    ("aider", "agent reported an error: litellm.RateLimitError")])
+    ("aider", "agent reported an error: litellm.AuthenticationError")])
 def test_cli_failures_fail_the_agent(ws, fake_bins, preset, reason):
     ws.write_pipeline("p", preset_toml("a", preset, "please FAIL"))
     ws.doit("wait", check_rc=1, env=fake_bins)
@@ -134,3 +134,43 @@ def test_a_silent_cli_is_caught_by_the_stall_watchdog(ws, fake_bins):
                                        kill_grace="0.2s"))
     ws.doit("wait", check_rc=1, env=fake_bins)
     assert ws.status("p", "a")["reason"] == "stalled: no output for 0.5s"
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_rate_limit_is_retried_after_the_reset_without_spending_a_retry(ws, fake_bins, preset):
+    ws.write_pipeline("p", preset_toml("a", preset, "RATELIMIT then work", retry_backoff="0.3s"))
+    ws.doit("wait", check_rc=0, env=fake_bins)       # retries = 0: still retried
+    assert len(calls(ws)) == 2
+    record = ws.status("p", "a")
+    assert record["state"] == "done" and record["attempt"] == 1
+    events = [json.loads(l) for l in (ws.state / "events.jsonl").read_text().splitlines()]
+    assert any(e["event"] == "fail" and "retry_at" in e for e in events)
+
+
+def test_agents_of_a_rate_limited_preset_are_held(ws, fake_bins):
+    ws.write_pipeline("p", preset_toml("a", "claude", "RATELIMIT please")
+                      + preset_toml("b", "claude", "later", wait_for=["go"])
+                      + preset_toml("c", "codex", "other preset", wait_for=["go"]))
+    ws.doit(check_rc=0, env=fake_bins)
+    wait_until(lambda: (ws.state / "ratelimits" / "claude.json").exists(), what="rate limit")
+    ws.doit("signal", "go", check_rc=0)
+    data = json.loads(ws.doit("status", "--json", check_rc=0, env=fake_bins).stdout)
+    states = {a["agent"]: (a["state"], a["reason"]) for a in data["agents"]}
+    if states["b"][0] == "queued":        # still inside the reset window (1.5 s)
+        assert states["b"][1].startswith("rate limited until")
+    ws.doit("wait", check_rc=0, env=fake_bins)
+    claude_calls = [c for c in calls(ws) if c["preset"] == "claude"]
+    assert [c["agent"] for c in claude_calls] == ["a", "a", "b"]
+
+
+def test_budget_holds_new_launches_once_reached(ws, fake_bins):
+    ws.write_pipeline("p", "budget_usd = 0.02\n" + "".join(
+        preset_toml(f"a{i}", "claude", f"job {i}", after=[f"a{i - 1}"] if i else [])
+        for i in range(4)))
+    proc = ws.doit("wait", check_rc=1, env=fake_bins)
+    assert len(calls(ws)) == 2                         # $0.0123 each: the third would exceed
+    record_states = {f"a{i}": ws.state_of("p", f"a{i}") for i in range(4)}
+    assert record_states == {"a0": "done", "a1": "done", "a2": None, "a3": None}
+    assert "budget reached: $0.02 of $0.02 (pipeline)" in proc.stdout
+    table = ws.doit("status", check_rc=0).stdout
+    assert "p: $0.0246 spent of $0.02 budget" in table
