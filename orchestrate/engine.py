@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
-from . import processes
+from . import processes, worktree
 from .fingerprint import digest_text
 from .launcher import Launcher
 from .policy import backoff, limit_exceeded, next_limit, should_retry
@@ -38,6 +38,7 @@ from .state import (
     write_json,
     write_status,
 )
+from .worktree import output_root
 from .wrapper import exit_time, finish_run, read_exit_code, remove_run_files
 
 
@@ -429,6 +430,9 @@ class Engine:
         if previous and previous.launches and os.path.exists(log):
             os.replace(log, layout.log(agent.pipeline, agent.name, previous.attempt or 1))
         try:
+            if agent.isolation == "worktree":
+                base = agent.base and self.workspace.agents_by_task[f"{agent.pipeline}:{agent.base}"]
+                worktree.ensure(layout, agent, base or None)
             started = self.launcher.launch(agent, run_id, decision.attempt, log, upstream)
         except OSError as err:
             record = replace(record, state="failed", ended_at=utc_now(),
@@ -450,13 +454,15 @@ class Engine:
             return self.layout.no_upstream_file
         mapping = {}
         for name in consumed:
+            upstream_agent = self.workspace.agents_by_task[f"{agent.pipeline}:{name}"]
             path = self.layout.signal(agent.pipeline, name)
             signal = read_json(path) or {}
             mapping[name] = {
                 "task": f"{agent.pipeline}:{name}",
                 "signal": signal,
                 "signal_path": str(path),
-                "outputs": [str(self.layout.root / rel) for rel in signal.get("outputs", {})],
+                "outputs": [str(output_root(self.layout, upstream_agent) / rel)
+                            for rel in signal.get("outputs", {})],
             }
             upstream = self.status_cache.get(self.layout.status(agent.pipeline, name))
             if upstream is not None and upstream.result:

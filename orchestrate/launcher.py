@@ -18,6 +18,7 @@ from .presets import executable, invocation
 from .processes import create_time
 from .spec import Agent
 from .state import Layout
+from .worktree import output_root
 from .wrapper import wrapper_argv
 
 
@@ -45,6 +46,7 @@ def agent_environment(layout: Layout, agent: Agent, run_id: str, attempt: int,
         "ORCHESTRATE_RUN_ID": run_id,
         "ORCHESTRATE_ATTEMPT": str(attempt),
         "ORCHESTRATE_ROOT": str(layout.root),
+        "ORCHESTRATE_WORKDIR": str(output_root(layout, agent)),
         "ORCHESTRATE_UPSTREAM": str(upstream),
     })
     return env
@@ -68,7 +70,8 @@ class Launcher:
             process = self.popen(
                 wrapper_argv(agent.task, command, self.layout.exit_file(run_id)),
                 stdin=stdin, stdout=log_fd, stderr=subprocess.STDOUT,
-                cwd=self.layout.root / agent.cwd, env=env, start_new_session=True,
+                cwd=output_root(self.layout, agent) / agent.cwd, env=env,
+                start_new_session=True,
                 close_fds=True)
         finally:
             os.close(log_fd)

@@ -240,7 +240,7 @@ def _check_preset(value: Any) -> str:
 def _check_isolation(value: Any) -> str:
     if value != "worktree":
         raise ValueError('expected "worktree"')
-    raise ValueError('"worktree" isolation is not supported yet')
+    return value
 
 
 AGENT_KEYS: dict[str, tuple[str, Callable[[Any], Any]]] = {
@@ -328,6 +328,17 @@ def _check_dependencies(path: str, agents: dict[str, dict[str, Any]],
                 elif upstream not in agents:
                     problems.add(path, name, key, f"unknown agent '{upstream}' "
                                  f"(agents in this pipeline: {', '.join(names)})")
+        base = fields.get("base")
+        if base is not None:
+            upstream = set(fields.get("after", ())) | set(fields.get("after_any", ()))
+            if base not in upstream:
+                problems.add(path, name, "base", f"'{base}' must be one of this agent's "
+                             "after/after_any agents (its branch is where this one starts)")
+            elif agents.get(base, {}).get("isolation") != "worktree":
+                problems.add(path, name, "base", f"'{base}' has no worktree branch "
+                             '(it needs isolation = "worktree")')
+            if fields.get("isolation") != "worktree":
+                problems.add(path, name, "base", 'only applies with isolation = "worktree"')
         pool = fields.get("pool")
         if pool is not None and pools is not None and pool not in pools:
             problems.add(path, name, "pool", f"unknown pool '{pool}' (declare it in "

@@ -9,8 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Iterator
 
+from . import worktree
 from .spec import Agent, PipelineError, Workspace, load_workspace
 from .state import Layout, expand_patterns
+from .worktree import output_root
 
 _loaded: dict[Path, Workspace] = {}
 
@@ -61,13 +63,17 @@ def _refuse_plain_run(task: str):
 
 
 def clean_agent(root: str, pipeline: str, agent: str) -> None:
-    """`doit clean`: remove the agent's signal, outputs and status."""
+    """`doit clean`: remove the agent's signal, outputs and status (and its
+    worktree and branch, for isolation = "worktree")."""
     spec = workspace_at(Path(root)).pipeline(pipeline).agent(agent)
     layout = Layout(Path(root))
-    outputs, _ = expand_patterns(layout.root, spec.outputs)
-    for path in [*(layout.root / rel for rel in outputs), layout.signal(pipeline, agent),
+    where = output_root(layout, spec)
+    outputs, _ = expand_patterns(where, spec.outputs)
+    for path in [*(where / rel for rel in outputs), layout.signal(pipeline, agent),
                  layout.status(pipeline, agent)]:
         path.unlink(missing_ok=True)
+    if spec.isolation == "worktree":
+        worktree.remove(layout, spec)
 
 
 def agent_task(workspace: Workspace, agent: Agent) -> dict[str, Any]:

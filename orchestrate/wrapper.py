@@ -25,6 +25,7 @@ from .state import (
     utc_now,
     write_atomic,
 )
+from .worktree import output_root
 
 SIGNAL_NAMES = {129: "SIGHUP", 130: "SIGINT", 137: "SIGKILL", 143: "SIGTERM"}
 
@@ -95,11 +96,12 @@ def finish_run(layout: Layout, agent: Agent, record: StatusRecord, code: int,
     if reported_error is not None:   # the CLI exited 0 but called the run an error
         return replace(record, state="failed", exit_code=0, ended_at=ended_at,
                        reason=f"agent reported an error: {reported_error[:200]}")
-    outputs, missing = expand_patterns(layout.root, agent.outputs)
+    root = output_root(layout, agent)
+    outputs, missing = expand_patterns(root, agent.outputs)
     if missing:
         return replace(record, state="failed", exit_code=0, ended_at=ended_at,
                        reason=f"exit 0 but output missing: {', '.join(missing)}")
-    content = signal_content(layout.root, agent, outputs, record.run_id or "")
+    content = signal_content(root, agent, outputs, record.run_id or "")
     write_atomic(layout.signal(agent.pipeline, agent.name), content)
     return replace(record, state="done", exit_code=0, ended_at=ended_at, reason="done",
                    signal_digest=digest_text(content))

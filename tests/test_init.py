@@ -61,14 +61,32 @@ def test_this_repositorys_survey_pipeline_runs(tmp_path):
     repo = Path(__file__).resolve().parent.parent
     copy = tmp_path / "repo"
     copy.mkdir()
-    for name in ("orchestrate", "agents", "pipelines"):
+    for name in ("orchestrate", "agents", "pipelines", "prompts"):
         shutil.copytree(repo / name, copy / name, ignore=shutil.ignore_patterns("__pycache__"))
     for name in ("dodo.py", "pyproject.toml"):
         shutil.copy(repo / name, copy / name)
     ws = Workspace(copy)
     try:
-        ws.doit("wait", check_rc=0)
+        ws.doit("wait", "survey", check_rc=0)
         summary = (copy / "reports" / "summary.md").read_text()
         assert summary.startswith("# Code survey") and "Longest functions" in summary
+    finally:
+        ws.kill_everything()
+
+
+def test_the_claude_example_runs_through_the_preset(tmp_path, fake_bins):
+    """pipelines/review.toml, with the fake claude standing in for the real one."""
+    repo = Path(__file__).resolve().parent.parent
+    copy = tmp_path / "repo"
+    copy.mkdir()
+    for name in ("pipelines", "prompts"):
+        shutil.copytree(repo / name, copy / name)
+    for name in ("dodo.py", "pyproject.toml"):
+        shutil.copy(repo / name, copy / name)
+    ws = Workspace(copy)
+    try:
+        ws.doit("wait", "review", check_rc=0, env=fake_bins)
+        record = ws.status("review", "review")
+        assert record["result"]["final_message"].startswith("echo: You are reviewing")
     finally:
         ws.kill_everything()
