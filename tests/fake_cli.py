@@ -37,7 +37,7 @@ def rate_limited_once(preset: str) -> bool:
     return True
 
 
-RESET_IN = 1.5   # seconds until the fake's rate limit resets
+RESET_IN = float(os.environ.get("FAKE_CLI_RESET_IN", "1.5"))   # until the limit resets
 
 
 def claude_rate_limit(session: str) -> int:

@@ -148,19 +148,19 @@ def test_rate_limit_is_retried_after_the_reset_without_spending_a_retry(ws, fake
 
 
 def test_agents_of_a_rate_limited_preset_are_held(ws, fake_bins):
+    env = {**fake_bins, "FAKE_CLI_RESET_IN": "60"}      # the limit resets in a minute
     ws.write_pipeline("p", preset_toml("a", "claude", "RATELIMIT please")
                       + preset_toml("b", "claude", "later", wait_for=["go"])
                       + preset_toml("c", "codex", "other preset", wait_for=["go"]))
-    ws.doit(check_rc=0, env=fake_bins)
+    ws.doit(check_rc=0, env=env)
     wait_until(lambda: (ws.state / "ratelimits" / "claude.json").exists(), what="rate limit")
     ws.doit("signal", "go", check_rc=0)
-    data = json.loads(ws.doit("status", "--json", check_rc=0, env=fake_bins).stdout)
+    ws.wait_state("p", "c", "done")                    # another preset is not held
+    data = json.loads(ws.doit("status", "--json", check_rc=0, env=env).stdout)
     states = {a["agent"]: (a["state"], a["reason"]) for a in data["agents"]}
-    if states["b"][0] == "queued":        # still inside the reset window (1.5 s)
-        assert states["b"][1].startswith("rate limited until")
-    ws.doit("wait", check_rc=0, env=fake_bins)
-    claude_calls = [c for c in calls(ws) if c["preset"] == "claude"]
-    assert [c["agent"] for c in claude_calls] == ["a", "a", "b"]
+    assert states["b"][0] == "queued" and states["b"][1].startswith("rate limited until")
+    assert states["a"][0] == "waiting" and "not counted as a retry" in states["a"][1]
+    assert [c["agent"] for c in calls(ws) if c["preset"] == "claude"] == ["a"]
 
 
 def test_budget_holds_new_launches_once_reached(ws, fake_bins):
@@ -174,3 +174,14 @@ def test_budget_holds_new_launches_once_reached(ws, fake_bins):
     assert "budget reached: $0.02 of $0.02 (pipeline)" in proc.stdout
     table = ws.doit("status", check_rc=0).stdout
     assert "p: $0.0246 spent of $0.02 budget" in table
+
+
+def test_workspace_budget_counts_every_pipeline(ws, fake_bins):
+    pyproject = ws.root / "pyproject.toml"
+    pyproject.write_text(pyproject.read_text() + "\n[tool.orchestrate]\nbudget_usd = 0.01\n")
+    ws.write_pipeline("one", preset_toml("a", "claude", "first"))
+    ws.write_pipeline("two", preset_toml("b", "claude", "second"))
+    ws.doit("wait", "one", check_rc=0, env=fake_bins)
+    proc = ws.doit("wait", "two", check_rc=1, env=fake_bins)
+    assert "budget reached: $0.01 of $0.01 (workspace)" in proc.stdout
+    assert "workspace: $0.0123 spent of $0.01 budget" in ws.doit("status", check_rc=0).stdout
