@@ -1,0 +1,200 @@
+"""A run's life after launch: settle it when it ends (or vanished), stop it
+past its timeout or stall limit, retry it, rest after a rate limit, cancel it.
+
+A mixin of `Engine`: it shares the engine's caches, clock and writes.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import time
+from dataclasses import replace
+
+from . import processes
+from .policy import backoff, limit_exceeded, next_limit, should_retry
+from .processes import is_alive
+from .results import parse as parse_result
+from .scheduler import Decision
+from .spec import Agent
+from .state import StatusRecord, append_event, utc_now, write_atomic, write_json
+from .wrapper import exit_time, finish_run, read_exit_code, remove_run_files
+
+MAX_RATE_LIMIT_HITS = 10   # rate-limited attempts in a row before it counts as a failure
+
+
+class RunLifecycle:
+    """Needs from its host: layout, clock, status_cache, signal_cache, _save,
+    check_liveness, parents, next_wake."""
+
+    def _finish(self, agent: Agent, record: StatusRecord, code: int | None,
+                ended_at: str | None) -> StatusRecord:
+        """Settle a run: its outcome, a retry if the policy allows, status, event."""
+        stopped = bool(record.stop_reason)
+        if code is None:   # no exit status was recorded: the wrapper itself was killed
+            record = replace(record, state="cancelled" if stopped and record.stop_reason
+                             .startswith("cancelled") else "failed", ended_at=utc_now(),
+                             kill_at=None, reason=record.stop_reason or
+                             "agent process ended without recording an exit status "
+                             "(killed with SIGKILL?)")
+        else:
+            reported = self._record_result(agent, record) if agent.preset else None
+            if reported is not None:
+                record, error = reported
+            else:
+                error = None
+            record = finish_run(self.layout, agent, record, code, ended_at, error)
+        self.signal_cache.remember(self.layout.signal(agent.pipeline, agent.name),
+                                   record.signal_digest if record.state == "done" else None)
+        if record.state == "done":
+            record = replace(record, rate_limit_hits=0)
+        kind = {"done": "finish", "cancelled": "cancel"}.get(record.state, "fail")
+        details = {"task": agent.task, "run_id": record.run_id, "exit_code": code,
+                   "reason": record.reason, "attempt": record.attempt}
+        limited = (record.state == "failed" and record.result.get("rate_limited")
+                   and record.rate_limit_hits < MAX_RATE_LIMIT_HITS)
+        if limited:
+            record = self._rest_after_rate_limit(agent, record)
+            details["retry_at"] = record.retry_at
+        elif should_retry(agent, record, stopped):
+            at = self.clock() + backoff(agent, record.attempt)
+            record = replace(record, state="waiting", retry_at=at, reason=(
+                f"retry {record.attempt + 1} of {agent.retries + 1} at "
+                f"{time.strftime('%H:%M:%S', time.localtime(at))} after: {record.reason}"))
+            details["retry_at"] = at
+        self._save(record)
+        append_event(self.layout, kind, **details)
+        remove_run_files(self.layout, record.run_id)
+        return record
+
+    def _rest_after_rate_limit(self, agent: Agent, record: StatusRecord) -> StatusRecord:
+        """Retry when the CLI says the limit resets (or with backoff), without
+        spending one of `retries`, and hold the preset's other agents till then."""
+        hits = record.rate_limit_hits + 1
+        reset = record.result.get("reset_at")
+        until = float(reset) if reset and reset > self.clock() else (
+            self.clock() + backoff(agent, hits))
+        directory = self.layout.base / "ratelimits"
+        directory.mkdir(exist_ok=True)
+        write_json(directory / f"{agent.preset}.json", {"until": until, "by": agent.task})
+        clock = time.strftime("%H:%M:%S", time.localtime(until))
+        return replace(record, state="waiting", retry_at=until, attempt=record.attempt - 1,
+                       rate_limit_hits=hits,
+                       reason=f"rate limited until {clock}; retrying (not counted as a retry)")
+
+    def _record_result(self, agent: Agent, record: StatusRecord
+                       ) -> tuple[StatusRecord, str | None]:
+        """Read what the CLI reported from its log: into the status record,
+        the final message into results/<pipeline>/<agent>.md."""
+        try:
+            text = (self.layout.root / record.log).read_text(errors="replace")
+        except OSError:
+            text = ""
+        reported = parse_result(agent.preset or "", text)
+        path = self.layout.result(agent.pipeline, agent.name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(path, reported.final_message + "\n", durable=False)
+        record = replace(record, result=reported.to_json(),
+                         spent_usd=round(record.spent_usd + (reported.cost_usd or 0.0), 6))
+        return record, (reported.error or "is_error") if reported.is_error else None
+
+    def settle(self, agent: Agent, record: StatusRecord) -> StatusRecord:
+        """Finish a run whose exit was recorded or whose process vanished;
+        stop one past its timeout or stall limit; track its descendants."""
+        exit_path = self.layout.exit_file(record.run_id or "")
+        code = read_exit_code(exit_path)
+        if code is not None:
+            return self._finish(agent, record, code, exit_time(exit_path))
+        if record.state == "launching" and record.pid is None:
+            return self._recover_launch(agent, record)
+        if self.check_liveness:
+            if not is_alive(record.pid, record.pid_create_time):
+                code = read_exit_code(exit_path)   # it may have finished since we looked
+                return self._finish(agent, record, code, exit_time(exit_path))
+            record = self._track_descendants(record)
+        return self._enforce_limits(agent, record)
+
+    def _track_descendants(self, record: StatusRecord) -> StatusRecord:
+        """Remember the agent's descendants while it runs: one that moves to a
+        session of its own leaves the process group but is still the agent's."""
+        if self.parents is None:
+            self.parents = processes.parent_map()
+        current = processes.descendants(record.pid or 0, self.parents)
+        known = {int(p) for p, _ in record.descendants}
+        alive = [t for t in record.descendants if processes.is_alive(int(t[0]), t[1])]
+        fresh = processes.track(p for p in current if p not in known)
+        if not fresh and len(alive) == len(record.descendants):
+            return record
+        record = replace(record, descendants=alive + fresh)
+        self._save(record, durable=False)
+        return record
+
+    def _last_output(self, agent: Agent, record: StatusRecord) -> float | None:
+        if agent.stall_timeout is None:
+            return None
+        try:
+            return os.stat(self.layout.root / record.log).st_mtime
+        except OSError:
+            return None
+
+    def _enforce_limits(self, agent: Agent, record: StatusRecord) -> StatusRecord:
+        now = self.clock()
+        last_output = self._last_output(agent, record)
+        if record.stop_reason is None:
+            reason = limit_exceeded(agent, record, now, last_output)
+            if reason is not None:
+                record = self.begin_stop(agent, record, reason)
+        elif record.kill_at is not None and now >= record.kill_at:
+            processes.signal_tree(record.pid or 0, record.descendants, signal.SIGKILL)
+            record = replace(record, kill_at=None)
+            self._save(record)
+        wake = next_limit(agent, record, last_output)
+        if wake is not None:
+            self.next_wake = min(self.next_wake, wake)
+        return record
+
+    def mark_cancelled(self, decision: Decision, previous: StatusRecord | None,
+                       inputs: dict[str, list]) -> StatusRecord:
+        """Cancel an agent that is not running: it stays cancelled until its
+        fingerprint changes or `doit forget`, like a cancelled run."""
+        agent, fingerprint = decision.agent, decision.fingerprint
+        base = previous or StatusRecord(state="cancelled", pipeline=agent.pipeline,
+                                        agent=agent.name, task=agent.task)
+        record = replace(
+            base, state="cancelled", reason="cancelled by user", ended_at=utc_now(),
+            retry_at=None, fingerprint=fingerprint.digest if fingerprint else None,
+            config_digest=fingerprint.config if fingerprint else None, inputs=inputs,
+            upstream=dict(fingerprint.upstream) if fingerprint else {},
+            upstream_used=decision.upstream_used)
+        self._save(record)
+        append_event(self.layout, "cancel", task=agent.task, reason=record.reason)
+        return record
+
+    def begin_stop(self, agent: Agent, record: StatusRecord, reason: str) -> StatusRecord:
+        """SIGTERM the agent's group and descendants now; SIGKILL at kill_grace."""
+        children = processes.descendants(record.pid or 0, processes.parent_map())
+        tracked = processes.merge(record.descendants, processes.track(children))
+        record = replace(record, stop_reason=reason, descendants=tracked,
+                         kill_at=self.clock() + agent.kill_grace)
+        # the reason is recorded before the signal: if we die in between, the
+        # run still ends with this reason (and a later pass sends SIGKILL)
+        self._save(record)
+        processes.signal_tree(record.pid or 0, tracked, signal.SIGTERM)
+        append_event(self.layout, "stop", task=agent.task, run_id=record.run_id, reason=reason)
+        return record
+
+    def _recover_launch(self, agent: Agent, record: StatusRecord) -> StatusRecord:
+        """A pass crashed between recording a launch and recording its pid."""
+        pid = processes.find_run_process(record.run_id or "")
+        if pid is None:
+            # A child caught between fork and exec still shows its parent's
+            # environment; exec takes a millisecond, so look once more.
+            time.sleep(0.1)
+            pid = processes.find_run_process(record.run_id or "")
+        if pid is not None:
+            record = replace(record, state="running", pid=pid,
+                             pid_create_time=processes.create_time(pid), reason="running")
+        else:   # it never started: that attempt is owed, at once
+            record = replace(record, state="waiting", attempt=record.attempt - 1,
+                             retry_at=self.clock(), reason="launch interrupted; relaunching")
+        self._save(record)
+        return record
