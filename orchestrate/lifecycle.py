@@ -20,6 +20,7 @@ from .state import StatusRecord, append_event, utc_now, write_atomic, write_json
 from .wrapper import exit_time, finish_run, read_exit_code, remove_run_files
 
 MAX_RATE_LIMIT_HITS = 10   # rate-limited attempts in a row before it counts as a failure
+VANISHED = "agent process ended without recording an exit status (killed with SIGKILL?)"
 
 
 class RunLifecycle:
@@ -31,17 +32,14 @@ class RunLifecycle:
         """Settle a run: its outcome, a retry if the policy allows, status, event."""
         stopped = bool(record.stop_reason)
         if code is None:   # no exit status was recorded: the wrapper itself was killed
-            record = replace(record, state="cancelled" if stopped and record.stop_reason
-                             .startswith("cancelled") else "failed", ended_at=utc_now(),
-                             kill_at=None, reason=record.stop_reason or
-                             "agent process ended without recording an exit status "
-                             "(killed with SIGKILL?)")
+            cancelled = (record.stop_reason or "").startswith("cancelled")
+            record = replace(record, state="cancelled" if cancelled else "failed",
+                             ended_at=utc_now(), kill_at=None,
+                             reason=record.stop_reason or VANISHED)
         else:
-            reported = self._record_result(agent, record) if agent.preset else None
-            if reported is not None:
-                record, error = reported
-            else:
-                error = None
+            error = None
+            if agent.preset:
+                record, error = self._record_result(agent, record)
             record = finish_run(self.layout, agent, record, code, ended_at, error)
         self.signal_cache.remember(self.layout.signal(agent.pipeline, agent.name),
                                    record.signal_digest if record.state == "done" else None)
