@@ -110,6 +110,8 @@ class Engine(RunLifecycle):
     def watched(self) -> None:
         """inotify now reports every change to status and signal files: trust
         the caches for files no event has touched (see `notice`)."""
+        self.status_cache.distrust_all()   # read before the watch began: read again
+        self.signal_cache.distrust_all()
         self.status_cache.trusted = self.signal_cache.trusted = True
 
     def notice(self, changed: list[Path]) -> bool:
