@@ -16,18 +16,28 @@ from doit.cmdparse import CmdOption, CmdParseError
 from doit.exceptions import InvalidCommand
 
 from . import control
-from .selection import SelectionError
-from .state import StateFileError
+from .errors import UserError
+
+
+def interrupted() -> int:
+    """Ctrl-C: one line, exit 130, never a traceback (agents run detached)."""
+    import sys
+    sys.stderr.write("interrupted; agents already launched keep running "
+                     "(doit status to check, doit cancel to stop them)\n")
+    return control.EXIT_INTERRUPTED
 
 
 class OrchestrateCommand(DoitCmdBase):
-    """Turns user mistakes into doit's "ERROR: ..." and exit code 3."""
+    """Turns user mistakes (orchestrate's own error types only: anything else
+    is a bug and keeps its traceback) into doit's "ERROR: ..." and exit 3."""
 
     def execute(self, params, args):
         try:
             return super().execute(params, args)
-        except (SelectionError, StateFileError, ValueError) as err:
+        except UserError as err:
             raise InvalidCommand(str(err)) from None
+        except KeyboardInterrupt:
+            return interrupted()
         finally:
             if self.dep_manager is not None:
                 self.dep_manager.close()
@@ -166,7 +176,10 @@ class Forget(DoitForget):
         else:
             names = [t.name for sel in self.sel_tasks or [] if sel in tasks
                      for t in [tasks[sel], *subtasks_iter(tasks, tasks[sel])]]
-        control.forget_agents(Path(os.getcwd()), names, self.outstream)
+        try:
+            control.forget_agents(Path(os.getcwd()), names, self.outstream)
+        except UserError as err:
+            raise InvalidCommand(str(err)) from None
         return super()._execute(forget_sub, forget_disable_default, forget_all)
 
 
@@ -183,7 +196,10 @@ class Info(DoitInfo):
         super()._execute(pos_args, hide_status=True)
         if hide_status:
             return 0
-        verdict = control.staleness(Path(os.getcwd()), pos_args[0])
+        try:
+            verdict = control.staleness(Path(os.getcwd()), pos_args[0])
+        except UserError as err:
+            raise InvalidCommand(str(err)) from None
         if verdict is None:
             return 0
         up_to_date, lines = verdict

@@ -6,9 +6,10 @@ import time
 from pathlib import Path
 from typing import IO
 
-from . import processes
 from .advancer import AdvancerSlot, Watcher, can_advance, fork_advancer
 from .engine import LIVENESS_INTERVAL, Engine, PassResult
+from .errors import UserError
+from .lifecycle import run_alive, signal_run
 from .scheduler import Decision
 from .selection import match, select
 from .spec import NAME_RE, Agent
@@ -222,7 +223,7 @@ def print_status(out: IO[str], decisions: dict[str, Decision], records: dict,
 
 def signal_create(root: Path, name: str) -> str:
     if not NAME_RE.fullmatch(name):
-        raise ValueError(f"'{name}' is not a valid signal name "
+        raise UserError(f"'{name}' is not a valid signal name "
                          "(expected [A-Za-z0-9][A-Za-z0-9_-]*)")
     layout = Layout(root)
     layout.make_dirs()
@@ -251,7 +252,7 @@ def cancel(root: Path, names: list[str], out: IO[str]) -> int:
             if decision.state == "running" and record is not None:
                 stopping.append((decision.agent,
                                  engine.begin_stop(decision.agent, record, "cancelled by user")))
-            elif decision.state in ("launch", "queued") or decision.timed:
+            elif _dequeued(decision, named=targets is not None):
                 engine.mark_cancelled(decision, record, result.facts[task].inputs)
                 out.write(f"cancelled {task} ({'queued' if decision.state != 'launch' else 'not started'})\n")
     _wait_until_stopped(stopping)
@@ -264,20 +265,31 @@ def cancel(root: Path, names: list[str], out: IO[str]) -> int:
     return EXIT_OK
 
 
+def _dequeued(decision: Decision, named: bool) -> bool:
+    """Which agents that are not running a cancel takes off the queue: queued
+    ones and those waiting for a retry; a named one also when it is ready.
+    A bare `doit cancel` never touches pending, gated, done or failed agents."""
+    if decision.state == "queued" or (decision.state == "waiting" and decision.timed):
+        return True
+    return named and decision.state == "launch"
+
+
 def _wait_until_stopped(stopping: list[tuple[Agent, StatusRecord]]) -> None:
-    """Each agent had SIGTERM; SIGKILL at its kill_at; until no process is left."""
+    """Each agent had SIGTERM; SIGKILL at its kill_at, again every second
+    after, until no process of any of them is left (however long that takes)."""
     pending = list(stopping)
+    next_kill = {agent.task: record.kill_at for agent, record in pending}
     while pending:
         now = time.time()
         still = []
         for agent, record in pending:
-            pid = record.pid or 0
-            if not processes.tree_alive(pid, record.descendants):
+            if not run_alive(record):
                 continue
-            if record.kill_at is not None and now >= record.kill_at:
-                processes.signal_tree(pid, record.descendants, signal.SIGKILL)
-            if now < (record.kill_at or now) + 5:
-                still.append((agent, record))
+            due = next_kill[agent.task]
+            if due is not None and now >= due:
+                signal_run(record, signal.SIGKILL)
+                next_kill[agent.task] = now + 1.0
+            still.append((agent, record))
         pending = still
         if pending:
             time.sleep(0.02)
@@ -303,7 +315,7 @@ def print_log(root: Path, task: str, follow: bool, out: IO[str]) -> int:
     workspace = workspace_at(root)
     agent = workspace.agents_by_task.get(task)
     if agent is None:
-        raise ValueError(f"'{task}' is not an agent (expected pipeline:agent)")
+        raise UserError(f"'{task}' is not an agent (expected pipeline:agent)")
     layout = Layout(workspace.root)
     path = layout.log(agent.pipeline, agent.name)
     if not path.exists():

@@ -56,8 +56,20 @@ def read_signal_digest(path: Path) -> str | None:
         return None
 
 
-LIVENESS_INTERVAL = 1.0
-MAX_RATE_LIMIT_HITS = 10   # rate-limited attempts in a row before it counts as a failure   # seconds between liveness checks of running agents in a loop
+LIVENESS_INTERVAL = 1.0   # seconds between liveness checks of running agents in a loop
+
+
+def keep_previous_log(layout: Layout, agent: Agent, number: int) -> None:
+    """Move the previous run's log to `<agent>.<N>.log`, N its launch number;
+    a name already taken (the record was forgotten) moves N on: an earlier
+    log is never overwritten."""
+    log = layout.log(agent.pipeline, agent.name)
+    if not os.path.exists(log):
+        return
+    number = max(number, 1)
+    while os.path.exists(target := layout.log(agent.pipeline, agent.name, number)):
+        number += 1
+    os.replace(log, target)
 
 
 @dataclass
@@ -252,12 +264,14 @@ class Engine(RunLifecycle):
             fingerprint=fingerprint.digest if fingerprint else None,
             config_digest=fingerprint.config if fingerprint else None,
             inputs=inputs, upstream=dict(fingerprint.upstream) if fingerprint else {},
-            upstream_used=decision.upstream_used)
+            upstream_used=decision.upstream_used,
+            # what a relaunch must not forget: money spent and rate limits in a row
+            spent_usd=previous.spent_usd if previous else 0.0,
+            rate_limit_hits=previous.rate_limit_hits if previous else 0)
         self._save(record, durable=False)
         upstream = self._write_upstream_file(agent, run_id,
                                              fingerprint.upstream if fingerprint else {})
-        if previous and previous.launches and os.path.exists(log):
-            os.replace(log, layout.log(agent.pipeline, agent.name, previous.attempt or 1))
+        keep_previous_log(layout, agent, launches - 1)
         try:
             if agent.isolation == "worktree":
                 base = agent.base and self.workspace.agents_by_task[f"{agent.pipeline}:{agent.base}"]

@@ -23,6 +23,30 @@ MAX_RATE_LIMIT_HITS = 10   # rate-limited attempts in a row before it counts as 
 VANISHED = "agent process ended without recording an exit status (killed with SIGKILL?)"
 
 
+def run_tree(record: StatusRecord) -> list:
+    """Every process of the run we can prove is ours: the descendants tracked
+    while it ran, its live descendants now, and any process that carries its
+    run id (a daemon that left both its parent and its session)."""
+    pid = record.pid or 0
+    children = processes.descendants(pid, processes.parent_map()) if is_alive(
+        pid, record.pid_create_time) else []
+    strays = [p for p in processes.run_processes(record.run_id or "") if p != pid]
+    return processes.merge(record.descendants, processes.track([*children, *strays]))
+
+
+def signal_run(record: StatusRecord, sig: int) -> None:
+    processes.signal_tree(record.pid or 0, record.descendants, sig,
+                          record.pid_create_time, record.run_id)
+
+
+def run_alive(record: StatusRecord) -> bool:
+    """Is any process of the run left (its group, if provably its, or a tracked one)?"""
+    pid = record.pid or 0
+    group = processes.group_is_ours(pid, record.pid_create_time, record.run_id) and \
+        processes.group_alive(pid)
+    return group or any(is_alive(int(p), t) for p, t in record.descendants)
+
+
 class RunLifecycle:
     """Needs from its host: layout, clock, status_cache, signal_cache, _save,
     check_liveness, parents, next_wake."""
@@ -31,6 +55,8 @@ class RunLifecycle:
                 ended_at: str | None) -> StatusRecord:
         """Settle a run: its outcome, a retry if the policy allows, status, event."""
         stopped = bool(record.stop_reason)
+        if stopped:   # the wrapper is gone: what it left of the agent gets no more grace
+            signal_run(replace(record, descendants=run_tree(record)), signal.SIGKILL)
         if code is None:   # no exit status was recorded: the wrapper itself was killed
             cancelled = (record.stop_reason or "").startswith("cancelled")
             record = replace(record, state="cancelled" if cancelled else "failed",
@@ -43,8 +69,8 @@ class RunLifecycle:
             record = finish_run(self.layout, agent, record, code, ended_at, error)
         self.signal_cache.remember(self.layout.signal(agent.pipeline, agent.name),
                                    record.signal_digest if record.state == "done" else None)
-        if record.state == "done":
-            record = replace(record, rate_limit_hits=0)
+        if not (record.state == "failed" and record.result.get("rate_limited")):
+            record = replace(record, rate_limit_hits=0)   # the row of rate limits is broken
         kind = {"done": "finish", "cancelled": "cancel"}.get(record.state, "fail")
         details = {"task": agent.task, "run_id": record.run_id, "exit_code": code,
                    "reason": record.reason, "attempt": record.attempt}
@@ -142,7 +168,7 @@ class RunLifecycle:
             if reason is not None:
                 record = self.begin_stop(agent, record, reason)
         elif record.kill_at is not None and now >= record.kill_at:
-            processes.signal_tree(record.pid or 0, record.descendants, signal.SIGKILL)
+            signal_run(record, signal.SIGKILL)
             record = replace(record, kill_at=None)
             self._save(record)
         wake = next_limit(agent, record, last_output)
@@ -168,15 +194,18 @@ class RunLifecycle:
         return record
 
     def begin_stop(self, agent: Agent, record: StatusRecord, reason: str) -> StatusRecord:
-        """SIGTERM the agent's group and descendants now; SIGKILL at kill_grace."""
-        children = processes.descendants(record.pid or 0, processes.parent_map())
-        tracked = processes.merge(record.descendants, processes.track(children))
-        record = replace(record, stop_reason=reason, descendants=tracked,
+        """SIGTERM the agent's group and descendants now; SIGKILL at kill_grace.
+        A record whose pid is alive but does not carry its run id is not our
+        agent (a forged or stale record): it is settled, never signalled."""
+        if is_alive(record.pid, record.pid_create_time) and not processes.carries_run_id(
+                record.pid or 0, record.run_id):
+            return self._finish(agent, record, None, None)
+        record = replace(record, stop_reason=reason, descendants=run_tree(record),
                          kill_at=self.clock() + agent.kill_grace)
         # the reason is recorded before the signal: if we die in between, the
         # run still ends with this reason (and a later pass sends SIGKILL)
         self._save(record)
-        processes.signal_tree(record.pid or 0, tracked, signal.SIGTERM)
+        signal_run(record, signal.SIGTERM)
         append_event(self.layout, "stop", task=agent.task, run_id=record.run_id, reason=reason)
         return record
 

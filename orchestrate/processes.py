@@ -8,8 +8,6 @@ is found through the parent links recorded while it ran.
 from __future__ import annotations
 
 import os
-import signal
-import time
 from typing import Iterable, Iterator
 
 Tracked = list[int | float]   # [pid, create_time]: a pid alone can be reused
@@ -41,17 +39,41 @@ def create_time(pid: int) -> float | None:
 
 
 def is_alive(pid: int | None, started: float | None) -> bool:
-    """True if `pid` is still the process that started at `started` (not a zombie)."""
+    """True if `pid` is still the process that started at `started` (not a zombie).
+
+    A pid alone proves nothing (pids are reused): without a start time the
+    answer is False, so an unproven record is settled, never trusted."""
     import psutil
-    if not pid:
+    if not pid or started is None:
         return False
     try:
         process = psutil.Process(pid)
-        if started is not None and abs(process.create_time() - started) > 0.05:
+        if abs(process.create_time() - started) > 0.05:
             return False
         return process.status() != psutil.STATUS_ZOMBIE
     except psutil.Error:
         return False
+
+
+def carries_run_id(pid: int, run_id: str | None) -> bool:
+    """Does `pid`'s environment say it belongs to run `run_id`? An environment
+    we may not read (another user's process) does not count against it."""
+    if not run_id:
+        return True
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as handle:
+            environ = handle.read()
+    except OSError:
+        return True
+    if not environ:           # a zombie, or a kernel thread: nothing to tell
+        return True
+    return f"ORCHESTRATE_RUN_ID={run_id}".encode() in environ.split(b"\0")
+
+
+def is_our_run(pid: int | None, started: float | None, run_id: str | None) -> bool:
+    """The proof needed before signalling a recorded agent: same pid, same
+    start time, and our run id in its environment where readable."""
+    return is_alive(pid, started) and carries_run_id(pid or 0, run_id)
 
 
 def _proc_stats() -> Iterator[tuple[int, list[bytes]]]:
@@ -99,13 +121,43 @@ def merge(old: list[Tracked], new: list[Tracked]) -> list[Tracked]:
     return old + [item for item in new if (item[0], round(item[1], 2)) not in known]
 
 
-def signal_tree(pgid: int, tracked: list[Tracked], sig: int) -> None:
-    """`sig` to the agent's process group and to each tracked descendant still
-    the same process; ESRCH is fine (it is gone already)."""
+def group_is_ours(pgid: int, started: float | None, run_id: str | None) -> bool:
+    """May the group `pgid` (the agent's wrapper's pid) be signalled? Yes if
+    the wrapper is still the process we recorded; yes if no process has that
+    pid any more (a group id is never reused while the group has members, so
+    what is left in it is the agent's). No if the pid now belongs to another
+    process, or the record cannot prove when the wrapper started."""
+    if not pgid or started is None:
+        return False
+    if is_our_run(pgid, started, run_id):
+        return True
     try:
-        os.killpg(pgid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
+        os.kill(pgid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return _is_zombie(pgid)
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            return handle.read().rsplit(b")", 1)[1].split()[0] == b"Z"
+    except OSError:
+        return True
+
+
+def signal_tree(pgid: int, tracked: list[Tracked], sig: int, started: float | None = None,
+                run_id: str | None = None) -> None:
+    """`sig` to the agent's process group (when it is provably the agent's,
+    see `group_is_ours`) and to each tracked descendant still the same
+    process; ESRCH is fine (it is gone already)."""
+    if group_is_ours(pgid, started, run_id):
+        try:
+            os.killpg(pgid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
     for pid, started in tracked:
         if is_alive(int(pid), started):
             try:
@@ -119,39 +171,30 @@ def group_alive(pgid: int) -> bool:
     return any(int(fields[2]) == pgid and fields[0] != b"Z" for _, fields in _proc_stats())
 
 
-def tree_alive(pgid: int, tracked: list[Tracked]) -> bool:
-    return group_alive(pgid) or any(is_alive(int(p), t) for p, t in tracked)
-
-
-def stop_tree(pgid: int, tracked: list[Tracked], grace: float,
-              poll: float = 0.02) -> float:
-    """SIGTERM, up to `grace` seconds for everything to go, then SIGKILL.
-    Returns the seconds it took until no process of the agent was left."""
-    began = time.monotonic()
-    signal_tree(pgid, tracked, signal.SIGTERM)
-    deadline = began + grace
-    while time.monotonic() < deadline:
-        if not tree_alive(pgid, tracked):
-            return time.monotonic() - began
-        time.sleep(poll)
-    signal_tree(pgid, tracked, signal.SIGKILL)
-    while tree_alive(pgid, tracked) and time.monotonic() < deadline + 5:
-        time.sleep(poll)
-    return time.monotonic() - began
-
-
-def find_run_process(run_id: str) -> int | None:
-    """The pid whose environment carries ORCHESTRATE_RUN_ID=run_id, if any."""
+def run_processes(run_id: str) -> list[int]:
+    """Every live process whose environment carries ORCHESTRATE_RUN_ID=run_id:
+    the wrapper and whatever the agent started, even a daemon that left its
+    session and its parent (one /proc scan: for stops and recovery only)."""
     needle = f"ORCHESTRATE_RUN_ID={run_id}".encode()
+    found = []
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
         try:
             with open(f"/proc/{entry.name}/environ", "rb") as handle:
-                found = needle in handle.read().split(b"\0")
-            # the wrapper leads its session; its children carry the same id
-            if found and os.getsid(int(entry.name)) == int(entry.name):
-                return int(entry.name)
+                if needle in handle.read().split(b"\0"):
+                    found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
+def find_run_process(run_id: str) -> int | None:
+    """The wrapper of run `run_id` (it leads its session), if it is alive."""
+    for pid in run_processes(run_id):
+        try:
+            if os.getsid(pid) == pid:
+                return pid
         except OSError:
             continue
     return None

@@ -1,10 +1,11 @@
 """Task names on the command line -> the agents they select (pure)."""
 from __future__ import annotations
 
+from .errors import UserError
 from .spec import Agent, Workspace
 
 
-class SelectionError(Exception):
+class SelectionError(UserError):
     """A task name on the command line that matches no pipeline or agent."""
 
 

@@ -6,12 +6,15 @@ agent and the key, so a user can fix all of them in one go.
 """
 from __future__ import annotations
 
+import os
 import re
 import tomllib
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Callable
+
+from .errors import UserError
 
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 _DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
@@ -23,7 +26,7 @@ PRESET_ONLY_KEYS = ("prompt", "prompt_file", "model", "extra_args", "executable"
                     "allowed_tools", "permission_mode")
 
 
-class PipelineError(Exception):
+class PipelineError(UserError):
     """One or more mistakes in pipeline files or the workspace config."""
 
     def __init__(self, problems: list[str]):
@@ -224,11 +227,21 @@ def _check_env(value: Any) -> tuple[tuple[str, str], ...]:
     return tuple(sorted(value.items()))
 
 
-def _check_cwd(value: Any) -> str:
-    text = _check_str(value)
-    if Path(text).is_absolute() or ".." in Path(text).parts:
-        raise ValueError("expected a path inside the workspace (relative, no '..')")
+def _check_inside(text: str) -> str:
+    """The one rule for paths orchestrate may write or delete: relative, no '..'
+    (symlinks are resolved against the workspace by `load_workspace`)."""
+    if not text or Path(text).is_absolute() or ".." in Path(text).parts:
+        raise ValueError(f"'{text}' must be a path inside the workspace "
+                         "(relative, without '..')")
     return text
+
+
+def _check_cwd(value: Any) -> str:
+    return _check_inside(_check_str(value))
+
+
+def _check_outputs(value: Any) -> tuple[str, ...]:
+    return tuple(_check_inside(path) for path in _check_str_list(value))
 
 
 def _check_preset(value: Any) -> str:
@@ -247,7 +260,7 @@ AGENT_KEYS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "command": ("command", _check_command),
     "description": ("description", _check_str),
     "inputs": ("inputs", _check_str_list),
-    "outputs": ("outputs", _check_str_list),
+    "outputs": ("outputs", _check_outputs),
     "after": ("after", _check_name_list),
     "after_any": ("after_any", _check_name_list),
     "wait_for": ("wait_for", _check_name_list),
@@ -483,6 +496,35 @@ def load_workspace(root: Path) -> Workspace:
             pipeline = parse_pipeline(path.stem, shown, data, problems, pools)
             if pipeline is not None:
                 pipelines.append(pipeline)
+    for pipeline in pipelines:
+        _check_paths_resolve_inside(root, pipeline, problems)
     if problems.lines:
         raise PipelineError(problems.lines)
     return Workspace(root=root, pipelines=tuple(pipelines), **config)
+
+
+def _check_paths_resolve_inside(root: Path, pipeline: Pipeline, problems: _Problems) -> None:
+    """`outputs` and `cwd` must stay inside the workspace once symlinks are
+    resolved (`out -> /elsewhere` with outputs = ["out/x"] would otherwise let
+    `doit clean` delete /elsewhere/x). A worktree agent's paths live in its
+    worktree, which does not exist yet: `clean` checks those when it removes."""
+    real_root = os.path.realpath(root)
+    for agent in pipeline.agents:
+        if agent.isolation == "worktree":
+            continue
+        for key, paths in (("outputs", agent.outputs), ("cwd", (agent.cwd,))):
+            for path in paths:
+                where = os.path.realpath(root / _fixed_prefix(path))
+                if os.path.commonpath([real_root, where]) != real_root:
+                    problems.add(pipeline.path, agent.name, key, f"'{path}' resolves to "
+                                 f"{where}, outside the workspace (through a symlink)")
+
+
+def _fixed_prefix(pattern: str) -> str:
+    """The part of a glob before its first wildcard component."""
+    parts = []
+    for part in Path(pattern).parts:
+        if any(c in part for c in "*?["):
+            break
+        parts.append(part)
+    return os.path.join(*parts) if parts else "."

@@ -1,8 +1,16 @@
 """Files under `.orchestrate/`: the source of truth anyone can read.
 
 Signals, status records and the events log live here; doit's database is
-only a cache. Every JSON file is replaced atomically (tmp + fsync + rename),
-so a reader sees the old record or the new one, never a torn one.
+only a cache. Every JSON file is replaced atomically (tmp + rename), so a
+reader sees the old record or the new one, never a torn one.
+
+Which writes are fsynced before their rename (`durable=True`): `.done`
+signals, external signals, and status records of a settled run (done,
+failed, cancelled, waiting for a retry, stopping). Not fsynced: status
+records of a run in progress (launching, running, tracked descendants),
+upstream and prompt files of a run, `results/` and the shared empty
+upstream file: they matter only while the machine is up, and fsyncing them
+would cost the launch rate. `events.jsonl` is appended without fsync.
 """
 from __future__ import annotations
 
@@ -18,11 +26,13 @@ from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Any, Callable, Generic, TypeVar
 
+from .errors import UserError
+
 STATES = ("pending", "waiting", "queued", "launching", "running", "done", "failed",
           "cancelled")
 
 
-class StateFileError(Exception):
+class StateFileError(UserError):
     """A state file exists but cannot be understood (hand-edited, disk full)."""
 
 
@@ -122,6 +132,14 @@ class Layout:
         suffix = f".{number}.log" if number else ".log"
         return self.base / "logs" / pipeline / f"{agent}{suffix}"
 
+    def earlier_logs(self, pipeline: str, agent: str) -> list[Path]:
+        """`<agent>.<N>.log`: the logs of an agent's earlier runs."""
+        folder = self.base / "logs" / pipeline
+        prefix = f"{agent}."
+        return sorted(folder / name for name in (os.listdir(folder) if folder.is_dir() else ())
+                      if name.startswith(prefix) and name.endswith(".log")
+                      and name[len(prefix):-4].isdigit())
+
     def exit_file(self, run_id: str) -> Path:
         return self.runs_dir / f"{run_id}.exit"
 
@@ -157,12 +175,23 @@ def write_atomic(path: Path, text: str, durable: bool = True) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
-        os.write(fd, text.encode())
-        if durable:
-            os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+        try:
+            _write_all(fd, text.encode())
+            if durable:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)   # a full disk must not leave litter behind
+        raise
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    """os.write may write less than asked (a signal, a full pipe or disk)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
 
 
 def write_json(path: Path, data: dict[str, Any], durable: bool = True) -> None:
@@ -287,7 +316,7 @@ def append_events(layout: Layout, events: list[dict[str, Any]]) -> None:
     text = "".join(json.dumps(e, sort_keys=True) + "\n" for e in events)
     fd = os.open(layout.events_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     try:
-        os.write(fd, text.encode())
+        _write_all(fd, text.encode())
     finally:
         os.close(fd)
 
@@ -361,6 +390,38 @@ def expand_patterns(root: Path, patterns: tuple[str, ...]) -> tuple[dict[str, os
         if not matched:
             missing.append(pattern)
     return found, missing
+
+
+def is_inside(root: Path, path: Path | str) -> bool:
+    """Does `path`, with every symlink resolved, stay inside `root`?"""
+    real_root = os.path.realpath(root)
+    return os.path.commonpath([real_root, os.path.realpath(path)]) == real_root
+
+
+def remove_inside(root: Path, path: Path) -> bool:
+    """Remove the file `path` only if it is inside `root` at the moment of
+    removal: its folder is opened and checked, then the entry is unlinked
+    relative to that open folder, so a folder swapped for a symlink between
+    the check and the unlink cannot redirect it. False if refused or absent."""
+    try:
+        folder = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        if not is_inside(root, f"/proc/self/fd/{folder}"):
+            return False
+        try:
+            info = os.stat(path.name, dir_fd=folder, follow_symlinks=False)
+        except FileNotFoundError:
+            return False
+        if stat_module.S_ISLNK(info.st_mode) and not is_inside(root, path):
+            return False          # a link to somewhere outside: not ours to judge
+        if stat_module.S_ISDIR(info.st_mode):
+            return False
+        os.unlink(path.name, dir_fd=folder)
+        return True
+    finally:
+        os.close(folder)
 
 
 def file_digest(path: Path) -> str:

@@ -11,7 +11,7 @@ from typing import Any, Iterator
 
 from . import worktree
 from .spec import Agent, PipelineError, Workspace, load_workspace
-from .state import Layout, expand_patterns
+from .state import Layout, SchedulingLock, expand_patterns, read_status, remove_inside
 from .worktree import output_root
 
 _loaded: dict[Path, Workspace] = {}
@@ -62,18 +62,36 @@ def _refuse_plain_run(task: str):
             "to pyproject.toml (python -m orchestrate init does it)")
 
 
-def clean_agent(root: str, pipeline: str, agent: str) -> None:
-    """`doit clean`: remove the agent's signal, outputs and status (and its
-    worktree and branch, for isolation = "worktree")."""
+def clean_agent(root: str, pipeline: str, agent: str, dryrun: bool = False):
+    """`doit clean`: remove the agent's signal, outputs, status and earlier
+    logs (and its worktree and branch, for isolation = "worktree").
+
+    Under the scheduling lock, and never for a running agent: a second copy
+    would start while the first runs, and it would finish on truncated
+    outputs. Every path is checked to be inside the workspace as it is removed.
+    """
+    from doit.exceptions import TaskFailed
     spec = workspace_at(Path(root)).pipeline(pipeline).agent(agent)
     layout = Layout(Path(root))
-    where = output_root(layout, spec)
-    outputs, _ = expand_patterns(where, spec.outputs)
-    for path in [*(where / rel for rel in outputs), layout.signal(pipeline, agent),
-                 layout.status(pipeline, agent)]:
-        path.unlink(missing_ok=True)
-    if spec.isolation == "worktree":
-        worktree.remove(layout, spec)
+    with SchedulingLock(layout):
+        record = read_status(layout, pipeline, agent)
+        if record is not None and record.state in ("launching", "running"):
+            return TaskFailed(f"{spec.task} is running; not cleaned "
+                              f"(doit cancel {spec.task} first)\n")
+        where = output_root(layout, spec)
+        outputs, _ = expand_patterns(where, spec.outputs)
+        paths = [*(where / rel for rel in outputs), layout.signal(pipeline, agent),
+                 layout.status(pipeline, agent), *layout.earlier_logs(pipeline, agent)]
+        refused = [str(p) for p in paths if not dryrun and p.exists()
+                   and not remove_inside(where, p)]
+        if dryrun:
+            print("\n".join(f"would remove {p}" for p in paths if p.exists()))
+        elif spec.isolation == "worktree":
+            worktree.remove(layout, spec)
+    if refused:
+        return TaskFailed(f"{spec.task}: not removed, outside the workspace: "
+                          f"{', '.join(refused)}\n")
+    return None
 
 
 def agent_task(workspace: Workspace, agent: Agent) -> dict[str, Any]:

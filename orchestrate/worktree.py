@@ -13,7 +13,7 @@ import subprocess
 from pathlib import Path
 
 from .spec import Agent
-from .state import Layout
+from .state import Layout, is_inside
 
 
 class WorktreeError(OSError):
@@ -62,6 +62,8 @@ def ensure(layout: Layout, agent: Agent, base: Agent | None) -> Path:
     known = _registered(root)
     if known.get(target.resolve()) == branch(agent) and target.is_dir():
         return target                       # ours, from an earlier run or a crash: reuse
+    if not is_inside(root, target.parent):
+        raise WorktreeError(f"{target.parent} resolves outside the workspace; not touched")
     if target.exists() or target.resolve() in known:
         shutil.rmtree(target, ignore_errors=True)   # not a usable worktree: remove
         _git(root, "worktree", "prune")
@@ -81,7 +83,7 @@ def remove(layout: Layout, agent: Agent) -> None:
     target = path(layout, agent)
     if _git(layout.root, "rev-parse", "--is-inside-work-tree", check=False).returncode != 0:
         return
-    if target.exists():
+    if target.exists() and is_inside(layout.root, target):
         _git(layout.root, "worktree", "remove", "--force", str(target), check=False)
         shutil.rmtree(target, ignore_errors=True)
     _git(layout.root, "worktree", "prune", check=False)

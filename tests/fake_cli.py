@@ -28,7 +28,10 @@ def emit(event: dict) -> None:
 
 
 def rate_limited_once(preset: str) -> bool:
-    """True the first time an agent's prompt asks for RATELIMIT: then it works."""
+    """True the first time an agent's prompt asks for RATELIMIT: then it works
+    (FAKE_CLI_ALWAYS_LIMITED=1: every time)."""
+    if os.environ.get("FAKE_CLI_ALWAYS_LIMITED"):
+        return True
     marker = Path(os.environ.get("ORCHESTRATE_ROOT", ".")) / (
         f"ratelimited-{preset}-{os.environ.get('ORCHESTRATE_AGENT')}")
     if marker.exists():

@@ -26,6 +26,10 @@ def calls(ws) -> list[dict]:
     return [json.loads(l) for l in path.read_text().splitlines()] if path.exists() else []
 
 
+def events_of(ws) -> list[dict]:
+    return [json.loads(l) for l in (ws.state / "events.jsonl").read_text().splitlines()]
+
+
 def preset_toml(name: str, preset: str, prompt: str, **keys) -> str:
     lines = [f"[agents.{name}]", f'agent = "{preset}"', f"prompt = {json.dumps(prompt)}"]
     lines += [f"{k} = {json.dumps(v)}" for k, v in keys.items()]
@@ -185,3 +189,30 @@ def test_workspace_budget_counts_every_pipeline(ws, fake_bins):
     proc = ws.doit("wait", "two", check_rc=1, env=fake_bins)
     assert "budget reached: $0.01 of $0.01 (workspace)" in proc.stdout
     assert "workspace: $0.0123 spent of $0.01 budget" in ws.doit("status", check_rc=0).stdout
+
+
+def test_rate_limits_in_a_row_are_counted_across_relaunches_and_forget_resets_them(ws, fake_bins):
+    # the CLI is limited every time and its reset time is already past: backoff applies
+    env = {**fake_bins, "FAKE_CLI_ALWAYS_LIMITED": "1", "FAKE_CLI_RESET_IN": "-10"}
+    ws.write_pipeline("p", preset_toml("a", "claude", "RATELIMIT", retry_backoff="1ms"))
+    proc = ws.doit("wait", check_rc=1, env=env, timeout=120)
+    assert len(calls(ws)) == 11, proc.stdout          # 10 rests, then it is a failure
+    record = ws.status("p", "a")
+    assert record["state"] == "failed" and record["rate_limit_hits"] == 10
+    rests = [e for e in events_of(ws) if e["event"] == "fail" and "retry_at" in e]
+    assert len(rests) == 10
+    ws.doit("forget", "p:a", check_rc=0)
+    ws.doit("wait", check_rc=1, env=env, timeout=120)
+    assert len(calls(ws)) == 22                        # forget began a new row
+
+
+def test_spend_is_carried_across_reruns(ws, fake_bins):
+    (ws.root / "prompt.md").write_text("first")
+    ws.write_pipeline("p", '[agents.a]\nagent = "claude"\nprompt_file = "prompt.md"\n')
+    ws.doit("wait", check_rc=0, env=fake_bins)
+    assert ws.status("p", "a")["spent_usd"] == 0.0123
+    (ws.root / "prompt.md").write_text("second")       # stale: runs again
+    ws.doit("wait", check_rc=0, env=fake_bins)
+    assert len(calls(ws)) == 2
+    assert ws.status("p", "a")["spent_usd"] == 0.0246
+    assert "p: $0.0246 spent" in ws.doit("status", check_rc=0).stdout
