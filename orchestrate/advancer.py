@@ -24,6 +24,7 @@ from .spec import PipelineError, load_workspace
 from .state import Layout, SchedulingLock, StateFileError, append_event, utc_now
 
 IDLE_CHECK_SECONDS = 1.0   # liveness check of running agents when nothing happens
+POLL_WITHOUT_INOTIFY = 0.1   # seconds between passes where inotify is missing
 
 
 def can_advance(decisions: dict[str, Decision]) -> bool:
@@ -94,9 +95,9 @@ class Watcher:
     def wait(self, timeout: float) -> list[Path]:
         """The paths that changed; empty on timeout. An unknown watch (the
         queue overflowed) is reported as the state folder itself."""
-        if self.inotify is None:
+        if self.inotify is None:   # nothing tells us what changed: look at everything
             import time
-            time.sleep(min(timeout, 0.05))
+            time.sleep(min(timeout, POLL_WITHOUT_INOTIFY))
             return [self.layout.base]
         return [self.directories[e.wd] / e.name if e.wd in self.directories
                 else self.layout.base

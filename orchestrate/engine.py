@@ -138,8 +138,12 @@ class Engine(RunLifecycle):
         return news
 
     def _note(self, path: Path) -> bool:
+        if path == self.layout.base:   # events were lost (queue overflow): read everything again
+            self.status_cache.distrust_all()
+            self.signal_cache.distrust_all()
+            return True
         name = path.name
-        if name.startswith("."):
+        if name.startswith("."):       # our temporary files
             return False
         if path.parent == self.layout.runs_dir:
             return name.endswith(".exit")
@@ -149,9 +153,6 @@ class Engine(RunLifecycle):
         if path.parent.parent == self.layout.signals_dir and name.endswith(".done"):
             self.signal_cache.mark_dirty(path)
             return self.signal_cache.changed(path)
-        if path == self.layout.base:   # events were lost: read everything again
-            self.status_cache.distrust_all()
-            self.signal_cache.distrust_all()
         return True
 
     def _save(self, record: StatusRecord, durable: bool = True) -> None:

@@ -40,7 +40,7 @@ def main() -> int:
              "run_id": os.environ.get("ORCHESTRATE_RUN_ID"), "t": time.time()}
     with open(args.ledger, "a") as ledger:
         ledger.write(json.dumps(entry) + "\n")
-    print(f"started {entry['agent']}", flush=True)
+    print(f"started {entry['agent']} run {entry['run_id']}", flush=True)
     if args.ignore_term:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
     if args.spawn_session_child:

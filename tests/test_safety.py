@@ -160,3 +160,96 @@ def test_cancel_returns_only_once_no_process_is_left(ws):
     ws.doit("cancel", "p:a", check_rc=0)
     assert ws.agent_pids() == []
     assert ws.state_of("p", "a") == "cancelled"
+
+
+def test_earlier_logs_are_never_overwritten(ws):
+    (ws.root / "in.txt").write_text("0")
+    ws.write_pipeline("p", agent_toml(ws, "a", inputs=["in.txt"]))
+    for run in range(1, 4):
+        (ws.root / "in.txt").write_text(str(run))       # each run is a fresh attempt 1
+        ws.doit("wait", check_rc=0)
+    run_ids = [e["run_id"] for e in ws.launches("a")]
+    logs = ws.state / "logs" / "p"
+    assert [p.name for p in sorted(logs.glob("a.*.log"))] == ["a.1.log", "a.2.log"]
+    for name, run_id in zip(["a.1.log", "a.2.log", "a.log"], run_ids):
+        assert (logs / name).read_text().startswith(f"started a run {run_id}\n"), name
+    ws.doit("forget", "p:a", check_rc=0)                 # the record goes, the logs stay
+    (ws.root / "in.txt").write_text("4")
+    ws.doit("wait", check_rc=0)
+    assert [p.name for p in sorted(logs.glob("a.*.log"))] == ["a.1.log", "a.2.log", "a.3.log"]
+
+
+def test_write_atomic_writes_everything_and_leaves_no_temporary_file(tmp_path, monkeypatch):
+    from orchestrate import state
+    real_write = os.write
+    monkeypatch.setattr(state.os, "write", lambda fd, data: real_write(fd, bytes(data[:3])))
+    target = tmp_path / "record.json"
+    state.write_atomic(target, "0123456789" * 10)
+    assert target.read_text() == "0123456789" * 10
+    monkeypatch.undo()
+    (tmp_path / "folder").mkdir()                         # replacing a folder fails
+    with pytest.raises(OSError):
+        state.write_atomic(tmp_path / "folder", "x")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["folder", "record.json"]
+
+
+def lock_is_free(ws) -> bool:
+    import fcntl
+    fd = os.open(ws.state / "lock", os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def stop_between_passes(ws, pid: int) -> None:
+    """SIGSTOP the advancer while it sleeps (not while it holds the lock)."""
+    import signal
+    while True:
+        os.kill(pid, signal.SIGSTOP)
+        if lock_is_free(ws):
+            return
+        os.kill(pid, signal.SIGCONT)
+
+
+def test_lost_inotify_events_make_the_advancer_read_everything_again(ws):
+    import signal
+    gate = ws.root / "go"
+    ws.write_pipeline("p", agent_toml(ws, "a", "--gate", str(gate))
+                      + agent_toml(ws, "b", after=["a"]))
+    ws.doit(check_rc=0)
+    ws.wait_state("p", "a", "running")
+    [advancer] = wait_until(ws.advancer_pids, what="the advancer")
+    stop_between_passes(ws, advancer)
+    try:
+        queue = int(Path("/proc/sys/fs/inotify/max_queued_events").read_text())
+        for i in range(queue // 3 + 1000):     # create, close, delete: more than the queue holds
+            flood = ws.state / "runs" / f"flood-{i}.tmp"
+            flood.write_bytes(b"")
+            flood.unlink()
+        gate.touch()                           # a ends; the advancer never hears of it ...
+        wait_until(lambda: list((ws.state / "runs").glob("*.exit")), what="a's exit record")
+        ws.doit("status", check_rc=0)          # ... and another process settles it
+        assert ws.state_of("p", "a") == "done"
+    finally:
+        os.kill(advancer, signal.SIGCONT)
+    ws.wait_state("p", "b", "done")            # the advancer re-read a's record: b runs
+    assert ws.state_of("p", "a") == "done"
+    ws.wait_idle()
+
+
+def test_the_advancer_works_without_inotify(ws, tmp_path):
+    shadow = tmp_path / "no-inotify"
+    shadow.mkdir()
+    (shadow / "inotify_simple.py").write_text("raise ImportError('not on this system')\n")
+    env = {"PYTHONPATH": f"{shadow}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    ws.write_pipeline("p", agent_toml(ws, "a") + agent_toml(ws, "b", after=["a"])
+                      + agent_toml(ws, "c", after=["b"]))
+    ws.doit(check_rc=0, env=env)
+    ws.wait_state("p", "c", "done")            # nobody calls doit again
+    ws.wait_idle()
+    proc = ws.doit("wait", check_rc=0, env=env)
+    assert "3 done" in proc.stdout or "done" in proc.stdout
