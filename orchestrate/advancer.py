@@ -14,13 +14,14 @@ import hashlib
 import os
 import sys
 import traceback
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
 from .engine import LIVENESS_INTERVAL, Engine, PassResult
 from .scheduler import Decision
 from .selection import SelectionError, select
-from .spec import PipelineError, load_workspace
+from .spec import Workspace, load_workspace
 from .state import Layout, SchedulingLock, StateFileError, append_event, utc_now
 
 IDLE_CHECK_SECONDS = 1.0   # liveness check of running agents when nothing happens
@@ -124,6 +125,15 @@ def _pipeline_stamp(root: Path) -> tuple:
     return tuple((str(p), p.stat().st_mtime_ns) for p in files if p.exists())
 
 
+def keep_last_valid(fresh: Workspace, last: Workspace) -> Workspace:
+    """`fresh` (leniently loaded), with the last valid declaration of each
+    pipeline whose file is now invalid, so its running agents stay watched."""
+    if not fresh.invalid:
+        return fresh
+    kept = [p for p in last.pipelines if p.name in fresh.invalid]
+    return replace(fresh, pipelines=fresh.pipelines + tuple(kept), agents_by_task={})
+
+
 class Advancer:
     """Runs passes for one selection until it can go no further."""
 
@@ -140,19 +150,29 @@ class Advancer:
         self.agents = select(engine.workspace, names)
         self.passes = 0
         self.stamp = _pipeline_stamp(engine.workspace.root)
+        self.invalid = False      # a pipeline file became invalid: launch nothing
 
     def reload_if_changed(self) -> bool:
-        """Pick up edited pipeline files; False if they became invalid."""
+        """Pick up edited pipeline files; False if the selection is gone.
+
+        While a file is invalid nothing launches, but running agents are
+        still settled and their limits enforced (with the last valid
+        declaration of their pipeline)."""
         stamp = _pipeline_stamp(self.engine.workspace.root)
         if stamp == self.stamp:
             return True
         self.stamp = stamp
+        root = self.engine.workspace.root
+        workspace = keep_last_valid(load_workspace(root, lenient=True), self.engine.workspace)
         try:
-            workspace = load_workspace(self.engine.workspace.root)
             agents = select(workspace, self.names)
-        except (PipelineError, SelectionError) as err:
-            self.log(f"pipelines changed and cannot be loaded; stopped advancing: {err}")
+        except SelectionError as err:
+            self.log(f"pipelines changed; stopped advancing: {err}")
             return False
+        if workspace.problems and not self.invalid:
+            self.log("pipelines changed and are invalid; nothing launches until they are "
+                     "fixed, running agents are still watched:\n" + "\n".join(workspace.problems))
+        self.invalid = bool(workspace.problems)
         self.engine = Engine(workspace, self.engine.launcher, LIVENESS_INTERVAL)
         self.agents = agents
         self.watcher.watch_pipelines([p.name for p in workspace.pipelines])
@@ -172,8 +192,11 @@ class Advancer:
             # in inotify now: take them in, or the trusted caches would be stale.
             self.engine.notice(self.watcher.wait(0))
             result = self.engine.run_pass(self.agents)
-            self.engine.launch_all(result)
-            if can_advance(result.decisions):
+            if not self.invalid:
+                self.engine.launch_all(result)
+                if can_advance(result.decisions):
+                    return True
+            elif any(d.state == "running" for d in result.decisions.values()):
                 return True
             self.slot.give_up()
             return False
@@ -192,7 +215,7 @@ class Advancer:
 
     def wait_for_news(self, watcher: Watcher) -> bool:
         """Sleep until a change can matter (or the idle timeout); False if the
-        pipelines were edited into an invalid state."""
+        selection no longer exists."""
         while True:
             changed = watcher.wait(self.sleep_seconds())
             reap_children()

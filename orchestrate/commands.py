@@ -31,7 +31,13 @@ class OrchestrateCommand(DoitCmdBase):
     """Turns user mistakes (orchestrate's own error types only: anything else
     is a bug and keeps its traceback) into doit's "ERROR: ..." and exit 3."""
 
+    # Commands that launch refuse an invalid workspace with the whole error,
+    # so the loader need not also warn about it.
+    launches = False
+
     def execute(self, params, args):
+        from . import tasks
+        tasks.warn_about_invalid = not self.launches
         try:
             return super().execute(params, args)
         except UserError as err:
@@ -81,6 +87,7 @@ opt_follow = {"name": "follow", "short": "f", "long": "follow", "type": bool,
 
 class Run(OrchestrateCommand):
     name = "run"
+    launches = True
     doc_purpose = "launch every ready agent detached and return at once"
     doc_usage = "[TASK ...]"
     doc_description = ("Agents whose signal is current are skipped; running or gated ones "
@@ -94,6 +101,7 @@ class Run(OrchestrateCommand):
 
 class Wait(OrchestrateCommand):
     name = "wait"
+    launches = True
     doc_purpose = "like run, then block until the selection is done or can go no further"
     doc_usage = "[TASK ...] [--timeout S]"
     doc_description = "Exit: 0 all done; 1 something failed; 124 timeout."

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import signal
+import sys
 import time
 from pathlib import Path
 from typing import IO
@@ -16,6 +17,7 @@ from .spec import NAME_RE, Agent
 from .state import (
     Layout,
     SchedulingLock,
+    StateFolderReadOnly,
     StatusRecord,
     append_event,
     read_status,
@@ -44,8 +46,11 @@ def outcome(decisions: dict[str, Decision]) -> int:
     return EXIT_FAILED if bad else EXIT_OK
 
 
-def _selection(root: Path, names: list[str]) -> tuple[Engine, list[Agent]]:
-    workspace = workspace_at(root)
+def _selection(root: Path, names: list[str], lenient: bool = False
+               ) -> tuple[Engine, list[Agent]]:
+    """Launching needs every pipeline valid; looking and cancelling (lenient)
+    answer for the valid ones."""
+    workspace = workspace_at(root, lenient)
     return Engine(workspace), select(workspace, names)
 
 
@@ -167,23 +172,31 @@ def wait(root: Path, names: list[str], timeout: float | None, out: IO[str],
 
 
 def budgets(root: Path) -> dict[str, float | None]:
-    workspace = workspace_at(root)
+    workspace = workspace_at(root, lenient=True)
     return {"*": workspace.budget_usd, **{p.name: p.budget_usd for p in workspace.pipelines}}
 
 
 def status(root: Path, names: list[str]) -> tuple[dict[str, Decision], dict]:
-    """Settle finished runs (under the lock) and report; launches nothing."""
-    engine, agents = _selection(root, names)
-    with SchedulingLock(engine.layout):
-        result = engine.run_pass(agents)
+    """Settle finished runs (under the lock) and report; launches nothing.
+    A read-only state folder is shown as recorded, without settling."""
+    engine, agents = _selection(root, names, lenient=True)
+    try:
+        with SchedulingLock(engine.layout):
+            result = engine.run_pass(agents)
+    except StateFolderReadOnly:
+        sys.stderr.write(f"note: {engine.layout.base} is read-only: states as recorded "
+                         "(runs that ended since are not settled)\n")
+        records = engine.records(agents)
+        decisions = engine.evaluate(agents)
+        return decisions, records
     return result.decisions, {t: f.record for t, f in result.facts.items()}
 
 
 def staleness(root: Path, task: str) -> tuple[bool, list[str]] | None:
     """(up to date?, why) for one agent, as `doit info` shows it; None for a group."""
-    if task not in workspace_at(root).agents_by_task:
+    if task not in workspace_at(root, lenient=True).agents_by_task:
         return None
-    engine, agents = _selection(root, [task])
+    engine, agents = _selection(root, [task], lenient=True)
     decision = engine.evaluate(agents)[task]
     if decision.state == "done":
         return True, ["its signal is current"]
@@ -230,7 +243,10 @@ def signal_create(root: Path, name: str) -> str:
     path = layout.external_signal(name)
     if path.exists():
         return f"signal {name} already present"
-    write_json(path, {"name": name, "created_at": utc_now()})
+    try:
+        write_json(path, {"name": name, "created_at": utc_now()})
+    except OSError as err:
+        raise StateFolderReadOnly(path.parent, err) from None
     append_event(layout, "signal", name=name)
     return f"signal {name} created"
 
@@ -239,9 +255,9 @@ def cancel(root: Path, names: list[str], out: IO[str]) -> int:
     """Stop the named running agents (none: every running one) and cancel the
     named queued, ready or retry-waiting ones; returns once no process of a
     stopped agent is left."""
-    workspace = workspace_at(root)
+    workspace = workspace_at(root, lenient=True)
     targets = {a.task for a in match(workspace, names)} if names else None
-    engine, agents = _selection(root, names)
+    engine, agents = _selection(root, names, lenient=True)
     stopping: list[tuple[Agent, StatusRecord]] = []
     with SchedulingLock(engine.layout):
         result = engine.run_pass(agents)
@@ -297,7 +313,7 @@ def _wait_until_stopped(stopping: list[tuple[Agent, StatusRecord]]) -> None:
 
 def forget_agents(root: Path, tasks: list[str], out: IO[str]) -> None:
     """Clear orchestrate's record of finished agents, so the next `doit` re-runs them."""
-    workspace = workspace_at(root)
+    workspace = workspace_at(root, lenient=True)
     layout = Layout(workspace.root)
     with SchedulingLock(layout):
         for task in tasks:
@@ -312,7 +328,7 @@ def forget_agents(root: Path, tasks: list[str], out: IO[str]) -> None:
 
 
 def print_log(root: Path, task: str, follow: bool, out: IO[str]) -> int:
-    workspace = workspace_at(root)
+    workspace = workspace_at(root, lenient=True)
     agent = workspace.agents_by_task.get(task)
     if agent is None:
         raise UserError(f"'{task}' is not an agent (expected pipeline:agent)")

@@ -23,6 +23,8 @@ def match(workspace: Workspace, names: list[str]) -> list[Agent]:
         pipeline_name, _, agent_name = name.partition(":")
         matched = [a.task for p in workspace.pipelines if fnmatchcase(p.name, pipeline_name)
                    for a in p.agents if not agent_name or fnmatchcase(a.name, agent_name)]
+        if not matched and any(fnmatchcase(p, pipeline_name) for p in workspace.invalid):
+            raise SelectionError(f"'{name}': its pipeline file is invalid (see above)")
         if not matched:
             known = ", ".join(p.name for p in workspace.pipelines) or "none"
             raise SelectionError(f"no pipeline or agent matches '{name}' (pipelines: {known})")
@@ -31,19 +33,25 @@ def match(workspace: Workspace, names: list[str]) -> list[Agent]:
 
 
 def upstream_closure(workspace: Workspace, tasks: set[str]) -> list[Agent]:
+    """`tasks` and everything upstream of them, upstream first, in declaration
+    order otherwise. Iterative: a chain of thousands of agents is fine."""
     ordered: list[Agent] = []
     seen: set[str] = set()
-
-    def visit(agent: Agent) -> None:
-        if agent.task in seen:
-            return
-        seen.add(agent.task)
-        for name in agent.upstream:
-            visit(workspace.agents_by_task[f"{agent.pipeline}:{name}"])
-        ordered.append(agent)
-
     for pipeline in workspace.pipelines:
-        for agent in pipeline.agents:
-            if agent.task in tasks:
-                visit(agent)
+        for root in pipeline.agents:
+            if root.task not in tasks or root.task in seen:
+                continue
+            seen.add(root.task)
+            stack = [(root, iter(root.upstream))]
+            while stack:
+                agent, pending = stack[-1]
+                for name in pending:
+                    upstream = workspace.agents_by_task[f"{agent.pipeline}:{name}"]
+                    if upstream.task not in seen:
+                        seen.add(upstream.task)
+                        stack.append((upstream, iter(upstream.upstream)))
+                        break
+                else:
+                    ordered.append(agent)
+                    stack.pop()
     return ordered

@@ -30,7 +30,7 @@ class PipelineError(UserError):
     """One or more mistakes in pipeline files or the workspace config."""
 
     def __init__(self, problems: list[str]):
-        super().__init__("\n".join(problems))
+        super().__init__("invalid pipeline:\n" + "\n".join(problems))
         self.problems = problems
 
 
@@ -116,6 +116,10 @@ class Workspace:
     budget_usd: float | None = None
     agents_by_task: dict[str, Agent] = field(default_factory=dict, compare=False,
                                              repr=False)
+    # Only from `load_workspace(root, lenient=True)`: what is wrong, and the
+    # pipelines left out because their file is invalid.
+    problems: tuple[str, ...] = field(default=(), compare=False)
+    invalid: tuple[str, ...] = field(default=(), compare=False)
 
     def __post_init__(self) -> None:
         for pipeline in self.pipelines:
@@ -363,27 +367,29 @@ def _check_dependencies(path: str, agents: dict[str, dict[str, Any]],
 
 
 def find_cycle(graph: dict[str, tuple[str, ...]]) -> list[str] | None:
-    """Return one cycle as [a, b, ..., a], or None. Unknown nodes are ignored."""
-    state: dict[str, int] = {}
-    stack: list[str] = []
-
-    def visit(node: str) -> list[str] | None:
-        state[node] = 1
-        stack.append(node)
-        for nxt in graph.get(node, ()):
-            if nxt not in graph or nxt == node:
-                continue
-            if state.get(nxt) == 1:
-                return stack[stack.index(nxt):] + [nxt]
-            if nxt not in state and (found := visit(nxt)):
-                return found
-        stack.pop()
-        state[node] = 2
-        return None
-
-    for node in graph:
-        if node not in state and (found := visit(node)):
-            return found
+    """Return one cycle as [a, b, ..., a], or None. Unknown nodes are ignored.
+    Iterative depth-first search: a chain of thousands of agents is fine."""
+    state: dict[str, int] = {}      # 1: on the current path, 2: finished
+    for start in graph:
+        if start in state:
+            continue
+        path = [start]
+        state[start] = 1
+        stack = [iter(graph.get(start, ()))]
+        while stack:
+            for nxt in stack[-1]:
+                if nxt not in graph or nxt == path[-1]:
+                    continue
+                if state.get(nxt) == 1:
+                    return path[path.index(nxt):] + [nxt]
+                if nxt not in state:
+                    state[nxt] = 1
+                    path.append(nxt)
+                    stack.append(iter(graph.get(nxt, ())))
+                    break
+            else:
+                state[path.pop()] = 2
+                stack.pop()
     return None
 
 
@@ -478,8 +484,13 @@ def _read_toml(path: Path, shown: str, problems: _Problems) -> dict[str, Any] | 
     return None
 
 
-def load_workspace(root: Path) -> Workspace:
-    """Read pyproject.toml's [tool.orchestrate] and every pipelines/*.toml."""
+def load_workspace(root: Path, lenient: bool = False) -> Workspace:
+    """Read pyproject.toml's [tool.orchestrate] and every pipelines/*.toml.
+
+    Strict (to launch anything): any problem raises PipelineError. Lenient
+    (to look, cancel, enforce limits): the valid pipelines, with the problems
+    and the names of the pipelines left out recorded in the workspace.
+    """
     problems = _Problems()
     config: dict[str, Any] = {"pools": ()}
     pyproject = root / "pyproject.toml"
@@ -488,19 +499,24 @@ def load_workspace(root: Path) -> Workspace:
         if data is not None:
             config = parse_workspace_config("pyproject.toml", data, problems)
     pools = dict(config.get("pools", ()))
-    pipelines = []
+    pipelines, invalid = [], []
     for path in sorted((root / "pipelines").glob("*.toml")):
         shown = f"pipelines/{path.name}"
+        before = len(problems.lines)
         data = _read_toml(path, shown, problems)
+        pipeline = None
         if data is not None:
             pipeline = parse_pipeline(path.stem, shown, data, problems, pools)
-            if pipeline is not None:
-                pipelines.append(pipeline)
-    for pipeline in pipelines:
-        _check_paths_resolve_inside(root, pipeline, problems)
-    if problems.lines:
+        if pipeline is not None:
+            _check_paths_resolve_inside(root, pipeline, problems)
+        if len(problems.lines) > before:
+            invalid.append(path.stem)
+        else:
+            pipelines.append(pipeline)
+    if problems.lines and not lenient:
         raise PipelineError(problems.lines)
-    return Workspace(root=root, pipelines=tuple(pipelines), **config)
+    return Workspace(root=root, pipelines=tuple(pipelines), problems=tuple(problems.lines),
+                     invalid=tuple(invalid), **config)
 
 
 def _check_paths_resolve_inside(root: Path, pipeline: Pipeline, problems: _Problems) -> None:

@@ -36,6 +36,14 @@ class StateFileError(UserError):
     """A state file exists but cannot be understood (hand-edited, disk full)."""
 
 
+class StateFolderReadOnly(UserError):
+    """The state folder cannot be written: only `doit status` can still look."""
+
+    def __init__(self, folder: Path, err: OSError):
+        super().__init__(f"cannot write the state folder {folder} ({err.strerror}); "
+                         "doit status can still show it, other commands need write access")
+
+
 def utc_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
@@ -337,7 +345,10 @@ class SchedulingLock:
         self.fd: int | None = None
 
     def acquire(self, blocking: bool = True) -> bool:
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as err:
+            raise StateFolderReadOnly(self.path.parent, err) from None
         try:
             fcntl.flock(self.fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
         except BlockingIOError:

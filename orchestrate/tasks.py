@@ -10,19 +10,32 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from . import worktree
-from .spec import Agent, PipelineError, Workspace, load_workspace
+from .errors import UserError
+from .spec import Agent, Workspace, load_workspace
 from .state import Layout, SchedulingLock, expand_patterns, read_status, remove_inside
 from .worktree import output_root
 
-_loaded: dict[Path, Workspace] = {}
+_loaded: dict[tuple[Path, bool], Workspace] = {}
+# Commands that refuse an invalid workspace with the full error (run, wait)
+# turn this off, so the same problems are not also printed as a warning.
+warn_about_invalid = True
 
 
-def workspace_at(root: Path) -> Workspace:
-    """The workspace at `root`, parsed once per process."""
-    root = root.resolve()
-    if root not in _loaded:
-        _loaded[root] = load_workspace(root)
-    return _loaded[root]
+def workspace_at(root: Path, lenient: bool = False) -> Workspace:
+    """The workspace at `root`, parsed once per process. Lenient: the valid
+    pipelines only (to look at, cancel, enforce limits); never to launch."""
+    key = (root.resolve(), lenient)
+    if key not in _loaded:
+        _loaded[key] = load_workspace(key[0], lenient)
+    return _loaded[key]
+
+
+def invalid_warning(workspace: Workspace) -> str:
+    if not workspace.problems:
+        return ""
+    left_out = ", ".join(workspace.invalid) or "none"
+    return (f"warning: invalid pipeline (left out: {left_out}; nothing launches until "
+            "it is fixed):\n" + "\n".join(workspace.problems) + "\n")
 
 
 def describe_command(agent: Agent) -> str:
@@ -71,8 +84,17 @@ def clean_agent(root: str, pipeline: str, agent: str, dryrun: bool = False):
     outputs. Every path is checked to be inside the workspace as it is removed.
     """
     from doit.exceptions import TaskFailed
-    spec = workspace_at(Path(root)).pipeline(pipeline).agent(agent)
+    spec = workspace_at(Path(root), lenient=True).pipeline(pipeline).agent(agent)
     layout = Layout(Path(root))
+    try:
+        return _clean_under_lock(layout, spec, dryrun)
+    except UserError as err:
+        return TaskFailed(f"{spec.task}: {err}\n")
+
+
+def _clean_under_lock(layout: Layout, spec: Agent, dryrun: bool):
+    from doit.exceptions import TaskFailed
+    pipeline, agent = spec.pipeline, spec.name
     with SchedulingLock(layout):
         record = read_status(layout, pipeline, agent)
         if record is not None and record.state in ("launching", "running"):
@@ -80,13 +102,15 @@ def clean_agent(root: str, pipeline: str, agent: str, dryrun: bool = False):
                               f"(doit cancel {spec.task} first)\n")
         where = output_root(layout, spec)
         outputs, _ = expand_patterns(where, spec.outputs)
-        paths = [*(where / rel for rel in outputs), layout.signal(pipeline, agent),
-                 layout.status(pipeline, agent), *layout.earlier_logs(pipeline, agent)]
-        refused = [str(p) for p in paths if not dryrun and p.exists()
-                   and not remove_inside(where, p)]
+        state = [layout.signal(pipeline, agent), layout.status(pipeline, agent),
+                 *layout.earlier_logs(pipeline, agent)]
+        paths = [*((where, where / rel) for rel in outputs),
+                 *((layout.root, path) for path in state)]
         if dryrun:
-            print("\n".join(f"would remove {p}" for p in paths if p.exists()))
-        elif spec.isolation == "worktree":
+            print("\n".join(f"would remove {p}" for _, p in paths if p.exists()))
+            return None
+        refused = [str(p) for inside, p in paths if p.exists() and not remove_inside(inside, p)]
+        if spec.isolation == "worktree":
             worktree.remove(layout, spec)
     if refused:
         return TaskFailed(f"{spec.task}: not removed, outside the workspace: "
@@ -114,11 +138,10 @@ def agent_task(workspace: Workspace, agent: Agent) -> dict[str, Any]:
 
 def pipeline_tasks(root: Path) -> Iterator[dict[str, Any]]:
     """Everything doit needs to know about every pipeline of the workspace."""
-    from doit.exceptions import InvalidDodoFile
-    try:
-        workspace = workspace_at(root)
-    except PipelineError as err:
-        raise InvalidDodoFile("invalid pipeline:\n" + str(err)) from None
+    import sys
+    workspace = workspace_at(root, lenient=True)
+    if workspace.problems and warn_about_invalid:
+        sys.stderr.write(invalid_warning(workspace))
     Layout(workspace.root).make_dirs([p.name for p in workspace.pipelines])
     for pipeline in workspace.pipelines:
         yield {"basename": pipeline.name, "name": None,

@@ -253,3 +253,113 @@ def test_the_advancer_works_without_inotify(ws, tmp_path):
     ws.wait_idle()
     proc = ws.doit("wait", check_rc=0, env=env)
     assert "3 done" in proc.stdout or "done" in proc.stdout
+
+
+@pytest.mark.parametrize("broken", ["another file", "its own file"])
+def test_an_invalid_pipeline_file_blinds_nothing_but_launching(ws, broken):
+    slow = agent_toml(ws, "slow", "--sleep", "60", timeout="1s", kill_grace="0.2s")
+    ws.write_pipeline("p", slow)
+    ws.write_pipeline("q", agent_toml(ws, "quick"))
+    ws.doit("p", check_rc=0)
+    ws.wait_state("p", "slow", "running")
+    if broken == "its own file":
+        ws.write_pipeline("p", slow + "[agents.oops]\ncomand = 'typo'\n")
+        bad = "pipelines/p.toml: agent 'oops'"
+    else:
+        ws.write_pipeline("bad", "[agents.x]\ntimeout = 'soon'\ncommand = 'true'\n")
+        bad = "pipelines/bad.toml: agent 'x': key 'timeout'"
+    # nobody runs a command: the advancer still enforces the running agent's limit
+    ws.wait_state("p", "slow", "failed")
+    assert ws.status("p", "slow")["reason"] == "timeout after 1s"
+    proc = ws.doit(check_rc=3)                             # launching stays blocked
+    assert bad in proc.stderr and "Traceback" not in proc.stderr
+    assert ws.state_of("q", "quick") is None
+    status = ws.doit("status", check_rc=0)
+    assert "warning: invalid pipeline" in status.stderr and bad in status.stderr
+    assert "q:quick" in status.stdout
+    if broken == "another file":
+        assert "p:slow" in status.stdout
+        logs = ws.doit("logs", "p:slow", check_rc=0)
+        assert "started slow" in logs.stdout
+    assert ws.doit("cancel", check_rc=0).returncode == 0
+    ws.wait_idle()
+
+
+def doit_read_only(ws, *args: str) -> subprocess.CompletedProcess:
+    """`doit ARGS` with `.orchestrate/` mounted read-only (a private mount
+    namespace: root ignores file modes, not a read-only mount)."""
+    state = str(ws.state)
+    script = (f"mount --bind {state} {state} && mount -o remount,ro,bind {state} {state} "
+              f'&& exec "$@"')
+    proc = subprocess.run(["unshare", "-m", "sh", "-c", script, "sh", sys.executable, "-m",
+                           "doit", *args], cwd=ws.root, capture_output=True, text=True,
+                          timeout=60, stdin=subprocess.DEVNULL)
+    if "mount" in proc.stderr and "Traceback" not in proc.stderr and proc.returncode in (1, 32):
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"cannot mount read-only here: {proc.stderr}")
+        pytest.skip("needs root and mount namespaces (unshare -m)")
+    return proc
+
+
+def test_a_read_only_state_folder_gives_one_line_errors_and_status_still_works(ws):
+    ws.write_pipeline("p", agent_toml(ws, "a"))
+    ws.doit("wait", check_rc=0)
+    status = doit_read_only(ws, "status")
+    assert status.returncode == 0 and "p:a" in status.stdout and "done" in status.stdout
+    assert "read-only" in status.stderr and "Traceback" not in status.stderr
+    for command in ((), ("wait",), ("cancel",), ("forget", "p:a"), ("signal", "go"),
+                    ("clean", "p:a")):
+        proc = doit_read_only(ws, *command)
+        assert "Traceback" not in proc.stderr, (command, proc.stderr)
+        assert "cannot write the state folder" in proc.stderr, (command, proc.stderr)
+        if command[:1] != ("clean",):                 # doit's clean reports, exits 0
+            assert proc.returncode == 3, (command, proc.returncode)
+    assert ws.state_of("p", "a") == "done"
+
+
+def test_forget_on_a_corrupt_status_file_is_a_one_line_error(ws):
+    ws.write_pipeline("p", agent_toml(ws, "a"))
+    ws.doit("wait", check_rc=0)
+    path = ws.state / "status" / "p" / "a.json"
+    path.write_text("{torn")
+    proc = ws.doit("forget", "p:a", check_rc=3)
+    assert "corrupt state file" in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.stderr.count("\n") == 1
+
+
+def test_a_chain_of_1500_agents_needs_no_recursion(ws):
+    lines = ['[agents.a0]\ncommand = "true"\n']
+    lines += [f'[agents.a{i}]\ncommand = "true"\nafter = ["a{i - 1}"]\n' for i in range(1, 1500)]
+    ws.write_pipeline("p", "".join(lines))
+    proc = ws.doit("info", "p:a1499", timeout=120)
+    assert "Traceback" not in proc.stderr and "RecursionError" not in proc.stderr, proc.stderr
+    assert "waiting on a1498" in proc.stdout
+    cyclic = "".join(lines).replace('[agents.a0]\ncommand = "true"\n',
+                                    '[agents.a0]\ncommand = "true"\nafter = ["a1499"]\n')
+    ws.write_pipeline("p", cyclic)
+    proc = ws.doit(check_rc=3, timeout=120)
+    assert "dependency cycle" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_ctrl_c_early_in_wait_is_one_line_and_exit_130(ws):
+    import signal
+    ws.write_pipeline("p", "".join(agent_toml(ws, f"a{i}", "--sleep", "30") for i in range(40)))
+    lock = str(ws.state / "lock")
+    for _ in range(3):
+        proc = subprocess.Popen([sys.executable, "-m", "doit", "wait"], cwd=ws.root,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                stdin=subprocess.DEVNULL)
+
+        def holds_lock() -> bool:     # our code runs: it has opened the lock
+            try:
+                return any(os.readlink(f"/proc/{proc.pid}/fd/{fd}") == lock
+                           for fd in os.listdir(f"/proc/{proc.pid}/fd"))
+            except OSError:
+                return proc.poll() is not None
+        wait_until(holds_lock, what="doit wait to reach its first pass")
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 130, (out, err)
+        assert "Traceback" not in err, err
+        assert "interrupted" in err or "stopped waiting" in out, (out, err)
+    ws.doit("cancel", check_rc=0)
