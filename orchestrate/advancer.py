@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Callable
 
 from .engine import LIVENESS_INTERVAL, Engine, PassResult
+from .faults import crash_point
 from .scheduler import Decision
 from .selection import SelectionError, select
 from .spec import Workspace, load_workspace
@@ -261,6 +262,7 @@ def fork_advancer(engine: Engine, names: list[str], lock: SchedulingLock,
     code = 0
     log = None
     try:
+        crash_point("advancer-forked")
         log = _detach_stdio(engine.layout)
         code = _advance_in_child(engine, names, lock, result, log)
     except StateFileError as err:   # a user's edit: say which file, no traceback

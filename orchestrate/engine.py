@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Callable
 
 from . import worktree
+from .faults import crash_point
 from .fingerprint import digest_text
 from .launcher import Launcher
 from .lifecycle import RunLifecycle
@@ -189,6 +190,7 @@ class Engine(RunLifecycle):
             record = records[agent.task]
             if record and record.state in ACTIVE:
                 records[agent.task] = self.settle(agent, record)
+        crash_point("pass-settled")
         facts = self.facts(agents, records)
         decisions = plan(self.workspace, agents, facts, self.external_signals(),
                          self.running_elsewhere(agents), now=self.clock(),
@@ -270,6 +272,7 @@ class Engine(RunLifecycle):
             spent_usd=previous.spent_usd if previous else 0.0,
             rate_limit_hits=previous.rate_limit_hits if previous else 0)
         self._save(record, durable=False)
+        crash_point("launch-recorded")
         upstream = self._write_upstream_file(agent, run_id,
                                              fingerprint.upstream if fingerprint else {})
         keep_previous_log(layout, agent, launches - 1)
@@ -284,6 +287,7 @@ class Engine(RunLifecycle):
             self._save(record)
             events.append(event("fail", task=agent.task, run_id=run_id, reason=record.reason))
             return record
+        crash_point("launch-spawned")
         record = replace(record, state="running", pid=started.pid,
                          pid_create_time=started.create_time,
                          reason="running")

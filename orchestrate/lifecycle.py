@@ -11,13 +11,14 @@ import time
 from dataclasses import replace
 
 from . import processes
+from .faults import crash_point
 from .policy import backoff, limit_exceeded, next_limit, should_retry
 from .processes import is_alive
 from .results import parse as parse_result
 from .scheduler import Decision
 from .spec import Agent
 from .state import StatusRecord, append_event, utc_now, write_atomic, write_json
-from .wrapper import exit_time, finish_run, read_exit_code, remove_run_files
+from .wrapper import abandon_run, exit_time, finish_run, read_exit_code, remove_run_files
 
 MAX_RATE_LIMIT_HITS = 10   # rate-limited attempts in a row before it counts as a failure
 VANISHED = "agent process ended without recording an exit status (killed with SIGKILL?)"
@@ -67,6 +68,7 @@ class RunLifecycle:
             if agent.preset:
                 record, error = self._record_result(agent, record)
             record = finish_run(self.layout, agent, record, code, ended_at, error)
+            crash_point("finish-signal-written")
         self.signal_cache.remember(self.layout.signal(agent.pipeline, agent.name),
                                    record.signal_digest if record.state == "done" else None)
         if not (record.state == "failed" and record.result.get("rate_limited")):
@@ -86,6 +88,7 @@ class RunLifecycle:
                 f"{time.strftime('%H:%M:%S', time.localtime(at))} after: {record.reason}"))
             details["retry_at"] = at
         self._save(record)
+        crash_point("finish-saved")
         append_event(self.layout, kind, **details)
         remove_run_files(self.layout, record.run_id)
         return record
@@ -205,23 +208,29 @@ class RunLifecycle:
         # the reason is recorded before the signal: if we die in between, the
         # run still ends with this reason (and a later pass sends SIGKILL)
         self._save(record)
+        crash_point("stop-recorded")
         signal_run(record, signal.SIGTERM)
         append_event(self.layout, "stop", task=agent.task, run_id=record.run_id, reason=reason)
         return record
 
     def _recover_launch(self, agent: Agent, record: StatusRecord) -> StatusRecord:
-        """A pass crashed between recording a launch and recording its pid."""
-        pid = processes.find_run_process(record.run_id or "")
-        if pid is None:
-            # A child caught between fork and exec still shows its parent's
-            # environment; exec takes a millisecond, so look once more.
-            time.sleep(0.1)
-            pid = processes.find_run_process(record.run_id or "")
-        if pid is not None:
-            record = replace(record, state="running", pid=pid,
-                             pid_create_time=processes.create_time(pid), reason="running")
-        else:   # it never started: that attempt is owed, at once
+        """A pass crashed between recording a launch and recording its pid.
+
+        The wrapper claims its run before it runs anything; taking that claim
+        first proves it never started (even a child stuck between fork and
+        exec for seconds), so relaunching can never make a second copy."""
+        run_id = record.run_id or ""
+        exit_path = self.layout.exit_file(run_id)
+        pid = processes.find_run_process(run_id)
+        if pid is None and abandon_run(exit_path):   # it never started: that attempt is owed
             record = replace(record, state="waiting", attempt=record.attempt - 1,
                              retry_at=self.clock(), reason="launch interrupted; relaunching")
+            self._save(record)
+            return record
+        pid = pid or processes.find_run_process(run_id)
+        if pid is None:                              # it started, and has ended since
+            return self._finish(agent, record, read_exit_code(exit_path), exit_time(exit_path))
+        record = replace(record, state="running", pid=pid,
+                         pid_create_time=processes.create_time(pid), reason="running")
         self._save(record)
         return record

@@ -9,6 +9,7 @@ in the wrapper's own shell, so each agent costs one shell, not two.
 from __future__ import annotations
 
 import json
+import os
 import shlex
 from dataclasses import replace
 from datetime import datetime, timezone
@@ -33,15 +34,35 @@ SIGNAL_NAMES = {129: "SIGHUP", 130: "SIGINT", 137: "SIGKILL", 143: "SIGTERM"}
 Command = str | tuple[str, ...]
 
 
+def claim_path(exit_path: Path) -> Path:
+    return exit_path.with_suffix(".claim")
+
+
 def wrapper_script(command: Command, exit_path: Path) -> str:
+    # First the wrapper claims its run (noclobber: O_EXCL, so one of it and a
+    # recovering orchestrator wins; `true` is a regular builtin, so a failed
+    # redirection does not end the shell). A run whose launch was abandoned
+    # by a recovery finds the claim taken and exits without running anything.
     # `printf` is a builtin and the record is one small write, so a reader
     # sees either nothing or the whole line; the trap also runs when the
     # wrapper is stopped by SIGTERM/SIGINT/SIGHUP, after its child has gone.
     record = shlex.quote(str(exit_path))
+    claim = shlex.quote(str(claim_path(exit_path)))
     body = command if isinstance(command, str) else '"$@"'
-    return (f"trap 'printf \"%s\\n\" \"$?\" > {record}' EXIT\n"
+    return (f"set -C; {{ true > {claim}; }} 2>/dev/null || exit 0; set +C\n"
+            f"trap 'printf \"%s\\n\" \"$?\" > {record}' EXIT\n"
             "trap 'exit 143' TERM; trap 'exit 130' INT; trap 'exit 129' HUP\n"
             f"{body}\n")
+
+
+def abandon_run(exit_path: Path) -> bool:
+    """Take the run's claim before its wrapper does: True means the wrapper
+    never started the agent and never will (it will find the claim taken)."""
+    try:
+        os.close(os.open(claim_path(exit_path), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+    except FileExistsError:
+        return False
+    return True
 
 
 def wrapper_argv(task: str, command: Command, exit_path: Path) -> list[str]:
@@ -108,7 +129,8 @@ def finish_run(layout: Layout, agent: Agent, record: StatusRecord, code: int,
 
 
 def remove_run_files(layout: Layout, run_id: str | None) -> None:
-    for path in (layout.exit_file(run_id or ""), layout.upstream_file(run_id or ""),
+    exit_path = layout.exit_file(run_id or "")
+    for path in (exit_path, claim_path(exit_path), layout.upstream_file(run_id or ""),
                  layout.prompt_file(run_id or "")):
         path.unlink(missing_ok=True)
 

@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from conftest import wait_until
 
 TRIALS = 30
-SEED = 20261125
+SEED = int(os.environ.get("CHAOS_SEED", "20261125"))   # CHAOS_SEED=N replays a run
 
 
 def chaos_pipeline(ws) -> str:
@@ -65,25 +65,41 @@ def settle(ws) -> None:
     wait_until(lambda: not ws.agent_pids(), 30, "agent processes to exit")
 
 
+def crash_plan(rng: random.Random) -> list[tuple[str, str, float]]:
+    """One to three crashes per trial: each lets a `doit` reach a named crash
+    point (orchestrate/faults.py) a seeded number of times, or not, then
+    SIGKILLs every orchestrator process at a seeded moment."""
+    from orchestrate.faults import POINTS
+    plan = []
+    for _ in range(rng.randint(1, 3)):
+        point = f"{rng.choice(POINTS)}:{rng.randint(1, 6)}" if rng.random() < 0.6 else ""
+        plan.append(("crash at " + point if point else "kill", point, rng.uniform(0.0, 0.8)))
+    return plan
+
+
 def test_sigkill_at_random_moments_over_many_trials(ws):
     rng = random.Random(SEED)
+    print(f"chaos seed {SEED} (CHAOS_SEED={SEED} replays it)")
     ws.write_pipeline("chaos", chaos_pipeline(ws))
     started = time.monotonic()
     for trial in range(TRIALS):
         reset(ws)
-        for _ in range(rng.randint(1, 3)):   # one to three crashes per trial
-            subprocess.Popen([sys.executable, "-m", "doit"], cwd=ws.root,
+        plan = crash_plan(rng)
+        where = f"seed {SEED}, trial {trial}, plan {plan}"
+        for _, point, moment in plan:
+            env = {**os.environ, "ORCHESTRATE_CRASH_AT": point}
+            subprocess.Popen([sys.executable, "-m", "doit"], cwd=ws.root, env=env,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            time.sleep(rng.uniform(0.0, 0.8))          # a random moment, not a synchronisation
+            time.sleep(moment)                          # a seeded moment, not a synchronisation
             for pid in ws.orchestrator_pids():          # callers, forked children, advancers
                 os.kill(pid, signal.SIGKILL)
         proc = ws.doit("wait", timeout=60)
-        assert proc.returncode == 1, (trial, proc.stdout, proc.stderr)
-        check_outcome(ws, trial)
+        assert proc.returncode == 1, (where, proc.stdout, proc.stderr)
+        check_outcome(ws, where)
         before = len(ws.launches())
         ws.doit(timeout=60)                              # everything current: nothing re-runs
         settle(ws)
-        assert len(ws.launches()) == before, trial
+        assert len(ws.launches()) == before, where
     print(f"{TRIALS} chaos trials in {time.monotonic() - started:.1f}s")
 
 
@@ -98,3 +114,26 @@ def test_eight_racing_doit_and_wait_calls(ws):
         ws.doit("wait", timeout=60)
         check_outcome(ws, trial)
         settle(ws)
+
+
+def test_a_launch_stuck_between_fork_and_exec_never_runs_twice(ws):
+    """The interleaving behind 'doomed': 3: the orchestrator dies after forking
+    the wrapper but before it execs; recovery relaunches; then the old child
+    execs after all. Its claim is taken, so it runs nothing."""
+    from orchestrate.state import Layout
+    from orchestrate.wrapper import wrapper_argv
+    ws.write_pipeline("p", f"[agents.a]\ncommand = {json.dumps(ws.agent_cmd('--exit', '5'))}\n")
+    crashed = ws.doit(env={"ORCHESTRATE_CRASH_AT": "launch-recorded:1"})
+    assert crashed.returncode == 0
+    wait_until(lambda: not ws.orchestrator_pids(), what="the crashed advancer to be gone")
+    record = ws.status("p", "a")
+    assert record["state"] == "launching" and record["pid"] is None
+    ws.doit("wait", check_rc=1)                         # recovery: relaunched once
+    assert len(ws.launches("a")) == 1
+    late = subprocess.run(wrapper_argv("p:a", ws.agent_cmd("--exit", "5"),
+                                       Layout(ws.root).exit_file(record["run_id"])),
+                          cwd=ws.root, env={**os.environ, "ORCHESTRATE_RUN_ID": record["run_id"]},
+                          capture_output=True, text=True, timeout=30)
+    assert late.returncode == 0 and late.stdout == ""   # it found its claim taken
+    assert len(ws.launches("a")) == 1
+    assert not Layout(ws.root).exit_file(record["run_id"]).exists()
