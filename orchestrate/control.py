@@ -253,12 +253,13 @@ def signal_create(root: Path, name: str) -> str:
 
 def cancel(root: Path, names: list[str], out: IO[str]) -> int:
     """Stop the named running agents (none: every running one) and cancel the
-    named queued, ready or retry-waiting ones; returns once no process of a
-    stopped agent is left."""
+    queued and retry-waiting ones (named: also ready ones); returns once no
+    process of a stopped agent is left."""
     workspace = workspace_at(root, lenient=True)
     targets = {a.task for a in match(workspace, names)} if names else None
     engine, agents = _selection(root, names, lenient=True)
     stopping: list[tuple[Agent, StatusRecord]] = []
+    dequeued = 0
     with SchedulingLock(engine.layout):
         result = engine.run_pass(agents)
         for task, decision in result.decisions.items():
@@ -269,6 +270,7 @@ def cancel(root: Path, names: list[str], out: IO[str]) -> int:
                 stopping.append((decision.agent,
                                  engine.begin_stop(decision.agent, record, "cancelled by user")))
             elif _dequeued(decision, named=targets is not None):
+                dequeued += 1
                 engine.mark_cancelled(decision, record, result.facts[task].inputs)
                 out.write(f"cancelled {task} ({'queued' if decision.state != 'launch' else 'not started'})\n")
     _wait_until_stopped(stopping)
@@ -276,8 +278,8 @@ def cancel(root: Path, names: list[str], out: IO[str]) -> int:
         engine.run_pass(agents)
     for agent, _ in stopping:
         out.write(f"cancelled {agent.task}\n")
-    if not stopping and targets is None:
-        out.write("nothing running to cancel\n")
+    if not stopping and not dequeued and targets is None:
+        out.write("nothing running or queued to cancel\n")
     return EXIT_OK
 
 
