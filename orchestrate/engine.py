@@ -185,7 +185,7 @@ class Engine(RunLifecycle):
         for decision in decisions.values():
             if decision.timed and decision.wake_at is not None:
                 self.next_wake = min(self.next_wake, decision.wake_at)
-        self.hooks.observe(self, decisions)
+        self.hooks.observe(self, decisions, facts)
         return PassResult(decisions, facts)
 
     def spent(self) -> dict[str, float]:

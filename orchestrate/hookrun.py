@@ -10,6 +10,9 @@ records `hook_ran` or `hook_failed` in `events.jsonl`.
 
 Event data reaches the hook only through its environment and stdin: the
 command is the user's, run as written (a string by /bin/sh -c, a list as argv).
+
+One of these starts per hook, so it imports only the standard library's
+lightest modules (not orchestrate's state module: dataclasses, hashlib, ...).
 """
 from __future__ import annotations
 
@@ -19,19 +22,31 @@ import signal
 import subprocess
 import sys
 import time
-import traceback
+from datetime import datetime, timezone
 from pathlib import Path
-
-from .state import Layout, append_event, utc_now, write_json
 
 TIMEOUT = 60.0
 TIMEOUT_VAR = "ORCHESTRATE_HOOK_TIMEOUT"   # seconds; for tests, so they need not wait 60 s
 KILL_GRACE = 2.0                           # SIGTERM to SIGKILL, for a hook past its limit
 
 
-def claim(layout: Layout, event_id: str) -> Path | None:
+def utc_now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def append_event(base: Path, kind: str, **details: object) -> None:
+    """One line of events.jsonl, in one O_APPEND write (as `state.append_event`)."""
+    line = json.dumps({"ts": utc_now(), "event": kind, **details}, sort_keys=True) + "\n"
+    fd = os.open(base / "events.jsonl", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        os.write(fd, line.encode())
+    finally:
+        os.close(fd)
+
+
+def claim(base: Path, event_id: str) -> Path | None:
     """Move the pending record to fired/; None if another supervisor got it first."""
-    directory = layout.base / "hooks"
+    directory = base / "hooks"
     fired = directory / "fired" / f"{event_id}.json"
     try:
         os.rename(directory / "pending" / f"{event_id}.json", fired)
@@ -100,17 +115,18 @@ def _kill_group(process: subprocess.Popen, sig: int) -> None:
 
 
 def supervise(root: Path, event_id: str) -> int:
-    layout = Layout(root)
-    fired = claim(layout, event_id)
+    base = root / ".orchestrate"
+    fired = claim(base, event_id)
     if fired is None:
         return 0
     record = json.loads(fired.read_text())
     event = record["event"]
     stdin_path = fired.with_name(f"{event_id}.event.json")
-    write_json(stdin_path, event, durable=False)
-    write_json(Path(event["status_file"]), {"agents": record.get("agents", [])}, durable=False)
-    (layout.base / "logs").mkdir(parents=True, exist_ok=True)
-    log_fd = os.open(layout.base / "logs" / "hooks.log",
+    stdin_path.write_text(json.dumps(event, sort_keys=True) + "\n")
+    Path(event["status_file"]).write_text(
+        json.dumps({"agents": record.get("agents", [])}, sort_keys=True) + "\n")
+    (base / "logs").mkdir(parents=True, exist_ok=True)
+    log_fd = os.open(base / "logs" / "hooks.log",
                      os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     who = f"{event['event']} {event.get('task') or event['pipeline']} ({event_id})"
     os.write(log_fd, f"{utc_now()} start {who}\n".encode())
@@ -124,9 +140,9 @@ def supervise(root: Path, event_id: str) -> int:
     details = {"hook": event["event"], "id": event_id, "pipeline": event["pipeline"],
                **({"task": event["task"]} if event.get("task") else {}), "seconds": seconds}
     if failure:
-        append_event(layout, "hook_failed", reason=failure, **details)
+        append_event(base, "hook_failed", reason=failure, **details)
     else:
-        append_event(layout, "hook_ran", **details)
+        append_event(base, "hook_ran", **details)
     return 0
 
 
@@ -134,12 +150,9 @@ def main(argv: list[str]) -> int:
     root, event_id = Path(argv[0]), argv[1]
     try:
         return supervise(root, event_id)
-    except Exception:   # nobody reads our stderr: say it where hooks' output goes
-        with open(root / ".orchestrate" / "logs" / "hooks.log", "a") as log:
-            log.write(f"{utc_now()} supervisor of {event_id} crashed:\n"
-                      f"{traceback.format_exc()}")
-        append_event(Layout(root), "hook_failed", id=event_id,
-                     reason="supervisor crashed (see logs/hooks.log)")
+    except Exception as err:   # nobody reads our stderr: say it in events.jsonl
+        append_event(root / ".orchestrate", "hook_failed", id=event_id,
+                     reason=f"supervisor crashed: {type(err).__name__}: {err}")
         return 70
 
 

@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .scheduler import Decision, plan
+from .scheduler import AgentFacts, Decision, plan
 from .selection import upstream_closure
 from .spec import Pipeline, Workspace
 from .state import Layout, StatusRecord, append_event, utc_now, write_json
@@ -171,24 +171,27 @@ class HookKeeper:
     def fired_path(self, event_id: str) -> Path:
         return self.directory / "fired" / f"{event_id}.json"
 
-    def observe(self, engine: "Engine", decisions: dict[str, Decision]) -> None:
+    def observe(self, engine: "Engine", decisions: dict[str, Decision],
+                facts: dict[str, AgentFacts]) -> None:
         """Record each new event of the pipelines the pass touched, then start
         a supervisor for every pending hook. Called under the scheduling lock."""
         try:
             if self.configured:
                 for name in dict.fromkeys(d.agent.pipeline for d in decisions.values()):
-                    self._observe_pipeline(engine, self.workspace.pipeline(name), decisions)
+                    self._observe_pipeline(engine, self.workspace.pipeline(name), decisions,
+                                           facts)
             self.start_pending()
         except OSError as err:   # a full disk must not stop the pipeline: try next pass
             append_event(self.layout, "hook_error", reason=str(err))
 
     def _observe_pipeline(self, engine: "Engine", pipeline: Pipeline,
-                          decisions: dict[str, Decision]) -> None:
+                          decisions: dict[str, Decision], facts: dict[str, AgentFacts]) -> None:
         hooks = pipeline.hooks.over(self.workspace.hooks)
         if not hooks:
             return
         status = self.layout.status
-        records = {a.task: engine.status_cache.get(status(a.pipeline, a.name))
+        records = {a.task: facts[a.task].record if a.task in facts
+                   else engine.status_cache.get(status(a.pipeline, a.name))
                    for a in pipeline.agents}
         events = failures(pipeline, records) if hooks.on_failure else []
         if (hooks.on_done or hooks.on_blocked) and not any(
@@ -201,7 +204,7 @@ class HookKeeper:
         for event in events:
             command = getattr(hooks, event.event)
             if command and self._is_new(event.id):
-                self._record(event, command, status_entries(pipeline, records, decisions))
+                self.record(event, command, status_entries(pipeline, records, decisions))
 
     def _whole(self, engine: "Engine", pipeline: Pipeline,
                decisions: dict[str, Decision]) -> dict[str, Decision]:
@@ -224,7 +227,7 @@ class HookKeeper:
             return False
         return True
 
-    def _record(self, event: HookEvent, command: str | tuple[str, ...],
+    def record(self, event: HookEvent, command: str | tuple[str, ...],
                 statuses: list[dict[str, Any]]) -> None:
         fired = self.fired_path(event.id)
         data = {"id": event.id, "event": event.event, "pipeline": event.pipeline,
