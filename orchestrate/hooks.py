@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any
 from .scheduler import AgentFacts, Decision, plan
 from .selection import upstream_closure
 from .spec import Pipeline, Workspace
-from .state import Layout, StatusRecord, append_event, utc_now, write_json
+from .state import Layout, StateFileError, StatusRecord, append_event, utc_now, write_json
 
 if TYPE_CHECKING:
     from .engine import Engine
@@ -163,6 +163,7 @@ class HookKeeper:
         self.directory = layout.base / "hooks"
         self.known: set[str] = set()
         self.started: set[str] = set()
+        self.errors: set[str] = set()
         self.configured = bool(workspace.hooks) or any(p.hooks for p in workspace.pipelines)
 
     def pending_path(self, event_id: str) -> Path:
@@ -181,8 +182,13 @@ class HookKeeper:
                     self._observe_pipeline(engine, self.workspace.pipeline(name), decisions,
                                            facts)
             self.start_pending()
-        except OSError as err:   # a full disk must not stop the pipeline: try next pass
-            append_event(self.layout, "hook_error", reason=str(err))
+        except (OSError, StateFileError) as err:
+            # A full disk, or a corrupt status file of an agent the command did
+            # not select, must not stop the pipeline or change an exit code:
+            # the event is not recorded, so a later pass tries again.
+            if str(err) not in self.errors:
+                self.errors.add(str(err))
+                append_event(self.layout, "hook_error", reason=str(err))
 
     def _observe_pipeline(self, engine: "Engine", pipeline: Pipeline,
                           decisions: dict[str, Decision], facts: dict[str, AgentFacts]) -> None:

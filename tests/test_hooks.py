@@ -241,6 +241,39 @@ wait_for = ["approved"]
     nothing_fires_again(ws, ("status",), ())
 
 
+def test_a_failure_that_will_be_retried_is_not_one(ws):
+    ws.write_pipeline("p", f'''
+[hooks]
+on_failure = 'echo "$ORCHESTRATE_TASK $ORCHESTRATE_REASON" >> hooks.txt; cat >> events.txt'
+[agents.a]
+command = "{ws.agent_cmd('--exit', '2')}"
+retries = 1
+retry_backoff = "0.1s"
+''')
+    ws.doit("wait", check_rc=1)
+    wait_hooks(ws, 1)
+    assert len(ws.launches("a")) == 2
+    assert lines(ws.root / "hooks.txt") == ["p:a exit 2"]
+    assert json.loads(lines(ws.root / "events.txt")[0])["attempt"] == 2
+    nothing_fires_again(ws, ("status",))
+
+
+def test_a_rate_limit_with_nothing_running_is_blocked_until_it_passes(ws, fake_bins):
+    ws.write_pipeline("p", f'''
+[hooks]
+on_blocked = 'echo "$ORCHESTRATE_EVENT $ORCHESTRATE_REASON" >> hooks.txt'
+on_done = '{APPEND}'
+[agents.a]
+agent = "claude"
+prompt = "RATELIMIT then work"
+''')
+    ws.doit("wait", check_rc=0, env={**fake_bins, "FAKE_CLI_RESET_IN": "0.5"})
+    wait_hooks(ws, 2)
+    blocked, done = lines(ws.root / "hooks.txt")
+    assert blocked.startswith("on_blocked p:a waiting: rate limited until ")
+    assert done == "on_done p"
+
+
 def test_a_pipelines_hooks_win_over_the_workspaces(ws):
     workspace_hooks(ws, f'''
 [tool.orchestrate.hooks]
@@ -413,6 +446,20 @@ def readme_recipe(needle: str) -> str:
     found = [b for b in blocks if b.startswith("[tool.orchestrate.hooks]") and needle in b]
     assert len(found) == 1, needle
     return found[0]
+
+
+def test_every_hooks_example_in_the_readme_is_valid(tmp_path):
+    section = README.read_text().split("## Hooks", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```toml\n(.*?)```", section, re.S)
+    assert len(blocks) == 4
+    (tmp_path / "pipelines").mkdir()
+    for block in blocks:
+        pipeline = block if block.startswith("[hooks]") else "[hooks]\n" + block.split("\n", 1)[1]
+        (tmp_path / "pipelines" / "p.toml").write_text(pipeline + '[agents.a]\ncommand = "true"\n')
+        (tmp_path / "pyproject.toml").write_text(block if block.startswith("[tool.") else "")
+        workspace = load_workspace(tmp_path)
+        assert workspace.pipeline("p").hooks
+        assert bool(workspace.hooks) == block.startswith("[tool.orchestrate.hooks]")
 
 
 def test_readme_append_to_a_file_recipe(ws):
