@@ -200,17 +200,19 @@ class HookKeeper:
                    else engine.status_cache.get(status(a.pipeline, a.name))
                    for a in pipeline.agents}
         events = failures(pipeline, records) if hooks.on_failure else []
+        known = decisions
+        # Something of the selection runs or launches: no pipeline verdict
+        # (the common pass, so it costs no plan over the whole pipeline).
         if (hooks.on_done or hooks.on_blocked) and not any(
                 decisions[a.task].state in ("launch", "running")
                 for a in pipeline.agents if a.task in decisions):
-            whole = self._whole(engine, pipeline, decisions)
-            found = verdict(pipeline, whole, records, engine.rate_limits(), engine.clock())
+            known = self._whole(engine, pipeline, decisions)
+            found = verdict(pipeline, known, records, engine.rate_limits(), engine.clock())
             events += [found] if found else []
-            decisions = whole
         for event in events:
             command = getattr(hooks, event.event)
             if command and self._is_new(event.id):
-                self.record(event, command, status_entries(pipeline, records, decisions))
+                self.record(event, command, status_entries(pipeline, records, known))
 
     def _whole(self, engine: "Engine", pipeline: Pipeline,
                decisions: dict[str, Decision]) -> dict[str, Decision]:
@@ -234,7 +236,8 @@ class HookKeeper:
         return True
 
     def record(self, event: HookEvent, command: str | tuple[str, ...],
-                statuses: list[dict[str, Any]]) -> None:
+               statuses: list[dict[str, Any]]) -> None:
+        """"The event happened", durably, before any hook of it can start."""
         fired = self.fired_path(event.id)
         data = {"id": event.id, "event": event.event, "pipeline": event.pipeline,
                 **({"task": event.task} if event.task else {}), "reason": event.reason,
