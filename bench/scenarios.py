@@ -6,10 +6,12 @@ import resource
 import signal
 import statistics
 import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 
 from .harness import (
+    USER_ENV,
     advancer_cpu,
     advancer_pids,
     cpu_of,
@@ -55,11 +57,12 @@ class Sizes:
     noop_sizes: tuple[int, ...] = (1000, 10000)
     memory_agents: int = 200
     idle_seconds: float = 10.0
+    hook_events: int = 20
 
 
 SMOKE = Sizes(runs=1, scale=0.1, caller_agents=5, throughput_agents=10, chain_length=5,
               layers=2, layer_width=3, layer_seconds=0.2, noop_sizes=(20,), memory_agents=5,
-              idle_seconds=1.0)
+              idle_seconds=1.0, hook_events=3)
 
 
 def _wall_to_last_signal(agents: dict[str, dict]) -> float:
@@ -297,8 +300,72 @@ def _idle_once(seconds: float) -> float:
     return used / seconds * 100
 
 
+def hooks(sizes: Sizes) -> list[Row]:
+    """What exactly-once costs per hook event, one event at a time: in the
+    orchestrator, recording it (fsynced) and starting its supervisor; the
+    supervisor's CPU (a python start, hook `true` included); until the hook
+    starts. Then a burst: every agent of a pipeline fails at once."""
+    n = sizes.hook_events
+    text = '[hooks]\non_failure = "true"\n' + pipeline(
+        {f"a{i}": {"command": "exit 2"} for i in range(n)})
+    record, start, cpu, latency, burst = [], [], [], [], []
+    for _ in range(sizes.runs):
+        with workspace({"bench": text}) as root:
+            costs = [_one_hook_event(root, i) for i in range(n)]
+            for figures, values in zip((record, start, cpu, latency), zip(*costs)):
+                figures.append(statistics.median(values))
+            doit(root, "wait")
+            ran = _hooks_ran(root, 2 * n)[n:]
+            recorded = {e["id"]: _timestamp(e["ts"]) for e in events(root) if e["event"] == "hook"}
+            burst.append(statistics.median(
+                (_timestamp(e["ts"]) - e["seconds"] - recorded[e["id"]]) * 1000 for e in ran))
+    name = f"hooks: one event at a time ({n})"
+    return [Row(name, "orchestrator ms: record the event (fsync)", record, "<= 5", "ms"),
+            Row(name, "orchestrator ms: start its supervisor", start, "<= 10", "ms"),
+            Row(name, "supervisor CPU ms (python start, hook)", cpu, "<= 60", "ms"),
+            Row(name, "event recorded to hook started, ms", latency, "<= 100", "ms"),
+            Row(f"hooks: {n} agents fail at once", "event recorded to hook started, median ms",
+                burst, "<= 1000", "ms", note=f"{n} supervisors start together")]
+
+
+def _hooks_ran(root, count: int) -> list[dict]:
+    deadline = time.monotonic() + 120
+    while True:
+        ran = [e for e in events(root) if e["event"] in ("hook_ran", "hook_failed")]
+        if len(ran) >= count or time.monotonic() > deadline:
+            return ran
+        time.sleep(0.005)
+
+
+def _one_hook_event(root, i: int) -> tuple[float, float, float, float]:
+    """(ms to record, ms to start the supervisor, supervisor CPU ms, ms until
+    the hook started) for one event, through the library on real files."""
+    from orchestrate.hooks import HookEvent, HookKeeper, start_supervisor
+    from orchestrate.spec import load_workspace
+    from orchestrate.state import Layout
+    keeper = HookKeeper(load_workspace(root), Layout(root))
+    event = HookEvent(id=f"on_failure.bench-{i}", event="on_failure", pipeline="bench",
+                      reason="exit 2", task=f"bench:a{i}")
+    began = time.perf_counter()
+    keeper.record(event, "true", [{"task": f"bench:a{i}", "state": "failed"}])
+    recorded, recorded_at = time.perf_counter(), time.time()
+    start_supervisor(root, event.id)
+    started = time.perf_counter()
+    hook = next(e for e in _hooks_ran(root, 2 * i + 1) if e["id"] == event.id)
+    latency = _timestamp(hook["ts"]) - hook["seconds"] - recorded_at
+    # the same again, run as our child so that its CPU can be counted
+    event = HookEvent(id=f"on_failure.bench-cpu-{i}", event="on_failure", pipeline="bench",
+                      reason="exit 2", task=f"bench:a{i}")
+    keeper.record(event, "true", [])
+    before = _children_cpu()
+    subprocess.run([sys.executable, "-m", "orchestrate.hookrun", str(root), event.id],
+                   check=True, env=USER_ENV)
+    cpu = (_children_cpu() - before) * 1000
+    return ((recorded - began) * 1000, (started - recorded) * 1000, cpu, latency * 1000)
+
+
 ALL = [critical_path_scenarios, caller_block, launch_throughput, signal_to_launch, scale,
-       noop, memory, idle]
+       noop, memory, idle, hooks]
 
 
 def run_all(sizes: Sizes, report, only: str | None = None) -> list[Row]:

@@ -16,6 +16,7 @@ from typing import Callable
 from . import worktree
 from .faults import crash_point
 from .fingerprint import digest_text
+from .hooks import HookKeeper
 from .launcher import Launcher
 from .lifecycle import RunLifecycle
 from .scheduler import ACTIVE, AgentFacts, Decision, plan
@@ -102,6 +103,7 @@ class Engine(RunLifecycle):
         self.check_liveness = True
         self.parents: dict[int, list[int]] | None = None   # one /proc scan per pass
         self.next_wake = float("inf")   # the earliest timeout, kill or retry ahead
+        self.hooks = HookKeeper(workspace, self.layout)
 
     # -- reading ---------------------------------------------------------
     def records(self, agents: list[Agent]) -> dict[str, StatusRecord | None]:
@@ -198,6 +200,7 @@ class Engine(RunLifecycle):
         for decision in decisions.values():
             if decision.timed and decision.wake_at is not None:
                 self.next_wake = min(self.next_wake, decision.wake_at)
+        self.hooks.observe(self, decisions, facts)
         return PassResult(decisions, facts)
 
     def spent(self) -> dict[str, float]:

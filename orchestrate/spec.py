@@ -91,6 +91,24 @@ class Agent:
         return identity
 
 
+HOOK_EVENTS = ("on_failure", "on_done", "on_blocked")
+
+
+@dataclass(frozen=True)
+class Hooks:
+    """The command (a /bin/sh string or an argv tuple) run on each event, if any."""
+    on_failure: str | tuple[str, ...] | None = None
+    on_done: str | tuple[str, ...] | None = None
+    on_blocked: str | tuple[str, ...] | None = None
+
+    def over(self, fallback: "Hooks") -> "Hooks":
+        """These hooks, each missing one taken from `fallback` (per event)."""
+        return Hooks(*(getattr(self, e) or getattr(fallback, e) for e in HOOK_EVENTS))
+
+    def __bool__(self) -> bool:
+        return any(getattr(self, e) for e in HOOK_EVENTS)
+
+
 @dataclass(frozen=True)
 class Pipeline:
     name: str
@@ -99,6 +117,7 @@ class Pipeline:
     description: str = ""
     max_parallel: int | None = None
     budget_usd: float | None = None
+    hooks: Hooks = Hooks()
 
     def agent(self, name: str) -> Agent:
         for agent in self.agents:
@@ -114,6 +133,7 @@ class Workspace:
     max_parallel: int | None = None
     pools: tuple[tuple[str, int], ...] = ()
     budget_usd: float | None = None
+    hooks: Hooks = Hooks()
     agents_by_task: dict[str, Agent] = field(default_factory=dict, compare=False,
                                              repr=False)
     # Only from `load_workspace(root, lenient=True)`: what is wrong, and the
@@ -289,8 +309,27 @@ AGENT_KEYS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "allowed_tools": ("allowed_tools", _check_str_list),
     "permission_mode": ("permission_mode", _check_str),
 }
-PIPELINE_KEYS = ("description", "max_parallel", "budget_usd", "defaults", "agents")
-WORKSPACE_KEYS = ("max_parallel", "pools", "budget_usd")
+PIPELINE_KEYS = ("description", "max_parallel", "budget_usd", "defaults", "agents", "hooks")
+WORKSPACE_KEYS = ("max_parallel", "pools", "budget_usd", "hooks")
+
+
+def parse_hooks(path: str, key: str, table: Any, problems: "_Problems") -> Hooks:
+    """A [hooks] table: each event a command (string or argv list)."""
+    if not isinstance(table, dict):
+        problems.add(path, None, key, f"expected a table of {', '.join(HOOK_EVENTS)}, "
+                     f"got {_type_name(table)}")
+        return Hooks()
+    commands = {}
+    for event, value in table.items():
+        if event not in HOOK_EVENTS:
+            problems.add(path, None, f"{key}.{event}",
+                         f"unknown hook event (known: {_known(HOOK_EVENTS)})")
+            continue
+        try:
+            commands[event] = _check_command(value)
+        except ValueError as err:
+            problems.add(path, None, f"{key}.{event}", str(err))
+    return Hooks(**commands)
 
 
 def _known(keys: Any) -> str:
@@ -418,6 +457,7 @@ def parse_pipeline(name: str, path: str, data: dict[str, Any], problems: _Proble
     max_parallel = _pipeline_scalar(path, data, problems, "max_parallel",
                                     lambda v: _check_int(v, 1))
     budget = _pipeline_scalar(path, data, problems, "budget_usd", _check_positive_number)
+    hooks = parse_hooks(path, "hooks", data["hooks"], problems) if "hooks" in data else Hooks()
     defaults = data.get("defaults", {})
     default_fields = _agent_fields(path, "[defaults]", defaults, problems) if defaults else {}
     if "command" in default_fields:
@@ -442,7 +482,7 @@ def parse_pipeline(name: str, path: str, data: dict[str, Any], problems: _Proble
         return None
     agents = tuple(Agent(pipeline=name, name=n, **f) for n, f in fields_by_agent.items())
     return Pipeline(name=name, path=path, agents=agents, description=description,
-                    max_parallel=max_parallel, budget_usd=budget)
+                    max_parallel=max_parallel, budget_usd=budget, hooks=hooks)
 
 
 def parse_workspace_config(path: str, data: dict[str, Any], problems: _Problems) -> dict[str, Any]:
@@ -471,6 +511,8 @@ def parse_workspace_config(path: str, data: dict[str, Any], problems: _Problems)
                      "expected a table of pool names to sizes >= 1, e.g. { llm = 4 }")
         pools = {}
     config["pools"] = tuple(sorted(pools.items()))
+    if "hooks" in table:
+        config["hooks"] = parse_hooks(path, "tool.orchestrate.hooks", table["hooks"], problems)
     return config
 
 
