@@ -12,7 +12,7 @@ import os
 import signal
 
 POINTS = ("launch-recorded", "launch-spawned", "finish-signal-written", "finish-saved",
-          "stop-recorded", "advancer-forked", "pass-settled")
+          "stop-recorded", "advancer-forked", "pass-settled", "hook-recorded")
 
 
 def _plan() -> dict[str, int]:

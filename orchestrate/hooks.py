@@ -31,13 +31,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import signal
 import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .faults import crash_point
 from .scheduler import AgentFacts, Decision, plan
 from .selection import upstream_closure
 from .spec import Pipeline, Workspace
@@ -48,7 +48,6 @@ if TYPE_CHECKING:
 
 # For tests only: SIGKILL this process right after recording an event of this
 # name, as a crash between "event recorded" and "hook started" would.
-KILL_AFTER_RECORD_VAR = "ORCHESTRATE_TEST_KILL_AFTER_HOOK_RECORD"
 _PRIVATE_FIELDS = ("inputs", "upstream", "config_digest", "launches", "pid_create_time",
                    "descendants", "fingerprint", "signal_digest", "stop_reason", "kill_at")
 
@@ -252,8 +251,7 @@ class HookKeeper:
         self.known.add(event.id)
         append_event(self.layout, "hook", hook=event.event, id=event.id,
                      pipeline=event.pipeline, **({"task": event.task} if event.task else {}))
-        if os.environ.get(KILL_AFTER_RECORD_VAR) == event.event:
-            os.kill(os.getpid(), signal.SIGKILL)
+        crash_point("hook-recorded")
 
     def start_pending(self) -> None:
         """A supervisor for each pending hook this process has not started one for."""

@@ -16,7 +16,7 @@ def load(tmp_path: Path, **files: str):
 def problems(tmp_path: Path, **files: str) -> str:
     with pytest.raises(PipelineError) as info:
         load(tmp_path, **files)
-    return str(info.value)
+    return "\n".join(info.value.problems)
 
 
 @pytest.mark.parametrize("text,seconds", [("90s", 90), ("10m", 600), ("2h", 7200),
