@@ -81,6 +81,8 @@ opt_cancel_on_interrupt = {
     "default": False, "help": "on Ctrl-C, cancel the selected running agents too"}
 opt_json = {"name": "as_json", "long": "json", "type": bool, "default": False,
             "help": "print {\"agents\": [status records]} as JSON"}
+opt_verbose = {"name": "verbose", "short": "v", "long": "verbose", "type": bool,
+               "default": False, "help": "a line for every agent, not only what changed"}
 opt_follow = {"name": "follow", "short": "f", "long": "follow", "type": bool,
               "default": False, "help": "keep printing while the agent runs"}
 
@@ -89,14 +91,30 @@ class Run(OrchestrateCommand):
     name = "run"
     launches = True
     doc_purpose = "launch every ready agent detached and return at once"
-    doc_usage = "[TASK ...]"
+    doc_usage = "[TASK ...] [-v]"
     doc_description = ("Agents whose signal is current are skipped; running or gated ones "
-                       "are shown and set aside. The pipeline then advances by itself.\n"
+                       "are set aside. Prints a line per agent launched, failed, cancelled "
+                       "or blocked (-v: every agent) and a summary. The pipeline then "
+                       "advances by itself.\n"
                        "Exit: 0; 1 if a selected agent failed; 3 on an invalid pipeline.")
-    cmd_options = ()
+    cmd_options = (opt_verbose,)
 
-    def _execute(self, pos_args):
-        return control.run(self.root, pos_args, self.outstream)
+    def _execute(self, pos_args, verbose):
+        return control.run(self.root, pos_args, self.outstream, verbose)
+
+
+class Retry(OrchestrateCommand):
+    name = "retry"
+    launches = True
+    doc_purpose = "run failed or cancelled agents again (none named: all of them)"
+    doc_usage = "[TASK ...] [-v]"
+    doc_description = ("Failed and cancelled agents of the selection, and upstream of it, "
+                       "become pending; then as `doit`: launches what is ready and returns.\n"
+                       "Exit: 0; 1 if a selected agent failed; 3 on an invalid pipeline.")
+    cmd_options = (opt_verbose,)
+
+    def _execute(self, pos_args, verbose):
+        return control.retry(self.root, pos_args, self.outstream, verbose)
 
 
 class Wait(OrchestrateCommand):

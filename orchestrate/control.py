@@ -4,6 +4,7 @@ from __future__ import annotations
 import signal
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import IO
 
@@ -11,7 +12,7 @@ from .advancer import AdvancerSlot, Watcher, can_advance, fork_advancer
 from .engine import LIVENESS_INTERVAL, Engine, PassResult
 from .errors import UserError
 from .lifecycle import run_alive, signal_run
-from .scheduler import Decision
+from .scheduler import RETRY_REQUESTED, Decision
 from .selection import match, select
 from .spec import NAME_RE, Agent
 from .state import (
@@ -21,17 +22,20 @@ from .state import (
     StatusRecord,
     append_event,
     read_status,
+    write_status,
     utc_now,
     write_json,
 )
 from .tasks import workspace_at
 from .ui import (
     decision_line,
+    run_summary,
     pipeline_totals,
     status_row,
     status_table,
     summary_line,
     totals_lines,
+    worth_a_line,
     write_decisions,
 )
 
@@ -79,12 +83,33 @@ def _slot_free(layout: Layout, names: list[str]) -> bool:
 NO_PIPELINES = "no pipelines: add pipelines/NAME.toml (python -m orchestrate init makes an example)\n"
 
 
-def run(root: Path, names: list[str], out: IO[str]) -> int:
+def run(root: Path, names: list[str], out: IO[str], verbose: bool = False) -> int:
+    """What changed, not everything: a line per agent launched or needing a
+    person, then one summary line (`verbose`: a line for every agent)."""
     decisions = start(root, names)
     if not decisions:
         out.write(NO_PIPELINES)
-    write_decisions(out, decisions.values())
+        return EXIT_OK
+    write_decisions(out, [d for d in decisions.values() if verbose or worth_a_line(d)])
+    out.write(run_summary(decisions.values()) + "\n")
     return outcome(decisions)
+
+
+def retry(root: Path, names: list[str], out: IO[str], verbose: bool = False) -> int:
+    """Failed and cancelled agents of the selection (and upstream of it) run
+    again, without the user having to know about `forget`; then as `doit`."""
+    workspace = workspace_at(root)
+    layout = Layout(workspace.root)
+    with SchedulingLock(layout):
+        for agent in select(workspace, names):
+            record = read_status(layout, agent.pipeline, agent.name)
+            if record is not None and record.state in ("failed", "cancelled"):
+                write_status(layout, replace(record, state="pending", fingerprint=None,
+                                             retry_at=None, attempt=0,
+                                             reason=RETRY_REQUESTED))
+                append_event(layout, "retry", task=agent.task, was=record.state)
+                out.write(f"retrying  {agent.task}  (was {record.state}: {record.reason})\n")
+    return run(root, names, out, verbose)
 
 
 def _pass(engine: Engine, agents: list[Agent], lock: SchedulingLock) -> PassResult:
@@ -104,10 +129,15 @@ class _PlainProgress:
     def update(self, decisions: dict[str, Decision], records: dict) -> None:
         for task, decision in decisions.items():
             line = decision_line(decision)
+            first = task not in self.seen
             if self.seen.get(task) != line:
                 self.seen[task] = line
-                self.out.write(line + "\n")
+                if not (first and decision.state == "done"):   # up to date: the summary says so
+                    self.out.write(line + "\n")
         self.out.flush()
+
+    def finish(self, decisions: dict[str, Decision]) -> None:
+        self.out.write(run_summary(decisions.values()) + "\n")
 
     def close(self) -> None:
         pass
@@ -127,6 +157,9 @@ class _LiveProgress:
         rows = [status_row(d, records.get(t)) for t, d in decisions.items()]
         self.live.update(status_table(rows, title=summary_line(decisions.values())),
                          refresh=True)
+
+    def finish(self, decisions: dict[str, Decision]) -> None:
+        pass
 
     def close(self) -> None:
         self.live.stop()
@@ -150,6 +183,7 @@ def wait(root: Path, names: list[str], timeout: float | None, out: IO[str],
             records = {t: f.record for t, f in result.facts.items()}
             progress.update(result.decisions, records)
             if not can_advance(result.decisions):
+                progress.finish(result.decisions)
                 return outcome(result.decisions)
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:

@@ -14,6 +14,7 @@ from .spec import Agent, Workspace
 from .state import StatusRecord
 
 ACTIVE = ("launching", "running")
+RETRY_REQUESTED = "retry requested (doit retry)"
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,14 @@ class Decision:
     timed: bool = False        # waiting for a retry's backoff to pass
     wake_at: float | None = None
     attempt: int = 1           # the attempt a launch would be
+    blocked_by: str | None = None   # the failed or cancelled task this one waits behind
+
+    @property
+    def cause(self) -> str | None:
+        """The failed or cancelled task that this dead end goes back to."""
+        if self.state in ("failed", "cancelled"):
+            return self.agent.task
+        return self.blocked_by
 
     @property
     def settled(self) -> bool:
@@ -110,8 +119,9 @@ def _upstream_gate(agent: Agent, decided: dict[str, Decision],
             ups = [decided[f"{agent.pipeline}:{n}"] for n in agent.after_any]
             blocked = all(u.settled for u in ups)
             return Decision(agent, "waiting", "waiting on any of " + ", ".join(agent.after_any)
-                            + (" (none can finish)" if blocked else ""),
-                            blocked=blocked), {}, None
+                            + (" (none can finish)" if blocked else ""), blocked=blocked,
+                            blocked_by=next((u.cause for u in ups if u.cause), None)
+                            if blocked else None), {}, None
         previous = record.upstream_used if record else None
         used = previous if previous in ready else ready[0]
         consumed[used] = signals[f"{agent.pipeline}:{used}"] or ""
@@ -125,7 +135,8 @@ def _upstream_gate(agent: Agent, decided: dict[str, Decision],
 def _waiting_on(agent: Agent, name: str, upstream: Decision) -> Decision:
     if upstream.settled:
         why = upstream.state if upstream.state != "waiting" else "blocked"
-        return Decision(agent, "waiting", f"waiting on {name} ({why})", blocked=True)
+        return Decision(agent, "waiting", f"waiting on {name} ({why})", blocked=True,
+                        blocked_by=upstream.cause)
     return Decision(agent, "waiting", f"waiting on {name}", external=upstream.external)
 
 
@@ -174,6 +185,8 @@ def recorded_fingerprint_matches(record: StatusRecord, fingerprint: Fingerprint)
 
 
 def _why_stale(record: StatusRecord | None, facts: AgentFacts, new: Fingerprint) -> str:
+    if record is not None and record.reason == RETRY_REQUESTED:
+        return RETRY_REQUESTED
     if record is None or record.fingerprint is None:
         return "never run"
     if record.state == "done" and facts.signal_digest is None:

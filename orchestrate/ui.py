@@ -22,17 +22,49 @@ def label(decision: Decision) -> str:
     return LABELS.get(decision.state, decision.state)
 
 
+def way_out(decision: Decision) -> str | None:
+    """The command that moves a dead end on, for a person who meets it."""
+    if decision.cause:
+        return f"doit retry {decision.cause}"
+    if decision.state == "queued" and decision.blocked:
+        return "raise budget_usd, then doit retry"
+    return None
+
+
 def decision_line(decision: Decision) -> str:
     reason = decision.reason
     if decision.state in ("done", "running") and reason in ("done", "running"):
         reason = ""
-    return f"{label(decision):<9} {decision.agent.task}" + (f"  ({reason})" if reason else "")
+    line = f"{label(decision):<9} {decision.agent.task}" + (f"  ({reason})" if reason else "")
+    hint = way_out(decision)
+    return line + (f"  -> {hint}" if hint else "")
+
+
+def worth_a_line(decision: Decision) -> bool:
+    """What `doit` reports without -v: what it launched, and what needs a person
+    (failed, cancelled, blocked, or gated on an external signal)."""
+    return (decision.state in ("launch", "failed", "cancelled") or decision.blocked
+            or (decision.state == "waiting" and decision.external
+                and decision.reason.startswith("waiting on signal")))
 
 
 def write_decisions(out: IO[str], decisions: Iterable[Decision]) -> None:
     for decision in decisions:
         out.write(decision_line(decision) + "\n")
     out.flush()
+
+
+RUN_ORDER = ("launched", "running", "queued", "waiting", "pending", "failed", "cancelled",
+             "up to date")
+
+
+def run_summary(decisions: Iterable[Decision]) -> str:
+    """One line: "1,998 up to date, 2 launched"."""
+    counts: dict[str, int] = {}
+    for decision in decisions:
+        state = "up to date" if decision.state == "done" else label(decision)
+        counts[state] = counts.get(state, 0) + 1
+    return ", ".join(f"{counts[s]:,} {s}" for s in RUN_ORDER if s in counts)
 
 
 def _parse_time(text: str | None) -> datetime | None:

@@ -162,7 +162,7 @@ def test_cancel_stops_the_agent_and_keeps_it_and_its_downstream_stopped(ws):
 def test_cancel_dequeues_queued_agents(ws):
     ws.write_pipeline("p", "max_parallel = 1\n" + agent_toml(ws, "first", "--sleep", "60")
                       + agent_toml(ws, "second", "--sleep", "60"))
-    proc = ws.doit(check_rc=0)
+    proc = ws.doit("-v", check_rc=0)
     assert "queued    p:second  (queued: max_parallel of pipeline p (1) reached)" in proc.stdout
     ws.wait_state("p", "first", "running")
     ws.doit("cancel", check_rc=0)
@@ -206,7 +206,7 @@ def test_max_parallel_caps_running_agents_and_releases_in_order(ws):
     proc = ws.doit(check_rc=0)
     lines = proc.stdout.splitlines()
     assert sum(l.startswith("launched") for l in lines) == 2
-    assert sum(l.startswith("queued") for l in lines) == 3
+    assert lines[-1] == "2 launched, 3 queued"
     wait_until(lambda: len(ws.launches()) == 2, what="two running")
     data = json.loads(ws.doit("status", "--json", check_rc=0).stdout)
     states = {a["agent"]: a["state"] for a in data["agents"]}
@@ -227,7 +227,7 @@ def test_pools_hold_across_pipelines(ws):
     ws.write_pipeline("two", agent_toml(ws, "y", "--gate", str(gate), pool="llm"))
     ws.doit("one", check_rc=0)
     ws.wait_state("one", "x", "running")
-    proc = ws.doit("two", check_rc=0)
+    proc = ws.doit("two", "-v", check_rc=0)
     assert "queued    two:y  (queued: pool llm (1) reached)" in proc.stdout
     gate.touch()
     ws.doit("wait", check_rc=0)
@@ -278,7 +278,7 @@ def test_workspace_max_parallel_holds_across_pipelines(ws):
     gate = ws.root / "go"
     ws.write_pipeline("one", agent_toml(ws, "x", "--gate", str(gate)))
     ws.write_pipeline("two", agent_toml(ws, "y", "--gate", str(gate)))
-    proc = ws.doit(check_rc=0)
+    proc = ws.doit("--verbose", check_rc=0)
     assert "launched  one:x" in proc.stdout
     assert "queued    two:y  (queued: workspace max_parallel (1) reached)" in proc.stdout
     gate.touch()

@@ -252,7 +252,7 @@ def test_the_advancer_works_without_inotify(ws, tmp_path):
     ws.wait_state("p", "c", "done")            # nobody calls doit again
     ws.wait_idle()
     proc = ws.doit("wait", check_rc=0, env=env)
-    assert "3 done" in proc.stdout or "done" in proc.stdout
+    assert proc.stdout == "3 up to date\n"
 
 
 @pytest.mark.parametrize("broken", ["another file", "its own file"])
@@ -363,3 +363,22 @@ def test_ctrl_c_early_in_wait_is_one_line_and_exit_130(ws):
         assert "Traceback" not in err, err
         assert "interrupted" in err or "stopped waiting" in out, (out, err)
     ws.doit("cancel", check_rc=0)
+
+
+def test_dead_ends_say_the_way_out_and_retry_takes_it(ws):
+    flag = ws.root / "fixed"
+    command = f"test -e {flag} || exit 4"
+    ws.write_pipeline("p", f"[agents.a]\ncommand = {json.dumps(command)}\n"
+                      + agent_toml(ws, "b", after=["a"]))
+    proc = ws.doit("wait", check_rc=1)
+    assert "failed    p:a  (exit 4)  -> doit retry p:a" in proc.stdout
+    assert "waiting   p:b  (waiting on a (failed))  -> doit retry p:a" in proc.stdout
+    proc = ws.doit(check_rc=1)                     # doit alone moves nothing on
+    assert proc.stdout.splitlines()[-1] == "1 waiting, 1 failed"
+    flag.touch()                                   # the cause is fixed
+    proc = ws.doit("retry", check_rc=0)
+    assert "retrying  p:a  (was failed: exit 4)" in proc.stdout
+    assert "launched  p:a  (retry requested (doit retry))" in proc.stdout
+    ws.wait_state("p", "b", "done")
+    assert ws.status("p", "a")["state"] == "done" and ws.status("p", "a")["attempt"] == 1
+    assert ws.doit("retry", check_rc=0).stdout == "2 up to date\n"
