@@ -293,7 +293,7 @@ def _svg_text(graph: Graph, boxes: dict[str, Box], frames: list[str],
               "wait_for": ' stroke-dasharray="2 3"'}
     for edge in graph.edges:
         parts.append(f'<path d="{_edge_path(boxes[edge.source], boxes[edge.target])}" '
-                     f'fill="none" stroke="#757575"{dashes[edge.kind]} marker-end="url(#arrow)"/>')
+                     f'fill="none" stroke="#9e9e9e"{dashes[edge.kind]} marker-end="url(#arrow)"/>')
     for box in boxes.values():
         node = box.node
         fill, stroke = node.colors
