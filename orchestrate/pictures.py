@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 from pathlib import Path
+from urllib.parse import quote
 
 from . import control, graph, report, timeline
 from .scheduler import Decision
@@ -132,7 +133,8 @@ def _row(root: Path, decision: Decision, record: StatusRecord | None,
     reason = decision.reason if decision.state != "launch" else f"ready ({decision.reason})"
     cost, tokens = usage_cells(record)
     log = record.log if record else ""
-    href = os.path.relpath(root / log, report_dir) if log else None
+    # quoted: a relative URL whose ':' is escaped can never be a javascript: link
+    href = quote(os.path.relpath(root / log, report_dir)) if log else None
     return report.AgentRow(decision.agent.task, state, record.attempt if record and ran else 0,
                            elapsed(record) if ran else "", cost, tokens, reason, log, href)
 

@@ -91,7 +91,7 @@ dl.summary{display:grid;grid-template-columns:max-content auto;gap:2px 16px;marg
 dl.summary dt{color:#616161}dl.summary dd{margin:0}
 .scroll{overflow:auto;background:#fff;border:1px solid #e0e0e0;padding:8px;max-height:80vh}
 .legend{font-size:12px;color:#424242;margin:4px 0}
-.tl{background:#fff;border:1px solid #e0e0e0;font:12px/1 "DejaVu Sans Mono",monospace;overflow-x:auto}
+.tl{background:#fff;border:1px solid #e0e0e0;font:12px/1 "DejaVu Sans Mono",monospace;overflow:auto;max-height:85vh}
 .tl .row{display:flex;align-items:center;height:20px;border-bottom:1px solid #f3f3f3;min-width:900px}
 .tl .name{width:280px;flex:none;overflow:hidden;text-overflow:ellipsis;white-space:nowrap;padding:0 8px}
 .tl .track{position:relative;flex:1;height:16px;margin-right:12px}

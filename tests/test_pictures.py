@@ -355,6 +355,19 @@ def test_report_escapes_reasons_logs_and_names():
     assert 'href="a&quot;&gt;&lt;script&gt;.log"' in html
 
 
+def test_log_links_are_relative_and_never_a_script_url(tmp_path):
+    from orchestrate.pictures import _row
+    from orchestrate.scheduler import Decision
+    agent = Agent("p", "a", command="true")
+    record = StatusRecord("failed", "p", "a", attempt=1, log="javascript:alert(1)")
+    row = _row(tmp_path, Decision(agent, "failed", "exit 1"), record, tmp_path)
+    assert row.log_href == "javascript%3Aalert%281%29"
+    row = _row(tmp_path, Decision(agent, "failed", "exit 1"),
+               StatusRecord("failed", "p", "a", log=".orchestrate/logs/p/a b.log"),
+               tmp_path / ".orchestrate")
+    assert row.log_href == "logs/p/a%20b.log"
+
+
 def synthetic_report(agents: int, attempts_each: int) -> report.ReportData:
     """Report data of `agents` agents (chains of 10, in 10 pipelines) that each
     ran `attempts_each` times; one in ten failed with a 40-line log tail."""
@@ -380,7 +393,8 @@ def synthetic_report(agents: int, attempts_each: int) -> report.ReportData:
                                             for i in range(40)]))
     dag = graph.build(specs, {r.task: r.state for r in rows}, set())
     return report.ReportData("/ws", [], rows, timeline.Timeline(attempts), graph.to_svg(dag),
-                             failures=failures, generated=start + 1000)
+                             dag_source="orchestrate's layered layout", failures=failures,
+                             generated=start + 1000)
 
 
 def test_report_of_1000_agents_and_3000_attempts_is_small():
@@ -390,3 +404,13 @@ def test_report_of_1000_agents_and_3000_attempts_is_small():
     assert html.count('class="attempt') == 3000
     assert html.count('<g class="node"') == 1000
     assert len(html.encode()) < 3_000_000
+
+
+def test_invalid_pipeline_writes_no_report_and_exits_3(ws):
+    ws.write_pipeline("bad", "[agents.x]\ncommand = 3\n")
+    for args in (["report"], ["graph"]):
+        proc = ws.doit(*args)
+        assert proc.returncode == 3, proc
+        assert "pipelines/bad.toml: agent 'x': key 'command'" in proc.stderr
+        assert "Traceback" not in proc.stderr
+    assert not (ws.state / "report.html").exists()
