@@ -140,10 +140,10 @@ def _summary(data: ReportData) -> str:
         wall += f" (from {_utc(span[0])})"
     items = [("agents", str(len(data.rows))), ("attempts", str(len(data.timeline.attempts))),
              ("wall time", wall)]
-    if data.cost_usd is not None:
-        items.append(("cost", f"${data.cost_usd:.4f}"))
-    if data.input_tokens or data.output_tokens:
-        items.append(("tokens", f"{data.input_tokens:,} in / {data.output_tokens:,} out"))
+    items.append(("cost", f"${data.cost_usd:.4f}" if data.cost_usd is not None
+                  else "none reported (only agent CLIs report costs)"))
+    items.append(("tokens", f"{data.input_tokens:,} in / {data.output_tokens:,} out"
+                  if data.input_tokens or data.output_tokens else "none reported"))
     for line in data.spend_lines:
         name, _, rest = line.partition(": ")
         items.append((f"budget {name}" if "budget" in rest else f"spent {name}", rest))

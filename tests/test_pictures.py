@@ -414,3 +414,17 @@ def test_invalid_pipeline_writes_no_report_and_exits_3(ws):
         assert "pipelines/bad.toml: agent 'x': key 'command'" in proc.stderr
         assert "Traceback" not in proc.stderr
     assert not (ws.state / "report.html").exists()
+
+
+def test_report_sums_cost_tokens_and_budget_of_agent_clis(ws, fake_bins):
+    from test_presets import preset_toml
+    ws.write_pipeline("p", "budget_usd = 1.0\n" + preset_toml("a", "claude", "one"))
+    ws.doit("wait", check_rc=0, env=fake_bins)
+    path = ws.doit("report", check_rc=0).stdout.strip()
+    html = Path(path).read_text()
+    summary = html[html.index('id="summary"'):html.index('id="dag"')]
+    assert "<dt>cost</dt><dd>$0.0123</dd>" in summary
+    assert "<dt>tokens</dt><dd>1,200 in / 340 out</dd>" in summary
+    assert "<dt>budget p</dt><dd>$0.0123 spent of $1.00 budget" in summary
+    row = html[html.index('<tr data-task="p:a">'):]
+    assert "$0.0123" in row[:row.index("</tr>")]
