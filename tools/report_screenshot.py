@@ -53,6 +53,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python tools/report_screenshot.py")
     parser.add_argument("--output", default=str(REPO / "docs" / "report.png"))
     args = parser.parse_args(argv)
+    if not Path(CHROMIUM).exists():
+        print(f"needs Debian's chromium at {CHROMIUM}: apt-get install chromium", file=sys.stderr)
+        return 3
     with tempfile.TemporaryDirectory(prefix="orchestrate-screenshot-") as folder:
         report = run_survey(Path(folder).resolve() / "ws")
         photograph(report, Path(args.output))
