@@ -171,7 +171,7 @@ def _bar(attempt: Attempt, origin: float, span: float, now: float) -> str:
     title = (f"{attempt.task} attempt {attempt.attempt}: {attempt.state} after "
              f"{duration_label(attempt.duration(now))}, started +{offset_label(attempt.start - origin)}"
              f" ({_utc(attempt.start)}) - {ending}"
-             + ("; relaunched after" if attempt.relaunched else ""))
+             + ("; relaunched afterwards" if attempt.relaunched else ""))
     text = f"#{attempt.attempt}" + (f" {attempt.stop_reason}" if attempt.stop_reason else "")
     return (f'<div class="{classes}" data-task="{e(attempt.task)}" '
             f'data-attempt="{attempt.attempt}" data-state="{e(attempt.state)}" '

@@ -428,3 +428,21 @@ def test_report_sums_cost_tokens_and_budget_of_agent_clis(ws, fake_bins):
     assert "<dt>budget p</dt><dd>$0.0123 spent of $1.00 budget" in summary
     row = html[html.index('<tr data-task="p:a">'):]
     assert "$0.0123" in row[:row.index("</tr>")]
+
+
+def test_a_relaunch_after_a_rate_limit_is_a_bar_of_its_own():
+    """A rate-limited run is relaunched as the same attempt: two bars, both #1."""
+    events = [
+        {"ts": "2026-01-01T10:00:00.000Z", "event": "launch", "task": "p:a", "run_id": "r1",
+         "attempt": 1},
+        {"ts": "2026-01-01T10:00:01.000Z", "event": "fail", "task": "p:a", "run_id": "r1",
+         "attempt": 1, "reason": "exit 1", "retry_at": 2.0},
+        {"ts": "2026-01-01T10:00:03.000Z", "event": "launch", "task": "p:a", "run_id": "r2",
+         "attempt": 1},
+        {"ts": "2026-01-01T10:00:04.000Z", "event": "finish", "task": "p:a", "run_id": "r2",
+         "attempt": 1, "reason": "done"},
+    ]
+    line = timeline.build(events, {"p:a"}, {})
+    html = report.render(report.ReportData("ws", [], [], line, "<svg></svg>"))
+    bars = re.findall(r'data-attempt="(\d)" data-state="(\w+)"', html)
+    assert bars == [("1", "failed"), ("1", "done")]
