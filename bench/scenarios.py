@@ -58,11 +58,12 @@ class Sizes:
     memory_agents: int = 200
     idle_seconds: float = 10.0
     hook_events: int = 20
+    report_agents: int = 1000     # each runs 3 attempts
 
 
 SMOKE = Sizes(runs=1, scale=0.1, caller_agents=5, throughput_agents=10, chain_length=5,
               layers=2, layer_width=3, layer_seconds=0.2, noop_sizes=(20,), memory_agents=5,
-              idle_seconds=1.0, hook_events=3)
+              idle_seconds=1.0, hook_events=3, report_agents=20)
 
 
 def _wall_to_last_signal(agents: dict[str, dict]) -> float:
@@ -364,8 +365,43 @@ def _one_hook_event(root, i: int) -> tuple[float, float, float, float]:
     return ((recorded - began) * 1000, (started - recorded) * 1000, cpu, latency * 1000)
 
 
+def _report_pipelines(n: int) -> dict[str, str]:
+    """10 pipelines of chains; every agent succeeds on its 3rd attempt but one
+    in ten of the last in each chain, which fails all 3 after 60 lines of log."""
+    head = "[defaults]\nretries = 2\nretry_backoff = 0\n\n"
+    per = n // 10
+    texts = {}
+    for p in range(10):
+        agents = {}
+        for i in range(per):
+            last = i + 10 >= per
+            command = ('for i in $(seq 60); do echo "line $i of a failing agent"; done; exit 1'
+                       if last and i % 10 == 3 else '[ "$ORCHESTRATE_ATTEMPT" -ge 3 ] || exit 1')
+            agents[f"a{i}"] = {"command": command, "after": [f"a{i - 10}"] if i >= 10 else []}
+        texts[f"r{p}"] = head + pipeline(agents)
+    return texts
+
+
+def report_size(sizes: Sizes) -> list[Row]:
+    """`doit report` after a real run of N agents with 3 attempts each: seconds
+    from invocation until it has written the file, and the file's size."""
+    n = sizes.report_agents
+    with workspace(_report_pipelines(n)) as root:
+        doit(root, "wait")
+        launches = sum(1 for e in events(root) if e["event"] == "launch")
+        seconds, megabytes = [], []
+        for _ in range(max(3, sizes.runs)):
+            _, elapsed, _ = doit(root, "report")
+            seconds.append(elapsed)
+            megabytes.append((root / ".orchestrate" / "report.html").stat().st_size / 1e6)
+    name = f"report: {n} agents, {launches} attempts"
+    return [Row(name, "seconds for doit report", seconds, "<= 2", "s",
+                note="from invocation: start-up, a status pass, events, drawing, writing"),
+            Row(name, "report size MB", megabytes, "<= 3", "MB")]
+
+
 ALL = [critical_path_scenarios, caller_block, launch_throughput, signal_to_launch, scale,
-       noop, memory, idle, hooks]
+       noop, memory, idle, hooks, report_size]
 
 
 def run_all(sizes: Sizes, report, only: str | None = None) -> list[Row]:

@@ -233,3 +233,47 @@ class Info(DoitInfo):
         for line in lines:
             self.outstream.write(f" * {line}\n")
         return 0 if up_to_date else 1
+
+
+opt_format = {"name": "fmt", "long": "format", "type": str, "default": "dot",
+              "choices": (("dot", "Graphviz DOT text"), ("mermaid", "mermaid flowchart text"),
+                          ("svg", "an SVG drawn by Graphviz's dot")),
+              "help": "dot (default) or mermaid text, or svg (needs Graphviz)"}
+opt_output = {"name": "output", "short": "o", "long": "output", "type": str, "default": None,
+              "help": "write to FILE (relative: from the workspace root) and print its path"}
+
+
+class Graph(OrchestrateCommand):
+    name = "graph"
+    doc_purpose = "print the DAG of the selected agents and everything upstream of them"
+    doc_usage = "[TASK ...] [--format dot|mermaid|svg] [-o FILE]"
+    doc_description = ("Nodes pipeline:agent coloured by state; after edges solid, after_any "
+                       "dashed, wait_for signals dotted.\nExit: 0; 3 on an invalid pipeline, "
+                       "an unknown task, or --format svg without Graphviz.")
+    cmd_options = (opt_format, opt_output)
+
+    def _execute(self, pos_args, fmt, output):
+        from . import pictures
+        text = pictures.graph_text(self.root, pos_args, fmt)
+        if output is None:
+            self.outstream.write(text)
+            return 0
+        path = pictures.write_file(pictures.output_path(self.root, output), text)
+        self.outstream.write(f"{path}\n")
+        return 0
+
+
+class Report(OrchestrateCommand):
+    name = "report"
+    doc_purpose = "write a self-contained HTML report of the run and print its path"
+    doc_usage = "[TASK ...] [-o FILE]"
+    doc_description = ("Summary, DAG, a timeline of every attempt, the agents' table and the "
+                       "end of failed agents' logs; default .orchestrate/report.html.\n"
+                       "Exit: 0; 3 on an invalid pipeline or an unknown task.")
+    cmd_options = (opt_output,)
+
+    def _execute(self, pos_args, output):
+        from . import pictures
+        path = pictures.write_report(self.root, pos_args, output)
+        self.outstream.write(f"{path}\n")
+        return 0

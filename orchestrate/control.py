@@ -167,7 +167,17 @@ class _LiveProgress:
 
 def wait(root: Path, names: list[str], timeout: float | None, out: IO[str],
          live: bool, cancel_on_interrupt: bool = False) -> int:
-    """Start, then block until the selection is done or can go no further."""
+    """Start, then block until the selection is done or can go no further;
+    when something failed, end with the path of the run's report."""
+    code = _wait(root, names, timeout, out, live, cancel_on_interrupt)
+    if code == EXIT_FAILED:
+        from .pictures import report_line
+        out.write(report_line(root, names) + "\n")
+    return code
+
+
+def _wait(root: Path, names: list[str], timeout: float | None, out: IO[str],
+          live: bool, cancel_on_interrupt: bool = False) -> int:
     if not start(root, names):
         out.write(NO_PIPELINES)
         return EXIT_OK
