@@ -25,6 +25,12 @@ def workspace_at(root: Path) -> Workspace:
     return _loaded[root]
 
 
+def forget_workspace(root: Path) -> None:
+    """The next `workspace_at(root)` reads the pipeline files again: a
+    long-lived process (the MCP server) must see edits between its calls."""
+    _loaded.pop(root.resolve(), None)
+
+
 def describe_command(agent: Agent) -> str:
     if agent.preset:
         return f"{agent.preset} agent" + (f" ({agent.model})" if agent.model else "")
