@@ -6,6 +6,7 @@ import sys
 import tomllib
 from pathlib import Path
 
+from .mcp_config import McpConfigError
 from .scaffold import init_workspace
 
 
@@ -26,6 +27,9 @@ def main(argv: list[str] | None = None) -> int:
     except tomllib.TOMLDecodeError as err:
         print(f"error: {Path(args.directory) / 'pyproject.toml'}: invalid TOML ({err}); "
               "nothing changed", file=sys.stderr)
+        return 3
+    except McpConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
         return 3
     print("next: doit wait   (runs pipelines/*.toml; doit status, doit list --all)")
     return 0

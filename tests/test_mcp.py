@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import wait_until
+from conftest import Workspace, wait_until
 
 try:
     import anyio  # installed with mcp
@@ -28,12 +28,12 @@ TOOLS = {"list", "run", "status", "wait", "logs", "signal", "cancel"}
 
 
 @contextlib.asynccontextmanager
-async def connect(root: Path, errlog):
+async def connect(root: Path, errlog, params: StdioServerParameters | None = None):
     """A session with a fresh server on `root`, started with a bare
     environment (no PATH), as MCP hosts start servers."""
-    params = StdioServerParameters(command=sys.executable,
-                                   args=["-m", "orchestrate", "mcp", str(root)],
-                                   env={"PATH": ""}, cwd="/")
+    params = params or StdioServerParameters(
+        command=sys.executable, args=["-m", "orchestrate", "mcp", str(root)],
+        env={"PATH": ""}, cwd="/")
     async with stdio_client(params, errlog=errlog) as (read, write):
         async with ClientSession(read, write) as session:
             await session.initialize()
@@ -339,3 +339,25 @@ def test_server_refuses_a_missing_folder(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "orchestrate", "mcp", str(tmp_path / "none")],
                           capture_output=True, text=True, stdin=subprocess.DEVNULL)
     assert proc.returncode == 3 and "no such folder" in proc.stderr and proc.stdout == ""
+
+
+def test_the_server_init_registered_runs_the_example_pipeline(tmp_path, errlog):
+    """Started from the `.mcp.json` entry init wrote, as Claude Code starts it."""
+    root = (tmp_path / "new").resolve()
+    subprocess.run([sys.executable, "-m", "orchestrate", "init", str(root)], check=True,
+                   capture_output=True)
+    entry = json.loads((root / ".mcp.json").read_text())["mcpServers"]["orchestrate"]
+    params = StdioServerParameters(command=entry["command"], args=entry["args"], cwd="/")
+
+    async def body():
+        async with connect(root, errlog, params) as session:
+            listed = await call(session, "list")
+            assert listed["pipelines"][0]["agents"] == [
+                "example:list", "example:count", "example:types", "example:report"]
+            done = await call(session, "wait", timeout=120)
+            assert done["finished"] is True and set(states(done).values()) == {"done"}
+    try:
+        anyio.run(body)
+        assert (root / "reports" / "report.txt").read_text().startswith("files: ")
+    finally:
+        Workspace(root).kill_everything()
