@@ -4,6 +4,7 @@ and calls its tools; real doit, real agent processes, real files."""
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import signal
@@ -14,6 +15,8 @@ from pathlib import Path
 
 import pytest
 from conftest import Workspace, wait_until
+
+from orchestrate.state import Layout
 
 try:
     import anyio  # installed with mcp
@@ -211,6 +214,29 @@ def test_wait_is_bounded_and_caps_its_timeout(ws, errlog):
             done = await call(session, "wait", tasks=["p:a"], timeout=100000)
             assert done == {"finished": True, "agents": done["agents"]}
             assert states(done) == {"p:a": "done"}
+    anyio.run(body)
+
+
+def test_wait_returns_in_time_while_another_process_holds_the_scheduling_lock(ws, errlog):
+    """Its launch and passes block on the lock; the call still returns at its
+    timeout, and the launch goes on once the lock is free."""
+    two_step(ws, ws.root / "never")
+    ws.state.mkdir(exist_ok=True)
+    lock = os.open(Layout(ws.root).lock_path, os.O_RDWR | os.O_CREAT)
+    fcntl.flock(lock, fcntl.LOCK_EX)
+
+    async def body():
+        async with connect(ws.root, errlog) as session:
+            try:
+                began = time.monotonic()
+                waited = await call(session, "wait", tasks=["p:a"], timeout=1)
+                elapsed = time.monotonic() - began
+            finally:
+                os.close(lock)
+            assert waited["finished"] is False and states(waited) == {"p:a": "pending"}
+            assert elapsed < 1 + 2, elapsed
+            ws.wait_state("p", "a", "running")
+            assert states(await call(session, "status", tasks=["p:a"])) == {"p:a": "running"}
     anyio.run(body)
 
 
