@@ -35,7 +35,6 @@ from .tasks import forget_workspace, workspace_at
 
 WAIT_DEFAULT, WAIT_MAX = 30.0, 300.0
 TAIL_DEFAULT = 100
-RELAUNCH_AFTER = 1.0   # seconds ready agents may wait for an advancer before `wait` runs `doit`
 
 
 class CommandError(Exception):
@@ -158,6 +157,10 @@ class Toolbox:
     def wait(self, tasks: list[str] | None, timeout: float, progress: WaitProgress) -> None:
         """As `doit wait --timeout`: launch, then pass until the selection can go
         no further or `timeout` seconds are up, publishing each pass in `progress`.
+
+        The passes settle finished runs but launch nothing: launching is the
+        advancer's, forked by the `doit` we ran (a pass here would have to fork
+        it again). Should it die meanwhile, the next `run` or `wait` starts one.
         Each step is bounded by the deadline except a pass waiting for the
         scheduling lock; the caller stops waiting for us at the deadline."""
         deadline = time.monotonic() + min(timeout, WAIT_MAX)
@@ -165,7 +168,6 @@ class Toolbox:
         self._finish(self._doit("run", names), deadline)
         layout = Layout(self.root)
         watcher = Watcher(layout, [p.name for p in self.workspace().pipelines])
-        ready_since: float | None = None
         try:
             while True:
                 decisions, records = control.status(self.root, names)
@@ -174,25 +176,9 @@ class Toolbox:
                 now = time.monotonic()
                 if finished or now >= deadline:
                     return
-                ready_since = self._advance_if_orphaned(decisions, names, ready_since, deadline)
                 watcher.wait(min(1.0, deadline - now))
         finally:
             watcher.close()
-
-    def _advance_if_orphaned(self, decisions: dict, names: list[str],
-                             ready_since: float | None, deadline: float) -> float | None:
-        """Ready agents are the advancer's to launch; if they stay ready for
-        RELAUNCH_AFTER (no advancer: it was killed, or stopped on an invalid
-        edit), run `doit` again, as `doit wait` would launch them itself."""
-        if not any(d.state == "launch" for d in decisions.values()):
-            return None
-        now = time.monotonic()
-        if ready_since is None:
-            return now
-        if now - ready_since < RELAUNCH_AFTER:
-            return ready_since
-        self._finish(self._doit("run", names), deadline)
-        return None
 
     # -- the commands, as child processes -------------------------------------
     def _doit(self, command: str, names: list[str]) -> subprocess.Popen:

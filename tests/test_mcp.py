@@ -271,6 +271,22 @@ def test_mistakes_are_tool_errors_with_the_command_lines_message(ws, errlog):
     anyio.run(body)
 
 
+def test_agents_outlive_a_client_that_closed(ws, errlog):
+    """The host closes the session: the SDK ends the server and kills its
+    process group; agents and the advancer live in sessions of their own."""
+    gate = ws.root / "release-a"
+    two_step(ws, gate)
+
+    async def body():
+        async with connect(ws.root, errlog) as session:
+            await call(session, "run", tasks=["p:b"])
+    anyio.run(body)
+    assert not server_pids(ws.root)
+    assert ws.state_of("p", "a") == "running" and group_alive(ws.status("p", "a")["pid"])
+    gate.touch()
+    wait_until(lambda: ws.signal("p", "b").exists(), what="b done")
+
+
 def test_agents_outlive_a_server_killed_with_sigkill(ws, errlog):
     gate = ws.root / "release-a"
     two_step(ws, gate)
@@ -296,6 +312,25 @@ def test_agents_outlive_a_server_killed_with_sigkill(ws, errlog):
             assert states(await call(session, "status", tasks=["p:b"])) == {
                 "p:a": "done", "p:b": "done"}
     anyio.run(second_server)
+    assert sorted(e["agent"] for e in ws.launches()) == ["a", "b"]
+
+
+def test_the_next_wait_goes_on_where_a_killed_advancer_stopped(ws, errlog):
+    gate = ws.root / "release-a"
+    two_step(ws, gate)
+
+    async def body():
+        async with connect(ws.root, errlog) as session:
+            await call(session, "run", tasks=["p:b"])
+            for pid in wait_until(ws.advancer_pids, what="the advancer"):
+                os.kill(pid, signal.SIGKILL)
+            wait_until(lambda: not ws.advancer_pids(), what="the advancer gone")
+            gate.touch()          # a ends with nobody to settle it or launch b
+            wait_until(lambda: (ws.root / "out" / "a.txt").exists(), what="a's output")
+            done = await call(session, "wait", tasks=["p:b"], timeout=60)
+            assert done["finished"] is True
+            assert states(done) == {"p:a": "done", "p:b": "done"}
+    anyio.run(body)
     assert sorted(e["agent"] for e in ws.launches()) == ["a", "b"]
 
 
