@@ -19,7 +19,7 @@ import anyio
 import anyio.to_thread
 from mcp.server import MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
-from mcp_types import ToolAnnotations
+from mcp.types import ToolAnnotations
 from pydantic import Field
 
 from . import __version__
@@ -58,7 +58,8 @@ DESCRIPTIONS = {
         + RECORDS),
     "status": (
         "As `doit status --json`: each agent's state; launches nothing. Returns "
-        '{"agents": [status records], "pipelines": {name: totals}}.'
+        '{"agents": [status records], "pipelines": {name: {"cost_usd", "input_tokens", '
+        '"output_tokens"}}} (the totals of preset agents such as claude).'
         + RECORDS),
     "wait": (
         'As `doit wait`: launch what is ready (as run), then block until the selection '

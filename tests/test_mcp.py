@@ -422,3 +422,14 @@ def test_the_server_init_registered_runs_the_example_pipeline(tmp_path, errlog):
         assert (root / "reports" / "report.txt").read_text().startswith("files: ")
     finally:
         Workspace(root).kill_everything()
+
+
+def test_the_tool_timing_bench_runs():
+    """`python -m bench.mcp` (README figures), one round, so it cannot rot."""
+    repo = Path(__file__).resolve().parent.parent
+    proc = subprocess.run([sys.executable, "-m", "bench.mcp", "--repeat", "1"], cwd=repo,
+                          capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, proc.stderr
+    for label in ("start + initialize", "list", "run (launches)", "wait (until done)", "logs",
+                  "signal", "cancel (nothing running)"):
+        assert f"\n{label} " in proc.stdout, proc.stdout
