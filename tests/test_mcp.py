@@ -396,6 +396,37 @@ def test_stdout_carries_only_protocol(ws):
     assert "started a" in replies[2]["result"]["structuredContent"]["log"]
 
 
+def test_a_stray_print_in_a_tool_goes_to_stderr_not_the_wire(ws):
+    noisy = ("import sys; from pathlib import Path; from orchestrate import mcp_tools, mcp_server\n"
+             "original = mcp_tools.Toolbox.list\n"
+             "def noisy(self):\n    print('stray print'); return original(self)\n"
+             "mcp_tools.Toolbox.list = noisy\n"
+             "mcp_server.serve(Path(sys.argv[1]))\n")
+    proc = subprocess.Popen([sys.executable, "-c", noisy, str(ws.root)], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        for message in [
+                {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+                    "protocolVersion": "2025-06-18", "capabilities": {},
+                    "clientInfo": {"name": "raw", "version": "0"}}},
+                {"jsonrpc": "2.0", "method": "notifications/initialized"},
+                {"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+                 "params": {"name": "list", "arguments": {}}}]:
+            proc.stdin.write(json.dumps(message) + "\n")
+            proc.stdin.flush()
+            if "id" in message:
+                reply = json.loads(proc.stdout.readline())
+        assert reply["id"] == 2 and reply["result"]["structuredContent"] == {"pipelines": []}
+        proc.stdin.close()
+        assert proc.stdout.read() == "" and proc.wait(timeout=30) == 0
+        assert "stray print" in proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
 def test_server_refuses_a_missing_folder(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "orchestrate", "mcp", str(tmp_path / "none")],
                           capture_output=True, text=True, stdin=subprocess.DEVNULL)
