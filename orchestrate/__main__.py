@@ -1,4 +1,4 @@
-"""`python -m orchestrate init [DIR]`."""
+"""`python -m orchestrate init [DIR]` and `python -m orchestrate mcp [DIR]`."""
 from __future__ import annotations
 
 import argparse
@@ -6,6 +6,7 @@ import sys
 import tomllib
 from pathlib import Path
 
+from .mcp_config import McpConfigError
 from .scaffold import init_workspace
 
 
@@ -15,7 +16,11 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     init = sub.add_parser("init", help="make DIR an orchestrate workspace (never overwrites)")
     init.add_argument("directory", nargs="?", default=".")
+    mcp = sub.add_parser("mcp", help="serve the workspace DIR to AI agents over MCP (stdio)")
+    mcp.add_argument("directory", nargs="?", default=".")
     args = parser.parse_args(argv)
+    if args.command == "mcp":
+        return serve_mcp(Path(args.directory))
     try:
         for line in init_workspace(Path(args.directory)):
             print(line)
@@ -23,7 +28,25 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {Path(args.directory) / 'pyproject.toml'}: invalid TOML ({err}); "
               "nothing changed", file=sys.stderr)
         return 3
+    except McpConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 3
     print("next: doit wait   (runs pipelines/*.toml; doit status, doit list --all)")
+    return 0
+
+
+def serve_mcp(directory: Path) -> int:
+    """Until the client closes stdin; everything but the protocol goes to stderr."""
+    if not directory.is_dir():
+        print(f"error: {directory}: no such folder", file=sys.stderr)
+        return 3
+    try:
+        from .mcp_server import serve
+    except ImportError as err:
+        print(f"error: the MCP server needs the mcp extra ({err}): "
+              "pip install 'orchestrate[mcp]'", file=sys.stderr)
+        return 3
+    serve(directory)
     return 0
 
 

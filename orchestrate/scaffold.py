@@ -9,6 +9,8 @@ from __future__ import annotations
 import tomllib
 from pathlib import Path
 
+from .mcp_config import planned_mcp_json, write_mcp_json
+
 DODO = '''"""doit entry point: every pipelines/*.toml becomes a group of agent tasks."""
 from pathlib import Path
 
@@ -100,6 +102,7 @@ def update_pyproject(path: Path, done: list[str]) -> None:
 
 def init_workspace(directory: Path) -> list[str]:
     done: list[str] = []
+    mcp_json = planned_mcp_json(directory)   # checked before anything is written
     directory.mkdir(parents=True, exist_ok=True)
     _write_new(directory / "dodo.py", DODO, done)
     update_pyproject(directory / "pyproject.toml", done)
@@ -113,4 +116,5 @@ def init_workspace(directory: Path) -> list[str]:
         with open(gitignore, "a") as handle:
             handle.write(prefix + GITIGNORE_LINE + "\n")
         done.append(f"updated  {gitignore} (ignore .orchestrate/)")
+    write_mcp_json(directory, mcp_json, done)
     return done

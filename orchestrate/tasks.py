@@ -38,6 +38,13 @@ def invalid_warning(workspace: Workspace) -> str:
             "it is fixed):\n" + "\n".join(workspace.problems) + "\n")
 
 
+def forget_workspace(root: Path) -> None:
+    """The next `workspace_at(root)` reads the pipeline files again: a
+    long-lived process (the MCP server) must see edits between its calls."""
+    for lenient in (False, True):
+        _loaded.pop((root.resolve(), lenient), None)
+
+
 def describe_command(agent: Agent) -> str:
     if agent.preset:
         return f"{agent.preset} agent" + (f" ({agent.model})" if agent.model else "")

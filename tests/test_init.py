@@ -1,4 +1,5 @@
 """`python -m orchestrate init` on a user's project, and the example pipeline."""
+import json
 import shutil
 import subprocess
 import sys
@@ -90,3 +91,48 @@ def test_the_claude_example_runs_through_the_preset(tmp_path, fake_bins):
         assert record["result"]["final_message"].startswith("echo: You are reviewing")
     finally:
         ws.kill_everything()
+
+
+def mcp_entry(directory: Path) -> dict:
+    return {"type": "stdio", "command": sys.executable,
+            "args": ["-m", "orchestrate", "mcp", str(directory.resolve())]}
+
+
+def test_init_registers_the_mcp_server_in_a_new_mcp_json(tmp_path):
+    proc = init(tmp_path / "new")
+    assert ".mcp.json" in proc.stdout
+    config = json.loads((tmp_path / "new" / ".mcp.json").read_text())
+    assert config == {"mcpServers": {"orchestrate": mcp_entry(tmp_path / "new")}}
+    assert Path(config["mcpServers"]["orchestrate"]["command"]).is_absolute()
+
+
+def test_init_merges_into_the_users_mcp_json_and_keeps_their_servers(tmp_path):
+    users = {"mcpServers": {"github": {"command": "npx", "args": ["-y", "gh-mcp"]}},
+             "note": "mine"}
+    (tmp_path / ".mcp.json").write_text(json.dumps(users))
+    init(tmp_path)
+    config = json.loads((tmp_path / ".mcp.json").read_text())
+    assert config["note"] == "mine"
+    assert config["mcpServers"] == {**users["mcpServers"], "orchestrate": mcp_entry(tmp_path)}
+    before = (tmp_path / ".mcp.json").read_bytes()
+    assert "kept" in init(tmp_path).stdout
+    assert (tmp_path / ".mcp.json").read_bytes() == before
+
+
+def test_init_keeps_the_users_own_orchestrate_entry(tmp_path):
+    text = '{"mcpServers": {"orchestrate": {"command": "/opt/py", "args": ["x"]}}}'
+    (tmp_path / ".mcp.json").write_text(text)
+    init(tmp_path)
+    assert (tmp_path / ".mcp.json").read_text() == text
+
+
+def test_init_on_invalid_mcp_json_changes_nothing(tmp_path):
+    for text in ("{not json", '["a list"]', '{"mcpServers": []}'):
+        (tmp_path / ".mcp.json").write_text(text)
+        proc = subprocess.run([sys.executable, "-m", "orchestrate", "init", str(tmp_path)],
+                              capture_output=True, text=True)
+        assert proc.returncode == 3, proc
+        assert ".mcp.json" in proc.stderr and "nothing changed" in proc.stderr
+        assert "Traceback" not in proc.stderr
+        assert [p.name for p in tmp_path.iterdir()] == [".mcp.json"]
+        assert (tmp_path / ".mcp.json").read_text() == text
