@@ -136,6 +136,10 @@ class RunLifecycle:
         if self.check_liveness:
             if not is_alive(record.pid, record.pid_create_time):
                 code = read_exit_code(exit_path)   # it may have finished since we looked
+                if code is None and abandon_run(exit_path):
+                    # gone before its wrapper claimed the run: killed between fork
+                    # and exec, so the agent never ran; that attempt is owed
+                    return self._owe_attempt(record)
                 return self._finish(agent, record, code, exit_time(exit_path))
             record = self._track_descendants(record)
         return self._enforce_limits(agent, record)
@@ -213,6 +217,14 @@ class RunLifecycle:
         append_event(self.layout, "stop", task=agent.task, run_id=record.run_id, reason=reason)
         return record
 
+    def _owe_attempt(self, record: StatusRecord) -> StatusRecord:
+        """The launch never ran the agent: relaunch the same attempt at once."""
+        record = replace(record, state="waiting", attempt=record.attempt - 1, pid=None,
+                         retry_at=self.clock(), reason="launch interrupted; relaunching")
+        self._save(record)
+        append_event(self.layout, "launch_abandoned", task=record.task, run_id=record.run_id)
+        return record
+
     def _recover_launch(self, agent: Agent, record: StatusRecord) -> StatusRecord:
         """A pass crashed between recording a launch and recording its pid.
 
@@ -223,10 +235,7 @@ class RunLifecycle:
         exit_path = self.layout.exit_file(run_id)
         pid = processes.find_run_process(run_id)
         if pid is None and abandon_run(exit_path):   # it never started: that attempt is owed
-            record = replace(record, state="waiting", attempt=record.attempt - 1,
-                             retry_at=self.clock(), reason="launch interrupted; relaunching")
-            self._save(record)
-            return record
+            return self._owe_attempt(record)
         pid = pid or processes.find_run_process(run_id)
         if pid is None:                              # it started, and has ended since
             return self._finish(agent, record, read_exit_code(exit_path), exit_time(exit_path))

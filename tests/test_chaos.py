@@ -51,7 +51,9 @@ def reset(ws) -> None:
 
 def check_outcome(ws, trial) -> None:
     states = {name: ws.state_of("chaos", name) for name in EXPECTED_STATE}
-    assert states == EXPECTED_STATE, f"trial {trial}: {states}"
+    reasons = {name: (ws.status("chaos", name) or {}).get("reason") for name in states
+               if states[name] != EXPECTED_STATE[name]}
+    assert states == EXPECTED_STATE, f"trial {trial}: {states}; reasons {reasons}"
     counts = {name: len(ws.launches(name)) for name in MAX_LAUNCHES}
     events = (ws.state / "events.jsonl").read_text()
     assert all(counts[n] <= MAX_LAUNCHES[n] for n in counts), f"trial {trial}: {counts}\n{events}"
@@ -137,3 +139,23 @@ def test_a_launch_stuck_between_fork_and_exec_never_runs_twice(ws):
     assert late.returncode == 0 and late.stdout == ""   # it found its claim taken
     assert len(ws.launches("a")) == 1
     assert not Layout(ws.root).exit_file(record["run_id"]).exists()
+
+
+def test_a_wrapper_killed_before_it_claimed_its_run_is_relaunched_not_failed(ws):
+    """`doit` forked the wrapper and was told it started (Popen learns of a
+    failed exec only through a pipe the dead child closes), but the child was
+    killed before exec: the agent never ran, so that attempt is owed."""
+    import psutil
+    ws.write_pipeline("p", f"[agents.a]\ncommand = {json.dumps(ws.agent_cmd())}\n")
+    dead = subprocess.Popen(["true"])
+    started = psutil.Process(dead.pid).create_time()
+    dead.wait()
+    fields = ws.fingerprint_fields("p:a")
+    (ws.state / "status" / "p" / "a.json").write_text(json.dumps({
+        "state": "running", "pipeline": "p", "agent": "a", "task": "p:a", "attempt": 1,
+        "run_id": "p.a.1.deadbeef", "pid": dead.pid, "pid_create_time": started,
+        "launches": 1, "started_epoch": time.time(), **fields}))
+    ws.doit("wait", check_rc=0)
+    assert len(ws.launches("a")) == 1
+    record = ws.status("p", "a")
+    assert record["state"] == "done" and record["attempt"] == 1
