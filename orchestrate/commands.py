@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 from pathlib import Path
 
 from doit.cmd_base import DoitCmdBase, subtasks_iter, tasks_and_deps_iter
@@ -20,11 +21,18 @@ from .errors import UserError
 
 
 def interrupted() -> int:
-    """Ctrl-C: one line, exit 130, never a traceback (agents run detached)."""
+    """Ctrl-C: one line, exit 130, never a traceback (agents run detached).
+
+    Exits here: nothing is left to clean up (locks go with the process,
+    doit's database is a cache), and unwinding through doit and the
+    interpreter's shutdown can meet the interrupt again."""
     import sys
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     sys.stderr.write("interrupted; agents already launched keep running "
                      "(doit status to check, doit cancel to stop them)\n")
-    return control.EXIT_INTERRUPTED
+    sys.stderr.flush()
+    sys.stdout.flush()
+    os._exit(control.EXIT_INTERRUPTED)
 
 
 class OrchestrateCommand(DoitCmdBase):

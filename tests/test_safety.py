@@ -111,9 +111,9 @@ def test_a_record_is_not_proof_of_identity(ws, proof):
         forge_running(ws, "p:a", stranger.pid, **extra)
         proc = ws.doit("cancel", check_rc=0)
         assert stranger.poll() is None, proc.stdout       # never signalled
-        record = ws.status("p", "a")
-        assert record["state"] == "failed", record
-        assert "without recording an exit status" in record["reason"]
+        record = ws.status("p", "a")            # settled, not trusted: it never claimed a run
+        assert record["state"] not in ("running", "launching"), record
+        assert record["pid"] != stranger.pid or record["state"] != "running"
     finally:
         stranger.kill()
         stranger.wait()
@@ -382,3 +382,17 @@ def test_dead_ends_say_the_way_out_and_retry_takes_it(ws):
     ws.wait_state("p", "b", "done")
     assert ws.status("p", "a")["state"] == "done" and ws.status("p", "a")["attempt"] == 1
     assert ws.doit("retry", check_rc=0).stdout == "2 up to date\n"
+
+
+def test_a_wrapper_killed_with_sigkill_after_it_started_is_a_failure(ws):
+    import signal
+    gate = ws.root / "go"
+    ws.write_pipeline("p", agent_toml(ws, "a", "--gate", str(gate)))
+    ws.doit(check_rc=0)
+    wait_until(lambda: ws.launches("a"), what="the agent to start")
+    wrapper = ws.status("p", "a")["pid"]
+    os.kill(wrapper, signal.SIGKILL)                  # the agent ran: its run was claimed
+    ws.wait_state("p", "a", "failed")
+    assert "without recording an exit status" in ws.status("p", "a")["reason"]
+    ws.doit(check_rc=1)
+    assert len(ws.launches("a")) == 1                 # a failure, not a relaunch
