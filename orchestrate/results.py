@@ -60,7 +60,8 @@ _NOISE = re.compile(
     r"^(Warning: 256-color support|Ripgrep is not available|\[STARTUP\]|"
     r"WARNING: proceeding, even though we could not create PATH aliases|at |[{}\[\](),]+$|"
     r"For more information, try|Usage:|tip:)")
-_ERROR_WORD = re.compile(r"^(error|fatal)\b|\berror:", re.IGNORECASE)
+_ERROR_WORD = re.compile(r"^(error|fatal)\b|\berror:|^(Unknown|Invalid|Missing required) "
+                         r"(arguments?|values?|option)", re.IGNORECASE)
 CLAUDE_ROOT_BYPASS = "cannot be used with root/sudo privileges"
 
 
