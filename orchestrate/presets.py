@@ -68,9 +68,10 @@ def _gemini(agent: Agent) -> list[str]:
 def _aider(agent: Agent, prompt_path: str, place: Place) -> list[str]:
     # history files of its own, so parallel aider agents never share one;
     # --no-gitignore: it would append to the workspace's .gitignore; outside
-    # a repository --no-git, as with --yes-always it would `git init` one
+    # a repository --no-git, as with --yes-always it would `git init` one;
+    # --no-analytics, as --yes-always would also answer yes to its opt-in question
     argv = ["--message-file", prompt_path, "--yes-always", "--no-pretty", "--no-stream",
-            "--no-check-update", "--no-show-release-notes", "--no-fancy-input",
+            "--no-check-update", "--no-show-release-notes", "--no-fancy-input", "--no-analytics",
             "--chat-history-file", f"{place.history}.chat.history.md",
             "--input-history-file", f"{place.history}.input.history", "--no-gitignore"]
     if not place.in_git_repo:

@@ -63,6 +63,7 @@ _NOISE = re.compile(
 _ERROR_WORD = re.compile(r"^(error|fatal)\b|\berror:|^(Unknown|Invalid|Missing required) "
                          r"(arguments?|values?|option)", re.IGNORECASE)
 CLAUDE_ROOT_BYPASS = "cannot be used with root/sudo privileges"
+KILLED = (129, 130, 137, 143)     # SIGHUP, SIGINT, SIGKILL, SIGTERM (128 + signal)
 
 
 def stderr_error(text: str) -> str | None:
@@ -80,8 +81,8 @@ def stderr_error(text: str) -> str | None:
 def _startup_failure(result: AgentResult, text: str, exit_code: int | None,
                      streamed: bool) -> AgentResult:
     """A CLI that failed before its structured output: its stderr line is the error."""
-    if streamed or exit_code in (None, 0) or result.is_error:
-        return result
+    if streamed or exit_code in (None, 0, *KILLED) or result.is_error:
+        return result     # killed by a signal: orchestrate's stop, not a startup failure
     line = stderr_error(text)
     if line is None:
         return result

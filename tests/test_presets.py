@@ -13,7 +13,7 @@ EXPECTED_ARGV = {
                "--allowed-tools", "Read,Edit", "--extra", "-p", ""],
     "aider": ["--message-file", None, "--yes-always", "--no-pretty", "--no-stream",
               "--no-check-update", "--no-show-release-notes", "--no-fancy-input",
-              "--chat-history-file", "{state}/aider/p/a.chat.history.md",
+              "--no-analytics", "--chat-history-file", "{state}/aider/p/a.chat.history.md",
               "--input-history-file", "{state}/aider/p/a.input.history", "--no-gitignore",
               "--no-git", "--model", "m1", "--extra"],
 }
