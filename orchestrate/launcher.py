@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from .presets import executable, invocation
+from .presets import Place, executable, invocation
 from .processes import create_time
 from .spec import Agent
 from .state import Layout
@@ -91,5 +91,17 @@ class Launcher:
             raise FileNotFoundError(
                 f"{program} not found (install it, or set executable = \"/path\" or "
                 f"ORCHESTRATE_{agent.preset.upper()}_BIN)")
-        called = invocation(agent, program, _prompt_path(self.layout, agent, run_id))
+        called = invocation(agent, program, _prompt_path(self.layout, agent, run_id),
+                            self._place(agent))
+        env.update(called.env)
         return called.argv, called.stdin
+
+    def _place(self, agent: Agent) -> Place:
+        """Whether the agent's folder is in a git repository, and where its
+        aider history files go: .orchestrate/aider/<pipeline>/<agent>."""
+        cwd = (output_root(self.layout, agent) / agent.cwd).resolve()
+        in_git = any((folder / ".git").exists() for folder in (cwd, *cwd.parents))
+        history = self.layout.base / "aider" / agent.pipeline
+        if agent.preset == "aider":
+            history.mkdir(parents=True, exist_ok=True)
+        return Place(in_git_repo=in_git, history=str(history / agent.name))

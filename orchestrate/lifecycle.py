@@ -66,7 +66,7 @@ class RunLifecycle:
         else:
             error = None
             if agent.preset:
-                record, error = self._record_result(agent, record)
+                record, error = self._record_result(agent, record, code)
             record = finish_run(self.layout, agent, record, code, ended_at, error)
             crash_point("finish-signal-written")
         self.signal_cache.remember(self.layout.signal(agent.pipeline, agent.name),
@@ -78,6 +78,8 @@ class RunLifecycle:
                    "reason": record.reason, "attempt": record.attempt}
         limited = (record.state == "failed" and record.result.get("rate_limited")
                    and record.rate_limit_hits < MAX_RATE_LIMIT_HITS)
+        if record.state == "cancelled" and record.result.get("rate_limited"):
+            self._hold_preset(agent, record, record.rate_limit_hits + 1)   # the wall is real
         if limited:
             record = self._rest_after_rate_limit(agent, record)
             details["retry_at"] = record.retry_at
@@ -97,18 +99,23 @@ class RunLifecycle:
         """Retry when the CLI says the limit resets (or with backoff), without
         spending one of `retries`, and hold the preset's other agents till then."""
         hits = record.rate_limit_hits + 1
+        until = self._hold_preset(agent, record, hits)
+        clock = time.strftime("%H:%M:%S", time.localtime(until))
+        return replace(record, state="waiting", retry_at=until, attempt=record.attempt - 1,
+                       rate_limit_hits=hits,
+                       reason=f"rate limited until {clock}; retrying (not counted as a retry)")
+
+    def _hold_preset(self, agent: Agent, record: StatusRecord, hits: int) -> float:
+        """Until when the preset's agents wait: the CLI's reset time, else backoff."""
         reset = record.result.get("reset_at")
         until = float(reset) if reset and reset > self.clock() else (
             self.clock() + backoff(agent, hits))
         directory = self.layout.base / "ratelimits"
         directory.mkdir(exist_ok=True)
         write_json(directory / f"{agent.preset}.json", {"until": until, "by": agent.task})
-        clock = time.strftime("%H:%M:%S", time.localtime(until))
-        return replace(record, state="waiting", retry_at=until, attempt=record.attempt - 1,
-                       rate_limit_hits=hits,
-                       reason=f"rate limited until {clock}; retrying (not counted as a retry)")
+        return until
 
-    def _record_result(self, agent: Agent, record: StatusRecord
+    def _record_result(self, agent: Agent, record: StatusRecord, code: int | None = None
                        ) -> tuple[StatusRecord, str | None]:
         """Read what the CLI reported from its log: into the status record,
         the final message into results/<pipeline>/<agent>.md."""
@@ -116,13 +123,14 @@ class RunLifecycle:
             text = (self.layout.root / record.log).read_text(errors="replace")
         except OSError:
             text = ""
-        reported = parse_result(agent.preset or "", text)
+        reported = parse_result(agent.preset or "", text, code)
         path = self.layout.result(agent.pipeline, agent.name)
         path.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(path, reported.final_message + "\n", durable=False)
         record = replace(record, result=reported.to_json(),
                          spent_usd=round(record.spent_usd + (reported.cost_usd or 0.0), 6))
-        return record, (reported.error or "is_error") if reported.is_error else None
+        return record, (reported.error or "the CLI reported an error") if reported.is_error \
+            else None
 
     def settle(self, agent: Agent, record: StatusRecord) -> StatusRecord:
         """Finish a run whose exit was recorded or whose process vanished;

@@ -6,7 +6,7 @@ Flags and output shapes: docs/agent-cli-output.md.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Mapping
 
 from .spec import Agent
@@ -16,6 +16,14 @@ from .spec import Agent
 class Invocation:
     argv: tuple[str, ...]
     stdin: str | None      # path given as the process's stdin (None: /dev/null)
+    env: Mapping[str, str] = field(default_factory=dict)   # added to the agent's environment
+
+
+@dataclass(frozen=True)
+class Place:
+    """Where the agent runs, as far as its CLI cares (found by the launcher)."""
+    in_git_repo: bool = True
+    history: str = ".aider"    # path prefix of aider's per-agent history files
 
 
 def executable(agent: Agent, environ: Mapping[str, str]) -> str:
@@ -37,15 +45,19 @@ def _claude(agent: Agent) -> list[str]:
 
 
 def _codex(agent: Agent) -> list[str]:
-    argv = ["exec", "--json"]
+    # always: orchestrate picks the folder (the workspace or the agent's
+    # worktree); codex's check only guards an interactive user against an
+    # untracked folder, and its sandbox applies either way
+    argv = ["exec", "--json", "--skip-git-repo-check"]
     if agent.model:
         argv += ["-m", agent.model]
     return argv
 
 
 def _gemini(agent: Agent) -> list[str]:
-    # stdin comes first and the -p value is appended to it; "" keeps it headless
-    argv = ["--output-format", "stream-json"]
+    # stdin comes first and the -p value is appended to it; "" keeps it headless.
+    # --skip-trust: headless gemini refuses an untrusted folder (exit 55)
+    argv = ["--output-format", "stream-json", "--skip-trust"]
     if agent.model:
         argv += ["-m", agent.model]
     if agent.allowed_tools:
@@ -53,17 +65,31 @@ def _gemini(agent: Agent) -> list[str]:
     return argv
 
 
-def _aider(agent: Agent, prompt_path: str) -> list[str]:
+def _aider(agent: Agent, prompt_path: str, place: Place) -> list[str]:
+    # history files of its own, so parallel aider agents never share one;
+    # --no-gitignore: it would append to the workspace's .gitignore; outside
+    # a repository --no-git, as with --yes-always it would `git init` one;
+    # --no-analytics, as --yes-always would also answer yes to its opt-in question
     argv = ["--message-file", prompt_path, "--yes-always", "--no-pretty", "--no-stream",
-            "--no-check-update", "--no-show-release-notes", "--no-fancy-input"]
+            "--no-check-update", "--no-show-release-notes", "--no-fancy-input", "--no-analytics",
+            "--chat-history-file", f"{place.history}.chat.history.md",
+            "--input-history-file", f"{place.history}.input.history", "--no-gitignore"]
+    if not place.in_git_repo:
+        argv.append("--no-git")
     if agent.model:
         argv += ["--model", agent.model]
     return argv
 
 
-def invocation(agent: Agent, program: str, prompt_path: str) -> Invocation:
-    """argv and stdin for `agent`'s preset; `extra_args` go last, before any
-    positional prompt marker, so a user can add any flag the CLI has."""
+# aider wraps its report lines (Cost, errors) at the terminal's width, 80
+# columns when it cannot tell: a wide one keeps each on one line
+AIDER_ENV = {"COLUMNS": "4096"}
+
+
+def invocation(agent: Agent, program: str, prompt_path: str,
+               place: Place = Place()) -> Invocation:
+    """argv, stdin and added environment for `agent`'s preset; `extra_args` go
+    last, before any positional prompt marker, so a user can add any flag the CLI has."""
     preset = agent.preset
     extra = list(agent.extra_args)
     if preset == "claude":
@@ -73,5 +99,6 @@ def invocation(agent: Agent, program: str, prompt_path: str) -> Invocation:
     if preset == "gemini":
         return Invocation((program, *_gemini(agent), *extra, "-p", ""), prompt_path)
     if preset == "aider":
-        return Invocation((program, *_aider(agent, prompt_path), *extra), None)
+        return Invocation((program, *_aider(agent, prompt_path, place), *extra), None,
+                          AIDER_ENV)
     raise ValueError(f"unknown preset {preset!r}")

@@ -111,9 +111,10 @@ def finish_run(layout: Layout, agent: Agent, record: StatusRecord, code: int,
         state = "cancelled" if record.stop_reason.startswith("cancelled") else "failed"
         return replace(record, state=state, exit_code=code, ended_at=ended_at,
                        reason=record.stop_reason, kill_at=None)
-    if code != 0:
+    if code != 0:   # with what the CLI said, e.g. "exit 55: Gemini CLI is not running in ..."
+        said = f": {reported_error[:300]}" if reported_error else ""
         return replace(record, state="failed", exit_code=code, ended_at=ended_at,
-                       reason=describe_exit(code))
+                       reason=describe_exit(code) + said)
     if reported_error is not None:   # the CLI exited 0 but called the run an error
         return replace(record, state="failed", exit_code=0, ended_at=ended_at,
                        reason=f"agent reported an error: {reported_error[:200]}")

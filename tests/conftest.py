@@ -15,6 +15,18 @@ import pytest
 FAKE_AGENT = Path(__file__).with_name("fake_agent.py")
 FAKE_CLI = Path(__file__).with_name("fake_cli.py")
 PRESETS = ("claude", "codex", "gemini", "aider")
+CHECKOUT = Path(__file__).resolve().parent.parent
+# Where .ci/run installs the real CLIs; ORCHESTRATE_TEST_<PRESET>_CLI overrides.
+REAL_CLIS = {
+    "claude": CHECKOUT / ".ci/node/node_modules/.bin/claude",
+    "codex": CHECKOUT / ".ci/node/node_modules/.bin/codex",
+    "gemini": CHECKOUT / ".ci/node/node_modules/.bin/gemini",
+    "aider": CHECKOUT / ".ci/aider-venv/bin/aider",
+}
+INSTALL_REAL_CLIS = (
+    "npm install --prefix .ci/node @anthropic-ai/claude-code@2.1.197 @openai/codex@0.169.0 "
+    "@google/gemini-cli@0.61.0; python3 -m venv .ci/aider-venv && "
+    ".ci/aider-venv/bin/pip install aider-chat==0.86.2")
 
 
 def wait_until(predicate, timeout: float = 20.0, what: str = "condition"):
@@ -167,6 +179,18 @@ def fake_bins(tmp_path: Path) -> dict[str, str]:
         path.chmod(0o755)
         env[f"ORCHESTRATE_{preset.upper()}_BIN"] = str(path)
     return env
+
+
+def real_cli(preset: str) -> str:
+    """The installed real CLI of `preset`; under CI=true a missing one fails
+    the test, elsewhere it skips with the command that installs it."""
+    path = Path(os.environ.get(f"ORCHESTRATE_TEST_{preset.upper()}_CLI") or REAL_CLIS[preset])
+    if os.access(path, os.X_OK):
+        return str(path)
+    message = f"real {preset} CLI not found at {path}; install with: {INSTALL_REAL_CLIS}"
+    if os.environ.get("CI") == "true":
+        pytest.fail(message)
+    pytest.skip(message)
 
 
 @pytest.fixture

@@ -3,15 +3,19 @@
     fake_cli.py PRESET [the real CLI's flags...]
 
 Each accepts the flags orchestrate passes, reads the prompt where the real CLI
-does (stdin; aider: --message-file) and prints the real CLI's output shape
-(docs/agent-cli-output.md). The prompt steers it: "FAIL" fails the run,
-"ERROR0" reports an error but exits 0 (as claude can), "HANG" hangs silently.
-Every call is appended to $ORCHESTRATE_ROOT/cli-calls.jsonl.
+does (stdin; aider: --message-file) and prints what the real CLI prints, as
+captured from Claude Code 2.1.197, codex-cli 0.169.0, gemini-cli 0.61.0 and
+aider 0.86.2 (tests/test_real_clis.py keeps the presets honest against the real
+programs). The prompt steers it: "FAIL" makes the model call fail with HTTP
+400, "ERROR0" reports an error but exits 0 (as claude can), "RATELIMIT" hits a
+rate limit once per agent, "HANG" hangs silently. Every call is appended to
+$ORCHESTRATE_ROOT/cli-calls.jsonl.
 """
 import json
 import os
 import sys
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 
@@ -43,18 +47,39 @@ def rate_limited_once(preset: str) -> bool:
 RESET_IN = float(os.environ.get("FAKE_CLI_RESET_IN", "1.5"))   # until the limit resets
 
 
+def in_git_repo() -> bool:
+    cwd = Path.cwd().resolve()
+    return any((folder / ".git").exists() for folder in (cwd, *cwd.parents))
+
+
+# --- claude ------------------------------------------------------------------
+
+SESSION = "5e0c7a1e-0000-4000-8000-000000000001"
+
+
+def claude_synthetic_error(text: str, error: str, status: int, session: str) -> None:
+    """What claude prints when the API call failed: a synthetic assistant
+    message and a `result` with is_error, subtype "success" and the status."""
+    emit({"type": "assistant", "message": {"id": "0000-synthetic", "model": "<synthetic>",
+          "role": "assistant", "type": "message", "content": [{"type": "text", "text": text}],
+          "usage": {"input_tokens": 0, "output_tokens": 0}}, "parent_tool_use_id": None,
+          "session_id": session, "error": error})
+    emit({"type": "result", "subtype": "success", "is_error": True, "api_error_status": status,
+          "duration_ms": 5, "duration_api_ms": 0, "num_turns": 1, "result": text,
+          "stop_reason": "stop_sequence", "session_id": session, "total_cost_usd": 0,
+          "usage": {"input_tokens": 0, "cache_creation_input_tokens": 0,
+                    "cache_read_input_tokens": 0, "output_tokens": 0},
+          "modelUsage": {}, "permission_denials": [], "terminal_reason": "completed"})
+
+
 def claude_rate_limit(session: str) -> int:
+    """A subscription's limit (OAuth): a rejected rate_limit_event with its reset."""
     reset = int(time.time() + RESET_IN) + 1
     emit({"type": "rate_limit_event", "rate_limit_info": {
         "status": "rejected", "resetsAt": reset, "rateLimitType": "five_hour"},
         "uuid": "u-1", "session_id": session})
-    emit({"type": "assistant", "message": {"id": "msg_x", "role": "assistant", "content": [
-        {"type": "text", "text": "API Error: Rate limit reached"}]}, "error": "rate_limit",
-        "parent_tool_use_id": None, "session_id": session})
-    emit({"type": "result", "subtype": "success", "is_error": True, "api_error_status": 429,
-          "duration_ms": 5, "num_turns": 1, "result": "API Error: Rate limit reached",
-          "session_id": session, "total_cost_usd": 0, "usage": {"input_tokens": 0,
-                                                                 "output_tokens": 0}})
+    claude_synthetic_error("You've hit your session limit · resets 9am", "rate_limit", 429,
+                           session)
     return 1
 
 
@@ -66,89 +91,160 @@ def claude(argv: list[str], prompt: str) -> int:
         print("Error: When using --print, --output-format=stream-json requires --verbose",
               file=sys.stderr)
         return 1
-    model = argv[argv.index("--model") + 1] if "--model" in argv else "claude-sonnet"
-    session = "5e0c7a1e-0000-4000-8000-000000000001"
-    emit({"type": "system", "subtype": "init", "cwd": os.getcwd(), "session_id": session,
-          "model": model, "tools": [], "permissionMode": "default"})
+    mode = argv[argv.index("--permission-mode") + 1] if "--permission-mode" in argv else "default"
+    if mode == "bypassPermissions" and os.geteuid() == 0 and os.environ.get("IS_SANDBOX") != "1":
+        print("--dangerously-skip-permissions cannot be used with root/sudo privileges for "
+              "security reasons", file=sys.stderr)
+        return 1
+    model = argv[argv.index("--model") + 1] if "--model" in argv else "claude-opus-4-8[1m]"
+    emit({"type": "system", "subtype": "init", "cwd": os.getcwd(), "session_id": SESSION,
+          "tools": ["Bash", "Edit", "Read"], "mcp_servers": [], "model": model,
+          "permissionMode": mode, "apiKeySource": "ANTHROPIC_API_KEY",
+          "claude_code_version": "2.1.197"})
     if "RATELIMIT" in prompt and rate_limited_once("claude"):
-        return claude_rate_limit(session)
+        return claude_rate_limit(SESSION)
+    if "FAIL" in prompt:
+        claude_synthetic_error("API Error: 400 the fake failed as asked", "unknown", 400, SESSION)
+        return 1
     text = f"echo: {prompt.strip().splitlines()[0] if prompt.strip() else ''}"
-    emit({"type": "assistant", "message": {"id": "msg_1", "role": "assistant", "model": model,
-          "content": [{"type": "text", "text": text}]}, "parent_tool_use_id": None,
-          "session_id": session})
-    failed = "FAIL" in prompt
-    result = {"type": "result", "subtype": "error_during_execution" if failed else "success",
-              "is_error": failed or "ERROR0" in prompt, "duration_ms": 12, "duration_api_ms": 10,
-              "num_turns": 2, "session_id": session, "total_cost_usd": 0.0123,
-              "usage": {"input_tokens": 1200, "output_tokens": 340,
-                        "cache_creation_input_tokens": 10, "cache_read_input_tokens": 5}}
-    if failed:
-        result["errors"] = ["the fake failed as asked"]
-    else:
-        result["result"] = text
-    emit(result)
-    return 1 if failed else 0
+    emit({"type": "assistant", "message": {"id": "msg_1", "type": "message", "role": "assistant",
+          "model": model, "content": [{"type": "text", "text": text}],
+          "usage": {"input_tokens": 500, "cache_creation_input_tokens": 150,
+                    "cache_read_input_tokens": 50, "output_tokens": 1}},
+          "parent_tool_use_id": None, "session_id": SESSION})
+    # `usage` covers the main turns; modelUsage every request (cost included)
+    emit({"type": "result", "subtype": "success", "is_error": "ERROR0" in prompt,
+          "api_error_status": None, "duration_ms": 12, "duration_api_ms": 10, "num_turns": 2,
+          "result": text, "stop_reason": "end_turn", "session_id": SESSION,
+          "total_cost_usd": 0.0123,
+          "usage": {"input_tokens": 500, "cache_creation_input_tokens": 150,
+                    "cache_read_input_tokens": 50, "output_tokens": 200},
+          "modelUsage": {model: {"inputTokens": 1000, "outputTokens": 340,
+                                 "cacheReadInputTokens": 50, "cacheCreationInputTokens": 150,
+                                 "costUSD": 0.0123}},
+          "permission_denials": [], "terminal_reason": "completed"})
+    return 0
 
+
+# --- codex -------------------------------------------------------------------
 
 def codex(argv: list[str], prompt: str) -> int:
     if argv[:2] != ["exec", "--json"]:
-        print("fake codex: expected `exec --json`", file=sys.stderr)
+        print("error: unexpected argument found\n\nUsage: codex exec [OPTIONS] [PROMPT]",
+              file=sys.stderr)
         return 2
-    emit({"type": "thread.started", "thread_id": "0199a213-81c0-7800-8aa1-bbab2a035a53"})
+    if "--skip-git-repo-check" not in argv and not in_git_repo():
+        print("Not inside a trusted directory and --skip-git-repo-check was not specified.",
+              file=sys.stderr)
+        return 1
+    emit({"type": "thread.started", "thread_id": "01a2171e-0af0-7261-b65e-f0a0c62fe77b"})
+    emit({"type": "item.completed", "item": {"id": "item_0", "type": "error", "message":
+          "Model metadata for `gpt-5-codex` not found. Defaulting to fallback metadata; "
+          "this can degrade performance and cause issues."}})
     emit({"type": "turn.started"})
     if "RATELIMIT" in prompt and rate_limited_once("codex"):
-        emit({"type": "error", "message": "exceeded retry limit, last status: 429 Too Many Requests"})
-        emit({"type": "turn.failed", "error": {
-            "message": "exceeded retry limit, last status: 429 Too Many Requests"}})
+        last = "exceeded retry limit, last status: 429 Too Many Requests"
+        for n in range(1, 6):
+            emit({"type": "error", "message": f"Reconnecting... {n}/5 ({last})"})
+        emit({"type": "error", "message": last})
+        emit({"type": "turn.failed", "error": {"message": last}})
         return 1
     if "FAIL" in prompt:
-        emit({"type": "error", "message": "stream disconnected before completion"})
-        emit({"type": "turn.failed", "error": {"message": "stream disconnected before completion"}})
+        body = json.dumps({"error": {"message": "Invalid 'input': the fake failed.",
+                                     "type": "invalid_request_error"}})
+        emit({"type": "error", "message": body})
+        emit({"type": "turn.failed", "error": {"message": body}})
         return 1
-    emit({"type": "item.completed", "item": {"id": "item_0", "type": "agent_message",
+    emit({"type": "item.completed", "item": {"id": "item_1", "type": "agent_message",
                                              "text": f"echo: {prompt.strip()}"}})
     emit({"type": "turn.completed", "usage": {"input_tokens": 2400, "cached_input_tokens": 2000,
-                                              "output_tokens": 120}})
+                                              "cache_write_input_tokens": 0,
+                                              "output_tokens": 120,
+                                              "reasoning_output_tokens": 7}})
     return 0
+
+
+# --- gemini ------------------------------------------------------------------
+
+GEMINI_NOISE = ("Warning: 256-color support not detected. Using a terminal with at least "
+                "256-color support is recommended for a better visual experience.\n"
+                "Ripgrep is not available. Falling back to GrepTool.")
+
+
+def now_stamp() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def gemini_failure(message: str, status: int) -> int:
+    """A failed model call: a `result` with status "error"; exit = HTTP status % 256."""
+    emit({"type": "result", "timestamp": now_stamp(), "status": "error",
+          "error": {"type": "unknown", "message": message},
+          "stats": {"total_tokens": 0, "input_tokens": 0, "output_tokens": 0, "cached": 0,
+                    "input": 0, "duration_ms": 0, "tool_calls": 0}})
+    return status % 256
 
 
 def gemini(argv: list[str], prompt: str) -> int:
     if "-p" not in argv or argv[argv.index("--output-format") + 1] != "stream-json":
-        print("fake gemini: expected -p and --output-format stream-json", file=sys.stderr)
+        print("Unknown arguments: expected -p and --output-format stream-json", file=sys.stderr)
         return 1
-    stamp = "2026-11-25T12:00:00.000Z"
-    emit({"type": "init", "timestamp": stamp, "session_id": "gem-1", "model": "gemini-flash"})
+    if "--skip-trust" not in argv and os.environ.get("GEMINI_CLI_TRUST_WORKSPACE") != "true":
+        print("\x1b[31mGemini CLI is not running in a trusted directory. To proceed, either use "
+              "`--skip-trust`, set the `GEMINI_CLI_TRUST_WORKSPACE=true` environment variable, "
+              "or trust this directory in interactive mode.\x1b[0m", file=sys.stderr)
+        return 55
+    print(GEMINI_NOISE, file=sys.stderr, flush=True)
+    model = argv[argv.index("-m") + 1] if "-m" in argv else "auto"
+    emit({"type": "init", "timestamp": now_stamp(), "session_id": "gem-1", "model": model})
+    # gemini echoes the prompt: a parser must never read it as the CLI's word
+    emit({"type": "message", "timestamp": now_stamp(), "role": "user", "content": prompt})
     if "RATELIMIT" in prompt and rate_limited_once("gemini"):
-        print(json.dumps({"error": {"type": "TerminalQuotaError", "code": 429, "message":
-              "You have exhausted your capacity on this model. RESOURCE_EXHAUSTED"}},
-              indent=2), file=sys.stderr)
-        return 1
+        quota = (f"You exceeded your current quota, please check your plan and billing "
+                 f"details. Please retry in {RESET_IN:g}s.\nSuggested retry after {RESET_IN:g}s.")
+        print(f"Attempt 1 failed: {quota}. Max attempts reached", file=sys.stderr, flush=True)
+        return gemini_failure(f"[API Error: {quota}]\nPlease wait and try again later.", 429)
     if "FAIL" in prompt:
-        emit({"type": "result", "timestamp": stamp, "status": "error",
-              "error": {"type": "FatalError", "message": "the fake failed"}, "stats": {}})
-        return 1
-    emit({"type": "message", "timestamp": stamp, "role": "assistant", "content": "echo: ",
+        return gemini_failure('[API Error: {"error":{"code":400,"message":"the fake failed",'
+                              '"status":"INVALID_ARGUMENT"}}]', 400)
+    # text before a tool call is a message of its own: only what follows counts
+    emit({"type": "message", "timestamp": now_stamp(), "role": "assistant",
+          "content": "Let me look.", "delta": True})
+    emit({"type": "tool_use", "timestamp": now_stamp(), "tool_name": "list_directory",
+          "tool_id": "list_directory_1", "parameters": {"dir_path": "."}})
+    emit({"type": "tool_result", "timestamp": now_stamp(), "tool_id": "list_directory_1",
+          "status": "success", "output": "Directory is empty."})
+    emit({"type": "message", "timestamp": now_stamp(), "role": "assistant", "content": "echo: ",
           "delta": True})
-    emit({"type": "message", "timestamp": stamp, "role": "assistant", "content": prompt.strip(),
-          "delta": True})
-    emit({"type": "result", "timestamp": stamp, "status": "success",
-          "stats": {"total_tokens": 150, "input_tokens": 100, "output_tokens": 50, "cached": 0,
-                    "duration_ms": 20, "tool_calls": 0}})
+    emit({"type": "message", "timestamp": now_stamp(), "role": "assistant",
+          "content": prompt.strip(), "delta": True})
+    emit({"type": "result", "timestamp": now_stamp(), "status": "success",
+          "stats": {"total_tokens": 150, "input_tokens": 100, "output_tokens": 50, "cached": 20,
+                    "input": 80, "duration_ms": 20, "tool_calls": 1}})
     return 0
 
 
+# --- aider -------------------------------------------------------------------
+
 def aider(argv: list[str], prompt: str) -> int:
-    print("Aider v0.86.1\nModel: fake with diff edit format\nGit repo: none", flush=True)
-    if "FAIL" in prompt:
-        print("litellm.AuthenticationError: AnthropicException - invalid x-api-key")
-        print("The API provider is not able to authenticate you. Check your API key.")
-        return 0       # aider exits 0 after --message-file even when the call failed
+    git = "--no-git" not in argv
+    if git and not in_git_repo():
+        print("Added .aider* to .gitignore\nGit repository created in " + os.getcwd())
+    print("HTTPSConnectionPool(host='raw.githubusercontent.com', port=443): Max retries "
+          "exceeded with url: /BerriAI/litellm/main/model_prices_and_context_window.json")
+    model = argv[argv.index("--model") + 1] if "--model" in argv else "openai/gpt-4o-mini"
+    print(f"Aider v0.86.2\nModel: {model} with whole edit format\n"
+          f"Git repo: {'.git with 0 files' if git else 'none'}\n"
+          "Repo-map: using 4096 tokens, auto refresh\n", flush=True)
+    if "FAIL" in prompt:     # aider exits 0 after --message-file even when the call failed
+        print("litellm.BadRequestError: OpenAIException - Invalid 'input': the fake failed.\n")
+        return 0
     if "RATELIMIT" in prompt and rate_limited_once("aider"):
-        print('litellm.RateLimitError: AnthropicException - {"type":"error","error":'
-              '{"type":"rate_limit_error","message":"rate limited"}}')
-        print("The API provider has rate limited you. Try again later or check your quotas.")
-        return 0       # aider exits 0 after --message-file even when the call failed
-    print(f"echo: {prompt.strip()}")
+        for delay in (0.2, 0.5):
+            print("litellm.RateLimitError: RateLimitError: OpenAIException - Rate limit reached. "
+                  "Please try again in 30s.\nThe API provider has rate limited you. Try again "
+                  f"later or check your quotas.\nRetrying in {delay} seconds...")
+        return 0
+    print(f"echo: {prompt.strip()}\n")
     print("Tokens: 2.3k sent, 110 received. Cost: $0.0081 message, $0.0081 session.")
     return 0
 

@@ -8,16 +8,18 @@ from conftest import PRESETS, wait_until
 EXPECTED_ARGV = {
     "claude": ["-p", "--output-format", "stream-json", "--verbose", "--model", "m1",
                "--allowedTools", "Read,Edit", "--extra"],
-    "codex": ["exec", "--json", "-m", "m1", "--extra", "-"],
-    "gemini": ["--output-format", "stream-json", "-m", "m1", "--allowed-tools", "Read,Edit",
-               "--extra", "-p", ""],
+    "codex": ["exec", "--json", "--skip-git-repo-check", "-m", "m1", "--extra", "-"],
+    "gemini": ["--output-format", "stream-json", "--skip-trust", "-m", "m1",
+               "--allowed-tools", "Read,Edit", "--extra", "-p", ""],
     "aider": ["--message-file", None, "--yes-always", "--no-pretty", "--no-stream",
               "--no-check-update", "--no-show-release-notes", "--no-fancy-input",
-              "--model", "m1", "--extra"],
+              "--no-analytics", "--chat-history-file", "{state}/aider/p/a.chat.history.md",
+              "--input-history-file", "{state}/aider/p/a.input.history", "--no-gitignore",
+              "--no-git", "--model", "m1", "--extra"],
 }
-EXPECTED_USAGE = {   # input, output, cache tokens; cost as the CLI reports it
-    "claude": (1200, 340, 15, 0.0123), "codex": (2400, 120, 2000, None),
-    "gemini": (100, 50, 0, None), "aider": (2300, 110, 0, 0.0081),
+EXPECTED_USAGE = {   # input (cached included), output, cache-read tokens; cost as reported
+    "claude": (1200, 340, 50, 0.0123), "codex": (2400, 120, 2000, None),
+    "gemini": (100, 50, 20, None), "aider": (2300, 110, 0, 0.0081),
 }
 
 
@@ -44,7 +46,7 @@ def test_preset_builds_the_headless_invocation_and_records_results(ws, fake_bins
                                        **tools))
     ws.doit("wait", check_rc=0, env=fake_bins)
     [call] = calls(ws)
-    expected = EXPECTED_ARGV[preset]
+    expected = [a and a.format(state=ws.state) for a in EXPECTED_ARGV[preset]]
     argv = [None if expected[i] is None else arg for i, arg in enumerate(call["argv"])]
     assert argv == expected
     assert call["prompt"] == prompt and not call["stdin_isatty"]
@@ -76,14 +78,37 @@ def test_status_shows_cost_tokens_and_pipeline_totals(ws, fake_bins):
 
 
 @pytest.mark.parametrize("preset,reason", [
-    ("claude", "exit 1"), ("codex", "exit 1"), ("gemini", "exit 1"),
-    ("aider", "agent reported an error: litellm.AuthenticationError")])
+    ("claude", "exit 1: API Error: 400 the fake failed as asked"),
+    ("codex", 'exit 1: {"error": {"message": "Invalid \'input\': the fake failed."'),
+    ("gemini", 'exit 144: [API Error: {"error":{"code":400,"message":"the fake failed"'),
+    ("aider", "agent reported an error: litellm.BadRequestError: OpenAIException")])
 def test_cli_failures_fail_the_agent(ws, fake_bins, preset, reason):
     ws.write_pipeline("p", preset_toml("a", preset, "please FAIL"))
     ws.doit("wait", check_rc=1, env=fake_bins)
     record = ws.status("p", "a")
-    assert record["state"] == "failed" and record["reason"].startswith(reason)
-    assert record["result"]["is_error"]
+    assert record["state"] == "failed" and record["reason"].startswith(reason), record["reason"]
+    assert record["result"]["is_error"] and not record["result"]["rate_limited"]
+
+
+def test_a_prompt_that_mentions_a_rate_limit_is_not_one(ws, fake_bins):
+    """gemini echoes the prompt into its stream: only its own events count."""
+    ws.write_pipeline("p", preset_toml("a", "gemini", "FAIL: explain HTTP 429, "
+                                       "RESOURCE_EXHAUSTED and QuotaError"))
+    ws.doit("wait", check_rc=1, env=fake_bins)
+    record = ws.status("p", "a")
+    assert record["state"] == "failed" and not record["result"]["rate_limited"]
+    assert not (ws.state / "ratelimits").exists() and len(calls(ws)) == 1
+
+
+def test_a_startup_failure_keeps_the_clis_message(ws, fake_bins):
+    """A CLI that fails before its JSON stream: its last error line is the reason."""
+    bogus = ws.root / "bogus-codex"
+    bogus.write_text('#!/bin/sh\necho "error: unexpected argument \'--bogus\' found" >&2\n'
+                     'echo "For more information, try \'--help\'." >&2\nexit 2\n')
+    bogus.chmod(0o755)
+    ws.write_pipeline("p", preset_toml("a", "codex", "hi", executable=str(bogus)))
+    ws.doit("wait", check_rc=1, env=fake_bins)
+    assert ws.status("p", "a")["reason"] == "exit 2: error: unexpected argument '--bogus' found"
 
 
 def test_error_reported_with_exit_0_fails_the_agent(ws, fake_bins):
