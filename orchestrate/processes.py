@@ -137,7 +137,9 @@ def group_is_ours(pgid: int, started: float | None, run_id: str | None) -> bool:
         return True
     except PermissionError:
         return False
-    return _is_zombie(pgid)
+    # our wrapper, exited but not yet reaped: same start time (a zombie keeps it)
+    born = create_time(pgid)
+    return _is_zombie(pgid) and born is not None and abs(born - started) <= 0.05
 
 
 def _is_zombie(pid: int) -> bool:

@@ -249,7 +249,8 @@ def test_pid_reuse_is_not_mistaken_for_the_agent(ws):
         data = json.loads(ws.doit("status", "--json", check_rc=0).stdout)
         state = data["agents"][0]
         # not trusted: the run never claimed, so it never ran here; it is owed again
-        assert state["state"] != "running" and "relaunching" in state["reason"]
+        assert state["state"] == "pending" and state["pid"] is None
+        assert '"launch_abandoned"' in (ws.state / "events.jsonl").read_text()
         assert stranger.poll() is None           # the stranger was left alone
         ws.doit("cancel", check_rc=0)
         assert stranger.poll() is None
