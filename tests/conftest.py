@@ -128,6 +128,21 @@ class Workspace:
                 continue
         return found
 
+    def kill_orchestrators(self) -> None:
+        """SIGKILL every orchestrator process, and only those: a child `doit`
+        forked for an agent looks like one until it execs the agent's wrapper,
+        so each candidate is stopped (it cannot exec while stopped), looked at
+        again, and killed only if it still is an orchestrator."""
+        for pid in self.orchestrator_pids():
+            try:
+                os.kill(pid, signal.SIGSTOP)
+            except ProcessLookupError:
+                continue
+            if pid in self.orchestrator_pids():
+                _kill(pid, by_group=False)
+            else:
+                _signal(pid, signal.SIGCONT)
+
     def agent_pids(self) -> list[int]:
         needle = f"ORCHESTRATE_ROOT={self.root}".encode()
         found = []
@@ -153,6 +168,13 @@ def _is_our_process(pid: int, root: Path) -> bool:
         return os.readlink(f"/proc/{pid}/cwd") == str(root)
     except OSError:
         return False
+
+
+def _signal(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
 
 
 def _kill(pid: int, by_group: bool) -> None:

@@ -6,7 +6,6 @@ import json
 import os
 import random
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -93,8 +92,7 @@ def test_sigkill_at_random_moments_over_many_trials(ws):
             subprocess.Popen([sys.executable, "-m", "doit"], cwd=ws.root, env=env,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             time.sleep(moment)                          # a seeded moment, not a synchronisation
-            for pid in ws.orchestrator_pids():          # callers, forked children, advancers
-                os.kill(pid, signal.SIGKILL)
+            ws.kill_orchestrators()                     # callers, forked children, advancers
         proc = ws.doit("wait", timeout=60)
         assert proc.returncode == 1, (where, proc.stdout, proc.stderr)
         check_outcome(ws, where)

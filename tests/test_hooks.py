@@ -275,7 +275,7 @@ prompt = "RATELIMIT then work"
 
 
 def test_a_pipelines_hooks_win_over_the_workspaces(ws):
-    workspace_hooks(ws, f'''
+    workspace_hooks(ws, '''
 [tool.orchestrate.hooks]
 on_done = 'echo "ws-done $ORCHESTRATE_PIPELINE" >> hooks.txt'
 on_failure = 'echo "ws-failure $ORCHESTRATE_TASK" >> hooks.txt'
