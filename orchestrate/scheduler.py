@@ -163,6 +163,8 @@ def decide(agent: Agent, facts: AgentFacts, decided: dict[str, Decision],
             return Decision(agent, "waiting", record.reason, fingerprint, used, timed=True,
                             wake_at=record.retry_at, attempt=record.attempt + 1)
         attempt, reason = record.attempt + 1, f"attempt {record.attempt + 1} of {agent.retries + 1}"
+        if record.feedback and record.reason.startswith("check "):   # a check's relaunch
+            reason = record.reason
     if hold := capacity.held(agent):
         reason, blocked, wake_at = hold
         return Decision(agent, "queued", reason, fingerprint, used, attempt=attempt,
