@@ -115,8 +115,11 @@ def carried(previous: StatusRecord | None) -> dict[str, Any]:
     to resume; a fresh launch (inputs changed, `doit retry`) starts over."""
     if previous is None or previous.state != "waiting" or previous.retry_at is None:
         return {}
+    # a resumed run that failed on its own is retried in a fresh session
+    # (the CLI may have lost the session), with the feedback in its prompt
+    session = previous.resume_session if previous.reason.startswith("check ") else None
     return {"check_attempts": previous.check_attempts, "feedback": previous.feedback,
-            "resume_session": previous.resume_session}
+            "resume_session": session}
 
 
 def running_reason(previous: StatusRecord | None, record: StatusRecord) -> str:

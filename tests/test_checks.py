@@ -6,7 +6,10 @@ import json
 import os
 import signal
 
+import pytest
+
 from conftest import wait_until
+from test_real_clis import api, cli_env, home  # noqa: F401 (fixtures)
 
 FIX = ('if [ -n "$ORCHESTRATE_FEEDBACK" ] && grep -q "says: broken" "$ORCHESTRATE_FEEDBACK"; '
        'then echo fixed > out.txt; else echo broken > out.txt; fi')
@@ -116,3 +119,94 @@ check = {json.dumps(f"while [ ! -e {gate} ]; do sleep 0.05; done; " + CHECK)}
     assert len(ws.launches("a")) == 2
     assert ws.status("p", "a")["check_attempts"] == 1
     assert [e["last_line"] for e in events(ws, "check_failed")] == ["out.txt says: broken"]
+
+
+# -- presets: the feedback goes into the prompt, the CLI's session is resumed --
+
+ONCE = ('if [ -e .checked-once ]; then echo ok; else touch .checked-once; '
+        'echo "2 tests failed: test_parse"; exit 1; fi')
+
+
+def preset_pipeline(preset: str, **keys) -> str:
+    lines = ["[agents.a]", f'agent = "{preset}"', 'prompt = "Write the parser."',
+             f"check = {json.dumps(ONCE)}"]
+    lines += [f"{k} = {json.dumps(v)}" for k, v in keys.items()]
+    return "\n".join(lines) + "\n"
+
+
+def cli_calls(ws) -> list[dict]:
+    path = ws.root / "cli-calls.jsonl"
+    return [json.loads(l) for l in path.read_text().splitlines()] if path.exists() else []
+
+
+RESUMED_ARGV = {
+    "claude": lambda sid: ["-p", "--output-format", "stream-json", "--verbose",
+                           "--resume", sid],
+    "codex": lambda sid: ["exec", "resume", "--json", "--skip-git-repo-check", sid, "-"],
+    "gemini": lambda sid: ["--output-format", "stream-json", "--skip-trust",
+                           "--resume", sid, "-p", ""],
+}
+
+
+@pytest.mark.parametrize("preset", ["claude", "codex", "gemini", "aider"])
+def test_a_preset_agent_gets_the_feedback_and_resumes_its_session(ws, fake_bins, preset):
+    ws.write_pipeline("p", preset_pipeline(preset))
+    ws.doit("wait", env=fake_bins, check_rc=0)
+    first, second = cli_calls(ws)
+    assert first["prompt"].strip() == "Write the parser."
+    record = ws.status("p", "a")
+    assert record["state"] == "done" and record["check_attempts"] == 1
+    session = record["result"]["session_id"]
+    if preset == "aider":   # no session to resume: a fresh one, prompt and feedback
+        assert "--restore-chat-history" not in second["argv"]
+        assert second["prompt"].startswith("Write the parser.")
+    else:                   # the session has the prompt: only the feedback is sent
+        assert second["argv"] == RESUMED_ARGV[preset](session)
+        assert "Write the parser." not in second["prompt"]
+    assert "2 tests failed: test_parse" in second["prompt"]
+    assert "Check 1 of 2 failed" in second["prompt"]
+
+
+@pytest.mark.real_cli
+@pytest.mark.parametrize("preset", ["claude", "codex", "gemini", "aider"])
+def test_the_real_cli_continues_its_conversation_after_a_failed_check(ws, api, home, preset):
+    """Against the real CLI and the mock model API: the relaunch's request
+    holds the first turn (the prompt and the model's answer) and then the
+    feedback, so the CLI resumed its session (aider: a fresh one, with both)."""
+    env = cli_env(preset, api, "success", home)
+    model = {"gemini": "gemini-2.5-flash", "aider": "openai/gpt-4o-mini"}.get(preset)
+    ws.write_pipeline("p", preset_pipeline(preset, **({"model": model} if model else {})))
+    before = len(api.seen("success"))
+    ws.doit("wait", env=env, timeout=180, check_rc=0)
+    record = ws.status("p", "a")
+    assert record["state"] == "done" and record["check_attempts"] == 1, record
+    bodies = [json.dumps(r["body"]) for r in api.seen("success")[before:]
+              if r["body"] and ("Write the parser." in json.dumps(r["body"])
+                                or "test_parse" in json.dumps(r["body"]))]
+    last = bodies[-1]
+    assert "2 tests failed: test_parse" in last
+    assert "Write the parser." in last
+    if preset != "aider":
+        assert "PLAN: hello" in last   # the first turn's answer: the same conversation
+        assert last.index("Write the parser.") < last.index("PLAN: hello") < last.index(
+            "test_parse")
+
+
+def test_a_lost_session_is_retried_fresh_with_the_feedback(ws, fake_bins):
+    """The CLI no longer knows the session (its store was wiped): the resumed
+    run fails as the real claude does, and its retry starts a fresh session
+    with the prompt and the feedback."""
+    gated = f"while [ ! -e go ]; do sleep 0.05; done; {ONCE}"
+    ws.write_pipeline("p", preset_pipeline("claude", retries=1, retry_backoff="0s")
+                      .replace(json.dumps(ONCE), json.dumps(gated)))
+    ws.doit(env=fake_bins, check_rc=0)
+    wait_until(lambda: (ws.status("p", "a") or {}).get("reason") == "checking",
+               what="the first check")
+    (ws.root / "fake-cli-sessions.txt").unlink()
+    (ws.root / "go").touch()
+    ws.doit("wait", env=fake_bins, check_rc=0)
+    first, resumed, fresh = cli_calls(ws)
+    assert "--resume" in resumed["argv"] and "--resume" not in fresh["argv"]
+    assert fresh["prompt"].startswith("Write the parser.") and "test_parse" in fresh["prompt"]
+    record = ws.status("p", "a")
+    assert record["state"] == "done" and record["attempt"] == 2
