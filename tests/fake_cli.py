@@ -121,7 +121,7 @@ def claude(argv: list[str], prompt: str) -> int:
         return 1
     model = argv[argv.index("--model") + 1] if "--model" in argv else "claude-opus-4-8[1m]"
     session = resumed(argv) or SESSION
-    if session != SESSION and not known_session("claude", session):
+    if resumed(argv) and not known_session("claude", session):
         message = f"No conversation found with session ID: {session}"
         emit({"type": "result", "subtype": "error_during_execution", "duration_ms": 0,
               "duration_api_ms": 0, "is_error": True, "num_turns": 0, "stop_reason": None,
