@@ -121,6 +121,69 @@ check = {json.dumps(f"while [ ! -e {gate} ]; do sleep 0.05; done; " + CHECK)}
     assert [e["last_line"] for e in events(ws, "check_failed")] == ["out.txt says: broken"]
 
 
+def test_bad_check_keys_exit_3_naming_file_agent_and_key(ws):
+    ws.write_pipeline("p", '''
+[agents.a]
+command = "true"
+check = 5
+check_timeout = 0
+check_retries = -1
+
+[agents.b]
+command = "true"
+check = []
+check_timeout = "soon"
+check_retries = "2"
+''')
+    proc = ws.doit(check_rc=3)
+    assert "Traceback" not in proc.stderr
+    for agent, key in (("a", "check"), ("a", "check_timeout"), ("a", "check_retries"),
+                       ("b", "check"), ("b", "check_timeout"), ("b", "check_retries")):
+        assert f"pipelines/p.toml: agent '{agent}': key '{key}'" in proc.stderr, proc.stderr
+    assert "expected a duration > 0" in proc.stderr
+    assert "expected an integer >= 0, got -1" in proc.stderr
+    assert not (ws.state / "status" / "p").exists() or not list((ws.state / "status" / "p").iterdir())
+
+
+def test_the_relaunch_shows_in_status_and_its_cost_counts_toward_the_budget(ws, fake_bins):
+    """Every relaunch after a failed check is a run like any: its cost adds up,
+    and once the budget is reached no further relaunch starts."""
+    gate = ws.root / "go"
+    ws.write_pipeline("p", f'''
+budget_usd = 0.02
+
+[agents.a]
+agent = "claude"
+prompt = "Write the parser."
+check = {json.dumps(f"if [ -e {gate} ]; then echo still red; exit 1; fi; touch {gate}; echo red; exit 1")}
+check_retries = 5
+''')
+    ws.doit("wait", env=fake_bins, check_rc=1)
+    calls = cli_calls(ws)
+    assert len(calls) == 2                       # 0.0123 spent < 0.02: one relaunch; then held
+    record = ws.status("p", "a")
+    assert record["spent_usd"] == 0.0246 and record["check_attempts"] == 2
+    table = ws.doit("status", env=fake_bins, check_rc=0).stdout
+    assert "budget reached: $0.02 of $0.02 (pipeline)" in table
+    assert [e["reason"] for e in events(ws, "launch")] == [
+        "never run", "check 1 of 5 failed: red"]
+
+
+def test_status_says_which_check_failed_while_the_relaunch_runs(ws):
+    wait = 'if [ -n "$ORCHESTRATE_FEEDBACK" ]; then while [ ! -e go ]; do sleep 0.05; done; fi'
+    ws.write_pipeline("p", f'''
+[agents.a]
+command = {json.dumps(ws.agent_cmd() + "; " + wait)}
+check = {json.dumps(ONCE)}
+''')
+    ws.doit(check_rc=0)
+    wait_until(lambda: len(ws.launches("a")) == 2, what="the relaunch")
+    line = next(l for l in ws.doit("status", check_rc=0).stdout.splitlines() if "p:a" in l)
+    assert "running" in line and "check 1 of 2 failed: 2 tests failed: test_parse" in line
+    (ws.root / "go").touch()
+    ws.doit("wait", check_rc=0)
+
+
 # -- presets: the feedback goes into the prompt, the CLI's session is resumed --
 
 ONCE = ('if [ -e .checked-once ]; then echo ok; else touch .checked-once; '
