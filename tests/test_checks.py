@@ -75,6 +75,13 @@ after = ["a"]
     table = ws.doit("status", check_rc=0).stdout
     assert "check failed: tests: 3 failed" in table
     assert "tests: 3 failed" in ws.doit("logs", "p:a", "--check", check_rc=0).stdout
+    ws.doit("report", check_rc=0)
+    html = (ws.state / "report.html").read_text()
+    assert html.count('data-task="p:a" data-check="failed"') == 2   # one bar per run
+    assert "check 1 of 1 failed: tests: 3 failed" in html
+    failure = html[html.index('<article class="failure" data-task="p:a"'):]
+    assert "a.check.log" in failure[:failure.index("</article>")]
+    assert "first line" in failure[:failure.index("</article>")]   # the check's output
 
 
 def test_a_check_past_its_timeout_is_killed_and_counts_as_failed(ws):
