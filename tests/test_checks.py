@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 
 import pytest
 
@@ -189,6 +191,36 @@ check = {json.dumps(ONCE)}
     assert "running" in line and "check 1 of 2 failed: 2 tests failed: test_parse" in line
     (ws.root / "go").touch()
     ws.doit("wait", check_rc=0)
+
+
+def test_the_check_runs_in_the_agents_worktree_until_its_tests_pass(ws):
+    """The recipe: implement in a worktree until the tests pass (real git, real pytest)."""
+    git = ["git", "-C", str(ws.root)]
+    for args in (["init", "-q", "-b", "main"], ["config", "user.email", "t@example.invalid"],
+                 ["config", "user.name", "test"]):
+        subprocess.run(git + args, check=True, capture_output=True)
+    (ws.root / "test_calc.py").write_text("from calc import add\n\n"
+                                          "def test_add():\n    assert add(2, 2) == 4\n")
+    subprocess.run(git + ["add", "-A"], check=True, capture_output=True)
+    subprocess.run(git + ["commit", "-qm", "tests"], check=True, capture_output=True)
+    # a first draft that is wrong; told by pytest, the agent fixes it
+    implement = ('if [ -n "$ORCHESTRATE_FEEDBACK" ] && grep -q "assert 0 == 4" '
+                 '"$ORCHESTRATE_FEEDBACK"; then op=+; else op=-; fi; '
+                 'printf "def add(a, b):\\n    return a $op b\\n" > calc.py')
+    ws.write_pipeline("p", f'''
+[agents.implement]
+command = {json.dumps(implement)}
+isolation = "worktree"
+outputs = ["calc.py"]
+check = {json.dumps([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"])}
+''')
+    ws.doit("wait", check_rc=0)
+    tree = ws.state / "worktrees" / "p" / "implement"
+    assert "return a + b" in (tree / "calc.py").read_text()
+    assert not (ws.root / "calc.py").exists()          # the check ran in the worktree
+    record = ws.status("p", "implement")
+    assert record["check_attempts"] == 1 and "1 passed" in record["check"]["last_line"]
+    assert "assert 0 == 4" in (ws.state / "feedback" / "p" / "implement.md").read_text()
 
 
 # -- presets: the feedback goes into the prompt, the CLI's session is resumed --
