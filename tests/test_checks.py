@@ -223,6 +223,24 @@ check = {json.dumps([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovid
     assert "assert 0 == 4" in (ws.state / "feedback" / "p" / "implement.md").read_text()
 
 
+def test_cancel_while_checking_stops_the_check_and_its_children(ws):
+    ws.write_pipeline("p", f'''
+[agents.a]
+command = {json.dumps(ws.agent_cmd())}
+check = "sleep 600 & sleep 600; wait"
+timeout = "1s"
+''')
+    ws.doit(check_rc=0)
+    wait_until(lambda: (ws.status("p", "a") or {}).get("reason") == "checking", 30,
+               "the check to run")
+    assert ws.agent_pids()
+    ws.doit("cancel", "p:a", check_rc=0)
+    record = ws.status("p", "a")
+    assert record["state"] == "cancelled" and record["reason"] == "cancelled by user"
+    assert not ws.agent_pids()   # the check's own process group went too
+    assert events(ws, "check_failed") == [] and len(ws.launches("a")) == 1
+
+
 # -- presets: the feedback goes into the prompt, the CLI's session is resumed --
 
 ONCE = ('if [ -e .checked-once ]; then echo ok; else touch .checked-once; '
