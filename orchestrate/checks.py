@@ -284,6 +284,10 @@ def main(spec_json: str) -> None:
         try:
             code: int | None = process.wait(spec["timeout"])
             timed_out = False
+            try:   # what the check left running in its group ends with it
+                os.killpg(process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         except subprocess.TimeoutExpired:
             _stop(process, spec["grace"])
             code, timed_out = None, True

@@ -241,6 +241,24 @@ timeout = "1s"
     assert events(ws, "check_failed") == [] and len(ws.launches("a")) == 1
 
 
+def test_changing_the_check_makes_the_agent_stale_and_the_check_leaves_nothing_running(ws):
+    def pipeline(check: str) -> str:
+        return f'''
+[agents.a]
+command = {json.dumps(ws.agent_cmd())}
+check = {json.dumps(check)}
+'''
+    ws.write_pipeline("p", pipeline("sleep 600 & echo started a daemon"))
+    ws.doit("wait", check_rc=0)
+    # what the check left in its group was ended with it (else: 600 s of sleep)
+    wait_until(lambda: not ws.agent_pids(), 10, "the check's daemon to be gone")
+    ws.doit("wait", check_rc=0)
+    assert len(ws.launches("a")) == 1
+    ws.write_pipeline("p", pipeline("true"))
+    ws.doit("wait", check_rc=0)
+    assert len(ws.launches("a")) == 2
+
+
 # -- presets: the feedback goes into the prompt, the CLI's session is resumed --
 
 ONCE = ('if [ -e .checked-once ]; then echo ok; else touch .checked-once; '
