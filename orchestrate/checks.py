@@ -109,6 +109,17 @@ def failed_reason(verdict: Verdict, number: int, of: int) -> str:
     return f"check {number} of {of} failed: {verdict.last_line}"
 
 
+def check_said_no(record: StatusRecord) -> bool:
+    """Did the run's check run and fail (its verdict is in the record)?"""
+    verdict = record.check
+    return bool(verdict) and (verdict.get("exit_code") != 0 or bool(verdict.get("timed_out")))
+
+
+def is_check_relaunch(record: StatusRecord | None) -> bool:
+    """Is this record an agent waiting to be relaunched after a failed check?"""
+    return record is not None and record.state == "waiting" and check_said_no(record)
+
+
 def carried(previous: StatusRecord | None) -> dict[str, Any]:
     """What a relaunch keeps of a check series: a retry (of a check or of a
     crash within the series) keeps the count, the feedback and the session
@@ -117,14 +128,14 @@ def carried(previous: StatusRecord | None) -> dict[str, Any]:
         return {}
     # a resumed run that failed on its own is retried in a fresh session
     # (the CLI may have lost the session), with the feedback in its prompt
-    session = previous.resume_session if previous.reason.startswith("check ") else None
+    session = previous.resume_session if is_check_relaunch(previous) else None
     return {"check_attempts": previous.check_attempts, "feedback": previous.feedback,
             "resume_session": session}
 
 
 def running_reason(previous: StatusRecord | None, record: StatusRecord) -> str:
     """`running`, or what the run answers when it is a check's relaunch."""
-    if record.feedback and previous is not None and previous.reason.startswith("check "):
+    if is_check_relaunch(previous):
         return f"running again after {previous.reason}"
     return "running"
 
@@ -173,15 +184,13 @@ def judge(layout: Layout, record: StatusRecord, ended_at: str) -> tuple[StatusRe
 
 def failed(record: StatusRecord, code: int | None, stopped: bool) -> bool:
     """Did this run end because its check said no (the agent itself exited 0)?"""
-    return (code == 0 and not stopped and record.state == "failed"
-            and record.check.get("command") is not None
-            and record.reason.startswith("check failed: "))
+    return code == 0 and not stopped and record.state == "failed" and check_said_no(record)
 
 
 def record_event(layout: Layout, agent: Agent, record: StatusRecord) -> None:
     """`check_passed` or `check_failed`, with the check's exit code and last line."""
     verdict = record.check
-    passed = verdict.get("exit_code") == 0 and not verdict.get("timed_out")
+    passed = not check_said_no(record)
     details: dict[str, Any] = {"task": agent.task, "run_id": record.run_id,
                                "exit_code": verdict.get("exit_code"),
                                "last_line": verdict.get("last_line")}

@@ -143,7 +143,7 @@ def _row(root: Path, decision: Decision, record: StatusRecord | None,
 def _failure(root: Path, task: str, decision: Decision,
              record: StatusRecord | None) -> report.Failure:
     log = record.log if record else ""
-    if record is not None and record.reason.startswith("check failed: "):   # what said no
+    if record is not None and checks.check_said_no(record):   # show what said no
         log = os.path.relpath(checks.check_log(Layout(root), record.pipeline, record.agent),
                               root)
     return report.Failure(task, decision.reason, log, tail(root / log) if log else [])

@@ -348,3 +348,41 @@ def test_a_lost_session_is_retried_fresh_with_the_feedback(ws, fake_bins):
     assert fresh["prompt"].startswith("Write the parser.") and "test_parse" in fresh["prompt"]
     record = ws.status("p", "a")
     assert record["state"] == "done" and record["attempt"] == 2
+
+
+# -- the pure parts ----------------------------------------------------------------
+
+def test_last_line_feedback_and_what_a_relaunch_carries():
+    from orchestrate.checks import (Verdict, carried, feedback_text, last_line,
+                                    prompt_with_feedback)
+    from orchestrate.state import StatusRecord
+    assert last_line(["a", "FAILED x", "  ", ""]) == "FAILED x"
+    assert last_line([]) == "(no output)" and len(last_line(["y" * 500])) == 200
+    verdict = Verdict("pytest -q", 1, "1 failed", ("E assert 1 == 2", "1 failed"))
+    text = feedback_text(verdict, 1, 2)
+    assert "Check 1 of 2 failed" in text and "`pytest -q`" in text and "exit code 1" in text
+    assert "E assert 1 == 2\n1 failed" in text
+    assert prompt_with_feedback("Do it.", "FB", resumed=True) == "FB"
+    assert prompt_with_feedback("Do it.\n", "FB", resumed=False) == "Do it.\n\n---\n\nFB"
+    base = StatusRecord(state="waiting", pipeline="p", agent="a", retry_at=1.0,
+                        check_attempts=1, feedback="f.md", resume_session="s1",
+                        check={"exit_code": 1})
+    assert carried(base) == {"check_attempts": 1, "feedback": "f.md", "resume_session": "s1"}
+    crashed = StatusRecord(state="waiting", pipeline="p", agent="a", retry_at=1.0,
+                           check_attempts=1, feedback="f.md", resume_session="s1")
+    assert carried(crashed)["resume_session"] is None   # a fresh session after a crash
+    assert carried(StatusRecord(state="failed", pipeline="p", agent="a")) == {}
+
+
+def test_the_resume_invocations():
+    from orchestrate.presets import invocation
+    from orchestrate.spec import Agent
+    def argv(preset, **kw):
+        agent = Agent("p", "a", preset=preset, prompt="x", extra_args=("--x",), **kw)
+        return list(invocation(agent, preset, "/prompt", resume="ID").argv)
+    assert argv("claude") == ["claude", "-p", "--output-format", "stream-json", "--verbose",
+                              "--resume", "ID", "--x"]
+    assert argv("codex", model="m") == ["codex", "exec", "resume", "--json",
+                                        "--skip-git-repo-check", "-m", "m", "--x", "ID", "-"]
+    assert argv("gemini") == ["gemini", "--output-format", "stream-json", "--skip-trust",
+                              "--resume", "ID", "--x", "-p", ""]
