@@ -77,6 +77,8 @@ after = ["a"]
     table = ws.doit("status", check_rc=0).stdout
     assert "check failed: tests: 3 failed" in table
     assert "tests: 3 failed" in ws.doit("logs", "p:a", "--check", check_rc=0).stdout
+    from orchestrate.mcp_tools import Toolbox   # the MCP server's `logs` tool, check=true
+    assert Toolbox(ws.root).logs("p:a", 1, check=True)["log"] == "tests: 3 failed\n"
     ws.doit("report", check_rc=0)
     html = (ws.state / "report.html").read_text()
     assert html.count('data-task="p:a" data-check="failed"') == 2   # one bar per run
