@@ -94,6 +94,9 @@ opt_verbose = {"name": "verbose", "short": "v", "long": "verbose", "type": bool,
 opt_follow = {"name": "follow", "short": "f", "long": "follow", "type": bool,
               "default": False, "help": "keep printing while the agent runs"}
 
+opt_check_log = {"name": "check_log", "long": "check", "type": bool, "default": False,
+                 "help": "print the output of the agent's check (<agent>.check.log)"}
+
 
 class Run(OrchestrateCommand):
     name = "run"
@@ -159,14 +162,14 @@ class Status(OrchestrateCommand):
 class Logs(OrchestrateCommand):
     name = "logs"
     doc_purpose = "print an agent's log (-f: follow it while the agent runs)"
-    doc_usage = "PIPELINE:AGENT [-f]"
+    doc_usage = "PIPELINE:AGENT [-f] [--check]"
     doc_description = None
-    cmd_options = (opt_follow,)
+    cmd_options = (opt_follow, opt_check_log)
 
-    def _execute(self, pos_args, follow):
+    def _execute(self, pos_args, follow, check_log):
         if len(pos_args) != 1:
             raise InvalidCommand("logs takes one agent, e.g. doit logs review:plan")
-        return control.print_log(self.root, pos_args[0], follow, self.outstream)
+        return control.print_log(self.root, pos_args[0], follow, self.outstream, check_log)
 
 
 class Signal(OrchestrateCommand):

@@ -8,6 +8,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import IO
 
+from . import checks
 from .advancer import AdvancerSlot, Watcher, can_advance, fork_advancer
 from .engine import LIVENESS_INTERVAL, Engine, PassResult
 from .errors import UserError
@@ -373,15 +374,16 @@ def forget_agents(root: Path, tasks: list[str], out: IO[str]) -> None:
             layout.status(agent.pipeline, agent.name).unlink(missing_ok=True)
 
 
-def print_log(root: Path, task: str, follow: bool, out: IO[str]) -> int:
+def print_log(root: Path, task: str, follow: bool, out: IO[str], check: bool = False) -> int:
     workspace = workspace_at(root, lenient=True)
     agent = workspace.agents_by_task.get(task)
     if agent is None:
         raise UserError(f"'{task}' is not an agent (expected pipeline:agent)")
     layout = Layout(workspace.root)
-    path = layout.log(agent.pipeline, agent.name)
+    path = (checks.check_log(layout, agent.pipeline, agent.name) if check
+            else layout.log(agent.pipeline, agent.name))
     if not path.exists():
-        out.write(f"{task} has no log yet\n")
+        out.write(f"{task} has no {'check log' if check else 'log'} yet\n")
         return EXIT_OK
     with open(path, "rb") as handle:
         while True:

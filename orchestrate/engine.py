@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
-from . import worktree
+from . import checks, worktree
 from .faults import crash_point
 from .fingerprint import digest_text
 from .hooks import HookKeeper
@@ -149,7 +149,7 @@ class Engine(RunLifecycle):
         if name.startswith("."):       # our temporary files
             return False
         if path.parent == self.layout.runs_dir:
-            return name.endswith(".exit")
+            return name.endswith((".exit", ".checking"))
         if path.parent.parent == self.layout.status_dir:
             self.status_cache.mark_dirty(path)
             return self.status_cache.changed(path)
@@ -273,7 +273,8 @@ class Engine(RunLifecycle):
             upstream_used=decision.upstream_used,
             # what a relaunch must not forget: money spent and rate limits in a row
             spent_usd=previous.spent_usd if previous else 0.0,
-            rate_limit_hits=previous.rate_limit_hits if previous else 0)
+            rate_limit_hits=previous.rate_limit_hits if previous else 0,
+            **checks.carried(previous))
         self._save(record, durable=False)
         crash_point("launch-recorded")
         upstream = self._write_upstream_file(agent, run_id,
@@ -283,7 +284,8 @@ class Engine(RunLifecycle):
             if agent.isolation == "worktree":
                 base = agent.base and self.workspace.agents_by_task[f"{agent.pipeline}:{agent.base}"]
                 worktree.ensure(layout, agent, base or None)
-            started = self.launcher.launch(agent, run_id, decision.attempt, log, upstream)
+            started = self.launcher.launch(agent, run_id, decision.attempt, log, upstream,
+                                           checks.followup(layout, record))
         except OSError as err:
             record = replace(record, state="failed", ended_at=utc_now(),
                              reason=f"could not start: {err.strerror or err}")
@@ -293,7 +295,7 @@ class Engine(RunLifecycle):
         crash_point("launch-spawned")
         record = replace(record, state="running", pid=started.pid,
                          pid_create_time=started.create_time,
-                         reason="running")
+                         reason=checks.running_reason(previous, record))
         self._save(record, durable=False)
         events.append(event("launch", task=agent.task, run_id=run_id, pid=started.pid,
                             attempt=decision.attempt, reason=decision.reason))

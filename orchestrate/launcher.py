@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from .presets import Place, executable, invocation
+from .checks import Followup, prompt_with_feedback, runner_command
+from .presets import RESUMABLE, Place, executable, invocation
 from .processes import create_time
 from .spec import Agent
 from .state import Layout
@@ -61,16 +62,20 @@ class Launcher:
         self.base_env = dict(os.environ)   # decoded once, not once per launch
 
     def launch(self, agent: Agent, run_id: str, attempt: int, log_path: Path,
-               upstream: Path) -> Started:
+               upstream: Path, followup: Followup | None = None) -> Started:
         env = agent_environment(self.layout, agent, run_id, attempt, upstream, self.base_env)
-        command, stdin_path = self._command(agent, run_id, env)
+        if followup is not None:
+            env["ORCHESTRATE_FEEDBACK"] = str(followup.feedback)
+        command, stdin_path = self._command(agent, run_id, env, followup)
+        root = output_root(self.layout, agent)
+        check = runner_command(self.layout, agent, run_id, root) if agent.check else None
         stdin = os.open(stdin_path or os.devnull, os.O_RDONLY | os.O_CLOEXEC)
         log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
         try:
             process = self.popen(
-                wrapper_argv(agent.task, command, self.layout.exit_file(run_id)),
+                wrapper_argv(agent.task, command, self.layout.exit_file(run_id), check),
                 stdin=stdin, stdout=log_fd, stderr=subprocess.STDOUT,
-                cwd=output_root(self.layout, agent) / agent.cwd, env=env,
+                cwd=root / agent.cwd, env=env,
                 start_new_session=True,
                 close_fds=True)
         finally:
@@ -81,7 +86,8 @@ class Launcher:
         process.returncode = 0
         return Started(process.pid, create_time(process.pid))
 
-    def _command(self, agent: Agent, run_id: str, env: dict[str, str]
+    def _command(self, agent: Agent, run_id: str, env: dict[str, str],
+                 followup: Followup | None = None
                  ) -> tuple[str | tuple[str, ...], str | None]:
         """The agent's command and the file for its stdin (None: /dev/null)."""
         if agent.preset is None:
@@ -91,8 +97,15 @@ class Launcher:
             raise FileNotFoundError(
                 f"{program} not found (install it, or set executable = \"/path\" or "
                 f"ORCHESTRATE_{agent.preset.upper()}_BIN)")
-        called = invocation(agent, program, _prompt_path(self.layout, agent, run_id),
-                            self._place(agent))
+        prompt = _prompt_path(self.layout, agent, run_id)
+        session = followup.session if followup and agent.preset in RESUMABLE else None
+        if followup is not None:   # the feedback, after the prompt unless the session has it
+            text = prompt_with_feedback(Path(prompt).read_text(errors="replace"),
+                                        followup.feedback.read_text(errors="replace"),
+                                        resumed=session is not None)
+            self.layout.prompt_file(run_id).write_text(text)
+            prompt = str(self.layout.prompt_file(run_id))
+        called = invocation(agent, program, prompt, self._place(agent), resume=session)
         env.update(called.env)
         return called.argv, called.stdin
 

@@ -10,7 +10,7 @@ import signal
 import time
 from dataclasses import replace
 
-from . import processes
+from . import checks, processes
 from .faults import crash_point
 from .policy import backoff, limit_exceeded, next_limit, should_retry
 from .processes import is_alive
@@ -69,6 +69,9 @@ class RunLifecycle:
                 record, error = self._record_result(agent, record, code)
             record = finish_run(self.layout, agent, record, code, ended_at, error)
             crash_point("finish-signal-written")
+        check_failed = checks.failed(record, code, stopped)
+        if check_failed:   # back to the agent with feedback, or failed for good
+            record = checks.after_failure(self.layout, agent, record, self.clock())
         self.signal_cache.remember(self.layout.signal(agent.pipeline, agent.name),
                                    record.signal_digest if record.state == "done" else None)
         if not (record.state == "failed" and record.result.get("rate_limited")):
@@ -83,7 +86,9 @@ class RunLifecycle:
         if limited:
             record = self._rest_after_rate_limit(agent, record)
             details["retry_at"] = record.retry_at
-        elif should_retry(agent, record, stopped):
+        elif record.state == "waiting":   # a check's relaunch
+            details["retry_at"] = record.retry_at
+        elif should_retry(agent, record, stopped) and not check_failed:
             at = self.clock() + backoff(agent, record.attempt)
             record = replace(record, state="waiting", retry_at=at, reason=(
                 f"retry {record.attempt + 1} of {agent.retries + 1} at "
@@ -91,6 +96,8 @@ class RunLifecycle:
             details["retry_at"] = at
         self._save(record)
         crash_point("finish-saved")
+        if record.check and code == 0 and not stopped:
+            checks.record_event(self.layout, agent, record)
         append_event(self.layout, kind, **details)
         remove_run_files(self.layout, record.run_id)
         return record
@@ -150,6 +157,11 @@ class RunLifecycle:
                     return self._owe_attempt(record)
                 return self._finish(agent, record, code, exit_time(exit_path))
             record = self._track_descendants(record)
+        if agent.check is not None and checks.note_checking(self.layout, record):
+            record = replace(record, reason=checks.CHECKING)   # its own timeout applies now
+            self._save(record, durable=False)
+        if record.reason == checks.CHECKING and record.stop_reason is None:
+            return record
         return self._enforce_limits(agent, record)
 
     def _track_descendants(self, record: StatusRecord) -> StatusRecord:

@@ -70,7 +70,8 @@ DESCRIPTIONS = {
         + RECORDS),
     "logs": (
         "As `doit logs TASK`: the end of an agent's log (stdout and stderr of its "
-        'latest attempt). Returns {"task", "log"}.'),
+        'latest attempt); with check=true, of its latest check\'s output. '
+        'Returns {"task", "log"}.'),
     "signal": (
         'As `doit signal NAME`: create the external signal NAME, which agents with '
         'wait_for = [NAME] wait on. Returns {"signal": name, "created": bool} (false if '
@@ -149,8 +150,11 @@ def build_server(root: Path) -> MCPServer:
         tail: Annotated[int, Field(
             ge=1, description=f"How many of the log's last lines (default {TAIL_DEFAULT}).")
         ] = TAIL_DEFAULT,
+        check: Annotated[bool, Field(
+            description="The output of the agent's check instead (doit logs TASK --check).")
+        ] = False,
     ) -> dict[str, Any]:
-        return await _call(toolbox.logs, task, tail)
+        return await _call(toolbox.logs, task, tail, check)
 
     @server.tool(name="signal", annotations=ToolAnnotations(destructive_hint=False,
                                                             idempotent_hint=True),

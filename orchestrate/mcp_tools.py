@@ -122,12 +122,12 @@ class Toolbox:
         records = {a.task: read_status(layout, a.pipeline, a.name) for a in agents}
         return control.status_json(decisions, records)["agents"]
 
-    def logs(self, task: str, tail: int = TAIL_DEFAULT) -> dict:
+    def logs(self, task: str, tail: int = TAIL_DEFAULT, check: bool = False) -> dict:
         if tail < 1:
             raise ValueError(f"tail must be 1 or more lines, not {tail}")
         self.workspace()
         out = _Tail(tail)
-        control.print_log(self.root, task, False, out)
+        control.print_log(self.root, task, False, out, check)
         return {"task": task, "log": out.text()}
 
     # -- acting --------------------------------------------------------------

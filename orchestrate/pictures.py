@@ -13,7 +13,7 @@ import subprocess
 from pathlib import Path
 from urllib.parse import quote
 
-from . import control, graph, report, timeline
+from . import checks, control, graph, report, timeline
 from .errors import UserError
 from .scheduler import Decision
 from .state import Layout, StatusRecord, write_atomic
@@ -143,6 +143,9 @@ def _row(root: Path, decision: Decision, record: StatusRecord | None,
 def _failure(root: Path, task: str, decision: Decision,
              record: StatusRecord | None) -> report.Failure:
     log = record.log if record else ""
+    if record is not None and checks.check_said_no(record):   # show what said no
+        log = os.path.relpath(checks.check_log(Layout(root), record.pipeline, record.agent),
+                              root)
     return report.Failure(task, decision.reason, log, tail(root / log) if log else [])
 
 

@@ -86,18 +86,31 @@ def _aider(agent: Agent, prompt_path: str, place: Place) -> list[str]:
 AIDER_ENV = {"COLUMNS": "4096"}
 
 
+# Presets whose CLI resumes a session by the id it reported, headless (a check's
+# relaunch continues the conversation): claude `-p --resume ID`, codex `exec
+# resume ID -`, gemini `--resume ID`. aider has no session id: a fresh session.
+RESUMABLE = ("claude", "codex", "gemini")
+
+
 def invocation(agent: Agent, program: str, prompt_path: str,
-               place: Place = Place()) -> Invocation:
+               place: Place = Place(), resume: str | None = None) -> Invocation:
     """argv, stdin and added environment for `agent`'s preset; `extra_args` go
-    last, before any positional prompt marker, so a user can add any flag the CLI has."""
+    last, before any positional prompt marker, so a user can add any flag the CLI has.
+    `resume`: the session id to continue (presets in RESUMABLE)."""
     preset = agent.preset
     extra = list(agent.extra_args)
     if preset == "claude":
-        return Invocation((program, *_claude(agent), *extra), prompt_path)
+        again = ["--resume", resume] if resume else []
+        return Invocation((program, *_claude(agent), *again, *extra), prompt_path)
     if preset == "codex":
+        if resume:   # `exec resume [OPTIONS] SESSION_ID PROMPT`, "-": the prompt on stdin
+            options = _codex(agent)[1:]
+            return Invocation((program, "exec", "resume", *options, *extra, resume, "-"),
+                              prompt_path)
         return Invocation((program, *_codex(agent), *extra, "-"), prompt_path)
     if preset == "gemini":
-        return Invocation((program, *_gemini(agent), *extra, "-p", ""), prompt_path)
+        again = ["--resume", resume] if resume else []
+        return Invocation((program, *_gemini(agent), *again, *extra, "-p", ""), prompt_path)
     if preset == "aider":
         return Invocation((program, *_aider(agent, prompt_path, place), *extra), None,
                           AIDER_ENV)

@@ -171,9 +171,13 @@ def _bar(attempt: Attempt, origin: float, span: float, now: float) -> str:
     title = (f"{attempt.task} attempt {attempt.attempt}: {attempt.state} after "
              f"{duration_label(attempt.duration(now))}, started +{offset_label(attempt.start - origin)}"
              f" ({_utc(attempt.start)}) - {ending}"
+             + (f"; check {attempt.check}" if attempt.check else "")
              + ("; relaunched afterwards" if attempt.relaunched else ""))
     text = f"#{attempt.attempt}" + (f" {attempt.stop_reason}" if attempt.stop_reason else "")
-    return (f'<div class="{classes}" data-task="{e(attempt.task)}" '
+    if attempt.check:   # the run ended with its check's verdict
+        text += " check " + ("passed" if attempt.check == "passed" else "failed")
+    checked = f' data-check="{e(attempt.check.split(":")[0])}"' if attempt.check else ""
+    return (f'<div class="{classes}" data-task="{e(attempt.task)}"{checked} '
             f'data-attempt="{attempt.attempt}" data-state="{e(attempt.state)}" '
             f'style="left:{left:.3f}%;width:{width:.3f}%" title="{e(title)}">{e(text)}</div>')
 

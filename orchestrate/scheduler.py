@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+from .checks import is_check_relaunch
 from .fingerprint import Fingerprint, config_digest, stale_reason
 from .spec import Agent, Workspace
 from .state import StatusRecord
@@ -163,6 +164,8 @@ def decide(agent: Agent, facts: AgentFacts, decided: dict[str, Decision],
             return Decision(agent, "waiting", record.reason, fingerprint, used, timed=True,
                             wake_at=record.retry_at, attempt=record.attempt + 1)
         attempt, reason = record.attempt + 1, f"attempt {record.attempt + 1} of {agent.retries + 1}"
+        if is_check_relaunch(record):   # its reason says which check failed, and why
+            reason = record.reason
     if hold := capacity.held(agent):
         reason, blocked, wake_at = hold
         return Decision(agent, "queued", reason, fingerprint, used, attempt=attempt,

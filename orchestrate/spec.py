@@ -65,6 +65,9 @@ class Agent:
     executable: str | None = None
     allowed_tools: tuple[str, ...] = ()
     permission_mode: str | None = None
+    check: str | tuple[str, ...] | None = None   # decides whether an exit-0 run is done
+    check_timeout: float = 600.0
+    check_retries: int = 2
 
     @cached_property
     def task(self) -> str:
@@ -88,6 +91,9 @@ class Agent:
                                  "extra_args": list(self.extra_args),
                                  "allowed_tools": list(self.allowed_tools),
                                  "permission_mode": self.permission_mode}
+        if self.check is not None:   # what "done" means: changing it makes the agent stale
+            check = self.check
+            identity["check"] = check if isinstance(check, str) else list(check)
         return identity
 
 
@@ -211,6 +217,13 @@ def _check_name_list(value: Any) -> tuple[str, ...]:
     return names
 
 
+def _check_positive_duration(value: Any) -> float:
+    seconds = parse_duration(value)
+    if seconds <= 0:
+        raise ValueError(f"expected a duration > 0, got {value!r}")
+    return seconds
+
+
 def _check_int(value: Any, minimum: int = 0) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ValueError(f"expected an integer >= {minimum}, got {value!r}")
@@ -308,6 +321,9 @@ AGENT_KEYS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "executable": ("executable", _check_str),
     "allowed_tools": ("allowed_tools", _check_str_list),
     "permission_mode": ("permission_mode", _check_str),
+    "check": ("check", _check_command),
+    "check_timeout": ("check_timeout", _check_positive_duration),
+    "check_retries": ("check_retries", _check_int),
 }
 PIPELINE_KEYS = ("description", "max_parallel", "budget_usd", "defaults", "agents", "hooks")
 WORKSPACE_KEYS = ("max_parallel", "pools", "budget_usd", "hooks")

@@ -79,6 +79,10 @@ class StatusRecord:
     result: dict = field(default_factory=dict)   # what a preset CLI reported (results.py)
     spent_usd: float = 0.0              # cost of every attempt and run so far
     rate_limit_hits: int = 0            # rate-limited attempts in a row (not retries)
+    check: dict = field(default_factory=dict)   # the last check's verdict (checks.py)
+    check_attempts: int = 0             # failed checks in this series (not retries)
+    feedback: str | None = None         # the feedback file a check relaunch gets
+    resume_session: str | None = None   # the CLI session a check relaunch resumes
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "StatusRecord":

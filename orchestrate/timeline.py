@@ -41,6 +41,7 @@ class Attempt:
     exit_code: int | None = None
     stop_reason: str | None = None  # timeout, stall or cancel that ended it
     relaunched: bool = False        # a retry or a rate-limit rest followed
+    check: str | None = None        # "passed" or "failed: <last line>" when a check ran
 
     def duration(self, now: float) -> float:
         return max(0.0, (self.end if self.end is not None else now) - self.start)
@@ -82,6 +83,9 @@ def build(events: Iterable[dict], tasks: set[str],
         if kind == "launch":
             runs[run_id] = Attempt(task, run_id, _int(item.get("attempt"), 1), when,
                                    reason="running")
+        elif kind in ("check_passed", "check_failed") and run_id in runs:
+            runs[run_id].check = ("passed" if kind == "check_passed"
+                                  else f"failed: {item.get('last_line') or ''}")
         elif kind == "stop" and run_id in runs:
             runs[run_id].stop_reason = str(item.get("reason") or "stopped")
         elif kind in END_STATES:

@@ -16,6 +16,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterable
 
+from .checks import judge, run_files as check_files
 from .fingerprint import digest_text
 from .spec import Agent
 from .state import (
@@ -38,7 +39,7 @@ def claim_path(exit_path: Path) -> Path:
     return exit_path.with_suffix(".claim")
 
 
-def wrapper_script(command: Command, exit_path: Path) -> str:
+def wrapper_script(command: Command, exit_path: Path, check: str | None = None) -> str:
     # First the wrapper claims its run (noclobber: O_EXCL, so one of it and a
     # recovering orchestrator wins; `true` is a regular builtin, so a failed
     # redirection does not end the shell). A run whose launch was abandoned
@@ -49,6 +50,9 @@ def wrapper_script(command: Command, exit_path: Path) -> str:
     record = shlex.quote(str(exit_path))
     claim = shlex.quote(str(claim_path(exit_path)))
     body = command if isinstance(command, str) else '"$@"'
+    if check is not None:   # the agent's status is the run's; the check records its own
+        body = (f"(\n{body}\n)" if isinstance(command, str) else body) + \
+            f'\nrc=$?; [ "$rc" -ne 0 ] || {check}\nexit "$rc"'
     return (f"set -C; {{ true > {claim}; }} 2>/dev/null || exit 0; set +C\n"
             f"trap 'printf \"%s\\n\" \"$?\" > {record}' EXIT\n"
             "trap 'exit 143' TERM; trap 'exit 130' INT; trap 'exit 129' HUP\n"
@@ -65,9 +69,11 @@ def abandon_run(exit_path: Path) -> bool:
     return True
 
 
-def wrapper_argv(task: str, command: Command, exit_path: Path) -> list[str]:
-    """`sh -c SCRIPT orchestrate:<task> [argv...]`: `ps` shows whose wrapper it is."""
-    argv = ["/bin/sh", "-c", wrapper_script(command, exit_path), f"orchestrate:{task}"]
+def wrapper_argv(task: str, command: Command, exit_path: Path,
+                 check: str | None = None) -> list[str]:
+    """`sh -c SCRIPT orchestrate:<task> [argv...]`: `ps` shows whose wrapper it is;
+    `check`: a shell line run after the command exited 0 (see `checks`)."""
+    argv = ["/bin/sh", "-c", wrapper_script(command, exit_path, check), f"orchestrate:{task}"]
     if not isinstance(command, str):
         argv.extend(command)
     return argv
@@ -123,6 +129,10 @@ def finish_run(layout: Layout, agent: Agent, record: StatusRecord, code: int,
     if missing:
         return replace(record, state="failed", exit_code=0, ended_at=ended_at,
                        reason=f"exit 0 but output missing: {', '.join(missing)}")
+    if agent.check is not None:
+        record, passed = judge(layout, record, ended_at)
+        if not passed:
+            return record
     content = signal_content(root, agent, outputs, record.run_id or "")
     write_atomic(layout.signal(agent.pipeline, agent.name), content)
     return replace(record, state="done", exit_code=0, ended_at=ended_at, reason="done",
@@ -132,7 +142,7 @@ def finish_run(layout: Layout, agent: Agent, record: StatusRecord, code: int,
 def remove_run_files(layout: Layout, run_id: str | None) -> None:
     exit_path = layout.exit_file(run_id or "")
     for path in (exit_path, claim_path(exit_path), layout.upstream_file(run_id or ""),
-                 layout.prompt_file(run_id or "")):
+                 layout.prompt_file(run_id or ""), *check_files(layout, run_id or "")):
         path.unlink(missing_ok=True)
 
 

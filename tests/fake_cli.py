@@ -10,6 +10,11 @@ programs). The prompt steers it: "FAIL" makes the model call fail with HTTP
 400, "ERROR0" reports an error but exits 0 (as claude can), "RATELIMIT" hits a
 rate limit once per agent, "HANG" hangs silently. Every call is appended to
 $ORCHESTRATE_ROOT/cli-calls.jsonl.
+
+Sessions resume as the real CLIs do (verified with tests/test_checks.py against
+them): claude `-p --resume ID`, codex `exec resume [OPTIONS] ID -`, gemini
+`--resume ID` continue session ID and report that same id; an id the fake never
+reported is refused (gemini's message is its source's).
 """
 import json
 import os
@@ -25,6 +30,24 @@ def record_call(preset: str, argv: list[str], prompt: str) -> None:
         handle.write(json.dumps({"preset": preset, "argv": argv, "prompt": prompt,
                                  "stdin_isatty": sys.stdin.isatty(),
                                  "agent": os.environ.get("ORCHESTRATE_AGENT")}) + "\n")
+
+
+def sessions_path() -> Path:
+    return Path(os.environ.get("ORCHESTRATE_ROOT", ".")) / "fake-cli-sessions.txt"
+
+
+def known_session(preset: str, session: str) -> bool:
+    path = sessions_path()
+    return path.exists() and f"{preset} {session}" in path.read_text().splitlines()
+
+
+def remember_session(preset: str, session: str) -> None:
+    with open(sessions_path(), "a") as handle:
+        handle.write(f"{preset} {session}\n")
+
+
+def resumed(argv: list[str]) -> str | None:
+    return argv[argv.index("--resume") + 1] if "--resume" in argv else None
 
 
 def emit(event: dict) -> None:
@@ -97,6 +120,16 @@ def claude(argv: list[str], prompt: str) -> int:
               "security reasons", file=sys.stderr)
         return 1
     model = argv[argv.index("--model") + 1] if "--model" in argv else "claude-opus-4-8[1m]"
+    session = resumed(argv) or SESSION
+    if resumed(argv) and not known_session("claude", session):
+        message = f"No conversation found with session ID: {session}"
+        emit({"type": "result", "subtype": "error_during_execution", "duration_ms": 0,
+              "duration_api_ms": 0, "is_error": True, "num_turns": 0, "stop_reason": None,
+              "session_id": session, "total_cost_usd": 0, "modelUsage": {},
+              "permission_denials": [], "errors": [message]})
+        print(message, file=sys.stderr)
+        return 1
+    remember_session("claude", SESSION)
     emit({"type": "system", "subtype": "init", "cwd": os.getcwd(), "session_id": SESSION,
           "tools": ["Bash", "Edit", "Read"], "mcp_servers": [], "model": model,
           "permissionMode": mode, "apiKeySource": "ANTHROPIC_API_KEY",
@@ -129,7 +162,14 @@ def claude(argv: list[str], prompt: str) -> int:
 # --- codex -------------------------------------------------------------------
 
 def codex(argv: list[str], prompt: str) -> int:
-    if argv[:2] != ["exec", "--json"]:
+    thread = "01a2171e-0af0-7261-b65e-f0a0c62fe77b"
+    if argv[:2] == ["exec", "resume"] and "--json" in argv:   # exec resume [OPTIONS] ID -
+        thread = argv[-2]
+        if argv[-1] != "-" or not known_session("codex", thread):
+            print(f"Error: thread/resume: thread/resume failed: no rollout found for thread "
+                  f"id {thread} (code -32600)", file=sys.stderr)
+            return 1
+    elif argv[:2] != ["exec", "--json"]:
         print("error: unexpected argument found\n\nUsage: codex exec [OPTIONS] [PROMPT]",
               file=sys.stderr)
         return 2
@@ -137,7 +177,8 @@ def codex(argv: list[str], prompt: str) -> int:
         print("Not inside a trusted directory and --skip-git-repo-check was not specified.",
               file=sys.stderr)
         return 1
-    emit({"type": "thread.started", "thread_id": "01a2171e-0af0-7261-b65e-f0a0c62fe77b"})
+    remember_session("codex", thread)
+    emit({"type": "thread.started", "thread_id": thread})
     emit({"type": "item.completed", "item": {"id": "item_0", "type": "error", "message":
           "Model metadata for `gpt-5-codex` not found. Defaulting to fallback metadata; "
           "this can degrade performance and cause issues."}})
@@ -195,7 +236,13 @@ def gemini(argv: list[str], prompt: str) -> int:
         return 55
     print(GEMINI_NOISE, file=sys.stderr, flush=True)
     model = argv[argv.index("-m") + 1] if "-m" in argv else "auto"
-    emit({"type": "init", "timestamp": now_stamp(), "session_id": "gem-1", "model": model})
+    session = resumed(argv) or "5a1e0000-0000-4000-8000-00000000ge01"
+    if resumed(argv) and not known_session("gemini", session):
+        print(f'Error resuming session: Invalid session identifier "{session}".\n'
+              "  Use --list-sessions to see available sessions.", file=sys.stderr)
+        return 1
+    remember_session("gemini", session)
+    emit({"type": "init", "timestamp": now_stamp(), "session_id": session, "model": model})
     # gemini echoes the prompt: a parser must never read it as the CLI's word
     emit({"type": "message", "timestamp": now_stamp(), "role": "user", "content": prompt})
     if "RATELIMIT" in prompt and rate_limited_once("gemini"):

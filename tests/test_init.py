@@ -71,6 +71,8 @@ def test_this_repositorys_survey_pipeline_runs(tmp_path):
         ws.doit("wait", "survey", check_rc=0)
         summary = (copy / "reports" / "summary.md").read_text()
         assert summary.startswith("# Code survey") and "Longest functions" in summary
+        events = (copy / ".orchestrate" / "events.jsonl").read_text()
+        assert '"event": "check_passed"' in events and "all three surveys present" in events
     finally:
         ws.kill_everything()
 
