@@ -94,7 +94,7 @@ def last_line(lines: list[str] | tuple[str, ...]) -> str:
 
 def feedback_text(verdict: Verdict, number: int, of: int) -> str:
     """The feedback file: the check's command, exit code and last lines."""
-    status = (f"timed out (killed)" if verdict.timed_out
+    status = ("timed out (killed)" if verdict.timed_out
               else f"exit code {verdict.exit_code}")
     tail = "\n".join(verdict.tail)
     return (f"# Check {number} of {of} failed\n\n"

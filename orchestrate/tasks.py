@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from . import worktree
+from .checks import check_log, feedback_path
 from .errors import UserError
 from .spec import Agent, Workspace, load_workspace
 from .state import Layout, SchedulingLock, expand_patterns, read_status, remove_inside
@@ -110,7 +111,8 @@ def _clean_under_lock(layout: Layout, spec: Agent, dryrun: bool):
         where = output_root(layout, spec)
         outputs, _ = expand_patterns(where, spec.outputs)
         state = [layout.signal(pipeline, agent), layout.status(pipeline, agent),
-                 *layout.earlier_logs(pipeline, agent)]
+                 *layout.earlier_logs(pipeline, agent), check_log(layout, pipeline, agent),
+                 feedback_path(layout, pipeline, agent)]
         paths = [*((where, where / rel) for rel in outputs),
                  *((layout.root, path) for path in state)]
         if dryrun:
