@@ -190,6 +190,7 @@ def _wait(root: Path, names: list[str], timeout: float | None, out: IO[str],
     try:
         while True:
             result = _pass(engine, agents, lock)
+            agents = result.agents
             records = {t: f.record for t, f in result.facts.items()}
             progress.update(result.decisions, records)
             if not can_advance(result.decisions):
