@@ -18,6 +18,7 @@ from doit.exceptions import InvalidCommand
 
 from . import control
 from .errors import UserError
+from .selection import doit_names
 
 
 def interrupted() -> int:
@@ -201,6 +202,7 @@ class Forget(DoitForget):
 
     def _execute(self, forget_sub, forget_disable_default, forget_all):
         tasks = {t.name: t for t in self.task_list}
+        self.sel_tasks = doit_names(self.sel_tasks, tasks)
         if forget_all:
             names = list(tasks)
         elif self.sel_default_tasks and forget_disable_default:

@@ -116,12 +116,13 @@ class FanoutKeeper:
                 if a.foreach is not None and a.foreach.kind == "json"]
 
     def step(self, engine: Any, agents: list[Any]) -> list[Any] | None:
-        """The selection again if the workspace's instances changed, else None."""
+        """The selection again (with new instances, if any) when this step
+        wrote or found a changed record, else None."""
         workspace = engine.workspace
         fanouts = self.dynamic(workspace)
         if not fanouts:
             return None
-        rebuild = False
+        rebuild = wrote = False
         for pipeline, declared in fanouts:
             path = record_path(self.layout, pipeline.name, declared.name)
             record = self.records.get(path)
@@ -129,11 +130,12 @@ class FanoutKeeper:
             if signal_digest is not None and not self._current(engine, pipeline.name,
                                                                 declared, record, signal_digest):
                 record = self.expand(engine, pipeline, declared, record, signal_digest)
+                wrote = True
             gate = workspace.agents_by_task.get(f"{pipeline.name}:{declared.name}")
             if gate is not None and gate.expanded_from != (record or {}).get("items_digest"):
                 rebuild = True
-        if not rebuild:
-            return None
+        if not rebuild:   # records written this pass must be read again
+            return list(agents) if wrote else None
         return self.rebuild(engine, agents)
 
     def _finished(self, engine: Any, pipeline: str, source: str) -> str | None:

@@ -34,6 +34,23 @@ def match(workspace: Workspace, names: list[str]) -> list[Agent]:
     return [workspace.agents_by_task[t] for t in sorted(wanted)]
 
 
+def doit_names(names: list[str] | None, known: dict) -> list[str] | None:
+    """For doit's own commands that take exact names (forget): `p:a.*` and a
+    fan-out's name `p:a` -> the task names they stand for."""
+    from fnmatch import fnmatchcase
+    if not names:
+        return names
+    result: list[str] = []
+    for name in names:
+        if "*" in name:
+            result.extend(t for t in known if fnmatchcase(t, name))
+        elif name not in known and any(t.startswith(name + ".") for t in known):
+            result.extend(t for t in known if t.startswith(name + "."))
+        else:
+            result.append(name)
+    return result
+
+
 def _named(agent: Agent, pattern: str, fnmatchcase) -> bool:
     if fnmatchcase(agent.name, pattern):
         return True
