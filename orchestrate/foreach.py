@@ -137,6 +137,8 @@ def placeholder_problems(table: dict[str, Any], is_fanout: bool) -> list[tuple[s
 
 def substitute(text: str, item: Item) -> str:
     """One pass over `text`: what an item contains is never read as a placeholder."""
+    if "{" not in text:
+        return text
     def one(match: re.Match) -> str:
         token = match.group(1)
         if token == "key":
@@ -247,12 +249,25 @@ def instance(template: Any, item: Item, extra_inputs: tuple[str, ...] = (),
                               "workspace")
     env = tuple(sorted({**{k: sub(v) for k, v in template.env},
                         "ORCHESTRATE_ITEM": item.text, "ORCHESTRATE_KEY": item.key}.items()))
-    return replace(template, name=f"{template.name}.{item.key}", command=command,
-                   prompt=sub(template.prompt), description=sub(template.description),
-                   inputs=tuple(sub(p) for p in template.inputs) + extra_inputs,
-                   outputs=outputs, env=env, after=template.after + after,
-                   awaits=template.awaits + awaits, foreach=None, fanout=template.name,
-                   key=item.key)
+    return copy_with(template, name=f"{template.name}.{item.key}", command=command,
+                     prompt=sub(template.prompt), description=sub(template.description),
+                     inputs=tuple(sub(p) for p in template.inputs) + extra_inputs,
+                     outputs=outputs, env=env, after=template.after + after,
+                     awaits=template.awaits + awaits, foreach=None, fanout=template.name,
+                     key=item.key)
+
+
+def copy_with(template: Any, **changes: Any) -> Any:
+    """`dataclasses.replace` for a frozen dataclass without its __init__: a
+    fan-out of thousands makes thousands of agents on every load, and
+    replace() would check every field of each again (the template's fields
+    were checked when it was parsed). Cached properties are not copied."""
+    made = object.__new__(type(template))
+    fields = {k: v for k, v in template.__dict__.items()
+              if k in template.__dataclass_fields__}
+    fields.update(changes)
+    made.__dict__.update(fields)
+    return made
 
 
 def gate(template: Any, waits_on: str) -> Any:
