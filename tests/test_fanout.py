@@ -362,3 +362,35 @@ command = {argv(ws, "--sleep", "60")}
     ws.doit("cancel", "p:slow", check_rc=0)
     assert ws.state_of("p", "slow.x") == "cancelled"
     ws.wait_idle()
+
+
+def test_killed_right_after_the_expansion_is_recorded_nothing_runs_twice(ws):
+    planned(ws)
+    plan_list(ws, [{"id": "a", "title": "A"}, {"id": "b", "title": "B"}])
+    (ws.root / "go").touch()
+    ws.doit(check_rc=0, env={"ORCHESTRATE_CRASH_AT": "fanout-recorded:1"})
+    record = ws.state / "fanout/p/work.json"
+    wait_until(record.exists, what="the expansion record")
+    wait_until(lambda: not ws.orchestrator_pids(), what="the killed advancer to be gone")
+    assert ws.status("p", "work") is None           # killed before the row was written
+    assert not ws.launches("work.a")
+    ws.doit("wait", check_rc=0)
+    assert counts(ws) == {"plan": 1, "work.a": 1, "work.b": 1, "gather": 1}
+
+
+def test_graph_draws_a_fan_out_as_one_node_and_the_report_lists_its_instances(ws):
+    glob_pipeline(ws)
+    ws.doit("wait", check_rc=0)
+    dot = ws.doit("graph", check_rc=0).stdout
+    assert '"p:review" [label="p:review ×2"' in dot
+    assert '"p:review" -> "p:summary"' in dot and "src-c-py" not in dot
+    expanded = ws.doit("graph", "--expand", "--format", "mermaid", check_rc=0).stdout
+    assert "p:review.src-a_b-py" in expanded and "p:review.src-c-py" in expanded
+    path = ws.doit("report", check_rc=0).stdout.strip()
+    html = open(path).read()
+    html = html[html.index('<section id="agents"'):]      # the agents' table
+    group = html.index('data-task="p:review"')
+    assert "fan-out: 2 instances" in html
+    assert group < html.index('data-task="p:review.src-a_b-py"') < html.index(
+        'data-task="p:summary"')
+    assert html.count('class="instance"') == 2
