@@ -18,7 +18,7 @@ def match(workspace: Workspace, names: list[str]) -> list[Agent]:
     """The agents task names name: `review` a pipeline, `review:plan` one agent;
     shell-style wildcards work as in doit (`review:impl_*`). None = everything.
     A fan-out's name selects all of it (`review:fix`); `review:fix.*` its
-    instances (and, for a dynamic list, its row while the list is unknown)."""
+    instances (and, for a planned list, its own `review:fix` row)."""
     from fnmatch import fnmatchcase
     wanted: set[str] = set()
     for name in names or [p.name for p in workspace.pipelines]:
