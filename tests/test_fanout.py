@@ -394,3 +394,33 @@ def test_graph_draws_a_fan_out_as_one_node_and_the_report_lists_its_instances(ws
     assert group < html.index('data-task="p:review.src-a_b-py"') < html.index(
         'data-task="p:summary"')
     assert html.count('class="instance"') == 2
+
+
+def test_cleaning_a_planned_fan_outs_row_reads_its_list_again_and_keeps_instance_logs(ws):
+    planned(ws)
+    plan_list(ws, [{"id": "3", "title": "three"}])      # a key of digits only: work.3
+    (ws.root / "go").touch()
+    ws.doit("wait", check_rc=0)
+    log = ws.state / "logs/p/work.3.log"
+    assert log.exists()
+    ws.doit("clean", "p:work", check_rc=0)
+    assert log.exists() and ws.status("p", "work") is None
+    assert not (ws.state / "fanout/p/work.json").exists()
+    ws.doit("wait", check_rc=0)
+    assert ws.state_of("p", "work") == "done"
+    assert counts(ws) == {"plan": 1, "work.3": 1, "gather": 1}
+
+
+def test_retry_reads_a_broken_list_again(ws):
+    planned(ws)
+    plan_list(ws, {"not": "a list"})
+    (ws.root / "go").touch()
+    proc = ws.doit("wait", check_rc=1)
+    assert "failed    p:work  (invalid list build/plan.json: expected a JSON array" in proc.stdout
+    assert "-> doit retry p:work" in proc.stdout
+    assert ws.doit("list", "--all").stdout.count("p:work") == 1     # no instance is known
+    # the user repairs the planner's output by hand, then retries the fan-out's row
+    (ws.root / "build/plan.json").write_text(json.dumps([{"id": "x", "title": "X"}]))
+    ws.doit("retry", "p:work")
+    ws.doit("wait", check_rc=0)
+    assert counts(ws) == {"plan": 1, "work.x": 1, "gather": 1}
