@@ -273,8 +273,12 @@ def copy_with(template: Any, **changes: Any) -> Any:
 def gate(template: Any, waits_on: str) -> Any:
     """The `pipeline:agent` row of a dynamic fan-out: never launched; waiting
     until its list is known, failed if the list is invalid, else done."""
+    foreach = template.foreach
+    what = (f"each element of {foreach.json} (from {foreach.source})" if foreach.kind == "json"
+            else f"each instance of {foreach.each_of}")
     return replace(template, after=(), after_any=(), awaits=(waits_on,), inputs=(),
-                   outputs=(), fanout=template.name, gate=True)
+                   outputs=(), fanout=template.name, gate=True,
+                   description=f"fan-out: one instance per {what}")
 
 
 @dataclass(frozen=True)

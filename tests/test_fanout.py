@@ -209,7 +209,7 @@ def test_each_of_chains_per_item_with_early_cutoff(ws):
 [agents.tr]
 foreach = {{ values = ["fr", "de"] }}
 command = {argv(ws, "--copy", "in/{item}.txt=out/tr-{key}.txt")}
-inputs = ["in/{{item}}.txt"]
+inputs = ["in/{{item}}.txt", "in/{{item}}.note"]
 outputs = ["out/tr-{{key}}.txt"]
 [agents.fix]
 foreach = {{ each_of = "tr" }}
@@ -232,6 +232,11 @@ after_any = ["fix"]
     (ws.root / "in/de.txt").touch()     # same content: nothing re-runs
     ws.doit("wait", check_rc=0)
     assert counts(ws)["tr.de"] == 2
+    # early cutoff per instance: tr.de re-runs (its note changed) with the same output,
+    # so fix.de stays up to date
+    (ws.root / "in/de.note").write_text("a note")
+    ws.doit("wait", check_rc=0)
+    assert counts(ws)["tr.de"] == 3 and counts(ws)["fix.de"] == 2
 
 
 # -- dynamic lists ------------------------------------------------------------
