@@ -251,7 +251,7 @@ class FanoutKeeper:
         if hasattr(engine, "hooks"):
             engine.hooks.workspace = fresh
         tasks = {a.task for a in agents}
-        gates = {(a.pipeline, a.fanout) for a in agents if a.fanout}
+        gates = {(a.pipeline, a.fanout) for a in agents if a.gate}   # a planned fan-out
         wanted = {t for t in tasks if t in fresh.agents_by_task}
         wanted |= {a.task for a in fresh.agents_by_task.values()
                    if a.fanout and (a.pipeline, a.fanout) in gates}

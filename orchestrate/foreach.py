@@ -309,7 +309,7 @@ def expand_agents(declared: tuple[Any, ...], static_items: dict[str, list[Item]]
         expansion = expansions[agent.name]
         template = _fan_in(agent, expansions)
         if expansion.dynamic:
-            result.append(gate(template, _gate_waits_on(agent, by_name)))
+            result.append(gate(template, _gate_waits_on(agent)))
         try:
             result.extend(_instance_of(template, item, by_name, expansions)
                           for item in items_of[agent.name])
@@ -336,7 +336,7 @@ def _items_for(name: str, by_name: dict, static_items: dict, dynamic_items: dict
     expansions[name] = Expansion(tuple(i.key for i in items), dynamic)
 
 
-def _gate_waits_on(agent: Any, by_name: dict) -> str:
+def _gate_waits_on(agent: Any) -> str:
     """A json fan-out's gate waits on its `from`; an each_of gate on its upstream gate."""
     if agent.foreach.kind == "json":
         return agent.foreach.source

@@ -4,11 +4,14 @@ Real doit, real agent processes (the ledgered fake agent), real files.
 """
 import json
 import sys
+from pathlib import Path
 
 import pytest
 
 from conftest import FAKE_AGENT, wait_until
-from orchestrate.foreach import ListProblem, assign_keys, parse_list, slug
+from orchestrate.fanout import expand_loaded
+from orchestrate.foreach import Item, ListProblem, assign_keys, parse_list, slug, substitute
+from orchestrate.spec import _Problems, parse_pipeline
 
 
 def argv(ws, *args: str) -> str:
@@ -53,6 +56,28 @@ def test_invalid_lists_say_what_is_wrong(text, problem):
     with pytest.raises(ListProblem, match=None) as err:
         parse_list(text, 2)
     assert problem in str(err.value)
+
+
+def test_substitution_is_one_pass_and_expansion_names_every_instance_in_the_fan_in():
+    item = Item("{key} $(x)", "k", (("title", "{item}"),))
+    assert substitute("a {item} b {item.title} {key} {other}", item) == \
+        "a {key} $(x) b {item} k {other}"
+    problems = _Problems()
+    pipeline = parse_pipeline("p", "pipelines/p.toml", {"agents": {
+        "plan": {"command": "true"},
+        "w": {"foreach": {"json": "l.json", "from": "plan"}, "command": ["echo", "{item}"]},
+        "v": {"foreach": {"values": ["a", "b"]}, "command": ["echo", "{item}"]},
+        "fix": {"foreach": {"each_of": "v"}, "command": ["true"]},
+        "all": {"command": "true", "after": ["v", "w"]}}}, problems)
+    pipeline = expand_loaded(Path("/nonexistent"), pipeline, problems, records={})
+    agents = {a.name: a for a in pipeline.agents}
+    assert not problems.lines
+    assert set(agents) == {"plan", "w", "v.a", "v.b", "fix.a", "fix.b", "all"}
+    assert agents["w"].gate and agents["w"].awaits == ("plan",)
+    assert agents["all"].after == ("v.a", "v.b") and agents["all"].awaits == ("w",)
+    assert agents["fix.b"].after == ("v.b",)
+    assert agents["v.a"].command == ("echo", "a")
+    assert dict(agents["v.b"].env)["ORCHESTRATE_KEY"] == "b"
 
 
 # -- validation: exit 3 naming file, agent and key --------------------------
