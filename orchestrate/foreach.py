@@ -382,6 +382,10 @@ def fanout_problems(declared: dict[str, dict[str, Any]]) -> list[tuple[str, str,
     """(agent, key, message) for foreach tables that name a wrong agent."""
     problems = []
     for name, fields in declared.items():
+        base = fields.get("base")
+        if base in declared and declared[base].get("foreach") is not None:
+            problems.append((name, "base", f"'{base}' is a fan-out (it has no one branch "
+                             "to start from)"))
         foreach = fields.get("foreach")
         if foreach is None:
             continue
