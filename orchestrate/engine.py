@@ -79,7 +79,7 @@ def keep_previous_log(layout: Layout, agent: Agent, number: int) -> None:
 class PassResult:
     decisions: dict[str, Decision]
     facts: dict[str, AgentFacts]
-    agents: list[Agent] = None   # the selection, with a fan-out's new instances
+    agents: list[Agent] | None = None   # the selection, with a fan-out's new instances
 
 
 class Engine(RunLifecycle):

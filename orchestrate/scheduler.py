@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+from .fanout_gate import gate_decision
 from .fingerprint import Fingerprint, config_digest, stale_reason
 from .spec import Agent, Workspace
 from .state import StatusRecord
@@ -149,7 +150,6 @@ def decide(agent: Agent, facts: AgentFacts, decided: dict[str, Decision],
            capacity: Capacity, now: float) -> Decision:
     record = facts.record
     if agent.gate:
-        from .fanout_gate import gate_decision
         return gate_decision(agent, record, decided, signals)
     if record and record.state in ACTIVE:
         return Decision(agent, "running", record.reason or "running")
