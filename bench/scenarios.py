@@ -1,6 +1,7 @@
 """The benchmark scenarios. Each returns rows: (scenario, figure, values, target)."""
 from __future__ import annotations
 
+import json
 import os
 import resource
 import signal
@@ -59,11 +60,12 @@ class Sizes:
     idle_seconds: float = 10.0
     hook_events: int = 20
     report_agents: int = 1000     # each runs 3 attempts
+    fanout_items: int = 1000
 
 
 SMOKE = Sizes(runs=1, scale=0.1, caller_agents=5, throughput_agents=10, chain_length=5,
               layers=2, layer_width=3, layer_seconds=0.2, noop_sizes=(20,), memory_agents=5,
-              idle_seconds=1.0, hook_events=3, report_agents=20)
+              idle_seconds=1.0, hook_events=3, report_agents=20, fanout_items=20)
 
 
 def _wall_to_last_signal(agents: dict[str, dict]) -> float:
@@ -400,8 +402,47 @@ def report_size(sizes: Sizes) -> list[Row]:
             Row(name, "report size MB", megabytes, "<= 3", "MB")]
 
 
+def _fanout_pipelines(n: int) -> dict[str, str]:
+    """The same n workers and their fan-in: one foreach declaration, and
+    written out by hand as n agent tables."""
+    values = [f"item-{i:05d}" for i in range(n)]
+    fanned = (f"[agents.w]\nforeach = {{ values = {json.dumps(values)} }}\n"
+              'command = ["true"]\n\n[agents.gather]\ncommand = ["true"]\nafter = ["w"]\n')
+    by_hand = "".join(f'[agents.w_{v}]\ncommand = ["true"]\n\n' for v in values)
+    by_hand += ('[agents.gather]\ncommand = ["true"]\n'
+                f"after = {json.dumps([f'w_{v}' for v in values])}\n")
+    return {"fan-out": fanned, "by hand": by_hand}
+
+
+def fanout(sizes: Sizes) -> list[Row]:
+    """A fan-out of n items costs what n declared agents cost: a no-op `doit`
+    and a `doit status` pass (settle + decide), measured in turns on the two
+    workspaces so that the machine's load falls on both alike."""
+    n = sizes.fanout_items
+    texts = _fanout_pipelines(n)
+    times = {label: {"no-op": [], "status": []} for label in texts}
+    with workspace({"bench": texts["fan-out"]}) as fanned, \
+            workspace({"bench": texts["by hand"]}) as by_hand:
+        roots = {"fan-out": fanned, "by hand": by_hand}
+        for root in roots.values():
+            doit(root, "wait")
+        for _ in range(max(5, sizes.runs * 3)):
+            for label, root in roots.items():
+                times[label]["no-op"].append(doit(root)[1])
+                times[label]["status"].append(doit(root, "status")[1])
+    rows = []
+    for figure in ("no-op", "status"):
+        fan = statistics.median(times["fan-out"][figure])
+        hand = statistics.median(times["by hand"][figure])
+        rows.append(Row(f"fan-out: {n} items vs {n} agents by hand",
+                        f"{figure} seconds, fan-out / by hand", [fan / hand], "<= 1.10",
+                        note=f"fan-out {fan:.3f} s, by hand {hand:.3f} s",
+                        extra={"fanout_s": fan, "by_hand_s": hand}))
+    return rows
+
+
 ALL = [critical_path_scenarios, caller_block, launch_throughput, signal_to_launch, scale,
-       noop, memory, idle, hooks, report_size]
+       noop, memory, idle, hooks, report_size, fanout]
 
 
 def run_all(sizes: Sizes, report, only: str | None = None) -> list[Row]:

@@ -193,6 +193,7 @@ class Advancer:
             # in inotify now: take them in, or the trusted caches would be stale.
             self.engine.notice(self.watcher.wait(0))
             result = self.engine.run_pass(self.agents)
+            self.agents = result.agents
             if not self.invalid:
                 self.engine.launch_all(result)
                 if can_advance(result.decisions):

@@ -18,6 +18,7 @@ from doit.exceptions import InvalidCommand
 
 from . import control
 from .errors import UserError
+from .selection import doit_names
 
 
 def interrupted() -> int:
@@ -204,6 +205,7 @@ class Forget(DoitForget):
 
     def _execute(self, forget_sub, forget_disable_default, forget_all):
         tasks = {t.name: t for t in self.task_list}
+        self.sel_tasks = doit_names(self.sel_tasks, tasks)
         if forget_all:
             names = list(tasks)
         elif self.sel_default_tasks and forget_disable_default:
@@ -250,6 +252,8 @@ opt_format = {"name": "fmt", "long": "format", "type": str, "default": "dot",
               "choices": (("dot", "Graphviz DOT text"), ("mermaid", "mermaid flowchart text"),
                           ("svg", "an SVG drawn by Graphviz's dot")),
               "help": "dot (default) or mermaid text, or svg (needs Graphviz)"}
+opt_expand = {"name": "expand", "long": "expand", "type": bool, "default": False,
+              "help": "draw each fan-out's instances (default: one node with its count)"}
 opt_output = {"name": "output", "short": "o", "long": "output", "type": str, "default": None,
               "help": "write to FILE (relative: from the workspace root) and print its path"}
 
@@ -257,15 +261,15 @@ opt_output = {"name": "output", "short": "o", "long": "output", "type": str, "de
 class Graph(OrchestrateCommand):
     name = "graph"
     doc_purpose = "print the DAG of the selected agents and everything upstream of them"
-    doc_usage = "[TASK ...] [--format dot|mermaid|svg] [-o FILE]"
+    doc_usage = "[TASK ...] [--format dot|mermaid|svg] [-o FILE] [--expand]"
     doc_description = ("Nodes pipeline:agent coloured by state; after edges solid, after_any "
                        "dashed, wait_for signals dotted.\nExit: 0; 3 on an invalid pipeline, "
                        "an unknown task, or --format svg without Graphviz.")
-    cmd_options = (opt_format, opt_output)
+    cmd_options = (opt_format, opt_output, opt_expand)
 
-    def _execute(self, pos_args, fmt, output):
+    def _execute(self, pos_args, fmt, output, expand):
         from . import pictures
-        text = pictures.graph_text(self.root, pos_args, fmt)
+        text = pictures.graph_text(self.root, pos_args, fmt, expand)
         if output is None:
             self.outstream.write(text)
             return 0

@@ -191,6 +191,7 @@ def _wait(root: Path, names: list[str], timeout: float | None, out: IO[str],
     try:
         while True:
             result = _pass(engine, agents, lock)
+            agents = result.agents
             records = {t: f.record for t, f in result.facts.items()}
             progress.update(result.decisions, records)
             if not can_advance(result.decisions):
@@ -377,6 +378,11 @@ def forget_agents(root: Path, tasks: list[str], out: IO[str]) -> None:
 def print_log(root: Path, task: str, follow: bool, out: IO[str], check: bool = False) -> int:
     workspace = workspace_at(root, lenient=True)
     agent = workspace.agents_by_task.get(task)
+    if agent is None and ":" in task:   # a fan-out or a pattern: each instance's log in turn
+        for one in match(workspace, [task]):
+            out.write(f"==> {one.task} <==\n")
+            print_log(root, one.task, False, out)
+        return EXIT_OK
     if agent is None:
         raise UserError(f"'{task}' is not an agent (expected pipeline:agent)")
     layout = Layout(workspace.root)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Callable
 
 from . import checks, worktree
+from .fanout import FanoutKeeper
 from .faults import crash_point
 from .fingerprint import digest_text
 from .hooks import HookKeeper
@@ -78,6 +79,7 @@ def keep_previous_log(layout: Layout, agent: Agent, number: int) -> None:
 class PassResult:
     decisions: dict[str, Decision]
     facts: dict[str, AgentFacts]
+    agents: list[Agent] | None = None   # the selection, with a fan-out's new instances
 
 
 class Engine(RunLifecycle):
@@ -104,6 +106,7 @@ class Engine(RunLifecycle):
         self.parents: dict[int, list[int]] | None = None   # one /proc scan per pass
         self.next_wake = float("inf")   # the earliest timeout, kill or retry ahead
         self.hooks = HookKeeper(workspace, self.layout)
+        self.fanouts = FanoutKeeper(self.layout)
 
     # -- reading ---------------------------------------------------------
     def records(self, agents: list[Agent]) -> dict[str, StatusRecord | None]:
@@ -193,6 +196,10 @@ class Engine(RunLifecycle):
             if record and record.state in ACTIVE:
                 records[agent.task] = self.settle(agent, record)
         crash_point("pass-settled")
+        expanded = self.fanouts.step(self, agents)
+        if expanded is not None:   # a planner's list became instances (or changed)
+            agents = expanded
+            records = self.records(agents)
         facts = self.facts(agents, records)
         decisions = plan(self.workspace, agents, facts, self.external_signals(),
                          self.running_elsewhere(agents), now=self.clock(),
@@ -201,7 +208,7 @@ class Engine(RunLifecycle):
             if decision.timed and decision.wake_at is not None:
                 self.next_wake = min(self.next_wake, decision.wake_at)
         self.hooks.observe(self, decisions, facts)
-        return PassResult(decisions, facts)
+        return PassResult(decisions, facts, agents)
 
     def spent(self) -> dict[str, float]:
         """Dollars spent per pipeline ("*": the workspace), read only when a

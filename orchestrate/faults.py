@@ -12,7 +12,8 @@ import os
 import signal
 
 POINTS = ("launch-recorded", "launch-spawned", "finish-signal-written", "finish-saved",
-          "stop-recorded", "advancer-forked", "pass-settled", "hook-recorded")
+          "stop-recorded", "advancer-forked", "pass-settled", "hook-recorded",
+          "fanout-recorded")
 
 
 def _plan() -> dict[str, int]:

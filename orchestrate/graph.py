@@ -73,8 +73,57 @@ class Graph:
         return list(seen)
 
 
-def build(agents: list[Agent], states: dict[str, str], signals_present: set[str]) -> Graph:
-    """Agents (upstream first) and their states by task -> the graph."""
+# a fan-out drawn as one node takes the state that most needs a look
+STATE_RANK = ("failed", "cancelled", "running", "queued", "waiting", "pending", "done",
+              "removed")
+
+
+def collapse_fanouts(graph: Graph, agents: list[Agent]) -> Graph:
+    """Each fan-out's instances (and its row) as one node `pipeline:agent`
+    labelled with its count; edges to or from an instance go to that node."""
+    group = {a.task: f"{a.pipeline}:{a.fanout}" for a in agents if a.fanout}
+    if not group:
+        return graph
+    members: dict[str, list[Node]] = {}
+    nodes: list[Node] = []
+    for node in graph.nodes:
+        target = group.get(node.id)
+        if target is None:
+            nodes.append(node)
+            continue
+        if target not in members:
+            members[target] = []
+            nodes.append(node)   # placeholder, replaced below, keeps the order
+        members[target].append(node)
+    counts = {g: sum(1 for a in agents if a.fanout and f"{a.pipeline}:{a.fanout}" == g
+                     and not a.gate) for g in members}
+    merged = []
+    for node in nodes:
+        target = group.get(node.id)
+        if target is None:
+            merged.append(node)
+            continue
+        state = min((m.state for m in members[target]),
+                    key=lambda s: STATE_RANK.index(s) if s in STATE_RANK else len(STATE_RANK))
+        label = f"{target} ×{counts[target]}"
+        merged.append(Node(target, label, state, node.pipeline))
+    edges: dict[tuple[str, str, str], Edge] = {}
+    for edge in graph.edges:
+        source, target = group.get(edge.source, edge.source), group.get(edge.target, edge.target)
+        if source != target:
+            edges.setdefault((source, target, edge.kind), Edge(source, target, edge.kind))
+    return Graph(tuple(merged), tuple(edges.values()))
+
+
+def build(agents: list[Agent], states: dict[str, str], signals_present: set[str],
+          expand: bool = True) -> Graph:
+    """Agents (upstream first) and their states by task -> the graph;
+    `expand=False` draws each fan-out as one node with its count."""
+    graph = _build(agents, states, signals_present)
+    return graph if expand else collapse_fanouts(graph, agents)
+
+
+def _build(agents: list[Agent], states: dict[str, str], signals_present: set[str]) -> Graph:
     nodes = [Node(a.task, a.task, node_state(states.get(a.task, "pending")), a.pipeline)
              for a in agents]
     signals: dict[str, None] = {}
@@ -83,7 +132,7 @@ def build(agents: list[Agent], states: dict[str, str], signals_present: set[str]
         for name in agent.wait_for:
             signals.setdefault(name)
             edges.append(Edge(f"signal:{name}", agent.task, "wait_for"))
-        for name in agent.after:
+        for name in agent.after + agent.awaits:
             edges.append(Edge(f"{agent.pipeline}:{name}", agent.task, "after"))
         for name in agent.after_any:
             if name not in agent.after:

@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 from urllib.parse import quote
 
@@ -29,22 +30,23 @@ class PictureError(UserError):
     """A picture that cannot be made as asked (Graphviz missing, unwritable file)."""
 
 
-def _state(root: Path, names: list[str]) -> tuple[dict[str, Decision], dict, graph.Graph]:
+def _state(root: Path, names: list[str], expand: bool = False
+           ) -> tuple[dict[str, Decision], dict, graph.Graph]:
     decisions, records = control.status(root, names)
     states = {task: d.state for task, d in decisions.items()}
     present = {p.name[:-len(".signal")] for p in Layout(root).signals_dir.glob("*.signal")}
     agents = [d.agent for d in decisions.values()]
-    return decisions, records, graph.build(agents, states, present)
+    return decisions, records, graph.build(agents, states, present, expand)
 
 
-def graph_text(root: Path, names: list[str], fmt: str) -> str:
+def graph_text(root: Path, names: list[str], fmt: str, expand: bool = False) -> str:
     """The selection's DAG as DOT, mermaid or (through Graphviz) SVG."""
     if fmt not in FORMATS:
         raise PictureError(f"unknown format '{fmt}' (expected one of {', '.join(FORMATS)})")
     if fmt == "svg" and shutil.which("dot") is None:
         raise PictureError(f"--format svg needs Graphviz's dot program, which is not "
                            f"installed ({INSTALL_GRAPHVIZ}); --format dot or mermaid need nothing")
-    _, _, dag = _state(root, names)
+    _, _, dag = _state(root, names, expand)
     if fmt == "mermaid":
         return graph.to_mermaid(dag)
     if fmt == "dot":
@@ -102,7 +104,8 @@ def collect(root: Path, names: list[str], report_dir: Path) -> report.ReportData
     layout = Layout(root)
     tasks = set(decisions)
     attempts = timeline.build(read_events(layout.events_path), tasks, records)
-    rows = [_row(root, d, records.get(t), report_dir) for t, d in decisions.items()]
+    rows = fanout_rows([_row(root, d, records.get(t), report_dir)
+                        for t, d in decisions.items()], decisions)
     totals = pipeline_totals(records.values())
     svg, source = dag_svg(dag)
     return report.ReportData(
@@ -125,6 +128,34 @@ def dag_svg(dag: graph.Graph) -> tuple[str, str]:
         except (PictureError, ValueError):
             pass
     return graph.to_svg(dag), "orchestrate's layered layout"
+
+
+def fanout_rows(rows: list[report.AgentRow], decisions: dict[str, Decision]
+                ) -> list[report.AgentRow]:
+    """Instances listed under their agent: a row for the fan-out (its own
+    row for a planned list, else one made here) then its instances, indented."""
+    result: list[report.AgentRow] = []
+    seen: set[str] = set()
+    for row in rows:
+        agent = decisions[row.task].agent
+        if agent.fanout is None:
+            result.append(row)
+            continue
+        group = f"{agent.pipeline}:{agent.fanout}"
+        if agent.gate:
+            seen.add(group)
+            result.append(row)
+            continue
+        if group not in seen:
+            seen.add(group)
+            states = [graph.node_state(d.state) for d in decisions.values()
+                      if d.agent.fanout == agent.fanout and d.agent.pipeline == agent.pipeline]
+            state = min(states, key=lambda s: graph.STATE_RANK.index(s)
+                        if s in graph.STATE_RANK else len(graph.STATE_RANK))
+            result.append(report.AgentRow(group, state, 0,
+                                          reason=f"fan-out: {len(states)} instances"))
+        result.append(replace(row, under=group))
+    return result
 
 
 def _row(root: Path, decision: Decision, record: StatusRecord | None,

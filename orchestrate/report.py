@@ -38,6 +38,7 @@ class AgentRow:
     reason: str = ""
     log: str = ""               # as written in the status record (workspace-relative)
     log_href: str | None = None  # relative to the report's folder
+    under: str | None = None    # a fan-out instance: the fan-out's task
 
 
 @dataclass
@@ -217,7 +218,9 @@ def _table(data: ReportData) -> str:
     for row in data.rows:
         log = (f'<a href="{e(row.log_href)}">{e(row.log)}</a>' if row.log_href and row.log
                else e(row.log))
-        body.append(f'<tr data-task="{e(row.task)}"><td>{e(row.task)}</td>'
+        name = (f'<td class="instance" style="padding-left:24px">{e(row.task)}</td>'
+                if row.under else f"<td>{e(row.task)}</td>")
+        body.append(f'<tr data-task="{e(row.task)}">{name}'
                     f"<td>{_chip(row.state, row.state)}</td>"
                     f'<td class="num">{row.attempts or ""}</td><td class="num">{e(row.elapsed)}</td>'
                     f'<td class="num">{e(row.cost)}</td><td>{e(row.tokens)}</td>'

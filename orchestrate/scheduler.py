@@ -10,6 +10,7 @@ import time
 from dataclasses import dataclass, field
 
 from .checks import is_check_relaunch
+from .fanout_gate import gate_decision
 from .fingerprint import Fingerprint, config_digest, stale_reason
 from .spec import Agent, Workspace
 from .state import StatusRecord
@@ -107,6 +108,10 @@ def _upstream_gate(agent: Agent, decided: dict[str, Decision],
                    record: StatusRecord | None) -> tuple[Decision | None, dict[str, str], str | None]:
     """(a waiting decision or None, upstream digests to consume, after_any used)."""
     consumed: dict[str, str] = {}
+    for name in agent.awaits:   # a fan-out's planner or gate: waited for, not consumed
+        upstream = decided[f"{agent.pipeline}:{name}"]
+        if upstream.state != "done":
+            return _waiting_on(agent, name, upstream), {}, None
     for name in agent.after:
         upstream = decided[f"{agent.pipeline}:{name}"]
         if upstream.state != "done":
@@ -145,6 +150,8 @@ def decide(agent: Agent, facts: AgentFacts, decided: dict[str, Decision],
            signals: dict[str, str | None], present: set[str],
            capacity: Capacity, now: float) -> Decision:
     record = facts.record
+    if agent.gate:
+        return gate_decision(agent, record, decided, signals)
     if record and record.state in ACTIVE:
         return Decision(agent, "running", record.reason or "running")
     gate, consumed, used = _upstream_gate(agent, decided, signals, present, record)

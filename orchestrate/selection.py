@@ -16,13 +16,15 @@ def select(workspace: Workspace, names: list[str]) -> list[Agent]:
 
 def match(workspace: Workspace, names: list[str]) -> list[Agent]:
     """The agents task names name: `review` a pipeline, `review:plan` one agent;
-    shell-style wildcards work as in doit (`review:impl_*`). None = everything."""
+    shell-style wildcards work as in doit (`review:impl_*`). None = everything.
+    A fan-out's name selects all of it (`review:fix`); `review:fix.*` its
+    instances (and, for a planned list, its own `review:fix` row)."""
     from fnmatch import fnmatchcase
     wanted: set[str] = set()
     for name in names or [p.name for p in workspace.pipelines]:
         pipeline_name, _, agent_name = name.partition(":")
         matched = [a.task for p in workspace.pipelines if fnmatchcase(p.name, pipeline_name)
-                   for a in p.agents if not agent_name or fnmatchcase(a.name, agent_name)]
+                   for a in p.agents if not agent_name or _named(a, agent_name, fnmatchcase)]
         if not matched and any(fnmatchcase(p, pipeline_name) for p in workspace.invalid):
             raise SelectionError(f"'{name}': its pipeline file is invalid (see above)")
         if not matched:
@@ -30,6 +32,32 @@ def match(workspace: Workspace, names: list[str]) -> list[Agent]:
             raise SelectionError(f"no pipeline or agent matches '{name}' (pipelines: {known})")
         wanted.update(matched)
     return [workspace.agents_by_task[t] for t in sorted(wanted)]
+
+
+def doit_names(names: list[str] | None, known: dict) -> list[str] | None:
+    """For doit's own commands that take exact names (forget): `p:a.*` and a
+    fan-out's name `p:a` -> the task names they stand for."""
+    from fnmatch import fnmatchcase
+    if not names:
+        return names
+    result: list[str] = []
+    for name in names:
+        if "*" in name:
+            result.extend(t for t in known if fnmatchcase(t, name))
+        elif name not in known and any(t.startswith(name + ".") for t in known):
+            result.extend(t for t in known if t.startswith(name + "."))
+        else:
+            result.append(name)
+    return result
+
+
+def _named(agent: Agent, pattern: str, fnmatchcase) -> bool:
+    if fnmatchcase(agent.name, pattern):
+        return True
+    if agent.fanout is None:
+        return False
+    return fnmatchcase(agent.fanout, pattern) or (agent.gate and
+                                                  fnmatchcase(agent.name + ".", pattern))
 
 
 def upstream_closure(workspace: Workspace, tasks: set[str]) -> list[Agent]:

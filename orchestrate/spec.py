@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .errors import UserError
+from .foreach import ForEach, check_foreach, fanout_problems, placeholder_problems
 
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 _DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
@@ -68,6 +69,13 @@ class Agent:
     check: str | tuple[str, ...] | None = None   # decides whether an exit-0 run is done
     check_timeout: float = 600.0
     check_retries: int = 2
+    foreach: ForEach | None = None      # a fan-out declaration (a template, never run)
+    fanout: str | None = None           # instances and gate rows: the declaration's name
+    key: str | None = None              # an instance's key
+    gate: bool = False                  # the `pipeline:agent` row of a dynamic fan-out
+    awaits: tuple[str, ...] = ()        # upstream waited for, its signal not consumed
+    fans_in: tuple[str, ...] = ()       # fan-outs named in after/after_any (as declared)
+    expanded_from: str | None = None    # a gate: digest of the items it was expanded from
 
     @cached_property
     def task(self) -> str:
@@ -75,7 +83,8 @@ class Agent:
 
     @cached_property
     def upstream(self) -> tuple[str, ...]:
-        return self.after + tuple(u for u in self.after_any if u not in self.after)
+        named = self.after + tuple(u for u in self.after_any if u not in self.after)
+        return named + tuple(u for u in self.awaits if u not in named)
 
     def config_identity(self) -> dict[str, Any]:
         """What, when changed, makes the agent stale (doit's config_changed).
@@ -124,6 +133,7 @@ class Pipeline:
     max_parallel: int | None = None
     budget_usd: float | None = None
     hooks: Hooks = Hooks()
+    declared: tuple[Agent, ...] = ()    # as written (fan-outs unexpanded); agents: expanded
 
     def agent(self, name: str) -> Agent:
         for agent in self.agents:
@@ -324,6 +334,7 @@ AGENT_KEYS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "check": ("check", _check_command),
     "check_timeout": ("check_timeout", _check_positive_duration),
     "check_retries": ("check_retries", _check_int),
+    "foreach": ("foreach", check_foreach),
 }
 PIPELINE_KEYS = ("description", "max_parallel", "budget_usd", "defaults", "agents", "hooks")
 WORKSPACE_KEYS = ("max_parallel", "pools", "budget_usd", "hooks")
@@ -416,9 +427,16 @@ def _check_dependencies(path: str, agents: dict[str, dict[str, Any]],
             problems.add(path, name, "pool", f"unknown pool '{pool}' (declare it in "
                          "pyproject.toml [tool.orchestrate] pools = { name = size })")
     cycle = find_cycle({n: tuple(f.get("after", ())) + tuple(f.get("after_any", ()))
-                        for n, f in agents.items()})
+                        + _foreach_upstream(f) for n, f in agents.items()})
     if cycle:
         problems.add(path, cycle[0], "after", "dependency cycle: " + " -> ".join(cycle))
+
+
+def _foreach_upstream(fields: dict[str, Any]) -> tuple[str, ...]:
+    foreach = fields.get("foreach")
+    if foreach is None:
+        return ()
+    return tuple(n for n in (foreach.source, foreach.each_of) if n)
 
 
 def find_cycle(graph: dict[str, tuple[str, ...]]) -> list[str] | None:
@@ -490,15 +508,22 @@ def parse_pipeline(name: str, path: str, data: dict[str, Any], problems: _Proble
         fields = {**default_fields, **_agent_fields(path, agent_name, table, problems)}
         if isinstance(table, dict):
             _check_how_it_runs(path, agent_name, fields, problems)
+            for key, message in placeholder_problems({**defaults, **table}
+                                                     if isinstance(defaults, dict) else table,
+                                                     "foreach" in fields):
+                problems.add(path, agent_name, key, message)
         if fields.get("prompt_file"):
             fields["inputs"] = tuple(fields.get("inputs", ())) + (fields["prompt_file"],)
         fields_by_agent[agent_name] = fields
     _check_dependencies(path, fields_by_agent, problems, pools)
+    for agent_name, key, message in fanout_problems(fields_by_agent):
+        problems.add(path, agent_name, key, message)
     if len(problems.lines) > before:
         return None
     agents = tuple(Agent(pipeline=name, name=n, **f) for n, f in fields_by_agent.items())
     return Pipeline(name=name, path=path, agents=agents, description=description,
-                    max_parallel=max_parallel, budget_usd=budget, hooks=hooks)
+                    max_parallel=max_parallel, budget_usd=budget, hooks=hooks,
+                    declared=agents)
 
 
 def parse_workspace_config(path: str, data: dict[str, Any], problems: _Problems) -> dict[str, Any]:
@@ -565,6 +590,9 @@ def load_workspace(root: Path, lenient: bool = False) -> Workspace:
         pipeline = None
         if data is not None:
             pipeline = parse_pipeline(path.stem, shown, data, problems, pools)
+        if pipeline is not None:
+            from .fanout import expand_loaded
+            pipeline = expand_loaded(root, pipeline, problems)
         if pipeline is not None:
             _check_paths_resolve_inside(root, pipeline, problems)
         if len(problems.lines) > before:

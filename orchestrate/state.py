@@ -29,7 +29,7 @@ from typing import Any, Callable, Generic, TypeVar
 from .errors import UserError
 
 STATES = ("pending", "waiting", "queued", "launching", "running", "done", "failed",
-          "cancelled")
+          "cancelled", "removed")
 
 
 class StateFileError(UserError):

@@ -127,6 +127,23 @@ def _clean_under_lock(layout: Layout, spec: Agent, dryrun: bool):
     return None
 
 
+def clean_gate(root: str, pipeline: str, agent: str, dryrun: bool = False):
+    """`doit clean` of a planned fan-out's row: its record and what its list
+    expanded to, so the list is read again (its instances are cleaned by
+    name, `doit clean p:agent.*`; their logs are not the row's)."""
+    from .fanout import record_path
+    layout = Layout(Path(root))
+    paths = [layout.status(pipeline, agent), record_path(layout, pipeline, agent)]
+    with SchedulingLock(layout):
+        for path in paths:
+            if path.exists():
+                if dryrun:
+                    print(f"would remove {path}")
+                else:
+                    remove_inside(layout.root, path)
+    return None
+
+
 def agent_task(workspace: Workspace, agent: Agent) -> dict[str, Any]:
     layout = Layout(workspace.root)
     rel = layout.relative
@@ -140,7 +157,8 @@ def agent_task(workspace: Workspace, agent: Agent) -> dict[str, Any]:
         + [rel(layout.signal(agent.pipeline, u)) for u in agent.after],
         "task_dep": [f"{agent.pipeline}:{u}" for u in agent.upstream],
         "uptodate": [AgentIsCurrent(workspace, agent)],
-        "clean": [(clean_agent, [str(workspace.root), agent.pipeline, agent.name])],
+        "clean": [(clean_gate if agent.gate else clean_agent,
+                   [str(workspace.root), agent.pipeline, agent.name])],
         "verbosity": 0,
     }
 

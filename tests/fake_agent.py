@@ -51,6 +51,7 @@ def main() -> int:
         info.update(sid=os.getsid(0), pgid=os.getpgid(0), pid=os.getpid(),
                     stdin_isatty=sys.stdin.isatty(), stdin=os.readlink("/proc/self/fd/0"),
                     cwd=os.getcwd())
+        Path(args.env_to).parent.mkdir(parents=True, exist_ok=True)
         Path(args.env_to).write_text(json.dumps(info))
     if args.upstream_to:
         Path(args.upstream_to).write_text(Path(os.environ["ORCHESTRATE_UPSTREAM"]).read_text())

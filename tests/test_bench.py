@@ -16,7 +16,7 @@ def test_bench_smoke_runs_every_scenario(tmp_path):
     assert result["machine"]["cores"] >= 1 and result["machine"]["python"]
     figures = {(r["scenario"].split(":")[0], r["figure"]) for r in result["results"]}
     for scenario in ("A", "B", "C", "caller block", "launch throughput", "signal to launch",
-                     "scale", "no-op", "memory", "idle", "hooks", "report"):
+                     "scale", "no-op", "memory", "idle", "hooks", "report", "fan-out"):
         assert any(s == scenario for s, _ in figures), scenario
     for row in result["results"]:
         assert row["min"] <= row["median"] <= row["max"]

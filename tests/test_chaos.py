@@ -66,14 +66,17 @@ def settle(ws) -> None:
     wait_until(lambda: not ws.agent_pids(), 30, "agent processes to exit")
 
 
-def crash_plan(rng: random.Random) -> list[tuple[str, str, float]]:
+def crash_plan(rng: random.Random, fanout: bool = False) -> list[tuple[str, str, float]]:
     """One to three crashes per trial: each lets a `doit` reach a named crash
     point (orchestrate/faults.py) a seeded number of times, or not, then
-    SIGKILLs every orchestrator process at a seeded moment."""
+    SIGKILLs every orchestrator process at a seeded moment. The fan-out's
+    points are drawn only for a pipeline that has one (so the seeded plans
+    of the other trials stay as they were)."""
     from orchestrate.faults import POINTS
+    points = [p for p in POINTS if fanout or not p.startswith("fanout-")]
     plan = []
     for _ in range(rng.randint(1, 3)):
-        point = f"{rng.choice(POINTS)}:{rng.randint(1, 6)}" if rng.random() < 0.6 else ""
+        point = f"{rng.choice(points)}:{rng.randint(1, 6)}" if rng.random() < 0.6 else ""
         plan.append(("crash at " + point if point else "kill", point, rng.uniform(0.0, 0.8)))
     return plan
 
@@ -157,3 +160,72 @@ def test_a_wrapper_killed_before_it_claimed_its_run_is_relaunched_not_failed(ws)
     assert len(ws.launches("a")) == 1
     record = ws.status("p", "a")
     assert record["state"] == "done" and record["attempt"] == 1
+
+
+def fanout_pipeline(ws) -> str:
+    """planner -> one worker per planned item -> a per-item check -> gather."""
+    plan = ws.agent_cmd("--sleep", "0.05", "--copy", "in/plan.json=build/plan.json")
+    worker = json.dumps([sys.executable, ws.agent_cmd().split()[1], str(ws.ledger),
+                         "--sleep", "0.1", "--write", "out/{key}.txt={item}"])
+    return f"""
+[agents.plan]
+command = {json.dumps(plan)}
+inputs = ["in/plan.json"]
+outputs = ["build/plan.json"]
+[agents.work]
+foreach = {{ json = "build/plan.json", from = "plan" }}
+command = {worker}
+outputs = ["out/{{key}}.txt"]
+[agents.check]
+foreach = {{ each_of = "work" }}
+command = {json.dumps(ws.agent_cmd("--write", "out/check-$ORCHESTRATE_KEY.txt=ok"))}
+[agents.gather]
+command = {json.dumps(ws.agent_cmd())}
+after = ["check"]
+"""
+
+
+def crash_and_recover(ws, rng, where: str) -> None:
+    """Seeded crashes of every orchestrator process, then `doit wait`."""
+    for _, point, moment in crash_plan(rng, fanout=True):
+        if rng.random() < 0.5:
+            point = "fanout-recorded:1"
+        env = {**os.environ, "ORCHESTRATE_CRASH_AT": point}
+        subprocess.Popen([sys.executable, "-m", "doit"], cwd=ws.root, env=env,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(moment)                          # a seeded moment, not a synchronisation
+        ws.kill_orchestrators()
+    proc = ws.doit("wait", timeout=60)
+    assert proc.returncode == 0, (where, proc.stdout, proc.stderr)
+
+
+def test_sigkill_during_a_dynamic_fan_out(ws):
+    """A planner's list becomes instances with every orchestrator killed at
+    seeded moments (and at the crash point right after the expansion is
+    recorded): no instance runs twice, none is forgotten; a changed list then
+    runs only its new item and retires the removed one, under the same chaos."""
+    rng = random.Random(SEED + 1)
+    ws.write_pipeline("fan", fanout_pipeline(ws))
+    (ws.root / "in").mkdir()
+    for trial in range(8):
+        reset(ws)
+        (ws.root / "in/plan.json").write_text(json.dumps(["a", "b; touch pwned", "c", "d"]))
+        where = f"seed {SEED + 1}, trial {trial}"
+        crash_and_recover(ws, rng, where)
+        counts = {e["agent"]: 0 for e in ws.launches()}
+        for entry in ws.launches():
+            counts[entry["agent"]] += 1
+        keys = ["a", "b-touch-pwned", "c", "d"]
+        assert counts == {"plan": 1, "gather": 1, **{f"work.{k}": 1 for k in keys},
+                          **{f"check.{k}": 1 for k in keys}}, (where, counts)
+        (ws.root / "in/plan.json").write_text(json.dumps(["a", "c", "d", "e"]))
+        crash_and_recover(ws, rng, where + " (changed list)")
+        again = {}
+        for entry in ws.launches():
+            again[entry["agent"]] = again.get(entry["agent"], 0) + 1
+        assert again == {**counts, "plan": 2, "gather": 2, "work.e": 1, "check.e": 1}, \
+            (where, again)
+        assert ws.state_of("fan", "work.b-touch-pwned") == "removed", where
+        assert ws.state_of("fan", "check.b-touch-pwned") == "removed", where
+        settle(ws)
+    assert not list(ws.root.rglob("pwned"))

@@ -77,6 +77,39 @@ def test_this_repositorys_survey_pipeline_runs(tmp_path):
         ws.kill_everything()
 
 
+def test_the_fan_out_example_plans_describes_each_module_and_gathers(tmp_path):
+    """pipelines/modules.toml: planner -> one worker per module -> gather, offline;
+    then one changed module re-runs its own worker and the gather only."""
+    repo = Path(__file__).resolve().parent.parent
+    copy = tmp_path / "repo"
+    copy.mkdir()
+    for name in ("orchestrate", "agents", "pipelines", "prompts"):
+        shutil.copytree(repo / name, copy / name, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("dodo.py", "pyproject.toml"):
+        shutil.copy(repo / name, copy / name)
+    ws = Workspace(copy)
+    try:
+        ws.doit("wait", "modules", check_rc=0)
+        modules = sorted(p.stem for p in (copy / "orchestrate").glob("*.py")
+                         if p.name != "__init__.py")
+        report = (copy / "reports" / "modules.md").read_text()
+        assert report.startswith(f"# Modules ({len(modules)})")
+        assert "## orchestrate/foreach.py" in report
+        status = json.loads(ws.doit("status", "modules:describe.*", "--json").stdout)
+        assert sorted(a["agent"] for a in status["agents"] if a["agent"].startswith(
+            "describe.")) == sorted(f"describe.{m}" for m in modules)
+        engine_md = copy / "reports" / "modules" / "engine.md"
+        before = {p.name: p.stat().st_mtime_ns for p in (copy / "reports/modules").iterdir()}
+        with open(copy / "orchestrate" / "engine.py", "a") as handle:
+            handle.write("\n\ndef added():\n    pass\n")
+        ws.doit("wait", "modules", check_rc=0)
+        after = {p.name: p.stat().st_mtime_ns for p in (copy / "reports/modules").iterdir()}
+        assert [n for n in after if after[n] != before[n]] == ["engine.md"]
+        assert engine_md.read_text() != ""
+    finally:
+        ws.kill_everything()
+
+
 def test_the_claude_example_runs_through_the_preset(tmp_path, fake_bins):
     """pipelines/review.toml, with the fake claude standing in for the real one."""
     repo = Path(__file__).resolve().parent.parent
