@@ -31,6 +31,7 @@ from .ui import (
     decision_line,
     run_summary,
     pipeline_totals,
+    status_lines,
     status_row,
     status_table,
     summary_line,
@@ -269,13 +270,11 @@ def print_status(out: IO[str], decisions: dict[str, Decision], records: dict,
     if not decisions:
         out.write(NO_PIPELINES)
         return
-    from rich.console import Console
-    console = Console(file=out, width=None if out.isatty() else 120)
     rows = [status_row(d, records.get(t)) for t, d in decisions.items()]
-    console.print(status_table(rows))
-    console.print(summary_line(decisions.values(), launched="pending"))
-    for line in totals_lines(pipeline_totals(records.values()), budgets):
-        console.print(line)
+    lines = status_lines(rows, colour=is_terminal(out))
+    lines.append(summary_line(decisions.values(), launched="pending"))
+    lines.extend(totals_lines(pipeline_totals(records.values()), budgets))
+    out.write("\n".join(lines) + "\n")
 
 
 def signal_create(root: Path, name: str) -> str:

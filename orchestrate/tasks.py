@@ -26,7 +26,10 @@ def workspace_at(root: Path, lenient: bool = False) -> Workspace:
     pipelines only (to look at, cancel, enforce limits); never to launch."""
     key = (root.resolve(), lenient)
     if key not in _loaded:
-        _loaded[key] = load_workspace(key[0], lenient)
+        other = _loaded.get((key[0], not lenient))
+        # a valid workspace reads the same either way: parse the files once
+        _loaded[key] = other if other is not None and not other.problems else \
+            load_workspace(key[0], lenient)
     return _loaded[key]
 
 

@@ -1,0 +1,93 @@
+"""Waiting on events, not polling: one epoll over inotify and the running
+agents' pidfds.
+
+An agent's wrapper records its exit status (inotify wakes us); a wrapper
+killed with SIGKILL records nothing, and its pidfd turning readable wakes
+us instead. So an idle advancer costs nothing per running agent: no /proc
+scan and no liveness check every second (issue 10, point 9). Where pidfds
+are missing (not Linux, old kernels, too few file descriptors) the caller
+falls back to checking liveness every second.
+"""
+from __future__ import annotations
+
+import os
+import resource
+import select
+
+from .processes import is_alive
+
+
+def raise_fd_limit() -> None:
+    """One pidfd per running agent: lift the soft limit on open files to the
+    hard one (1,024 by default, far below what 1,000 agents need)."""
+    try:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if hard == resource.RLIM_INFINITY or hard > soft:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard if hard != resource.RLIM_INFINITY
+                                                        else max(soft, 1 << 20), hard))
+    except (ValueError, OSError):
+        pass
+
+
+class PidWatch:
+    """pidfds of the running agents' wrappers, polled with other fds in one epoll."""
+
+    def __init__(self):
+        self.poll = select.epoll() if hasattr(select, "epoll") else None
+        self.fds: dict[tuple[int, float], int] = {}   # (pid, create time) -> pidfd
+        self.complete = self.poll is not None and hasattr(os, "pidfd_open")
+        if self.complete:
+            raise_fd_limit()
+
+    def add_fd(self, fd: int) -> None:
+        """Another fd to wake on (inotify's)."""
+        if self.poll is not None:
+            self.poll.register(fd, select.EPOLLIN)
+
+    def track(self, running: list[tuple[int, float]]) -> None:
+        """Watch exactly these (pid, create time) processes; True in `complete`
+        when each has a pidfd (else the caller must poll their liveness)."""
+        if self.poll is None or not hasattr(os, "pidfd_open"):
+            self.complete = False
+            return
+        wanted = set(running)
+        for key in [k for k in self.fds if k not in wanted]:
+            fd = self.fds.pop(key)
+            self.poll.unregister(fd)
+            os.close(fd)
+        complete = True
+        for key in wanted - self.fds.keys():
+            fd = self._open(*key)
+            if fd is None:
+                complete = complete and not is_alive(*key)   # gone already: a pass settles it
+                continue
+            self.fds[key] = fd
+            self.poll.register(fd, select.EPOLLIN)
+        self.complete = complete
+
+    @staticmethod
+    def _open(pid: int, started: float) -> int | None:
+        try:
+            fd = os.pidfd_open(pid)
+        except OSError:
+            return None
+        if not is_alive(pid, started):   # the pid was reused before we opened it
+            os.close(fd)
+            return None
+        return fd
+
+    def wait(self, timeout: float) -> tuple[bool, set[int]]:
+        """Block up to `timeout` seconds: (did an agent's process end?, the
+        other registered fds that are readable)."""
+        if self.poll is None:
+            return False, set()
+        pidfds = set(self.fds.values())
+        ready = {fd for fd, _ in self.poll.poll(max(0.0, timeout))}
+        return bool(ready & pidfds), ready - pidfds
+
+    def close(self) -> None:
+        for fd in self.fds.values():
+            os.close(fd)
+        self.fds.clear()
+        if self.poll is not None:
+            self.poll.close()
