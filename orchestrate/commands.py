@@ -44,9 +44,14 @@ class OrchestrateCommand(DoitCmdBase):
     launches = False
 
     def execute(self, params, args):
-        from . import tasks
+        from . import tasks, where
         tasks.warn_about_invalid = not self.launches
+        where.OURS = True
+        # orchestrate reads the pipelines itself: doit's task objects (the
+        # bulk of `doit list`) are never used by these commands
+        self.loader.load_tasks = self._no_doit_tasks
         try:
+            where.locate(params)
             return super().execute(params, args)
         except UserError as err:
             raise InvalidCommand(str(err)) from None
@@ -55,6 +60,14 @@ class OrchestrateCommand(DoitCmdBase):
         finally:
             if self.dep_manager is not None:
                 self.dep_manager.close()
+
+    def _no_doit_tasks(self, cmd, pos_args):
+        """Stands in for doit's task loading; still warns about invalid pipelines."""
+        import sys
+        from . import tasks
+        if tasks.warn_about_invalid:
+            sys.stderr.write(tasks.invalid_warning(tasks.workspace_at(self.root, lenient=True)))
+        return []
 
     def get_options(self):
         """Our short options win over the task loader's (`-f` follows, not --file)."""

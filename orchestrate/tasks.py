@@ -161,4 +161,8 @@ def pipeline_tasks(root: Path) -> Iterator[dict[str, Any]]:
 
 
 def ensure_state_folder(root: Path) -> None:
+    """Run as the dodo file loads: refuse doit's own commands started below
+    the root (see where.py), then make sure doit's database has its folder."""
+    from .where import refuse_doit_command_below
+    refuse_doit_command_below(root)
     (root / ".orchestrate").mkdir(exist_ok=True)
