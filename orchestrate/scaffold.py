@@ -6,6 +6,7 @@ formatting stay byte for byte; running it twice changes nothing.
 """
 from __future__ import annotations
 
+import re
 import tomllib
 from pathlib import Path
 
@@ -29,7 +30,7 @@ EXAMPLE = '''description = "Example: one agent fans out to two, a third gathers 
 
 [agents.list]
 description = "List the files of this workspace"
-command = "mkdir -p reports && find . -path ./.orchestrate -prune -o -type f -print | sort > reports/files.txt"
+command = "mkdir -p reports && find . -path ./.orchestrate -prune -o -path ./.git -prune -o -type f -print | sort > reports/files.txt"
 outputs = ["reports/files.txt"]
 
 [agents.count]
@@ -79,33 +80,70 @@ def _render_tables(tables: dict) -> str:
     return tomli_w.dumps(tables)
 
 
-def update_pyproject(path: Path, done: list[str]) -> None:
+_DOIT_HEADER = re.compile(r"^[ \t]*\[[ \t]*tool[ \t]*\.[ \t]*doit[ \t]*\][ \t]*(#.*)?$", re.M)
+
+
+class InitError(Exception):
+    """init cannot configure the workspace safely; nothing was changed."""
+
+
+def _with_missing_keys(text: str, doit: dict, path: Path) -> str:
+    """`text` with the [tool.doit] keys orchestrate needs and the table lacks,
+    inserted right under its header (doit would otherwise write its database
+    into the workspace root as .doit.db.*)."""
+    missing = {k: v for k, v in DOIT_CONFIG.items() if k not in doit}
+    if not missing:
+        return text
+    header = _DOIT_HEADER.search(text)
+    if header is None:   # an inline table or dotted keys: not ours to rewrite
+        raise InitError(f"{path}: [tool.doit] lacks " + ", ".join(
+            f'{k} = "{v}"' for k, v in missing.items()) + "; add them and run init again; "
+            "nothing changed")
+    lines = "".join(f'{k} = "{v}"\n' for k, v in missing.items())
+    end = header.end() + 1 if text[header.end():header.end() + 1] == "\n" else header.end()
+    prefix = "" if end > header.end() else "\n"
+    return text[:end] + prefix + lines + text[end:]
+
+
+def plan_pyproject(path: Path) -> tuple[str | None, str]:
+    """(new text or None if nothing to write, what init will say). Raises
+    TOMLDecodeError or InitError before anything is written."""
     text = path.read_text() if path.exists() else ""
     existing = tomllib.loads(text)
+    doit = existing.get("tool", {}).get("doit")
+    if isinstance(doit, dict):
+        updated = _with_missing_keys(text, doit, path)
+        added = updated != text
+        text = updated
+    else:
+        added = False
     tables = _missing_tables(existing)
     if tables:
         separator = "" if not text or text.endswith("\n\n") else ("\n" if text.endswith("\n") else "\n\n")
-        path.write_text(text + separator + _render_tables(tables))
-        done.append(f"{'updated ' if text else 'created '} {path} (doit config)")
-        return
-    doit = existing["tool"]["doit"]
+        verb = "updated " if path.exists() else "created "
+        return text + separator + _render_tables(tables), f"{verb} {path} (doit config)"
     commands = doit.get("plugins", {}).get("command", {})
     wrong = [k for k, v in PLUGINS.items() if commands.get(k) != v]
-    if wrong or doit.get("dep_file") is None:
-        done.append(f"check    {path}: [tool.doit] should have dep_file = "
-                    f"\"{DOIT_CONFIG['dep_file']}\", backend = \"sqlite3\" and "
-                    "[tool.doit.plugins.command] " +
-                    ", ".join(f'{k} = "{v}"' for k, v in PLUGINS.items()))
-    else:
-        done.append(f"kept     {path}")
+    if wrong:
+        note = (f"check    {path}: [tool.doit.plugins.command] should have " +
+                ", ".join(f'{k} = "{v}"' for k, v in PLUGINS.items()))
+        return (text if added else None), note
+    return (text, f"updated  {path} (added dep_file/backend to [tool.doit])") if added \
+        else (None, f"kept     {path}")
 
 
 def init_workspace(directory: Path) -> list[str]:
+    """Everything that can refuse (an invalid pyproject.toml or .mcp.json) is
+    checked before the first file is written: init never leaves half a workspace."""
     done: list[str] = []
-    mcp_json = planned_mcp_json(directory)   # checked before anything is written
+    mcp_json = planned_mcp_json(directory)
+    pyproject = directory / "pyproject.toml"
+    pyproject_text, pyproject_note = plan_pyproject(pyproject)
     directory.mkdir(parents=True, exist_ok=True)
     _write_new(directory / "dodo.py", DODO, done)
-    update_pyproject(directory / "pyproject.toml", done)
+    if pyproject_text is not None:
+        pyproject.write_text(pyproject_text)
+    done.append(pyproject_note)
     (directory / "pipelines").mkdir(exist_ok=True)
     if not any((directory / "pipelines").glob("*.toml")):
         _write_new(directory / "pipelines" / "example.toml", EXAMPLE, done)
