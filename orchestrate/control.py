@@ -234,7 +234,9 @@ def status(root: Path, names: list[str]) -> tuple[dict[str, Decision], dict]:
         records = engine.records(agents)
         decisions = engine.evaluate(agents)
         return decisions, records
-    return result.decisions, {t: f.record for t, f in result.facts.items()}
+    from .advancers import name_advancers
+    return (name_advancers(engine.layout, result.decisions),
+            {t: f.record for t, f in result.facts.items()})
 
 
 def staleness(root: Path, task: str) -> tuple[bool, list[str]] | None:
@@ -294,6 +296,26 @@ def signal_create(root: Path, name: str) -> str:
     return f"signal {name} created"
 
 
+def signal_clear(root: Path, name: str) -> str:
+    """Remove an external signal: its gate is closed again for agents not yet
+    launched (a running or finished agent is not affected)."""
+    if not NAME_RE.fullmatch(name):
+        raise UserError(f"'{name}' is not a valid signal name "
+                        "(expected [A-Za-z0-9][A-Za-z0-9_-]*)")
+    layout = Layout(root)
+    path = layout.external_signal(name)
+    if not path.exists():
+        return f"signal {name} not present"
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        return f"signal {name} not present"
+    except OSError as err:
+        raise StateFolderReadOnly(path.parent, err) from None
+    append_event(layout, "signal_cleared", name=name)
+    return f"signal {name} cleared"
+
+
 def cancel(root: Path, names: list[str], out: IO[str]) -> int:
     """Stop the named running agents (none: every running one) and cancel the
     queued and retry-waiting ones (named: also ready ones); returns once no
@@ -328,11 +350,16 @@ def cancel(root: Path, names: list[str], out: IO[str]) -> int:
 
 def _dequeued(decision: Decision, named: bool) -> bool:
     """Which agents that are not running a cancel takes off the queue: queued
-    ones and those waiting for a retry; a named one also when it is ready.
+    ones and those waiting for a retry; a named one also when it is ready or
+    gated on an external signal.
     A bare `doit cancel` never touches pending, gated, done or failed agents."""
     if decision.state == "queued" or (decision.state == "waiting" and decision.timed):
         return True
-    return named and decision.state == "launch"
+    # named: also a ready one, or one gated on an external signal (whose
+    # advancer would otherwise wait for that signal for ever)
+    return named and (decision.state == "launch"
+                      or (decision.state == "waiting" and decision.external
+                          and decision.reason.startswith("waiting on signal")))
 
 
 def _wait_until_stopped(stopping: list[tuple[Agent, StatusRecord]]) -> None:
@@ -380,8 +407,13 @@ def print_log(root: Path, task: str, follow: bool, out: IO[str]) -> int:
     layout = Layout(workspace.root)
     path = layout.log(agent.pipeline, agent.name)
     if not path.exists():
-        out.write(f"{task} has no log yet\n")
-        return EXIT_OK
+        if not follow:
+            out.write(f"{task} has no log yet\n")
+            return EXIT_OK
+        out.write(f"{task} has not started; waiting for it (Ctrl-C to stop)\n")
+        out.flush()
+        while not path.exists():   # until it is launched (its log is made then)
+            time.sleep(0.1)
     with open(path, "rb") as handle:
         while True:
             chunk = handle.read(65536)

@@ -54,7 +54,12 @@ after = ["count", "types"]
 
 DOIT_CONFIG = {"dep_file": ".orchestrate/doit.sqlite", "backend": "sqlite3"}
 PLUGINS = {"run": "orchestrate.commands:Run", "forget": "orchestrate.commands:Forget",
-           "info": "orchestrate.commands:Info"}
+           "info": "orchestrate.commands:Info", "help": "orchestrate.doit_commands:Help",
+           "ignore": "orchestrate.doit_commands:Ignore",
+           "reset-dep": "orchestrate.doit_commands:ResetDep",
+           "strace": "orchestrate.doit_commands:Strace"}
+# `doit list` in the order the agents are declared, not sorted by name
+COMMANDS = {"list": {"sort": "definition"}}
 GITIGNORE_LINE = ".orchestrate/"
 
 
@@ -69,10 +74,14 @@ def _write_new(path: Path, text: str, done: list[str]) -> None:
 def _missing_tables(existing: dict) -> dict:
     doit = existing.get("tool", {}).get("doit")
     if doit is None:
-        return {"tool": {"doit": {**DOIT_CONFIG, "plugins": {"command": PLUGINS}}}}
+        return {"tool": {"doit": {**DOIT_CONFIG, "commands": COMMANDS,
+                                  "plugins": {"command": PLUGINS}}}}
+    missing = {}
+    if "commands" not in doit:
+        missing["commands"] = COMMANDS
     if "plugins" not in doit:
-        return {"tool": {"doit": {"plugins": {"command": PLUGINS}}}}
-    return {}
+        missing["plugins"] = {"command": PLUGINS}
+    return {"tool": {"doit": missing}} if missing else {}
 
 
 def _render_tables(tables: dict) -> str:
