@@ -33,7 +33,6 @@ from .ui import (
     pipeline_totals,
     status_lines,
     status_row,
-    status_table,
     summary_line,
     totals_lines,
     worth_a_line,
@@ -145,25 +144,40 @@ class _PlainProgress:
 
 
 class _LiveProgress:
-    """Terminal: a rich live table of state, elapsed time and reason."""
+    """Terminal: what needs an eye first, done ones counted (see live.py);
+    at the end, a line per failure with the last line of its log."""
 
-    def __init__(self, out: IO[str]):
+    def __init__(self, out: IO[str], root: Path):
         from rich.console import Console
         from rich.live import Live
+        self.out = out
+        self.root = root
         self.console = Console(file=out)
-        self.live = Live(console=self.console, auto_refresh=False, transient=False)
+        self.live = Live(console=self.console, auto_refresh=False, transient=False,
+                         vertical_overflow="crop")
+        self.began = time.monotonic()
         self.live.start()
+        self.running = True
 
     def update(self, decisions: dict[str, Decision], records: dict) -> None:
-        rows = [status_row(d, records.get(t)) for t, d in decisions.items()]
-        self.live.update(status_table(rows, title=summary_line(decisions.values())),
-                         refresh=True)
+        from rich.text import Text
+        from .live import live_lines
+        size = self.console.size
+        lines = live_lines(decisions, records, size.height, size.width,
+                           time.monotonic() - self.began)
+        self.live.update(Text("\n".join(lines)), refresh=True)
 
     def finish(self, decisions: dict[str, Decision]) -> None:
-        pass
+        from .live import failure_summary
+        self.close()
+        for line in failure_summary(self.root, decisions.values()):
+            self.out.write(line + "\n")
+        self.out.flush()
 
     def close(self) -> None:
-        self.live.stop()
+        if self.running:
+            self.running = False
+            self.live.stop()
 
 
 def wait(root: Path, names: list[str], timeout: float | None, out: IO[str],
@@ -186,7 +200,7 @@ def _wait(root: Path, names: list[str], timeout: float | None, out: IO[str],
     engine.liveness_interval = LIVENESS_INTERVAL
     lock = SchedulingLock(engine.layout)
     watcher = Watcher(engine.layout, [p.name for p in engine.workspace.pipelines])
-    progress = _LiveProgress(out) if live else _PlainProgress(out)
+    progress = _LiveProgress(out, engine.workspace.root) if live else _PlainProgress(out)
     deadline = None if timeout is None else time.monotonic() + timeout
     try:
         while True:
