@@ -17,14 +17,16 @@ import select
 from .processes import is_alive
 
 
-def raise_fd_limit() -> None:
-    """One pidfd per running agent: lift the soft limit on open files to the
-    hard one (1,024 by default, far below what 1,000 agents need)."""
+def raise_fd_limit(needed: int) -> None:
+    """One pidfd per running agent: lift the soft limit on open files (1,024
+    by default) to what `needed` more descriptors take, within the hard limit.
+    Only as far as needed: the agents launched afterwards inherit it."""
     try:
         soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-        if hard == resource.RLIM_INFINITY or hard > soft:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard if hard != resource.RLIM_INFINITY
-                                                        else max(soft, 1 << 20), hard))
+        want = needed + 256
+        if soft != resource.RLIM_INFINITY and want > soft:
+            ceiling = want * 2 if hard == resource.RLIM_INFINITY else min(hard, want * 2)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (ceiling, hard))
     except (ValueError, OSError):
         pass
 
@@ -36,8 +38,6 @@ class PidWatch:
         self.poll = select.epoll() if hasattr(select, "epoll") else None
         self.fds: dict[tuple[int, float], int] = {}   # (pid, create time) -> pidfd
         self.complete = self.poll is not None and hasattr(os, "pidfd_open")
-        if self.complete:
-            raise_fd_limit()
 
     def add_fd(self, fd: int) -> None:
         """Another fd to wake on (inotify's)."""
@@ -51,6 +51,7 @@ class PidWatch:
             self.complete = False
             return
         wanted = set(running)
+        raise_fd_limit(len(wanted))
         for key in [k for k in self.fds if k not in wanted]:
             fd = self.fds.pop(key)
             self.poll.unregister(fd)
