@@ -246,14 +246,17 @@ class Advancer:
         while True:
             changed = watcher.wait(self.sleep_seconds())
             reap_children()
-            if watcher.agent_ended:   # settle it now: check liveness in this pass
-                self.engine.last_liveness = float("-inf")
+            ended = watcher.agent_ended
+            if not changed and not ended:
                 return True
-            if not changed:
-                return True
-            if not self.reload_if_changed():
+            if changed and not self.reload_if_changed():
                 return False
-            if self.engine.notice(changed):
+            # every event read must reach the caches, also when an agent's end
+            # wakes us: a cache trusted past a change would launch twice
+            news = self.engine.notice(changed)
+            if ended:   # settle it now: check liveness in this pass
+                self.engine.last_liveness = float("-inf")
+            if news or ended:
                 return True
 
 

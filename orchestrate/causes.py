@@ -73,10 +73,11 @@ def start_failure(err: OSError, cwd: Path, root: Path) -> str:
             return str(Path(path).relative_to(root)) or "."
         except ValueError:
             return str(path)
-    if not cwd.is_dir():
-        return f"could not start: working directory {shown(cwd)} does not exist (key 'cwd')"
-    if err.errno == errno.ENOENT and err.filename:
-        return f"could not start: {err.filename} not found"
+    if err.errno == errno.ENOENT:
+        if not cwd.is_dir():
+            return f"could not start: working directory {shown(cwd)} does not exist (key 'cwd')"
+        if err.filename:
+            return f"could not start: {err.filename} not found"
     if err.errno in (errno.EACCES, errno.EPERM) and err.filename:
         return f"could not start: {err.filename}: permission denied"
     detail = err.strerror or str(err)
