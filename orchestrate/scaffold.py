@@ -92,6 +92,10 @@ def _render_tables(tables: dict) -> str:
 _DOIT_HEADER = re.compile(r"^[ \t]*\[[ \t]*tool[ \t]*\.[ \t]*doit[ \t]*\][ \t]*(#.*)?$", re.M)
 
 
+_PLUGINS_HEADER = re.compile(
+    r"^[ \t]*\[[ \t]*tool\.doit\.plugins\.command[ \t]*\][ \t]*(#.*)?$", re.M)
+
+
 class InitError(Exception):
     """init cannot configure the workspace safely; nothing was changed."""
 
@@ -108,36 +112,50 @@ def _with_missing_keys(text: str, doit: dict, path: Path) -> str:
         raise InitError(f"{path}: [tool.doit] lacks " + ", ".join(
             f'{k} = "{v}"' for k, v in missing.items()) + "; add them and run init again; "
             "nothing changed")
-    lines = "".join(f'{k} = "{v}"\n' for k, v in missing.items())
+    return _insert_under(text, header, "".join(f'{k} = "{v}"\n' for k, v in missing.items()))
+
+
+def _insert_under(text: str, header: re.Match, lines: str) -> str:
+    """`lines` right below the table header `header` matched in `text`."""
     end = header.end() + 1 if text[header.end():header.end() + 1] == "\n" else header.end()
-    prefix = "" if end > header.end() else "\n"
-    return text[:end] + prefix + lines + text[end:]
+    return text[:end] + ("" if end > header.end() else "\n") + lines + text[end:]
+
+
+def _with_missing_plugins(text: str, doit: dict) -> str:
+    """A workspace made by an older init: register the commands added since
+    (never changing one the user set)."""
+    commands = doit.get("plugins", {}).get("command", {})
+    header = _PLUGINS_HEADER.search(text)
+    if not isinstance(commands, dict) or header is None:
+        return text
+    absent = {k: v for k, v in PLUGINS.items() if k not in commands}
+    if not absent:
+        return text
+    return _insert_under(text, header, "".join(f'{k} = "{v}"\n' for k, v in absent.items()))
 
 
 def plan_pyproject(path: Path) -> tuple[str | None, str]:
     """(new text or None if nothing to write, what init will say). Raises
     TOMLDecodeError or InitError before anything is written."""
-    text = path.read_text() if path.exists() else ""
-    existing = tomllib.loads(text)
+    original = path.read_text() if path.exists() else ""
+    existing = tomllib.loads(original)
     doit = existing.get("tool", {}).get("doit")
+    text = original
     if isinstance(doit, dict):
-        updated = _with_missing_keys(text, doit, path)
-        added = updated != text
-        text = updated
-    else:
-        added = False
+        text = _with_missing_plugins(_with_missing_keys(text, doit, path), doit)
     tables = _missing_tables(existing)
     if tables:
         separator = "" if not text or text.endswith("\n\n") else ("\n" if text.endswith("\n") else "\n\n")
         verb = "updated " if path.exists() else "created "
         return text + separator + _render_tables(tables), f"{verb} {path} (doit config)"
-    commands = doit.get("plugins", {}).get("command", {})
-    wrong = [k for k, v in PLUGINS.items() if commands.get(k) != v]
-    if wrong:
+    changed = text != original
+    commands = tomllib.loads(text).get("tool", {}).get("doit", {}).get("plugins", {}).get(
+        "command", {})
+    if any(commands.get(k) != v for k, v in PLUGINS.items()):
         note = (f"check    {path}: [tool.doit.plugins.command] should have " +
                 ", ".join(f'{k} = "{v}"' for k, v in PLUGINS.items()))
-        return (text if added else None), note
-    return (text, f"updated  {path} (added dep_file/backend to [tool.doit])") if added \
+        return (text if changed else None), note
+    return (text, f"updated  {path} (added missing keys to [tool.doit])") if changed \
         else (None, f"kept     {path}")
 
 

@@ -186,3 +186,20 @@ def test_example_pipeline_does_not_count_git_files(tmp_path):
         assert "./.git/" not in listed and "./dodo.py" in listed
     finally:
         ws.kill_everything()
+
+
+def test_init_registers_commands_added_since_an_older_init(tmp_path):
+    old = ('[tool.doit]\ndep_file = ".orchestrate/doit.sqlite"\nbackend = "sqlite3"\n\n'
+           '[tool.doit.plugins.command]\nrun = "orchestrate.commands:Run"\n'
+           'forget = "orchestrate.commands:Forget"\ninfo = "orchestrate.commands:Info"\n')
+    (tmp_path / "pyproject.toml").write_text(old)
+    init(tmp_path)
+    import tomllib
+    text = (tmp_path / "pyproject.toml").read_text()
+    commands = tomllib.loads(text)["tool"]["doit"]["plugins"]["command"]
+    assert commands["ignore"] == "orchestrate.doit_commands:Ignore"
+    assert commands["help"] == "orchestrate.doit_commands:Help"
+    assert tomllib.loads(text)["tool"]["doit"]["commands"]["list"]["sort"] == "definition"
+    snapshot = text
+    init(tmp_path)
+    assert (tmp_path / "pyproject.toml").read_text() == snapshot
