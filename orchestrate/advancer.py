@@ -77,7 +77,8 @@ class Watcher:
         self.layout = layout
         self.inotify = None
         self.pids = PidWatch()
-        self.agent_ended = False   # the last wait woke for an agent's process
+        self.runs: dict[tuple[int, float], str] = {}   # watched process -> its run id
+        self.vanished = False   # the last wait saw a wrapper end without an exit record
         try:
             from inotify_simple import INotify, flags
         except ImportError:   # not Linux: a short sleep loop instead
@@ -104,21 +105,26 @@ class Watcher:
 
     def track(self, records) -> None:
         """Wake also when a running agent's wrapper ends (its pidfd)."""
-        self.pids.track([(r.pid, r.pid_create_time) for r in records
-                         if r is not None and r.state == "running"
-                         and r.pid and r.pid_create_time is not None])
+        self.runs = {(r.pid, r.pid_create_time): r.run_id or "" for r in records
+                     if r is not None and r.state == "running"
+                     and r.pid and r.pid_create_time is not None}
+        self.pids.track(list(self.runs))
 
     def wait(self, timeout: float) -> list[Path]:
-        """The paths that changed; empty on timeout (`agent_ended` says whether
-        an agent's process ended). An unknown watch (the queue overflowed) is
+        """The paths that changed; empty on timeout (`vanished` says whether an
+        agent's wrapper ended without an exit record). An unknown watch (the queue overflowed) is
         reported as the state folder itself."""
-        self.agent_ended = False
+        self.vanished = False
         if self.inotify is None:   # nothing tells us what changed: look at everything
             import time
             time.sleep(min(timeout, POLL_WITHOUT_INOTIFY))
             return [self.layout.base]
         if self.pids.poll is not None:
-            self.agent_ended, ready = self.pids.wait(timeout)
+            ended, ready = self.pids.wait(timeout)
+            # a wrapper that recorded its exit wakes us through inotify anyway;
+            # one killed before it could is what needs a liveness check
+            self.vanished = any(not self.layout.exit_file(self.runs.get(key, "")).exists()
+                                for key in ended)
             if not ready:
                 return []
             timeout = 0
@@ -246,7 +252,7 @@ class Advancer:
         while True:
             changed = watcher.wait(self.sleep_seconds())
             reap_children()
-            ended = watcher.agent_ended
+            ended = watcher.vanished
             if not changed and not ended:
                 return True
             if changed and not self.reload_if_changed():

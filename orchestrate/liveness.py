@@ -77,14 +77,20 @@ class PidWatch:
             return None
         return fd
 
-    def wait(self, timeout: float) -> tuple[bool, set[int]]:
-        """Block up to `timeout` seconds: (did an agent's process end?, the
-        other registered fds that are readable)."""
+    def wait(self, timeout: float) -> tuple[set[tuple[int, float]], set[int]]:
+        """Block up to `timeout` seconds: (the processes that ended, the other
+        registered fds that are readable). A process ends once: its pidfd is
+        dropped at once, or it would wake every wait until the next pass."""
         if self.poll is None:
-            return False, set()
-        pidfds = set(self.fds.values())
+            return set(), set()
+        by_fd = {fd: key for key, fd in self.fds.items()}
         ready = {fd for fd, _ in self.poll.poll(max(0.0, timeout))}
-        return bool(ready & pidfds), ready - pidfds
+        ended = {by_fd[fd] for fd in ready if fd in by_fd}
+        for key in ended:
+            fd = self.fds.pop(key)
+            self.poll.unregister(fd)
+            os.close(fd)
+        return ended, {fd for fd in ready if fd not in by_fd}
 
     def close(self) -> None:
         for fd in self.fds.values():

@@ -42,13 +42,13 @@ def test_pidwatch_reports_an_ended_process_and_ignores_a_reused_pid():
         started = create_time(child.pid)
         watch.track([(child.pid, started), (child.pid, started - 1000.0)])
         assert list(watch.fds) == [(child.pid, started)]   # the wrong start time is not ours
-        assert watch.wait(0.0) == (False, set())
+        assert watch.wait(0.0) == (set(), set())
         child.kill()
         child.wait()
         ended, _ = watch.wait(5.0)
-        assert ended
-        watch.track([])
-        assert not watch.fds
+        assert ended == {(child.pid, started)}
+        assert not watch.fds                   # a process ends once: not reported again
+        assert watch.wait(0.0) == (set(), set())
     finally:
         if child.poll() is None:
             child.kill()
