@@ -61,6 +61,25 @@ def check_outcome(ws, trial) -> None:
     assert ws.status("chaos", "hang")["reason"] == "timeout after 0.4s"
 
 
+def kill_if_still_doit(pid: int) -> None:
+    """SIGKILL `pid` if it is still an orchestrator process. A launch's child
+    between fork and exec looks like `python -m doit` too; killed after its
+    exec, it would be the agent's wrapper (a failure no crash explains). So:
+    stop it, and look again once it is stopped (a stopped process cannot exec)."""
+    try:
+        os.kill(pid, signal.SIGSTOP)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            with open(f"/proc/{pid}/stat", "rb") as handle:
+                if handle.read().rsplit(b")", 1)[1].split()[0] in (b"T", b"Z"):
+                    break
+        with open(f"/proc/{pid}/cmdline", "rb") as handle:
+            doit = handle.read().split(b"\0")[1:3] == [b"-m", b"doit"]
+        os.kill(pid, signal.SIGKILL if doit else signal.SIGCONT)
+    except (ProcessLookupError, FileNotFoundError):
+        pass
+
+
 def settle(ws) -> None:
     """No orchestrator nor agent of the workspace left running."""
     wait_until(lambda: not ws.orchestrator_pids(), 30, "orchestrator processes to exit")
@@ -94,7 +113,7 @@ def test_sigkill_at_random_moments_over_many_trials(ws):
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             time.sleep(moment)                          # a seeded moment, not a synchronisation
             for pid in ws.orchestrator_pids():          # callers, forked children, advancers
-                os.kill(pid, signal.SIGKILL)
+                kill_if_still_doit(pid)
         proc = ws.doit("wait", timeout=60)
         assert proc.returncode == 1, (where, proc.stdout, proc.stderr)
         check_outcome(ws, where)
