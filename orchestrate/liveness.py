@@ -37,6 +37,8 @@ class PidWatch:
     def __init__(self):
         self.poll = select.epoll() if hasattr(select, "epoll") else None
         self.fds: dict[tuple[int, float], int] = {}   # (pid, create time) -> pidfd
+        # asked to watch, but ended before its pidfd was opened: reported by the next wait
+        self.gone: set[tuple[int, float]] = set()
         self.complete = self.poll is not None and hasattr(os, "pidfd_open")
 
     def add_fd(self, fd: int) -> None:
@@ -60,7 +62,10 @@ class PidWatch:
         for key in wanted - self.fds.keys():
             fd = self._open(*key)
             if fd is None:
-                complete = complete and not is_alive(*key)   # gone already: a pass settles it
+                if is_alive(*key):
+                    complete = False      # alive but no pidfd: poll its liveness
+                else:
+                    self.gone.add(key)    # ended already: the next wait says so
                 continue
             self.fds[key] = fd
             self.poll.register(fd, select.EPOLLIN)
@@ -84,13 +89,14 @@ class PidWatch:
         if self.poll is None:
             return set(), set()
         by_fd = {fd: key for key, fd in self.fds.items()}
-        ready = {fd for fd, _ in self.poll.poll(max(0.0, timeout))}
+        gone, self.gone = self.gone, set()
+        ready = {fd for fd, _ in self.poll.poll(0.0 if gone else max(0.0, timeout))}
         ended = {by_fd[fd] for fd in ready if fd in by_fd}
         for key in ended:
             fd = self.fds.pop(key)
             self.poll.unregister(fd)
             os.close(fd)
-        return ended, {fd for fd in ready if fd not in by_fd}
+        return ended | gone, {fd for fd in ready if fd not in by_fd}
 
     def close(self) -> None:
         for fd in self.fds.values():

@@ -42,6 +42,8 @@ def test_pidwatch_reports_an_ended_process_and_ignores_a_reused_pid():
         started = create_time(child.pid)
         watch.track([(child.pid, started), (child.pid, started - 1000.0)])
         assert list(watch.fds) == [(child.pid, started)]   # the wrong start time is not ours
+        # ... so that record's process has ended, as far as it is concerned
+        assert watch.wait(0.0) == ({(child.pid, started - 1000.0)}, set())
         assert watch.wait(0.0) == (set(), set())
         child.kill()
         child.wait()
@@ -53,4 +55,22 @@ def test_pidwatch_reports_an_ended_process_and_ignores_a_reused_pid():
         if child.poll() is None:
             child.kill()
             child.wait()
+        watch.close()
+
+
+def test_pidwatch_reports_a_process_that_ended_before_it_was_watched():
+    import subprocess
+    from orchestrate.liveness import PidWatch
+    from orchestrate.processes import create_time
+    watch = PidWatch()
+    child = subprocess.Popen(["sleep", "60"])
+    started = create_time(child.pid)
+    child.kill()
+    child.wait()
+    try:
+        watch.track([(child.pid, started)])      # too late for a pidfd
+        assert watch.complete
+        assert watch.wait(60.0) == ({(child.pid, started)}, set())   # at once, not in 60 s
+        assert watch.wait(0.0) == (set(), set())
+    finally:
         watch.close()
