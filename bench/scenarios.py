@@ -56,6 +56,8 @@ class Sizes:
     layer_width: int = 100
     layer_seconds: float = 1.0
     noop_sizes: tuple[int, ...] = (1000, 10000)
+    status_agents: int = 2000
+    idle_running: tuple[int, ...] = (150, 1000)
     memory_agents: int = 200
     idle_seconds: float = 10.0
     hook_events: int = 20
@@ -64,8 +66,9 @@ class Sizes:
 
 
 SMOKE = Sizes(runs=1, scale=0.1, caller_agents=5, throughput_agents=10, chain_length=5,
-              layers=2, layer_width=3, layer_seconds=0.2, noop_sizes=(20,), memory_agents=5,
-              idle_seconds=1.0, hook_events=3, report_agents=20, fanout_items=20)
+              layers=2, layer_width=3, layer_seconds=0.2, noop_sizes=(20,), status_agents=20,
+              idle_running=(3,), memory_agents=5, idle_seconds=1.0, hook_events=3, report_agents=20,
+              fanout_items=20)
 
 
 def _wall_to_last_signal(agents: dict[str, dict]) -> float:
@@ -218,19 +221,86 @@ def scale(sizes: Sizes) -> list[Row]:
 
 
 def noop(sizes: Sizes) -> list[Row]:
+    """No-op `doit` on up-to-date chains of 10: seconds, and as a multiple of
+    `doit list --all` (doit loading the same tasks) measured alternately in
+    the same run, the figure that holds across machines."""
     rows = []
     for n in sizes.noop_sizes:
-        layers = 10 if n >= 100 else 2
-        agents = _layered(layers, n // layers, "true")
-        with workspace({"bench": pipeline(agents)}) as root:
+        with workspace({"bench": pipeline(_chains(n))}) as root:
             doit(root, "wait")
-            values = [doit(root)[1] for _ in range(max(3, sizes.runs))]
-            listing = [doit(root, "list")[1] for _ in range(max(3, sizes.runs))]
+            runs = max(3, sizes.runs)
+            values = [doit(root)[1] for _ in range(runs)]
+            listing = [doit(root, "list")[1] for _ in range(runs)]
+            ratios, floor = _against_floor(root, (), sizes.runs)
         target = "<= 0.4" if n <= 1000 else "<= 2.5"
         rows.append(Row(f"no-op: {n} agents up to date", "seconds for doit", values, target,
                         "s", note=f"doit alone (doit list) {statistics.median(listing):.2f} s",
                         extra={"doit_list_s": statistics.median(listing)}))
+        rows.append(Row(f"no-op: {n} agents in chains of 10", "doit / doit list --all",
+                        ratios, "<= 1.25", note=f"doit list --all {floor:.2f} s",
+                        extra={"doit_list_all_s": floor}))
     return rows
+
+
+def _chains(n: int, length: int = 10) -> dict[str, dict]:
+    """`n` agents in chains of `length` (each after the one before it)."""
+    return {f"c{i}_{j}": {"command": "true", "after": [f"c{i}_{j - 1}"] if j else []}
+            for i in range(max(1, n // length)) for j in range(min(length, n))}
+
+
+def _against_floor(root, args: tuple[str, ...], runs: int) -> tuple[list[float], float]:
+    """Each timed `doit ARGS` divided by the median `doit list --all` on the
+    same workspace, measured in between: doit's own floor on this machine now."""
+    ratios, floors = [], []
+    for _ in range(max(3, runs)):
+        floors.append(doit(root, "list", "--all")[1])
+        ratios.append(doit(root, *args)[1])
+    floor = statistics.median(floors)
+    return [r / floor for r in ratios], floor
+
+
+def status_ratio(sizes: Sizes) -> list[Row]:
+    """`doit status` on up-to-date chains of 10, as a multiple of `doit list --all`."""
+    n = sizes.status_agents
+    with workspace({"bench": pipeline(_chains(n))}) as root:
+        doit(root, "wait")
+        ratios, floor = _against_floor(root, ("status",), sizes.runs)
+    return [Row(f"status: {n} agents up to date", "doit status / doit list --all",
+                ratios, "<= 1.5", note=f"doit list --all {floor:.2f} s",
+                extra={"doit_list_all_s": floor})]
+
+
+def idle_running(sizes: Sizes) -> list[Row]:
+    """The advancer's CPU while N agents run `sleep` and nothing happens:
+    it must not grow with N (doit's own floor here is 0: doit does not wait)."""
+    rows = []
+    for n in sizes.idle_running:
+        values = [_idle_many(n, sizes.idle_seconds) for _ in range(max(1, sizes.runs - 1))]
+        rows.append(Row(f"idle: {n} agents running sleep", "advancer CPU % of one core",
+                        values, "<= 0.5", "%"))
+    return rows
+
+
+def _idle_many(n: int, seconds: float) -> float:
+    agents = {f"a{i}": {"command": "sleep 3600"} for i in range(n)}
+    with workspace({"bench": pipeline(agents)}) as root:
+        try:
+            doit(root)
+            deadline = time.monotonic() + 120
+            while len(_wrapper_pids("orchestrate:bench:", root)) < n:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{n} agents did not all start")
+                time.sleep(0.1)
+            while not advancer_pids(root) and time.monotonic() < deadline:
+                time.sleep(0.05)   # its lock file is rewritten as it takes the slot
+            pid = advancer_pids(root)[0]
+            time.sleep(2.0)   # let the launches settle
+            before = cpu_of(pid)
+            time.sleep(seconds)
+            used = cpu_of(pid) - before
+        finally:
+            _kill_groups(_wrapper_pids("orchestrate:bench:", root))
+    return used / seconds * 100
 
 
 def _rss_kb(pid: int) -> int:
@@ -240,7 +310,9 @@ def _rss_kb(pid: int) -> int:
     return 0
 
 
-def _wrapper_pids(task_prefix: str) -> list[int]:
+def _wrapper_pids(task_prefix: str, root=None) -> list[int]:
+    """Wrapper shells of agents whose task starts with `task_prefix` (of the
+    workspace `root`, when given: other workspaces may run the same names)."""
     pids = []
     for entry in os.scandir("/proc"):
         if entry.name.isdigit():
@@ -249,6 +321,11 @@ def _wrapper_pids(task_prefix: str) -> list[int]:
             except OSError:
                 continue
             if len(argv) > 3 and argv[0] == b"/bin/sh" and argv[3].startswith(task_prefix.encode()):
+                try:
+                    if root is not None and os.readlink(f"/proc/{entry.name}/cwd") != str(root):
+                        continue
+                except OSError:
+                    continue
                 pids.append(int(entry.name))
     return pids
 
@@ -442,7 +519,7 @@ def fanout(sizes: Sizes) -> list[Row]:
 
 
 ALL = [critical_path_scenarios, caller_block, launch_throughput, signal_to_launch, scale,
-       noop, memory, idle, hooks, report_size, fanout]
+       noop, status_ratio, memory, idle, idle_running, hooks, report_size, fanout]
 
 
 def run_all(sizes: Sizes, report, only: str | None = None) -> list[Row]:

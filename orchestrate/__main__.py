@@ -7,7 +7,7 @@ import tomllib
 from pathlib import Path
 
 from .mcp_config import McpConfigError
-from .scaffold import init_workspace
+from .scaffold import InitError, init_workspace
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {Path(args.directory) / 'pyproject.toml'}: invalid TOML ({err}); "
               "nothing changed", file=sys.stderr)
         return 3
-    except McpConfigError as err:
+    except (McpConfigError, InitError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 3
     print("next: doit wait   (runs pipelines/*.toml; doit status, doit list --all)")

@@ -26,6 +26,9 @@ from .spec import Workspace, load_workspace
 from .state import Layout, SchedulingLock, StateFileError, append_event, utc_now
 
 IDLE_CHECK_SECONDS = 1.0   # liveness check of running agents when nothing happens
+# With a pidfd for every running agent, an ended wrapper wakes us: a pass then
+# only for what is due (timeouts, retries), or this rare look for safety.
+IDLE_WITH_PIDFDS = 300.0
 POLL_WITHOUT_INOTIFY = 0.1   # seconds between passes where inotify is missing
 
 
@@ -70,13 +73,19 @@ class Watcher:
     """Blocks until something under `.orchestrate/` that a pass cares about changes."""
 
     def __init__(self, layout: Layout, pipelines: list[str]):
+        from .liveness import PidWatch
         self.layout = layout
         self.inotify = None
+        self.pids = PidWatch()
+        self.runs: dict[tuple[int, float], str] = {}   # watched process -> its run id
+        self.vanished = False   # the last wait saw a wrapper end without an exit record
         try:
             from inotify_simple import INotify, flags
         except ImportError:   # not Linux: a short sleep loop instead
+            self.pids.complete = False
             return
         self.inotify = INotify()
+        self.pids.add_fd(self.inotify.fileno())
         self.mask = flags.CLOSE_WRITE | flags.MOVED_TO | flags.DELETE | flags.CREATE
         self.directories: dict[int, Path] = {}
         for directory in [layout.runs_dir, layout.signals_dir, layout.root / "pipelines"]:
@@ -94,18 +103,37 @@ class Watcher:
             self._add(self.layout.signals_dir / name)
             self._add(self.layout.status_dir / name)
 
+    def track(self, records) -> None:
+        """Wake also when a running agent's wrapper ends (its pidfd)."""
+        self.runs = {(r.pid, r.pid_create_time): r.run_id or "" for r in records
+                     if r is not None and r.state == "running"
+                     and r.pid and r.pid_create_time is not None}
+        self.pids.track(list(self.runs))
+
     def wait(self, timeout: float) -> list[Path]:
-        """The paths that changed; empty on timeout. An unknown watch (the
-        queue overflowed) is reported as the state folder itself."""
+        """The paths that changed; empty on timeout (`vanished` says whether an
+        agent's wrapper ended without an exit record). An unknown watch (the queue overflowed) is
+        reported as the state folder itself."""
+        self.vanished = False
         if self.inotify is None:   # nothing tells us what changed: look at everything
             import time
             time.sleep(min(timeout, POLL_WITHOUT_INOTIFY))
             return [self.layout.base]
+        if self.pids.poll is not None:
+            ended, ready = self.pids.wait(timeout)
+            # a wrapper that recorded its exit wakes us through inotify anyway;
+            # one killed before it could is what needs a liveness check
+            self.vanished = any(not self.layout.exit_file(self.runs.get(key, "")).exists()
+                                for key in ended)
+            if not ready:
+                return []
+            timeout = 0
         return [self.directories[e.wd] / e.name if e.wd in self.directories
                 else self.layout.base
                 for e in self.inotify.read(timeout=int(timeout * 1000), read_delay=None)]
 
     def close(self) -> None:
+        self.pids.close()
         if self.inotify is not None:
             self.inotify.close()
 
@@ -197,8 +225,10 @@ class Advancer:
             if not self.invalid:
                 self.engine.launch_all(result)
                 if can_advance(result.decisions):
+                    self.watcher.track(self.engine.records(self.agents).values())
                     return True
             elif any(d.state == "running" for d in result.decisions.values()):
+                self.watcher.track(self.engine.records(self.agents).values())
                 return True
             self.slot.give_up()
             return False
@@ -211,9 +241,11 @@ class Advancer:
                 return
 
     def sleep_seconds(self) -> float:
-        """Until the next timeout, kill or retry is due, at most IDLE_CHECK_SECONDS."""
+        """Until the next timeout, kill or retry is due; at most IDLE_CHECK_SECONDS
+        unless every running agent's end wakes us (pidfds)."""
         ahead = self.engine.next_wake - self.engine.clock()
-        return max(0.005, min(IDLE_CHECK_SECONDS, ahead))
+        idle = IDLE_WITH_PIDFDS if self.watcher.pids.complete else IDLE_CHECK_SECONDS
+        return max(0.005, min(idle, ahead))
 
     def wait_for_news(self, watcher: Watcher) -> bool:
         """Sleep until a change can matter (or the idle timeout); False if the
@@ -221,11 +253,17 @@ class Advancer:
         while True:
             changed = watcher.wait(self.sleep_seconds())
             reap_children()
-            if not changed:
+            ended = watcher.vanished
+            if not changed and not ended:
                 return True
-            if not self.reload_if_changed():
+            if changed and not self.reload_if_changed():
                 return False
-            if self.engine.notice(changed):
+            # every event read must reach the caches, also when an agent's end
+            # wakes us: a cache trusted past a change would launch twice
+            news = self.engine.notice(changed)
+            if ended:   # settle it now: check liveness in this pass
+                self.engine.last_liveness = float("-inf")
+            if news or ended:
                 return True
 
 

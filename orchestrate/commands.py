@@ -45,9 +45,14 @@ class OrchestrateCommand(DoitCmdBase):
     launches = False
 
     def execute(self, params, args):
-        from . import tasks
+        from . import tasks, where
         tasks.warn_about_invalid = not self.launches
+        where.OURS = True
+        # orchestrate reads the pipelines itself: doit's task objects (the
+        # bulk of `doit list`) are never used by these commands
+        self.loader.load_tasks = self._no_doit_tasks
         try:
+            where.locate(params)
             return super().execute(params, args)
         except UserError as err:
             raise InvalidCommand(str(err)) from None
@@ -56,6 +61,14 @@ class OrchestrateCommand(DoitCmdBase):
         finally:
             if self.dep_manager is not None:
                 self.dep_manager.close()
+
+    def _no_doit_tasks(self, cmd, pos_args):
+        """Stands in for doit's task loading; still warns about invalid pipelines."""
+        import sys
+        from . import tasks
+        if tasks.warn_about_invalid:
+            sys.stderr.write(tasks.invalid_warning(tasks.workspace_at(self.root, lenient=True)))
+        return []
 
     def get_options(self):
         """Our short options win over the task loader's (`-f` follows, not --file)."""
@@ -134,7 +147,11 @@ class Wait(OrchestrateCommand):
     launches = True
     doc_purpose = "like run, then block until the selection is done or can go no further"
     doc_usage = "[TASK ...] [--timeout S]"
-    doc_description = "Exit: 0 all done; 1 something failed; 124 timeout."
+    doc_description = ("On a terminal a live table (failed, running, queued, waiting first; "
+                       "done ones counted in its header), then a summary naming each failure "
+                       "with the last line of its log; piped, a line per change.\n"
+                       "Exit: 0 all done; 1 an agent failed, was cancelled or is blocked; "
+                       "3 invalid pipeline or unknown task; 124 --timeout reached; 130 Ctrl-C.")
     cmd_options = (opt_timeout, opt_cancel_on_interrupt)
 
     def _execute(self, pos_args, timeout, cancel_on_interrupt):
@@ -147,7 +164,8 @@ class Status(OrchestrateCommand):
     name = "status"
     doc_purpose = "show each agent's state, elapsed time, attempt and reason"
     doc_usage = "[TASK ...] [--json]"
-    doc_description = None
+    doc_description = ("Settles runs that ended, launches nothing.\n"
+                       "Exit: 0; 3 on an unknown task.")
     cmd_options = (opt_json,)
 
     def _execute(self, pos_args, as_json):
@@ -164,7 +182,10 @@ class Logs(OrchestrateCommand):
     name = "logs"
     doc_purpose = "print an agent's log (-f: follow it while the agent runs)"
     doc_usage = "PIPELINE:AGENT [-f] [--check]"
-    doc_description = None
+    doc_description = ("-f follows the log while the agent runs; on an agent that has not "
+                       "started it waits for it to start (Ctrl-C to stop). --check prints "
+                       "the output of its check instead.\n"
+                       "Exit: 0; 3 if TASK is not an agent; 130 Ctrl-C.")
     cmd_options = (opt_follow, opt_check_log)
 
     def _execute(self, pos_args, follow, check_log):
@@ -173,17 +194,24 @@ class Logs(OrchestrateCommand):
         return control.print_log(self.root, pos_args[0], follow, self.outstream, check_log)
 
 
+opt_clear = {"name": "clear", "long": "clear", "type": bool, "default": False,
+             "help": "remove the signal: its gate is closed again"}
+
+
 class Signal(OrchestrateCommand):
     name = "signal"
-    doc_purpose = "create an external signal that agents wait_for"
-    doc_usage = "NAME"
-    doc_description = None
-    cmd_options = ()
+    doc_purpose = "create (or --clear) an external signal that agents wait_for"
+    doc_usage = "NAME [--clear]"
+    doc_description = ("Agents with wait_for = [\"NAME\"] launch once it exists; --clear "
+                       "removes it (agents not yet launched wait again).\n"
+                       "Exit: 0; 3 on an invalid name.")
+    cmd_options = (opt_clear,)
 
-    def _execute(self, pos_args):
+    def _execute(self, pos_args, clear):
         if len(pos_args) != 1:
             raise InvalidCommand("signal takes one name, e.g. doit signal approved")
-        self.outstream.write(control.signal_create(self.root, pos_args[0]) + "\n")
+        act = control.signal_clear if clear else control.signal_create
+        self.outstream.write(act(self.root, pos_args[0]) + "\n")
         return 0
 
 
@@ -191,7 +219,8 @@ class Cancel(OrchestrateCommand):
     name = "cancel"
     doc_purpose = "stop running agents (SIGTERM, SIGKILL after kill_grace) and dequeue queued ones"
     doc_usage = "[TASK ...]"
-    doc_description = None
+    doc_description = ("No task: every running agent, and the queued ones. Returns once no "
+                       "process of a stopped agent is left.\nExit: 0; 3 on an unknown task.")
     cmd_options = ()
 
     def _execute(self, pos_args):
@@ -233,6 +262,7 @@ class Info(DoitInfo):
 
     def _execute(self, pos_args, hide_status=False):
         super()._execute(pos_args, hide_status=True)
+        self._how_it_runs(pos_args[0] if pos_args else "")
         if hide_status:
             return 0
         try:
@@ -246,6 +276,13 @@ class Info(DoitInfo):
         for line in lines:
             self.outstream.write(f" * {line}\n")
         return 0 if up_to_date else 1
+
+    def _how_it_runs(self, task: str) -> None:
+        from .agent_info import info_lines
+        from .tasks import workspace_at
+        agent = workspace_at(Path(os.getcwd()), lenient=True).agents_by_task.get(task)
+        if agent is not None:
+            self.outstream.write("\n" + "\n".join(info_lines(agent)) + "\n")
 
 
 opt_format = {"name": "fmt", "long": "format", "type": str, "default": "dot",

@@ -32,8 +32,8 @@ from .ui import (
     decision_line,
     run_summary,
     pipeline_totals,
+    status_lines,
     status_row,
-    status_table,
     summary_line,
     totals_lines,
     worth_a_line,
@@ -145,25 +145,40 @@ class _PlainProgress:
 
 
 class _LiveProgress:
-    """Terminal: a rich live table of state, elapsed time and reason."""
+    """Terminal: what needs an eye first, done ones counted (see live.py);
+    at the end, a line per failure with the last line of its log."""
 
-    def __init__(self, out: IO[str]):
+    def __init__(self, out: IO[str], root: Path):
         from rich.console import Console
         from rich.live import Live
+        self.out = out
+        self.root = root
         self.console = Console(file=out)
-        self.live = Live(console=self.console, auto_refresh=False, transient=False)
+        self.live = Live(console=self.console, auto_refresh=False, transient=False,
+                         vertical_overflow="crop")
+        self.began = time.monotonic()
         self.live.start()
+        self.running = True
 
     def update(self, decisions: dict[str, Decision], records: dict) -> None:
-        rows = [status_row(d, records.get(t)) for t, d in decisions.items()]
-        self.live.update(status_table(rows, title=summary_line(decisions.values())),
-                         refresh=True)
+        from rich.text import Text
+        from .live import live_lines
+        size = self.console.size
+        lines = live_lines(decisions, records, size.height, size.width,
+                           time.monotonic() - self.began)
+        self.live.update(Text("\n".join(lines)), refresh=True)
 
     def finish(self, decisions: dict[str, Decision]) -> None:
-        pass
+        from .live import failure_summary
+        self.close()
+        for line in failure_summary(self.root, decisions.values()):
+            self.out.write(line + "\n")
+        self.out.flush()
 
     def close(self) -> None:
-        self.live.stop()
+        if self.running:
+            self.running = False
+            self.live.stop()
 
 
 def wait(root: Path, names: list[str], timeout: float | None, out: IO[str],
@@ -186,7 +201,7 @@ def _wait(root: Path, names: list[str], timeout: float | None, out: IO[str],
     engine.liveness_interval = LIVENESS_INTERVAL
     lock = SchedulingLock(engine.layout)
     watcher = Watcher(engine.layout, [p.name for p in engine.workspace.pipelines])
-    progress = _LiveProgress(out) if live else _PlainProgress(out)
+    progress = _LiveProgress(out, engine.workspace.root) if live else _PlainProgress(out)
     deadline = None if timeout is None else time.monotonic() + timeout
     try:
         while True:
@@ -235,7 +250,9 @@ def status(root: Path, names: list[str]) -> tuple[dict[str, Decision], dict]:
         records = engine.records(agents)
         decisions = engine.evaluate(agents)
         return decisions, records
-    return result.decisions, {t: f.record for t, f in result.facts.items()}
+    from .advancers import name_advancers
+    return (name_advancers(engine.layout, result.decisions),
+            {t: f.record for t, f in result.facts.items()})
 
 
 def staleness(root: Path, task: str) -> tuple[bool, list[str]] | None:
@@ -271,13 +288,11 @@ def print_status(out: IO[str], decisions: dict[str, Decision], records: dict,
     if not decisions:
         out.write(NO_PIPELINES)
         return
-    from rich.console import Console
-    console = Console(file=out, width=None if out.isatty() else 120)
     rows = [status_row(d, records.get(t)) for t, d in decisions.items()]
-    console.print(status_table(rows))
-    console.print(summary_line(decisions.values(), launched="pending"))
-    for line in totals_lines(pipeline_totals(records.values()), budgets):
-        console.print(line)
+    lines = status_lines(rows, colour=is_terminal(out))
+    lines.append(summary_line(decisions.values(), launched="pending"))
+    lines.extend(totals_lines(pipeline_totals(records.values()), budgets))
+    out.write("\n".join(lines) + "\n")
 
 
 def signal_create(root: Path, name: str) -> str:
@@ -295,6 +310,26 @@ def signal_create(root: Path, name: str) -> str:
         raise StateFolderReadOnly(path.parent, err) from None
     append_event(layout, "signal", name=name)
     return f"signal {name} created"
+
+
+def signal_clear(root: Path, name: str) -> str:
+    """Remove an external signal: its gate is closed again for agents not yet
+    launched (a running or finished agent is not affected)."""
+    if not NAME_RE.fullmatch(name):
+        raise UserError(f"'{name}' is not a valid signal name "
+                        "(expected [A-Za-z0-9][A-Za-z0-9_-]*)")
+    layout = Layout(root)
+    path = layout.external_signal(name)
+    if not path.exists():
+        return f"signal {name} not present"
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        return f"signal {name} not present"
+    except OSError as err:
+        raise StateFolderReadOnly(path.parent, err) from None
+    append_event(layout, "signal_cleared", name=name)
+    return f"signal {name} cleared"
 
 
 def cancel(root: Path, names: list[str], out: IO[str]) -> int:
@@ -331,11 +366,16 @@ def cancel(root: Path, names: list[str], out: IO[str]) -> int:
 
 def _dequeued(decision: Decision, named: bool) -> bool:
     """Which agents that are not running a cancel takes off the queue: queued
-    ones and those waiting for a retry; a named one also when it is ready.
+    ones and those waiting for a retry; a named one also when it is ready or
+    gated on an external signal.
     A bare `doit cancel` never touches pending, gated, done or failed agents."""
     if decision.state == "queued" or (decision.state == "waiting" and decision.timed):
         return True
-    return named and decision.state == "launch"
+    # named: also a ready one, or one gated on an external signal (whose
+    # advancer would otherwise wait for that signal for ever)
+    return named and (decision.state == "launch"
+                      or (decision.state == "waiting" and decision.external
+                          and decision.reason.startswith("waiting on signal")))
 
 
 def _wait_until_stopped(stopping: list[tuple[Agent, StatusRecord]]) -> None:
@@ -389,8 +429,14 @@ def print_log(root: Path, task: str, follow: bool, out: IO[str], check: bool = F
     path = (checks.check_log(layout, agent.pipeline, agent.name) if check
             else layout.log(agent.pipeline, agent.name))
     if not path.exists():
-        out.write(f"{task} has no {'check log' if check else 'log'} yet\n")
-        return EXIT_OK
+        what = 'check log' if check else 'log'
+        if not follow:
+            out.write(f"{task} has no {what} yet\n")
+            return EXIT_OK
+        out.write(f"{task} has not started; waiting for it (Ctrl-C to stop)\n")
+        out.flush()
+        while not path.exists():   # until it is launched (its log is made then)
+            time.sleep(0.1)
     with open(path, "rb") as handle:
         while True:
             chunk = handle.read(65536)

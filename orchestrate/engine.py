@@ -103,7 +103,6 @@ class Engine(RunLifecycle):
         self.clock = clock
         self.last_liveness = float("-inf")
         self.check_liveness = True
-        self.parents: dict[int, list[int]] | None = None   # one /proc scan per pass
         self.next_wake = float("inf")   # the earliest timeout, kill or retry ahead
         self.hooks = HookKeeper(workspace, self.layout)
         self.fanouts = FanoutKeeper(self.layout)
@@ -188,7 +187,6 @@ class Engine(RunLifecycle):
         self.check_liveness = now - self.last_liveness >= self.liveness_interval
         if self.check_liveness:
             self.last_liveness = now
-        self.parents = None
         self.next_wake = float("inf")
         records = self.records(agents)
         for agent in agents:
@@ -294,8 +292,9 @@ class Engine(RunLifecycle):
             started = self.launcher.launch(agent, run_id, decision.attempt, log, upstream,
                                            checks.followup(layout, record))
         except OSError as err:
-            record = replace(record, state="failed", ended_at=utc_now(),
-                             reason=f"could not start: {err.strerror or err}")
+            from .causes import start_failure
+            record = replace(record, state="failed", ended_at=utc_now(), reason=start_failure(
+                err, output_root(layout, agent) / agent.cwd, layout.root))
             self._save(record)
             events.append(event("fail", task=agent.task, run_id=run_id, reason=record.reason))
             return record

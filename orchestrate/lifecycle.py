@@ -25,9 +25,9 @@ VANISHED = "agent process ended without recording an exit status (killed with SI
 
 
 def run_tree(record: StatusRecord) -> list:
-    """Every process of the run we can prove is ours: the descendants tracked
-    while it ran, its live descendants now, and any process that carries its
-    run id (a daemon that left both its parent and its session)."""
+    """Every process of the run we can prove is ours: descendants recorded
+    earlier, its live descendants now, and any process that carries its run
+    id (a daemon that left both its parent and its session)."""
     pid = record.pid or 0
     children = processes.descendants(pid, processes.parent_map()) if is_alive(
         pid, record.pid_create_time) else []
@@ -50,7 +50,7 @@ def run_alive(record: StatusRecord) -> bool:
 
 class RunLifecycle:
     """Needs from its host: layout, clock, status_cache, signal_cache, _save,
-    check_liveness, parents, next_wake."""
+    check_liveness, next_wake."""
 
     def _finish(self, agent: Agent, record: StatusRecord, code: int | None,
                 ended_at: str | None) -> StatusRecord:
@@ -141,7 +141,8 @@ class RunLifecycle:
 
     def settle(self, agent: Agent, record: StatusRecord) -> StatusRecord:
         """Finish a run whose exit was recorded or whose process vanished;
-        stop one past its timeout or stall limit; track its descendants."""
+        stop one past its timeout or stall limit. Descendants are not tracked
+        while it runs (a /proc scan a second): stopping finds them by run id."""
         exit_path = self.layout.exit_file(record.run_id or "")
         code = read_exit_code(exit_path)
         if code is not None:
@@ -156,28 +157,12 @@ class RunLifecycle:
                     # and exec, so the agent never ran; that attempt is owed
                     return self._owe_attempt(record)
                 return self._finish(agent, record, code, exit_time(exit_path))
-            record = self._track_descendants(record)
         if agent.check is not None and checks.note_checking(self.layout, record):
             record = replace(record, reason=checks.CHECKING)   # its own timeout applies now
             self._save(record, durable=False)
         if record.reason == checks.CHECKING and record.stop_reason is None:
             return record
         return self._enforce_limits(agent, record)
-
-    def _track_descendants(self, record: StatusRecord) -> StatusRecord:
-        """Remember the agent's descendants while it runs: one that moves to a
-        session of its own leaves the process group but is still the agent's."""
-        if self.parents is None:
-            self.parents = processes.parent_map()
-        current = processes.descendants(record.pid or 0, self.parents)
-        known = {int(p) for p, _ in record.descendants}
-        alive = [t for t in record.descendants if processes.is_alive(int(t[0]), t[1])]
-        fresh = processes.track(p for p in current if p not in known)
-        if not fresh and len(alive) == len(record.descendants):
-            return record
-        record = replace(record, descendants=alive + fresh)
-        self._save(record, durable=False)
-        return record
 
     def _last_output(self, agent: Agent, record: StatusRecord) -> float | None:
         if agent.stall_timeout is None:

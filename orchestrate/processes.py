@@ -14,6 +14,7 @@ Tracked = list[int | float]   # [pid, create_time]: a pid alone can be reused
 
 
 _BOOT_TIME: list[float] = []
+_HAS_PROC = os.path.isdir("/proc/self")
 
 
 def _boot_time() -> float:
@@ -42,10 +43,23 @@ def is_alive(pid: int | None, started: float | None) -> bool:
     """True if `pid` is still the process that started at `started` (not a zombie).
 
     A pid alone proves nothing (pids are reused): without a start time the
-    answer is False, so an unproven record is settled, never trusted."""
-    import psutil
+    answer is False, so an unproven record is settled, never trusted. One
+    read of /proc/<pid>/stat (psutil per agent costs ten times that)."""
     if not pid or started is None:
         return False
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            fields = handle.read().rsplit(b")", 1)[1].split()
+    except FileNotFoundError:
+        return False if _HAS_PROC else _psutil_alive(pid, started)
+    except OSError:
+        return _psutil_alive(pid, started)
+    began = _boot_time() + int(fields[19]) / os.sysconf("SC_CLK_TCK")
+    return abs(began - started) <= 0.05 and fields[0] not in (b"Z", b"X")
+
+
+def _psutil_alive(pid: int, started: float) -> bool:
+    import psutil
     try:
         process = psutil.Process(pid)
         if abs(process.create_time() - started) > 0.05:

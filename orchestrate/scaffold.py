@@ -6,6 +6,7 @@ formatting stay byte for byte; running it twice changes nothing.
 """
 from __future__ import annotations
 
+import re
 import tomllib
 from pathlib import Path
 
@@ -29,7 +30,7 @@ EXAMPLE = '''description = "Example: one agent fans out to two, a third gathers 
 
 [agents.list]
 description = "List the files of this workspace"
-command = "mkdir -p reports && find . -path ./.orchestrate -prune -o -type f -print | sort > reports/files.txt"
+command = "mkdir -p reports && find . -path ./.orchestrate -prune -o -path ./.git -prune -o -type f -print | sort > reports/files.txt"
 outputs = ["reports/files.txt"]
 
 [agents.count]
@@ -53,7 +54,12 @@ after = ["count", "types"]
 
 DOIT_CONFIG = {"dep_file": ".orchestrate/doit.sqlite", "backend": "sqlite3"}
 PLUGINS = {"run": "orchestrate.commands:Run", "forget": "orchestrate.commands:Forget",
-           "info": "orchestrate.commands:Info"}
+           "info": "orchestrate.commands:Info", "help": "orchestrate.doit_commands:Help",
+           "ignore": "orchestrate.doit_commands:Ignore",
+           "reset-dep": "orchestrate.doit_commands:ResetDep",
+           "strace": "orchestrate.doit_commands:Strace"}
+# `doit list` in the order the agents are declared, not sorted by name
+COMMANDS = {"list": {"sort": "definition"}}
 GITIGNORE_LINE = ".orchestrate/"
 
 
@@ -68,10 +74,14 @@ def _write_new(path: Path, text: str, done: list[str]) -> None:
 def _missing_tables(existing: dict) -> dict:
     doit = existing.get("tool", {}).get("doit")
     if doit is None:
-        return {"tool": {"doit": {**DOIT_CONFIG, "plugins": {"command": PLUGINS}}}}
+        return {"tool": {"doit": {**DOIT_CONFIG, "commands": COMMANDS,
+                                  "plugins": {"command": PLUGINS}}}}
+    missing = {}
+    if "commands" not in doit:
+        missing["commands"] = COMMANDS
     if "plugins" not in doit:
-        return {"tool": {"doit": {"plugins": {"command": PLUGINS}}}}
-    return {}
+        missing["plugins"] = {"command": PLUGINS}
+    return {"tool": {"doit": missing}} if missing else {}
 
 
 def _render_tables(tables: dict) -> str:
@@ -79,33 +89,88 @@ def _render_tables(tables: dict) -> str:
     return tomli_w.dumps(tables)
 
 
-def update_pyproject(path: Path, done: list[str]) -> None:
-    text = path.read_text() if path.exists() else ""
-    existing = tomllib.loads(text)
+_DOIT_HEADER = re.compile(r"^[ \t]*\[[ \t]*tool[ \t]*\.[ \t]*doit[ \t]*\][ \t]*(#.*)?$", re.M)
+
+
+_PLUGINS_HEADER = re.compile(
+    r"^[ \t]*\[[ \t]*tool\.doit\.plugins\.command[ \t]*\][ \t]*(#.*)?$", re.M)
+
+
+class InitError(Exception):
+    """init cannot configure the workspace safely; nothing was changed."""
+
+
+def _with_missing_keys(text: str, doit: dict, path: Path) -> str:
+    """`text` with the [tool.doit] keys orchestrate needs and the table lacks,
+    inserted right under its header (doit would otherwise write its database
+    into the workspace root as .doit.db.*)."""
+    missing = {k: v for k, v in DOIT_CONFIG.items() if k not in doit}
+    if not missing:
+        return text
+    header = _DOIT_HEADER.search(text)
+    if header is None:   # an inline table or dotted keys: not ours to rewrite
+        raise InitError(f"{path}: [tool.doit] lacks " + ", ".join(
+            f'{k} = "{v}"' for k, v in missing.items()) + "; add them and run init again; "
+            "nothing changed")
+    return _insert_under(text, header, "".join(f'{k} = "{v}"\n' for k, v in missing.items()))
+
+
+def _insert_under(text: str, header: re.Match, lines: str) -> str:
+    """`lines` right below the table header `header` matched in `text`."""
+    end = header.end() + 1 if text[header.end():header.end() + 1] == "\n" else header.end()
+    return text[:end] + ("" if end > header.end() else "\n") + lines + text[end:]
+
+
+def _with_missing_plugins(text: str, doit: dict) -> str:
+    """A workspace made by an older init: register the commands added since
+    (never changing one the user set)."""
+    commands = doit.get("plugins", {}).get("command", {})
+    header = _PLUGINS_HEADER.search(text)
+    if not isinstance(commands, dict) or header is None:
+        return text
+    absent = {k: v for k, v in PLUGINS.items() if k not in commands}
+    if not absent:
+        return text
+    return _insert_under(text, header, "".join(f'{k} = "{v}"\n' for k, v in absent.items()))
+
+
+def plan_pyproject(path: Path) -> tuple[str | None, str]:
+    """(new text or None if nothing to write, what init will say). Raises
+    TOMLDecodeError or InitError before anything is written."""
+    original = path.read_text() if path.exists() else ""
+    existing = tomllib.loads(original)
+    doit = existing.get("tool", {}).get("doit")
+    text = original
+    if isinstance(doit, dict):
+        text = _with_missing_plugins(_with_missing_keys(text, doit, path), doit)
     tables = _missing_tables(existing)
     if tables:
         separator = "" if not text or text.endswith("\n\n") else ("\n" if text.endswith("\n") else "\n\n")
-        path.write_text(text + separator + _render_tables(tables))
-        done.append(f"{'updated ' if text else 'created '} {path} (doit config)")
-        return
-    doit = existing["tool"]["doit"]
-    commands = doit.get("plugins", {}).get("command", {})
-    wrong = [k for k, v in PLUGINS.items() if commands.get(k) != v]
-    if wrong or doit.get("dep_file") is None:
-        done.append(f"check    {path}: [tool.doit] should have dep_file = "
-                    f"\"{DOIT_CONFIG['dep_file']}\", backend = \"sqlite3\" and "
-                    "[tool.doit.plugins.command] " +
-                    ", ".join(f'{k} = "{v}"' for k, v in PLUGINS.items()))
-    else:
-        done.append(f"kept     {path}")
+        verb = "updated " if path.exists() else "created "
+        return text + separator + _render_tables(tables), f"{verb} {path} (doit config)"
+    changed = text != original
+    commands = tomllib.loads(text).get("tool", {}).get("doit", {}).get("plugins", {}).get(
+        "command", {})
+    if any(commands.get(k) != v for k, v in PLUGINS.items()):
+        note = (f"check    {path}: [tool.doit.plugins.command] should have " +
+                ", ".join(f'{k} = "{v}"' for k, v in PLUGINS.items()))
+        return (text if changed else None), note
+    return (text, f"updated  {path} (added missing keys to [tool.doit])") if changed \
+        else (None, f"kept     {path}")
 
 
 def init_workspace(directory: Path) -> list[str]:
+    """Everything that can refuse (an invalid pyproject.toml or .mcp.json) is
+    checked before the first file is written: init never leaves half a workspace."""
     done: list[str] = []
-    mcp_json = planned_mcp_json(directory)   # checked before anything is written
+    mcp_json = planned_mcp_json(directory)
+    pyproject = directory / "pyproject.toml"
+    pyproject_text, pyproject_note = plan_pyproject(pyproject)
     directory.mkdir(parents=True, exist_ok=True)
     _write_new(directory / "dodo.py", DODO, done)
-    update_pyproject(directory / "pyproject.toml", done)
+    if pyproject_text is not None:
+        pyproject.write_text(pyproject_text)
+    done.append(pyproject_note)
     (directory / "pipelines").mkdir(exist_ok=True)
     if not any((directory / "pipelines").glob("*.toml")):
         _write_new(directory / "pipelines" / "example.toml", EXAMPLE, done)

@@ -154,6 +154,9 @@ def decide(agent: Agent, facts: AgentFacts, decided: dict[str, Decision],
         return gate_decision(agent, record, decided, signals)
     if record and record.state in ACTIVE:
         return Decision(agent, "running", record.reason or "running")
+    if record and record.state == "cancelled" and record.fingerprint is None:
+        # cancelled while gated (it never had a fingerprint): until doit retry
+        return Decision(agent, "cancelled", record.reason)
     gate, consumed, used = _upstream_gate(agent, decided, signals, present, record)
     if gate:
         return gate

@@ -14,6 +14,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, Callable
 
+from .causes import check_prompt_files, suggestion
 from .errors import UserError
 from .foreach import ForEach, check_foreach, fanout_problems, placeholder_problems
 
@@ -185,6 +186,14 @@ def parse_duration(value: Any) -> float:
     raise ValueError('expected a duration like "90s", "10m", "2h" or a number of seconds')
 
 
+def parse_limit(value: Any) -> float:
+    """A time limit: a duration above 0 (no limit is said by leaving the key out)."""
+    seconds = parse_duration(value)
+    if seconds == 0:
+        raise ValueError("0 is no time at all: omit the key for no limit")
+    return seconds
+
+
 class _Problems:
     """Collects error lines that each name file, agent and key."""
 
@@ -313,8 +322,8 @@ AGENT_KEYS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "wait_for": ("wait_for", _check_name_list),
     "env": ("env", _check_env),
     "cwd": ("cwd", _check_cwd),
-    "timeout": ("timeout", parse_duration),
-    "stall_timeout": ("stall_timeout", parse_duration),
+    "timeout": ("timeout", parse_limit),
+    "stall_timeout": ("stall_timeout", parse_limit),
     "kill_grace": ("kill_grace", parse_duration),
     "retries": ("retries", _check_int),
     "retry_backoff": ("retry_backoff", parse_duration),
@@ -370,7 +379,7 @@ def _agent_fields(path: str, agent: str, table: Any, problems: _Problems) -> dic
     fields: dict[str, Any] = {}
     for key, value in table.items():
         if key not in AGENT_KEYS:
-            problems.add(path, agent, key, f"unknown key (known keys: {_known(AGENT_KEYS)})")
+            problems.add(path, agent, key, suggestion(key, AGENT_KEYS))
         else:
             attr, check = AGENT_KEYS[key]
             try:
@@ -486,7 +495,7 @@ def parse_pipeline(name: str, path: str, data: dict[str, Any], problems: _Proble
                      "(file stem must match [A-Za-z0-9][A-Za-z0-9_-]*)")
     for key in data:
         if key not in PIPELINE_KEYS:
-            problems.add(path, None, key, f"unknown key (known keys: {_known(PIPELINE_KEYS)})")
+            problems.add(path, None, key, suggestion(key, PIPELINE_KEYS))
     description = _pipeline_scalar(path, data, problems, "description", _check_str) or ""
     max_parallel = _pipeline_scalar(path, data, problems, "max_parallel",
                                     lambda v: _check_int(v, 1))
@@ -536,7 +545,7 @@ def parse_workspace_config(path: str, data: dict[str, Any], problems: _Problems)
     for key, value in table.items():
         if key not in WORKSPACE_KEYS:
             problems.add(path, None, f"tool.orchestrate.{key}",
-                         f"unknown key (known keys: {_known(WORKSPACE_KEYS)})")
+                         suggestion(key, WORKSPACE_KEYS))
     try:
         if "max_parallel" in table:
             config["max_parallel"] = _check_int(table["max_parallel"], 1)
@@ -595,6 +604,7 @@ def load_workspace(root: Path, lenient: bool = False) -> Workspace:
             pipeline = expand_loaded(root, pipeline, problems)
         if pipeline is not None:
             _check_paths_resolve_inside(root, pipeline, problems)
+            check_prompt_files(root, pipeline, problems)
         if len(problems.lines) > before:
             invalid.append(path.stem)
         else:
@@ -611,12 +621,16 @@ def _check_paths_resolve_inside(root: Path, pipeline: Pipeline, problems: _Probl
     `doit clean` delete /elsewhere/x). A worktree agent's paths live in its
     worktree, which does not exist yet: `clean` checks those when it removes."""
     real_root = os.path.realpath(root)
+    resolved: dict[str, str] = {}   # most agents share their cwd and output folders
     for agent in pipeline.agents:
         if agent.isolation == "worktree":
             continue
         for key, paths in (("outputs", agent.outputs), ("cwd", (agent.cwd,))):
             for path in paths:
-                where = os.path.realpath(root / _fixed_prefix(path))
+                prefix = _fixed_prefix(path)
+                if prefix not in resolved:
+                    resolved[prefix] = os.path.realpath(os.path.join(root, prefix))
+                where = resolved[prefix]
                 if os.path.commonpath([real_root, where]) != real_root:
                     problems.add(pipeline.path, agent.name, key, f"'{path}' resolves to "
                                  f"{where}, outside the workspace (through a symlink)")

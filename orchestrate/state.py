@@ -86,7 +86,9 @@ class StatusRecord:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "StatusRecord":
-        known = {f.name for f in fields(cls)}
+        known = _STATUS_NAMES
+        if known.issuperset(data):   # the usual case: a record this version wrote
+            return cls(**data)
         return cls(**{k: v for k, v in data.items() if k in known})
 
     def to_json(self) -> dict[str, Any]:
@@ -94,6 +96,7 @@ class StatusRecord:
 
 
 _STATUS_FIELDS = tuple(f.name for f in fields(StatusRecord))
+_STATUS_NAMES = frozenset(_STATUS_FIELDS)
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,10 @@ def workspace_at(root: Path, lenient: bool = False) -> Workspace:
     pipelines only (to look at, cancel, enforce limits); never to launch."""
     key = (root.resolve(), lenient)
     if key not in _loaded:
-        _loaded[key] = load_workspace(key[0], lenient)
+        other = _loaded.get((key[0], not lenient))
+        # a valid workspace reads the same either way: parse the files once
+        _loaded[key] = other if other is not None and not other.problems else \
+            load_workspace(key[0], lenient)
     return _loaded[key]
 
 
@@ -178,4 +181,8 @@ def pipeline_tasks(root: Path) -> Iterator[dict[str, Any]]:
 
 
 def ensure_state_folder(root: Path) -> None:
+    """Run as the dodo file loads: refuse doit's own commands started below
+    the root (see where.py), then make sure doit's database has its folder."""
+    from .where import refuse_doit_command_below
+    refuse_doit_command_below(root)
     (root / ".orchestrate").mkdir(exist_ok=True)

@@ -153,6 +153,19 @@ def status_table(rows: list[tuple[str, ...]], title: str | None = None):
     return table
 
 
+def status_lines(rows: list[tuple[str, ...]], colour: bool = False,
+                 width: int | None = None) -> list[str]:
+    """The status table as plain padded columns (see table.py: rich's Table
+    was three quarters of `doit status` on 2,000 agents); reason last, so a
+    long one is what gets cut when `width` is given."""
+    from .table import columns
+    usage = any(row[5] or row[6] for row in rows)
+    header = ("agent", "state", "elapsed", "attempt") + (("cost", "tokens") if usage else ()) \
+        + ("reason",)
+    cells = [row[:4] + (row[5:7] if usage else ()) + (row[4],) for row in rows]
+    return columns(header, cells, STYLES, colour, width)
+
+
 def summary_line(decisions: Iterable[Decision], launched: str = "launched") -> str:
     """"3 done, 1 running, ..."; `launched` names the ready agents (pending in status)."""
     counts: dict[str, int] = {}

@@ -119,8 +119,10 @@ def finish_run(layout: Layout, agent: Agent, record: StatusRecord, code: int,
                        reason=record.stop_reason, kill_at=None)
     if code != 0:   # with what the CLI said, e.g. "exit 55: Gemini CLI is not running in ..."
         said = f": {reported_error[:300]}" if reported_error else ""
+        from .causes import exit_reason
         return replace(record, state="failed", exit_code=code, ended_at=ended_at,
-                       reason=describe_exit(code) + said)
+                       reason=exit_reason(code, describe_exit(code), layout.root / record.log)
+                       + said)
     if reported_error is not None:   # the CLI exited 0 but called the run an error
         return replace(record, state="failed", exit_code=0, ended_at=ended_at,
                        reason=f"agent reported an error: {reported_error[:200]}")

@@ -131,17 +131,19 @@ class Workspace:
     def kill_orchestrators(self) -> None:
         """SIGKILL every orchestrator process, and only those: a child `doit`
         forked for an agent looks like one until it execs the agent's wrapper,
-        so each candidate is stopped (it cannot exec while stopped), looked at
-        again, and killed only if it still is an orchestrator."""
+        so each candidate is stopped, looked at again once it is stopped (a
+        stopped process cannot exec), and killed only if it still is one."""
         for pid in self.orchestrator_pids():
             try:
                 os.kill(pid, signal.SIGSTOP)
-            except ProcessLookupError:
-                continue
-            if pid in self.orchestrator_pids():
-                _kill(pid, by_group=False)
-            else:
-                _signal(pid, signal.SIGCONT)
+                deadline = time.monotonic() + 5
+                while time.monotonic() < deadline and _state(pid) not in (b"T", b"Z"):
+                    pass
+                with open(f"/proc/{pid}/cmdline", "rb") as handle:
+                    doit = handle.read().split(b"\0")[1:3] == [b"-m", b"doit"]
+                os.kill(pid, signal.SIGKILL if doit else signal.SIGCONT)
+            except (ProcessLookupError, FileNotFoundError):
+                pass
 
     def agent_pids(self) -> list[int]:
         needle = f"ORCHESTRATE_ROOT={self.root}".encode()
@@ -170,11 +172,9 @@ def _is_our_process(pid: int, root: Path) -> bool:
         return False
 
 
-def _signal(pid: int, sig: int) -> None:
-    try:
-        os.kill(pid, sig)
-    except ProcessLookupError:
-        pass
+def _state(pid: int) -> bytes:
+    with open(f"/proc/{pid}/stat", "rb") as handle:
+        return handle.read().rsplit(b")", 1)[1].split()[0]
 
 
 def _kill(pid: int, by_group: bool) -> None:

@@ -18,6 +18,10 @@ def test_bench_smoke_runs_every_scenario(tmp_path):
     for scenario in ("A", "B", "C", "caller block", "launch throughput", "signal to launch",
                      "scale", "no-op", "memory", "idle", "hooks", "report", "fan-out"):
         assert any(s == scenario for s, _ in figures), scenario
+    # issue 10: ratios to doit's own floor measured in the same run, idle with agents running
+    assert ("no-op", "doit / doit list --all") in figures
+    assert ("status", "doit status / doit list --all") in figures
+    assert ("idle", "advancer CPU % of one core") in figures
     for row in result["results"]:
         assert row["min"] <= row["median"] <= row["max"]
     assert "targets met" in proc.stdout

@@ -58,7 +58,24 @@ after = ["slow"]
     assert ws.status("p", "after") is None
 
 
-def test_child_in_its_own_session_is_tracked_and_killed_on_timeout(ws):
+def _parent_of(pid: int) -> int:
+    with open(f"/proc/{pid}/stat", "rb") as handle:
+        return int(handle.read().rsplit(b")", 1)[1].split()[1])
+
+
+def _session_members(sid: int) -> set[int]:
+    members = set()
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                if os.getsid(int(entry.name)) == sid:
+                    members.add(int(entry.name))
+            except OSError:
+                pass
+    return members
+
+
+def test_child_in_its_own_session_is_found_by_run_id_and_killed_on_timeout(ws):
     pidfile, gate = ws.root / "orphan.pid", ws.root / "release"
     # the spawner starts `sleep 60` in a new session and then exits, leaving
     # it an orphan; the wrapper's own `sleep 30` keeps the run going
@@ -71,9 +88,12 @@ kill_grace = "1s"
 ''')
     ws.doit(check_rc=0)
     orphan = int(wait_until(lambda: pidfile.exists() and pidfile.read_text(), what="pidfile"))
-    wait_until(lambda: any(p == orphan for p, _ in ws.status("p", "a")["descendants"]),
-               what="the orphan-to-be recorded as a descendant")
+    wrapper = ws.status("p", "a")["pid"]
     gate.touch()                    # its parent exits: the sleep is reparented
+    # out of the agent's session and parentless: only its run id says whose it is
+    wait_until(lambda: _parent_of(orphan) not in _session_members(wrapper),
+               what="the orphan reparented")
+    assert ws.status("p", "a")["state"] == "running"
     wait_until(lambda: ws.state_of("p", "a") == "failed", timeout=30, what="timeout")
     wait_until(lambda: not pid_alive(orphan), what="the session child killed")
     assert ws.status("p", "a")["reason"] == "timeout after 4s"

@@ -171,3 +171,70 @@ def test_init_on_invalid_mcp_json_changes_nothing(tmp_path):
         assert "Traceback" not in proc.stderr
         assert [p.name for p in tmp_path.iterdir()] == [".mcp.json"]
         assert (tmp_path / ".mcp.json").read_text() == text
+
+
+def test_init_on_invalid_pyproject_creates_no_file_at_all(tmp_path):
+    (tmp_path / "pyproject.toml").write_text("[project\n")
+    proc = subprocess.run([sys.executable, "-m", "orchestrate", "init", str(tmp_path)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 3 and "nothing changed" in proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pyproject.toml"]
+
+
+def test_init_adds_dep_file_to_an_existing_doit_table(tmp_path):
+    text = '[project]\nname = "mine"\n\n[tool.doit]\nverbosity = 2   # mine\n'
+    (tmp_path / "pyproject.toml").write_text(text)
+    init(tmp_path)
+    import tomllib
+    updated = (tmp_path / "pyproject.toml").read_text()
+    assert "verbosity = 2   # mine" in updated
+    config = tomllib.loads(updated)["tool"]["doit"]
+    assert config["dep_file"] == ".orchestrate/doit.sqlite" and config["backend"] == "sqlite3"
+    assert config["plugins"]["command"]["run"] == "orchestrate.commands:Run"
+    ws = Workspace(tmp_path.resolve())
+    try:
+        ws.doit("wait", check_rc=0)
+        assert not list(tmp_path.glob(".doit.db*"))     # doit's database is in .orchestrate/
+        assert (tmp_path / ".orchestrate" / "doit.sqlite").exists()
+    finally:
+        ws.kill_everything()
+
+
+def test_init_refuses_a_doit_table_it_cannot_extend_and_changes_nothing(tmp_path):
+    text = '[tool]\ndoit = { verbosity = 2 }\n'
+    (tmp_path / "pyproject.toml").write_text(text)
+    proc = subprocess.run([sys.executable, "-m", "orchestrate", "init", str(tmp_path)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 3 and "dep_file" in proc.stderr and "nothing changed" in proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pyproject.toml"]
+    assert (tmp_path / "pyproject.toml").read_text() == text
+
+
+def test_example_pipeline_does_not_count_git_files(tmp_path):
+    init(tmp_path / "new")
+    root = (tmp_path / "new").resolve()
+    subprocess.run(["git", "init", "-q", str(root)], check=True)
+    ws = Workspace(root)
+    try:
+        ws.doit("wait", check_rc=0)
+        listed = (root / "reports" / "files.txt").read_text()
+        assert "./.git/" not in listed and "./dodo.py" in listed
+    finally:
+        ws.kill_everything()
+
+
+def test_init_registers_commands_added_since_an_older_init(tmp_path):
+    old = ('[tool.doit]\ndep_file = ".orchestrate/doit.sqlite"\nbackend = "sqlite3"\n\n'
+           '[tool.doit.plugins.command]\nrun = "orchestrate.commands:Run"\n'
+           'forget = "orchestrate.commands:Forget"\ninfo = "orchestrate.commands:Info"\n')
+    (tmp_path / "pyproject.toml").write_text(old)
+    init(tmp_path)
+    import tomllib
+    text = (tmp_path / "pyproject.toml").read_text()
+    commands = tomllib.loads(text)["tool"]["doit"]["plugins"]["command"]
+    assert commands["ignore"] == "orchestrate.doit_commands:Ignore"
+    assert commands["help"] == "orchestrate.doit_commands:Help"
+    assert tomllib.loads(text)["tool"]["doit"]["commands"]["list"]["sort"] == "definition"
+    snapshot = text
+    init(tmp_path)
+    assert (tmp_path / "pyproject.toml").read_text() == snapshot

@@ -299,8 +299,11 @@ wait_for = ["approved"]
     assert ws.doit("signal", "approved", check_rc=0).stdout.strip() == "signal approved created"
     wait_until(lambda: ws.state_of("p", "gated") == "done", what="gated done")
     assert (ws.state / "signals" / "approved.signal").exists()
-    events = [json.loads(l)["event"] for l in (ws.state / "events.jsonl").read_text().splitlines()]
-    assert "signal" in events and "launch" in events and "finish" in events
+    # the status record is saved just before the finish event is appended
+    events = wait_until(lambda: (e := [json.loads(l)["event"] for l in (
+        ws.state / "events.jsonl").read_text().splitlines()]) and "finish" in e and e,
+        what="the finish event")
+    assert "signal" in events and "launch" in events
     assert ws.doit("signal", "bad name!", check_rc=3).stderr.startswith("ERROR:")
 
 

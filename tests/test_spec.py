@@ -139,6 +139,8 @@ def test_unknown_pool_and_workspace_keys(tmp_path):
 
 
 def test_preset_agents_parse_and_their_prompt_file_is_an_input(tmp_path):
+    (tmp_path / "prompts").mkdir()
+    (tmp_path / "prompts" / "a.md").write_text("review")
     ws = load(tmp_path, p='''
 [agents.a]
 agent = "claude"

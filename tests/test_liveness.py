@@ -1,0 +1,76 @@
+"""The advancer waits on events (issue 10, point 9): an agent whose wrapper
+is killed without recording an exit status still wakes it (its pidfd)."""
+import json
+import os
+import signal
+
+from conftest import wait_until
+
+
+def test_a_wrapper_killed_with_sigkill_wakes_the_idle_advancer(ws):
+    ws.write_pipeline("p", '''
+[agents.victim]
+command = "sleep 600"
+[agents.other]
+command = "sleep 600"
+[agents.after]
+command = "true"
+after = ["victim"]
+''')
+    ws.doit(check_rc=0)
+    ws.wait_state("p", "victim", "running")
+    ws.wait_state("p", "other", "running")
+    advancer = wait_until(ws.advancer_pids, what="the advancer")[0]
+    record = ws.status("p", "victim")
+    os.kill(record["pid"], signal.SIGKILL)        # the wrapper: no exit record is written
+    ws.wait_state("p", "victim", "failed", timeout=20)
+    assert "without recording an exit status" in ws.status("p", "victim")["reason"]
+    assert ws.advancer_pids() == [advancer]        # the same advancer settled it
+    os.killpg(record["pid"], signal.SIGKILL)       # the sleep left in the victim's group
+    ws.doit("cancel", check_rc=0)
+    ws.wait_idle()
+    assert ws.state_of("p", "other") == "cancelled"
+
+
+def test_pidwatch_reports_an_ended_process_and_ignores_a_reused_pid():
+    import subprocess
+    from orchestrate.liveness import PidWatch
+    from orchestrate.processes import create_time
+    watch = PidWatch()
+    child = subprocess.Popen(["sleep", "60"])
+    try:
+        started = create_time(child.pid)
+        watch.track([(child.pid, started), (child.pid, started - 1000.0)])
+        assert list(watch.fds) == [(child.pid, started)]   # the wrong start time is not ours
+        # ... so that record's process has ended, as far as it is concerned
+        assert watch.wait(0.0) == ({(child.pid, started - 1000.0)}, set())
+        assert watch.wait(0.0) == (set(), set())
+        child.kill()
+        child.wait()
+        ended, _ = watch.wait(5.0)
+        assert ended == {(child.pid, started)}
+        assert not watch.fds                   # a process ends once: not reported again
+        assert watch.wait(0.0) == (set(), set())
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+        watch.close()
+
+
+def test_pidwatch_reports_a_process_that_ended_before_it_was_watched():
+    import subprocess
+    from orchestrate.liveness import PidWatch
+    from orchestrate.processes import create_time
+    watch = PidWatch()
+    child = subprocess.Popen(["sleep", "60"])
+    started = create_time(child.pid)
+    child.kill()
+    child.wait()
+    try:
+        watch.track([(child.pid, started)])      # too late for a pidfd
+        assert watch.complete
+        assert watch.wait(60.0) == ({(child.pid, started)}, set())   # at once, not in 60 s
+        assert watch.wait(0.0) == (set(), set())
+    finally:
+        watch.close()
