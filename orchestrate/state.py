@@ -79,6 +79,8 @@ class StatusRecord:
     result: dict = field(default_factory=dict)   # what a preset CLI reported (results.py)
     spent_usd: float = 0.0              # cost of every attempt and run so far
     rate_limit_hits: int = 0            # rate-limited attempts in a row (not retries)
+    executor: str = "local"             # where the run lives: "local" or "slurm"
+    job_id: str | None = None           # the Slurm job, once sbatch has answered
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "StatusRecord":
