@@ -62,7 +62,7 @@ class RunLifecycle:
     check_liveness, parents, next_wake."""
 
     def _finish(self, agent: Agent, record: StatusRecord, code: int | None,
-                ended_at: str | None, vanished: str | None = None) -> StatusRecord:
+                ended_at: str | None, executor_said: str | None = None) -> StatusRecord:
         """Settle a run: its outcome, a retry if the policy allows, status, event."""
         stopped = bool(record.stop_reason)
         if stopped:   # the wrapper is gone: what it left of the agent gets no more grace
@@ -71,12 +71,13 @@ class RunLifecycle:
             cancelled = (record.stop_reason or "").startswith("cancelled")
             record = replace(record, state="cancelled" if cancelled else "failed",
                              ended_at=utc_now(), kill_at=None,
-                             reason=record.stop_reason or vanished or VANISHED)
+                             reason=record.stop_reason or executor_said or VANISHED)
         else:
             error = None
             if agent.preset:
                 record, error = self._record_result(agent, record, code)
-            record = finish_run(self.layout, agent, record, code, ended_at, error)
+            record = finish_run(self.layout, agent, record, code, ended_at,
+                                error or (executor_said if code else None))
             crash_point("finish-signal-written")
         self.signal_cache.remember(self.layout.signal(agent.pipeline, agent.name),
                                    record.signal_digest if record.state == "done" else None)
@@ -146,10 +147,10 @@ class RunLifecycle:
         stop one past its timeout or stall limit; track its descendants."""
         exit_path = self.layout.exit_file(record.run_id or "")
         code = read_exit_code(exit_path)
+        if is_remote(record):
+            return settle_job(self, agent, record, code)
         if code is not None:
             return self._finish(agent, record, code, exit_time(exit_path))
-        if is_remote(record):
-            return settle_job(self, agent, record)
         if record.state == "launching" and record.pid is None:
             return self._recover_launch(agent, record)
         if self.check_liveness:

@@ -17,7 +17,7 @@ from ..spec import Agent
 from ..state import StatusRecord
 from ..wrapper import abandon_run, exit_time, read_exit_code
 from . import Observation, is_remote
-from .slurm import SlurmExecutor, SlurmUnavailable
+from .slurm import LIVE_STATES, SlurmExecutor, SlurmUnavailable, query_states
 
 RUNNING_STATES = ("running", "launching")
 
@@ -52,17 +52,43 @@ class JobWatch:
         return self.last + every
 
 
-def settle_job(host, agent: Agent, record: StatusRecord) -> StatusRecord:
-    """A running Slurm run with no exit record yet (see `RunLifecycle.settle`)."""
+def settle_job(host, agent: Agent, record: StatusRecord, code: int | None) -> StatusRecord:
+    """A running Slurm run: from its exit record (`code`) first, else from
+    what the last poll saw (see `RunLifecycle.settle`)."""
+    exit_path = host.layout.exit_file(record.run_id or "")
+    if code is not None:
+        said = ended_by(record, code)
+        if said is STILL_ENDING:
+            return record      # Slurm is still ending the job: its state is not final
+        return host._finish(agent, record, code, exit_time(exit_path), said)
     if record.state == "launching" and record.job_id is None:
         return recover_job(host, agent, record)
     seen = host.jobs.seen.get(record.run_id or "")
     if seen is not None and not seen.alive:
-        exit_path = host.layout.exit_file(record.run_id or "")
         code = read_exit_code(exit_path)   # it may have been written since we looked
         return host._finish(agent, record, code, exit_time(exit_path),
-                            vanished=seen.ended_as)
+                            seen.ended_as)
     return host._enforce_limits(agent, record)
+
+
+STILL_ENDING = "still ending"
+
+
+def ended_by(record: StatusRecord, code: int) -> str | None:
+    """Why a Slurm job whose wrapper recorded death by a signal ended, when
+    orchestrate did not stop it: Slurm's state (`slurm: CANCELLED` for an
+    scancel from outside, `slurm: TIMEOUT` for its time limit). One squeue
+    call, only for such runs. STILL_ENDING while squeue says COMPLETING
+    (it shows that instead of CANCELLED until the job's processes are gone)."""
+    if not is_remote(record) or code <= 128 or record.stop_reason or not record.job_id:
+        return None
+    try:
+        state = query_states([record.job_id]).get(record.job_id)
+    except SlurmUnavailable:
+        return None
+    if state in LIVE_STATES:
+        return STILL_ENDING
+    return f"slurm: {state}" if state else None
 
 
 def recover_job(host, agent: Agent, record: StatusRecord) -> StatusRecord:
