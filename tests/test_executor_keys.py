@@ -96,3 +96,9 @@ def test_time_and_states_and_script():
     out = subprocess.run(["/bin/sh", "-c", script.split("\n", 1)[1].replace("exec ", "", 1)],
                          capture_output=True, text=True)
     assert out.stdout == "hi\n" and out.returncode == 3
+
+
+def test_info_shows_where_it_runs_and_its_resources(ws):
+    ws.write_pipeline("p", AGENT + 'resources = { cpus = 2, mem = "4G", time = "90m" }\n')
+    out = ws.doit("info", "p:a").stdout
+    assert "runs on local, resources cpus=2 mem=4G time=1h30m (shown, not enforced, on local)" in out

@@ -169,6 +169,9 @@ after = ["a", "b"]
     sws.kill_orchestrators()
     wait_until(lambda: not sws.orchestrator_pids(), 10, "orchestrators to be gone")
     assert all(job_state(j) == "RUNNING" for j in jobs.values())
+    status = sws.doit("status", check_rc=0).stdout        # re-attaches, submits nothing
+    assert all(f"slurm job {j}" in status for j in jobs.values())
+    assert len(sws.launches()) == 2
     gate.touch()
     sws.doit("wait", "p:c", timeout=120, check_rc=0)
     assert [e["agent"] for e in sorted(sws.launches(), key=lambda e: e["t"])][-1] == "c"
@@ -251,3 +254,28 @@ command = {json.dumps(sws.agent_cmd("--sleep", "0.5"))}
     assert len(sws.launches("flaky")) == 2
     runs = sorted(sws.launches(), key=lambda e: e["t"])
     assert len(runs) == 3
+
+
+def test_worktree_and_preset_agents_on_slurm(sws, fake_bins):
+    """Point 4: a worktree lives in the shared workspace and the job works in it;
+    a preset's prompt reaches its CLI through the job's stdin (codex reads `-`)."""
+    def git(*args):
+        subprocess.run(["git", "-C", str(sws.root), *args], check=True, capture_output=True)
+    git("init", "-q", "-b", "main")
+    git("config", "user.email", "t@example.invalid")
+    git("config", "user.name", "test")
+    git("commit", "-q", "--allow-empty", "-m", "initial")
+    sws.write_pipeline("p", '''
+[agents.tree]
+command = "printf tree > made.txt; test \\"$PWD\\" = \\"$ORCHESTRATE_WORKDIR\\""
+isolation = "worktree"
+outputs = ["made.txt"]
+[agents.cli]
+agent = "codex"
+prompt = "Say hello over stdin"
+''')
+    sws.doit("wait", timeout=120, check_rc=0, env=fake_bins)
+    assert (sws.state / "worktrees" / "p" / "tree" / "made.txt").read_text() == "tree"
+    cli = sws.status("p", "cli")
+    assert cli["state"] == "done" and cli["job_id"]
+    assert "Say hello over stdin" in cli["result"]["final_message"]

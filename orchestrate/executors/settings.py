@@ -134,6 +134,16 @@ def describe_resources(resources: tuple[tuple[str, Any], ...]) -> str:
     return " ".join(parts)
 
 
+def where_it_runs(agent) -> str:
+    """`doit info`'s line: the executor, and the resources (not enforced on local)."""
+    line = f"runs on {agent.executor}"
+    if agent.resources:
+        line += f", resources {describe_resources(agent.resources)}"
+        if agent.executor == "local":
+            line += " (shown, not enforced, on local)"
+    return line
+
+
 def sbatch_options(settings: SlurmSettings, resources: tuple[tuple[str, Any], ...]) -> list[str]:
     """Options from the workspace's slurm table and the agent's resources;
     `sbatch_args` last, so a user's own option wins."""
