@@ -448,6 +448,7 @@ def slurm(sizes: Sizes) -> list[Row]:
     2-core machine): ~75% waiting for sbatch (its munge credential and RPC
     to slurmctld, ~22 ms, plus ~9 ms fork/exec), ~15% the fsync that makes
     the job id durable, the rest the status record and job script writes."""
+    import shutil
     import tempfile
     from pathlib import Path
     cluster_module = _slurm_cluster()
@@ -489,6 +490,7 @@ def slurm(sizes: Sizes) -> list[Row]:
                 wait_for_signals(root, n, timeout=600)
     finally:
         cluster.stop()
+        shutil.rmtree(folder, ignore_errors=True)
         if previous is None:
             os.environ.pop("SLURM_CONF", None)
             USER_ENV.pop("SLURM_CONF", None)

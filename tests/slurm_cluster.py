@@ -141,6 +141,13 @@ PartitionName=debug Nodes={self.node} Default=YES MaxTime=INFINITE State=UP
                              capture_output=True, text=True)
         return out.returncode == 0 and out.stdout.strip() in ("idle", "mixed", "allocated")
 
+    def _no_job_running(self) -> bool:
+        out = subprocess.run(["squeue", "--noheader", "--format=%i",
+                              "--states=PENDING,RUNNING,COMPLETING,CONFIGURING,SUSPENDED"],
+                             env={**os.environ, **self.env}, capture_output=True, text=True,
+                             timeout=30)
+        return out.returncode == 0 and not out.stdout.strip()
+
     def _wait(self, predicate, timeout: float, what: str) -> None:
         deadline = time.monotonic() + timeout
         while not predicate():
@@ -158,8 +165,12 @@ PartitionName=debug Nodes={self.node} Default=YES MaxTime=INFINITE State=UP
     def stop(self) -> None:
         """Cancel what is left, then stop the daemons by PID (TERM, then KILL)."""
         if "slurmctld" in self.processes and self.processes["slurmctld"].poll() is None:
-            subprocess.run(["scancel", "--full", "--signal=KILL", "--user=root"],
-                           env={**os.environ, **self.env}, capture_output=True, timeout=30)
+            try:   # every job ends before slurmd does, or its processes would outlive it
+                subprocess.run(["scancel", "--user=root"], env={**os.environ, **self.env},
+                               capture_output=True, timeout=30)
+                self._wait(self._no_job_running, 30, "jobs to end")
+            except (OSError, subprocess.TimeoutExpired, ClusterUnavailable):
+                pass   # the daemons are stopped below whatever scancel did
         for name in reversed(DAEMONS):
             process = self.processes.pop(name, None)
             if process is None:
