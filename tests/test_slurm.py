@@ -279,3 +279,21 @@ prompt = "Say hello over stdin"
     cli = sws.status("p", "cli")
     assert cli["state"] == "done" and cli["job_id"]
     assert "Say hello over stdin" in cli["result"]["final_message"]
+
+
+def test_cancel_of_a_pending_job(sws):
+    """A job Slurm has not started yet (here: --begin in an hour) is cancelled
+    outright; it never runs."""
+    sws.write_pipeline("p", f'''
+[agents.later]
+command = {json.dumps(sws.agent_cmd())}
+''')
+    with open(sws.root / "pyproject.toml", "a") as handle:
+        handle.write('sbatch_args = ["--begin=now+1hour"]\n')
+    sws.doit("p:later", check_rc=0)
+    job = wait_until(lambda: (sws.status("p", "later") or {}).get("job_id"), 60, "a job id")
+    assert job_state(job) == "PENDING"
+    sws.doit("cancel", "p:later", timeout=60, check_rc=0)
+    assert sws.status("p", "later")["state"] == "cancelled"
+    assert job_state(job) == "CANCELLED"
+    assert sws.launches() == []

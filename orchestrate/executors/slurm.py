@@ -34,6 +34,7 @@ LIVE_STATES = frozenset({
     "RESIZING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESV_DEL_HOLD", "STAGE_OUT",
     "SPECIAL_EXIT"})
 COMMAND_TIMEOUT = 60.0
+SCANCEL_TIMEOUT = 10.0   # a stop must not hang a pass; the next pass tries again
 ALIVE_CACHE_SECONDS = 0.25   # `job_alive` callers loop (cancel waits); squeue is not free
 
 
@@ -127,18 +128,24 @@ def job_alive(job_id: str) -> bool:
 
 
 def cancel_job(job_id: str | None, sig: int) -> None:
-    """SIGTERM: to the batch shell (the wrapper) and every process of the job
-    (`--full`); a job still pending is simply cancelled. SIGKILL: kill them
-    all, then cancel the job (Slurm kills whatever is left of it)."""
+    """SIGTERM: a job still pending is cancelled outright; a running one has
+    the signal sent to its batch shell (the wrapper) and every process of it
+    (`--full`). SIGKILL: the same with KILL, then the job is cancelled (Slurm
+    kills whatever is left of it). `--state` filters make each call a no-op
+    for a job in the other state: signalling a pending job makes scancel retry
+    for a long time ("Job can not be altered now")."""
     if not job_id:
         return
     name = signal.Signals(sig).name.removeprefix("SIG")
-    try:
-        sent = _slurm(["scancel", "--full", f"--signal={name}", job_id])
-        if sig == signal.SIGKILL or sent.returncode != 0 or "pending" in sent.stderr:
-            _slurm(["scancel", job_id])
-    except (OSError, subprocess.TimeoutExpired):
-        pass
+    calls = [["scancel", "--state=PENDING", job_id],
+             ["scancel", "--full", f"--signal={name}", "--state=RUNNING", job_id]]
+    if sig == signal.SIGKILL:
+        calls.append(["scancel", job_id])
+    for argv in calls:
+        try:
+            _slurm(argv, timeout=SCANCEL_TIMEOUT)
+        except (OSError, subprocess.TimeoutExpired):
+            pass
     _ALIVE_CACHE.pop(job_id, None)
 
 
