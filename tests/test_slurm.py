@@ -297,3 +297,19 @@ command = {json.dumps(sws.agent_cmd())}
     assert sws.status("p", "later")["state"] == "cancelled"
     assert job_state(job) == "CANCELLED"
     assert sws.launches() == []
+
+
+def test_stall_timeout_stops_a_silent_job(sws):
+    """Point 4: stall_timeout reads the job's log (on the shared filesystem)
+    and stops the job with scancel; nothing of it is left."""
+    sws.write_pipeline("p", f'''
+[agents.quiet]
+command = {json.dumps(sws.agent_cmd("--sleep", "120"))}
+stall_timeout = "2s"
+kill_grace = "1s"
+''')
+    sws.doit("p:quiet", check_rc=0)
+    sws.wait_state("p", "quiet", "failed", timeout=60)
+    record = sws.status("p", "quiet")
+    assert record["reason"] == "stalled: no output for 2s"
+    wait_until(lambda: no_process_of(record["run_id"]), 30, "the job's processes to end")
