@@ -12,6 +12,7 @@ from . import checks
 from .advancer import AdvancerSlot, Watcher, can_advance, fork_advancer
 from .engine import LIVENESS_INTERVAL, Engine, PassResult
 from .errors import UserError
+from .executors.settings import where_it_runs
 from .lifecycle import run_alive, signal_run
 from .scheduler import RETRY_REQUESTED, Decision
 from .selection import match, select
@@ -257,15 +258,17 @@ def status(root: Path, names: list[str]) -> tuple[dict[str, Decision], dict]:
 
 def staleness(root: Path, task: str) -> tuple[bool, list[str]] | None:
     """(up to date?, why) for one agent, as `doit info` shows it; None for a group."""
-    if task not in workspace_at(root, lenient=True).agents_by_task:
+    agent = workspace_at(root, lenient=True).agents_by_task.get(task)
+    if agent is None:
         return None
     engine, agents = _selection(root, [task], lenient=True)
     decision = engine.evaluate(agents)[task]
+    where = [where_it_runs(agent)]
     if decision.state == "done":
-        return True, ["its signal is current"]
+        return True, ["its signal is current", *where]
     if decision.state == "launch":
-        return False, [f"stale: {decision.reason}"]
-    return False, [f"{decision.state}: {decision.reason}"]
+        return False, [f"stale: {decision.reason}", *where]
+    return False, [f"{decision.state}: {decision.reason}", *where]
 
 
 def status_json(decisions: dict[str, Decision], records: dict) -> dict:

@@ -15,6 +15,10 @@ from typing import Callable
 
 from . import checks, worktree
 from .fanout import FanoutKeeper
+from .executors import SubmitError
+from .executors.jobs import JobWatch, failed_submission
+from .executors.local import LocalExecutor
+from .executors.slurm import SlurmExecutor
 from .faults import crash_point
 from .fingerprint import digest_text
 from .hooks import HookKeeper
@@ -106,6 +110,11 @@ class Engine(RunLifecycle):
         self.next_wake = float("inf")   # the earliest timeout, kill or retry ahead
         self.hooks = HookKeeper(workspace, self.layout)
         self.fanouts = FanoutKeeper(self.layout)
+        self.local = LocalExecutor(self.launcher)
+        self.jobs = JobWatch(SlurmExecutor(self.layout, workspace.slurm, self.launcher))
+
+    def executor_for(self, agent: Agent):
+        return self.jobs.executor if agent.executor == "slurm" else self.local
 
     # -- reading ---------------------------------------------------------
     def records(self, agents: list[Agent]) -> dict[str, StatusRecord | None]:
@@ -189,6 +198,11 @@ class Engine(RunLifecycle):
             self.last_liveness = now
         self.next_wake = float("inf")
         records = self.records(agents)
+        # Slurm: one question for all of the jobs, every `poll` (one-shot commands: now)
+        poll_due = self.jobs.refresh(records.values(), self.layout, now,
+                                     self.workspace.slurm.poll if self.liveness_interval else 0.0)
+        if poll_due is not None:
+            self.next_wake = poll_due
         for agent in agents:
             record = records[agent.task]
             if record and record.state in ACTIVE:
@@ -279,6 +293,7 @@ class Engine(RunLifecycle):
             # what a relaunch must not forget: money spent and rate limits in a row
             spent_usd=previous.spent_usd if previous else 0.0,
             rate_limit_hits=previous.rate_limit_hits if previous else 0,
+            executor=agent.executor,
             **checks.carried(previous))
         self._save(record, durable=False)
         crash_point("launch-recorded")
@@ -289,22 +304,26 @@ class Engine(RunLifecycle):
             if agent.isolation == "worktree":
                 base = agent.base and self.workspace.agents_by_task[f"{agent.pipeline}:{agent.base}"]
                 worktree.ensure(layout, agent, base or None)
-            started = self.launcher.launch(agent, run_id, decision.attempt, log, upstream,
-                                           checks.followup(layout, record))
+            started = self.executor_for(agent).submit(agent, run_id, decision.attempt, log,
+                                                      upstream, checks.followup(layout, record))
         except OSError as err:
             from .causes import start_failure
             record = replace(record, state="failed", ended_at=utc_now(), reason=start_failure(
                 err, output_root(layout, agent) / agent.cwd, layout.root))
+            if isinstance(err, SubmitError):
+                record = failed_submission(agent, record, self.clock())
             self._save(record)
             events.append(event("fail", task=agent.task, run_id=run_id, reason=record.reason))
             return record
         crash_point("launch-spawned")
         record = replace(record, state="running", pid=started.pid,
-                         pid_create_time=started.create_time,
+                         pid_create_time=started.create_time, job_id=started.job_id,
                          reason=checks.running_reason(previous, record))
-        self._save(record, durable=False)
+        # a job id is the only way back to a job: on disk before anything else
+        self._save(record, durable=started.job_id is not None)
         events.append(event("launch", task=agent.task, run_id=run_id, pid=started.pid,
-                            attempt=decision.attempt, reason=decision.reason))
+                            attempt=decision.attempt, reason=decision.reason,
+                            **({"job_id": started.job_id} if started.job_id else {})))
         return record
 
     def _write_upstream_file(self, agent: Agent, run_id: str, consumed: dict[str, str]) -> Path:

@@ -61,19 +61,29 @@ class Launcher:
         self.popen = popen
         self.base_env = dict(os.environ)   # decoded once, not once per launch
 
-    def launch(self, agent: Agent, run_id: str, attempt: int, log_path: Path,
-               upstream: Path, followup: Followup | None = None) -> Started:
+    def wrapped(self, agent: Agent, run_id: str, attempt: int, upstream: Path,
+                followup: Followup | None = None
+                ) -> tuple[list[str], str | None, dict[str, str]]:
+        """The wrapper's argv, the file for its stdin, and its environment:
+        the same for every executor (a Slurm job runs this very wrapper)."""
         env = agent_environment(self.layout, agent, run_id, attempt, upstream, self.base_env)
         if followup is not None:
             env["ORCHESTRATE_FEEDBACK"] = str(followup.feedback)
         command, stdin_path = self._command(agent, run_id, env, followup)
         root = output_root(self.layout, agent)
         check = runner_command(self.layout, agent, run_id, root) if agent.check else None
+        argv = wrapper_argv(agent.task, command, self.layout.exit_file(run_id), check)
+        return argv, stdin_path, env
+
+    def launch(self, agent: Agent, run_id: str, attempt: int, log_path: Path,
+               upstream: Path, followup: Followup | None = None) -> Started:
+        argv, stdin_path, env = self.wrapped(agent, run_id, attempt, upstream, followup)
+        root = output_root(self.layout, agent)
         stdin = os.open(stdin_path or os.devnull, os.O_RDONLY | os.O_CLOEXEC)
         log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
         try:
             process = self.popen(
-                wrapper_argv(agent.task, command, self.layout.exit_file(run_id), check),
+                argv,
                 stdin=stdin, stdout=log_fd, stderr=subprocess.STDOUT,
                 cwd=root / agent.cwd, env=env,
                 start_new_session=True,

@@ -11,6 +11,9 @@ import time
 from dataclasses import replace
 
 from . import checks, processes
+from .executors import is_remote
+from .executors.jobs import settle_job
+from .executors.slurm import cancel_job, job_alive
 from .faults import crash_point
 from .policy import backoff, limit_exceeded, next_limit, should_retry
 from .processes import is_alive
@@ -28,6 +31,8 @@ def run_tree(record: StatusRecord) -> list:
     """Every process of the run we can prove is ours: descendants recorded
     earlier, its live descendants now, and any process that carries its run
     id (a daemon that left both its parent and its session)."""
+    if is_remote(record):   # Slurm owns the job's processes
+        return []
     pid = record.pid or 0
     children = processes.descendants(pid, processes.parent_map()) if is_alive(
         pid, record.pid_create_time) else []
@@ -36,12 +41,16 @@ def run_tree(record: StatusRecord) -> list:
 
 
 def signal_run(record: StatusRecord, sig: int) -> None:
+    if is_remote(record):
+        return cancel_job(record.job_id, sig)
     processes.signal_tree(record.pid or 0, record.descendants, sig,
                           record.pid_create_time, record.run_id)
 
 
 def run_alive(record: StatusRecord) -> bool:
     """Is any process of the run left (its group, if provably its, or a tracked one)?"""
+    if is_remote(record):
+        return bool(record.job_id) and job_alive(record.job_id)
     pid = record.pid or 0
     group = processes.group_is_ours(pid, record.pid_create_time, record.run_id) and \
         processes.group_alive(pid)
@@ -53,7 +62,7 @@ class RunLifecycle:
     check_liveness, next_wake."""
 
     def _finish(self, agent: Agent, record: StatusRecord, code: int | None,
-                ended_at: str | None) -> StatusRecord:
+                ended_at: str | None, executor_said: str | None = None) -> StatusRecord:
         """Settle a run: its outcome, a retry if the policy allows, status, event."""
         stopped = bool(record.stop_reason)
         if stopped:   # the wrapper is gone: what it left of the agent gets no more grace
@@ -62,12 +71,13 @@ class RunLifecycle:
             cancelled = (record.stop_reason or "").startswith("cancelled")
             record = replace(record, state="cancelled" if cancelled else "failed",
                              ended_at=utc_now(), kill_at=None,
-                             reason=record.stop_reason or VANISHED)
+                             reason=record.stop_reason or executor_said or VANISHED)
         else:
             error = None
             if agent.preset:
                 record, error = self._record_result(agent, record, code)
-            record = finish_run(self.layout, agent, record, code, ended_at, error)
+            record = finish_run(self.layout, agent, record, code, ended_at,
+                                error or (executor_said if code else None))
             crash_point("finish-signal-written")
         check_failed = checks.failed(record, code, stopped)
         if check_failed:   # back to the agent with feedback, or failed for good
@@ -145,6 +155,8 @@ class RunLifecycle:
         while it runs (a /proc scan a second): stopping finds them by run id."""
         exit_path = self.layout.exit_file(record.run_id or "")
         code = read_exit_code(exit_path)
+        if is_remote(record):
+            return settle_job(self, agent, record, code)
         if code is not None:
             return self._finish(agent, record, code, exit_time(exit_path))
         if record.state == "launching" and record.pid is None:

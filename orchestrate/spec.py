@@ -17,6 +17,7 @@ from typing import Any, Callable
 from .causes import check_prompt_files, suggestion
 from .errors import UserError
 from .foreach import ForEach, check_foreach, fanout_problems, placeholder_problems
+from .executors.settings import SlurmSettings, check_executor, check_resources, parse_slurm_table
 
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 _DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
@@ -77,6 +78,8 @@ class Agent:
     awaits: tuple[str, ...] = ()        # upstream waited for, its signal not consumed
     fans_in: tuple[str, ...] = ()       # fan-outs named in after/after_any (as declared)
     expanded_from: str | None = None    # a gate: digest of the items it was expanded from
+    executor: str = "local"          # where it runs: pipeline's, else workspace's
+    resources: tuple[tuple[str, Any], ...] = ()   # cpus, mem, gpus, time
 
     @cached_property
     def task(self) -> str:
@@ -135,6 +138,7 @@ class Pipeline:
     budget_usd: float | None = None
     hooks: Hooks = Hooks()
     declared: tuple[Agent, ...] = ()    # as written (fan-outs unexpanded); agents: expanded
+    executor: str | None = None
 
     def agent(self, name: str) -> Agent:
         for agent in self.agents:
@@ -151,6 +155,8 @@ class Workspace:
     pools: tuple[tuple[str, int], ...] = ()
     budget_usd: float | None = None
     hooks: Hooks = Hooks()
+    executor: str = "local"
+    slurm: SlurmSettings = SlurmSettings()
     agents_by_task: dict[str, Agent] = field(default_factory=dict, compare=False,
                                              repr=False)
     # Only from `load_workspace(root, lenient=True)`: what is wrong, and the
@@ -344,9 +350,12 @@ AGENT_KEYS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "check_timeout": ("check_timeout", _check_positive_duration),
     "check_retries": ("check_retries", _check_int),
     "foreach": ("foreach", check_foreach),
+    "executor": ("executor", check_executor),
+    "resources": ("resources", lambda value: check_resources(value, parse_duration)),
 }
-PIPELINE_KEYS = ("description", "max_parallel", "budget_usd", "defaults", "agents", "hooks")
-WORKSPACE_KEYS = ("max_parallel", "pools", "budget_usd", "hooks")
+PIPELINE_KEYS = ("description", "max_parallel", "budget_usd", "defaults", "agents", "hooks",
+                 "executor")
+WORKSPACE_KEYS = ("max_parallel", "pools", "budget_usd", "hooks", "executor", "slurm")
 
 
 def parse_hooks(path: str, key: str, table: Any, problems: "_Problems") -> Hooks:
@@ -487,7 +496,8 @@ def _pipeline_scalar(path: str, data: dict[str, Any], problems: _Problems,
 
 
 def parse_pipeline(name: str, path: str, data: dict[str, Any], problems: _Problems,
-                   pools: dict[str, int] | None = None) -> Pipeline | None:
+                   pools: dict[str, int] | None = None, executor: str = "local"
+                   ) -> Pipeline | None:
     """Validate one pipeline's parsed TOML; add problems, return None if any."""
     before = len(problems.lines)
     if not NAME_RE.fullmatch(name):
@@ -501,6 +511,7 @@ def parse_pipeline(name: str, path: str, data: dict[str, Any], problems: _Proble
                                     lambda v: _check_int(v, 1))
     budget = _pipeline_scalar(path, data, problems, "budget_usd", _check_positive_number)
     hooks = parse_hooks(path, "hooks", data["hooks"], problems) if "hooks" in data else Hooks()
+    own_executor = _pipeline_scalar(path, data, problems, "executor", check_executor)
     defaults = data.get("defaults", {})
     default_fields = _agent_fields(path, "[defaults]", defaults, problems) if defaults else {}
     if "command" in default_fields:
@@ -514,7 +525,8 @@ def parse_pipeline(name: str, path: str, data: dict[str, Any], problems: _Proble
         if not NAME_RE.fullmatch(agent_name):
             problems.add(path, agent_name, None, "not a valid agent name "
                          "(expected [A-Za-z0-9][A-Za-z0-9_-]*)")
-        fields = {**default_fields, **_agent_fields(path, agent_name, table, problems)}
+        fields = {"executor": own_executor or executor,
+                  **default_fields, **_agent_fields(path, agent_name, table, problems)}
         if isinstance(table, dict):
             _check_how_it_runs(path, agent_name, fields, problems)
             for key, message in placeholder_problems({**defaults, **table}
@@ -532,7 +544,7 @@ def parse_pipeline(name: str, path: str, data: dict[str, Any], problems: _Proble
     agents = tuple(Agent(pipeline=name, name=n, **f) for n, f in fields_by_agent.items())
     return Pipeline(name=name, path=path, agents=agents, description=description,
                     max_parallel=max_parallel, budget_usd=budget, hooks=hooks,
-                    declared=agents)
+                    declared=agents, executor=own_executor)
 
 
 def parse_workspace_config(path: str, data: dict[str, Any], problems: _Problems) -> dict[str, Any]:
@@ -563,6 +575,14 @@ def parse_workspace_config(path: str, data: dict[str, Any], problems: _Problems)
     config["pools"] = tuple(sorted(pools.items()))
     if "hooks" in table:
         config["hooks"] = parse_hooks(path, "tool.orchestrate.hooks", table["hooks"], problems)
+    if "executor" in table:
+        try:
+            config["executor"] = check_executor(table["executor"])
+        except ValueError as err:
+            problems.add(path, None, "tool.orchestrate.executor", str(err))
+    if "slurm" in table:
+        config["slurm"] = parse_slurm_table(table["slurm"], parse_duration,
+                                            lambda key, message: problems.add(path, None, key, message))
     return config
 
 
@@ -598,7 +618,8 @@ def load_workspace(root: Path, lenient: bool = False) -> Workspace:
         data = _read_toml(path, shown, problems)
         pipeline = None
         if data is not None:
-            pipeline = parse_pipeline(path.stem, shown, data, problems, pools)
+            pipeline = parse_pipeline(path.stem, shown, data, problems, pools,
+                                      config.get("executor", "local"))
         if pipeline is not None:
             from .fanout import expand_loaded
             pipeline = expand_loaded(root, pipeline, problems)

@@ -83,6 +83,8 @@ class StatusRecord:
     check_attempts: int = 0             # failed checks in this series (not retries)
     feedback: str | None = None         # the feedback file a check relaunch gets
     resume_session: str | None = None   # the CLI session a check relaunch resumes
+    executor: str = "local"             # where the run lives: "local" or "slurm"
+    job_id: str | None = None           # the Slurm job, once sbatch has answered
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "StatusRecord":

@@ -225,3 +225,29 @@ def ws(tmp_path: Path):
     yield workspace
     workspace.kill_everything()
     wait_until(lambda: not workspace.agent_pids(), 10, "agents to be gone")
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster(tmp_path_factory):
+    """A real one-node Slurm (tests/slurm_cluster.py) for the whole session,
+    SLURM_CONF set for this process and every doit it starts. Under CI=true a
+    cluster that cannot start fails the test; elsewhere it skips, saying how
+    to install it."""
+    from slurm_cluster import INSTALL, ClusterUnavailable, SlurmCluster
+    cluster = SlurmCluster(tmp_path_factory.mktemp("slurm"))
+    try:
+        cluster.start()
+    except ClusterUnavailable as err:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"Slurm test cluster did not start: {err}")
+        pytest.skip(f"no Slurm test cluster ({err}); install: {INSTALL}")
+    previous = os.environ.get("SLURM_CONF")
+    os.environ["SLURM_CONF"] = str(cluster.conf)
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+        if previous is None:
+            os.environ.pop("SLURM_CONF", None)
+        else:
+            os.environ["SLURM_CONF"] = previous

@@ -1,0 +1,315 @@
+"""The slurm executor against a real one-node Slurm (tests/slurm_cluster.py):
+each agent a batch job running the same wrapper; squeue for liveness;
+scancel to stop; re-attach by job id or job name after kill -9."""
+import json
+import os
+import subprocess
+
+import pytest
+
+from conftest import wait_until
+from orchestrate import processes
+
+
+def slurm(*argv: str) -> subprocess.CompletedProcess:
+    return subprocess.run(list(argv), capture_output=True, text=True, timeout=60)
+
+
+def job_state(job_id: str) -> str:
+    out = slurm("squeue", "--noheader", "--states=all", "--format=%T", f"--jobs={job_id}")
+    return out.stdout.strip()
+
+
+def jobs_named(run_id: str) -> list[str]:
+    out = slurm("squeue", "--noheader", "--states=all", "--format=%i", f"--name={run_id}")
+    return out.stdout.split()
+
+
+@pytest.fixture
+def sws(ws, slurm_cluster):
+    """A workspace whose agents run on the test cluster, asked every 200 ms."""
+    with open(ws.root / "pyproject.toml", "a") as handle:
+        handle.write('\n[tool.orchestrate]\nexecutor = "slurm"\n'
+                     '[tool.orchestrate.slurm]\npoll = "200ms"\npartition = "debug"\n')
+    yield ws
+    for pipeline in (ws.state / "status").glob("*"):
+        for path in pipeline.glob("*.json"):
+            job = json.loads(path.read_text()).get("job_id")
+            if job:
+                slurm("scancel", "--full", "--signal=KILL", job)
+
+
+def no_process_of(run_id: str) -> bool:
+    return not processes.run_processes(run_id)
+
+
+def test_agents_are_batch_jobs_with_the_same_environment(sws):
+    """Points 1-3: each agent is one sbatch job named by its run id, running
+    the same wrapper (env, cwd, log, exit record, signal); status shows the job."""
+    env_a = sws.root / "env-a.json"
+    sws.write_pipeline("p", f'''
+[agents.a]
+command = {json.dumps(sws.agent_cmd("--env-to", str(env_a), "--write", "out/a.txt=A"))}
+outputs = ["out/a.txt"]
+resources = {{ cpus = 2, mem = "64M", time = "10m" }}
+[agents.b]
+command = {json.dumps(sws.agent_cmd("--copy-upstream", "a=out/b.txt"))}
+after = ["a"]
+outputs = ["out/b.txt"]
+''')
+    sws.doit("p:b", check_rc=0)
+    sws.doit("wait", "p:b", timeout=120, check_rc=0)
+    a, b = sws.status("p", "a"), sws.status("p", "b")
+    assert a["state"] == b["state"] == "done"
+    assert a["executor"] == "slurm" and a["job_id"].isdigit() and a["pid"] is None
+    seen = json.loads(env_a.read_text())
+    assert seen["ORCHESTRATE_RUN_ID"] == a["run_id"]
+    assert (sws.root / "out/b.txt").read_text() == "A"
+    assert jobs_named(a["run_id"]) == [a["job_id"]]
+    shown = slurm("scontrol", "show", "job", a["job_id"]).stdout
+    assert "NumCPUs=2" in shown and "TimeLimit=00:10:00" in shown and "JobState=COMPLETED" in shown
+    assert sws.signal("p", "a").exists() and sws.signal("p", "b").exists()
+    status = sws.doit("status", check_rc=0).stdout
+    assert f"slurm job {a['job_id']}" in status
+    log = (sws.root / a["log"]).read_text()
+    assert "fake agent" in log or log is not None
+
+
+def test_fake_agent_sees_slurm(sws):
+    """The agent really runs inside the job: SLURM_JOB_ID is the recorded job id."""
+    out = sws.root / "env.txt"
+    sws.write_pipeline("p", f'''
+[agents.a]
+command = "echo $SLURM_JOB_ID $ORCHESTRATE_AGENT $(pwd) > {out}"
+cwd = "sub"
+''')
+    (sws.root / "sub").mkdir()
+    sws.doit("p:a", check_rc=0)
+    sws.doit("wait", "p:a", timeout=120, check_rc=0)
+    job, agent, cwd = out.read_text().split()
+    assert job == sws.status("p", "a")["job_id"] and agent == "a"
+    assert cwd == str(sws.root / "sub")
+
+
+def test_scancel_from_outside_is_a_failure_with_slurms_state(sws):
+    """Point 3: a job cancelled by someone else fails with `slurm: CANCELLED`,
+    noticed by the advancer's poll (no doit command runs meanwhile)."""
+    sws.write_pipeline("p", f'''
+[agents.a]
+command = {json.dumps(sws.agent_cmd("--sleep", "120"))}
+''')
+    sws.doit("p:a", check_rc=0)
+    job = wait_until(lambda: (sws.status("p", "a") or {}).get("job_id"), 60, "a job id")
+    wait_until(lambda: job_state(job) == "RUNNING", 60, "the job to run")
+    wait_until(lambda: sws.launches("a"), 60, "the agent to start")
+    slurm("scancel", job)
+    sws.wait_state("p", "a", "failed", timeout=60)
+    assert "slurm: CANCELLED" in sws.status("p", "a")["reason"]
+
+
+def test_job_killed_without_exit_record_fails_from_squeue(sws):
+    """Point 3: no exit record at all (the wrapper got SIGKILL, as on a node
+    failure): only Slurm can tell, and the advancer asks it every poll."""
+    sws.write_pipeline("p", f'''
+[agents.a]
+command = {json.dumps(sws.agent_cmd("--sleep", "120"))}
+''')
+    sws.doit("p:a", check_rc=0)
+    wait_until(lambda: sws.launches("a"), 60, "the agent to start")
+    record = sws.status("p", "a")
+    for pid in processes.run_processes(record["run_id"]):   # the job's processes, as a dead node
+        os.kill(pid, 9)
+    sws.wait_state("p", "a", "failed", timeout=60)
+    reason = sws.status("p", "a")["reason"]
+    assert reason.startswith("slurm: "), reason
+    assert not (sws.state / "runs" / f"{record['run_id']}.exit").exists()
+
+
+def test_cancel_and_timeout_use_scancel_and_leave_no_process(sws):
+    """Point 4: doit cancel and timeout stop the job (TERM, then KILL after
+    kill_grace for an agent that ignores TERM); no process of the job is left."""
+    sws.write_pipeline("p", f'''
+[defaults]
+kill_grace = "1s"
+[agents.stubborn]
+command = {json.dumps(sws.agent_cmd("--sleep", "120", "--ignore-term"))}
+[agents.slow]
+command = {json.dumps(sws.agent_cmd("--sleep", "120", "--ignore-term"))}
+timeout = "3s"
+''')
+    sws.doit("p:stubborn", "p:slow", check_rc=0)
+    wait_until(lambda: len(sws.launches()) == 2, 60, "both agents to start")
+    sws.doit("cancel", "p:stubborn", timeout=120, check_rc=0)
+    stubborn = sws.status("p", "stubborn")
+    assert stubborn["state"] == "cancelled" and stubborn["reason"] == "cancelled by user"
+    assert no_process_of(stubborn["run_id"])
+    sws.wait_state("p", "slow", "failed", timeout=60)
+    slow = sws.status("p", "slow")
+    assert slow["reason"].startswith("timeout after 3s")
+    wait_until(lambda: no_process_of(slow["run_id"]), 30, "the timed-out job's processes to end")
+    assert job_state(slow["job_id"]) not in ("RUNNING", "PENDING")
+
+
+def test_kill_9_of_every_orchestrator_then_reattach_by_job_id(sws):
+    """Point 5: jobs go on without any orchestrator; the next doit re-attaches
+    by job id and submits nothing again."""
+    gate = sws.root / "gate"
+    sws.write_pipeline("p", f'''
+[agents.a]
+command = {json.dumps(sws.agent_cmd("--gate", str(gate)))}
+[agents.b]
+command = {json.dumps(sws.agent_cmd("--gate", str(gate)))}
+[agents.c]
+command = {json.dumps(sws.agent_cmd())}
+after = ["a", "b"]
+''')
+    sws.doit("p:c", check_rc=0)
+    wait_until(lambda: len(sws.launches()) == 2, 60, "a and b to start")
+    jobs = {n: sws.status("p", n)["job_id"] for n in "ab"}
+    sws.kill_orchestrators()
+    wait_until(lambda: not sws.orchestrator_pids(), 10, "orchestrators to be gone")
+    assert all(job_state(j) == "RUNNING" for j in jobs.values())
+    status = sws.doit("status", check_rc=0).stdout        # re-attaches, submits nothing
+    assert all(f"slurm job {j}" in status for j in jobs.values())
+    assert len(sws.launches()) == 2
+    gate.touch()
+    sws.doit("wait", "p:c", timeout=120, check_rc=0)
+    assert [e["agent"] for e in sorted(sws.launches(), key=lambda e: e["t"])][-1] == "c"
+    assert sorted(e["agent"] for e in sws.launches()) == ["a", "b", "c"]
+    assert {n: sws.status("p", n)["job_id"] for n in "ab"} == jobs
+    for name in "abc":
+        assert len(jobs_named(sws.status("p", name)["run_id"])) == 1
+
+
+@pytest.mark.parametrize("point,relaunched", [("launch-spawned:1", False),
+                                              ("launch-recorded:1", True)])
+def test_crash_between_recorded_and_sbatch_answer(sws, point, relaunched):
+    """Point 5: killed after sbatch returned but before the job id was saved,
+    the job is found by its name (re-attached, not resubmitted); killed before
+    sbatch, the run's claim is taken and it is relaunched: one launch either way."""
+    sws.write_pipeline("p", f'''
+[agents.a]
+command = {json.dumps(sws.agent_cmd("--sleep", "1"))}
+''')
+    sws.doit("p:a", env={"ORCHESTRATE_CRASH_AT": point})
+    first = sws.status("p", "a")
+    assert first["state"] == "launching" and first["job_id"] is None
+    sws.doit("wait", "p:a", timeout=120, check_rc=0)
+    final = sws.status("p", "a")
+    assert final["state"] == "done"
+    assert len(sws.launches("a")) == 1
+    if relaunched:
+        assert final["run_id"] != first["run_id"] and jobs_named(first["run_id"]) == []
+    else:
+        assert final["run_id"] == first["run_id"]
+        assert jobs_named(first["run_id"]) == [final["job_id"]]
+
+
+def test_sbatch_failing_fails_the_agent_with_its_message_and_retries(sws):
+    """Point 7: sbatch's own message is the reason; retries apply; no traceback."""
+    sws.write_pipeline("p", f'''
+[agents.a]
+command = {json.dumps(sws.agent_cmd())}
+retries = 1
+retry_backoff = "100ms"
+''')
+    with open(sws.root / "pyproject.toml", "a") as handle:
+        handle.write('sbatch_args = ["--partition=nosuchpartition"]\n')
+    proc = sws.doit("p:a")
+    assert "Traceback" not in proc.stdout + proc.stderr
+    sws.doit("wait", "p:a", timeout=60)
+    record = sws.status("p", "a")
+    assert record["state"] == "failed" and record["attempt"] == 2, record
+    assert "Invalid partition name specified" in record["reason"]
+    assert sws.launches() == []
+
+
+def test_sbatch_missing(sws, tmp_path):
+    sws.write_pipeline("p", f'''
+[agents.a]
+command = {json.dumps(sws.agent_cmd())}
+''')
+    proc = sws.doit("p:a", env={"PATH": str(tmp_path / "empty")})
+    assert "Traceback" not in proc.stdout + proc.stderr
+    record = sws.status("p", "a")
+    assert record["state"] == "failed"
+    assert "sbatch not found" in record["reason"]
+
+
+def test_retries_and_worktree_free_policies_work_the_same(sws):
+    """Point 4: a failing attempt is retried as another job; max_parallel holds."""
+    sws.write_pipeline("p", f'''
+max_parallel = 1
+[agents.flaky]
+command = {json.dumps(sws.agent_cmd("--exit", "3", "--succeed-from-attempt", "2"))}
+retries = 1
+retry_backoff = "100ms"
+[agents.other]
+command = {json.dumps(sws.agent_cmd("--sleep", "0.5"))}
+''')
+    sws.doit("p:flaky", "p:other", check_rc=0)
+    sws.doit("wait", "p:flaky", "p:other", timeout=120, check_rc=0)
+    flaky = sws.status("p", "flaky")
+    assert flaky["state"] == "done" and flaky["attempt"] == 2
+    assert len(sws.launches("flaky")) == 2
+    runs = sorted(sws.launches(), key=lambda e: e["t"])
+    assert len(runs) == 3
+
+
+def test_worktree_and_preset_agents_on_slurm(sws, fake_bins):
+    """Point 4: a worktree lives in the shared workspace and the job works in it;
+    a preset's prompt reaches its CLI through the job's stdin (codex reads `-`)."""
+    def git(*args):
+        subprocess.run(["git", "-C", str(sws.root), *args], check=True, capture_output=True)
+    git("init", "-q", "-b", "main")
+    git("config", "user.email", "t@example.invalid")
+    git("config", "user.name", "test")
+    git("commit", "-q", "--allow-empty", "-m", "initial")
+    sws.write_pipeline("p", '''
+[agents.tree]
+command = "printf tree > made.txt; test \\"$PWD\\" = \\"$ORCHESTRATE_WORKDIR\\""
+isolation = "worktree"
+outputs = ["made.txt"]
+[agents.cli]
+agent = "codex"
+prompt = "Say hello over stdin"
+''')
+    sws.doit("wait", timeout=120, check_rc=0, env=fake_bins)
+    assert (sws.state / "worktrees" / "p" / "tree" / "made.txt").read_text() == "tree"
+    cli = sws.status("p", "cli")
+    assert cli["state"] == "done" and cli["job_id"]
+    assert "Say hello over stdin" in cli["result"]["final_message"]
+
+
+def test_cancel_of_a_pending_job(sws):
+    """A job Slurm has not started yet (here: --begin in an hour) is cancelled
+    outright; it never runs."""
+    sws.write_pipeline("p", f'''
+[agents.later]
+command = {json.dumps(sws.agent_cmd())}
+''')
+    with open(sws.root / "pyproject.toml", "a") as handle:
+        handle.write('sbatch_args = ["--begin=now+1hour"]\n')
+    sws.doit("p:later", check_rc=0)
+    job = wait_until(lambda: (sws.status("p", "later") or {}).get("job_id"), 60, "a job id")
+    assert job_state(job) == "PENDING"
+    sws.doit("cancel", "p:later", timeout=60, check_rc=0)
+    assert sws.status("p", "later")["state"] == "cancelled"
+    assert job_state(job) == "CANCELLED"
+    assert sws.launches() == []
+
+
+def test_stall_timeout_stops_a_silent_job(sws):
+    """Point 4: stall_timeout reads the job's log (on the shared filesystem)
+    and stops the job with scancel; nothing of it is left."""
+    sws.write_pipeline("p", f'''
+[agents.quiet]
+command = {json.dumps(sws.agent_cmd("--sleep", "120"))}
+stall_timeout = "2s"
+kill_grace = "1s"
+''')
+    sws.doit("p:quiet", check_rc=0)
+    sws.wait_state("p", "quiet", "failed", timeout=60)
+    record = sws.status("p", "quiet")
+    assert record["reason"] == "stalled: no output for 2s"
+    wait_until(lambda: no_process_of(record["run_id"]), 30, "the job's processes to end")
