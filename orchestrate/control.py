@@ -127,6 +127,7 @@ class _PlainProgress:
     def __init__(self, out: IO[str]):
         self.out = out
         self.seen: dict[str, str] = {}
+        self.current: set[str] = set()    # done when the wait began: up to date
 
     def update(self, decisions: dict[str, Decision], records: dict) -> None:
         for task, decision in decisions.items():
@@ -134,12 +135,14 @@ class _PlainProgress:
             first = task not in self.seen
             if self.seen.get(task) != line:
                 self.seen[task] = line
-                if not (first and decision.state == "done"):   # up to date: the summary says so
+                if first and decision.state == "done":   # up to date: the summary says so
+                    self.current.add(task)
+                else:
                     self.out.write(line + "\n")
         self.out.flush()
 
     def finish(self, decisions: dict[str, Decision]) -> None:
-        self.out.write(run_summary(decisions.values()) + "\n")
+        self.out.write(run_summary(decisions.values(), self.current) + "\n")
 
     def close(self) -> None:
         pass

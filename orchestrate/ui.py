@@ -55,14 +55,19 @@ def write_decisions(out: IO[str], decisions: Iterable[Decision]) -> None:
 
 
 RUN_ORDER = ("launched", "running", "queued", "waiting", "pending", "failed", "cancelled",
-             "up to date")
+             "done", "up to date")
 
 
-def run_summary(decisions: Iterable[Decision]) -> str:
-    """One line: "1,998 up to date, 2 launched"."""
+def run_summary(decisions: Iterable[Decision], current: set[str] | None = None) -> str:
+    """One line: "1,998 up to date, 2 launched". With `current` (the tasks
+    that were done before a wait began), the others that are done now are
+    "done": they ran during the wait."""
     counts: dict[str, int] = {}
     for decision in decisions:
-        state = "up to date" if decision.state == "done" else label(decision)
+        state = label(decision)
+        if decision.state == "done":
+            fresh = current is not None and decision.agent.task not in current
+            state = "done" if fresh else "up to date"
         counts[state] = counts.get(state, 0) + 1
     return ", ".join(f"{counts[s]:,} {s}" for s in RUN_ORDER if s in counts)
 
