@@ -58,6 +58,9 @@ class OrchestrateCommand(DoitCmdBase):
             raise InvalidCommand(str(err)) from None
         except KeyboardInterrupt:
             return interrupted()
+        except BrokenPipeError:   # `doit wait | head`: the reader left; so do we, quietly
+            os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
+            os._exit(141)
         finally:
             if self.dep_manager is not None:
                 self.dep_manager.close()

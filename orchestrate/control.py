@@ -124,20 +124,25 @@ def _pass(engine: Engine, agents: list[Agent], lock: SchedulingLock) -> PassResu
 class _PlainProgress:
     """Piped output: a line each time an agent's state or reason changes."""
 
-    def __init__(self, out: IO[str]):
+    def __init__(self, out: IO[str], started: dict[str, Decision]):
         self.out = out
         self.seen: dict[str, str] = {}
-        self.current: set[str] = set()    # done when the wait began: up to date
+        # done when the wait began: up to date (the summary counts them)
+        self.current = {t for t, d in started.items() if d.state == "done"}
+        # what the wait's own start launched, printed with the first update
+        # (inside the waiting loop, where Ctrl-C is handled)
+        self.launched = [d for d in started.values() if d.state == "launch"]
 
     def update(self, decisions: dict[str, Decision], records: dict) -> None:
+        for decision in self.launched:
+            self.seen[decision.agent.task] = decision_line(decision)
+            self.out.write(self.seen[decision.agent.task] + "\n")
+        self.launched = []
         for task, decision in decisions.items():
             line = decision_line(decision)
-            first = task not in self.seen
             if self.seen.get(task) != line:
                 self.seen[task] = line
-                if first and decision.state == "done":   # up to date: the summary says so
-                    self.current.add(task)
-                else:
+                if task not in self.current or decision.state != "done":
                     self.out.write(line + "\n")
         self.out.flush()
 
@@ -198,14 +203,16 @@ def wait(root: Path, names: list[str], timeout: float | None, out: IO[str],
 
 def _wait(root: Path, names: list[str], timeout: float | None, out: IO[str],
           live: bool, cancel_on_interrupt: bool = False) -> int:
-    if not start(root, names):
+    started = start(root, names)
+    if not started:
         out.write(NO_PIPELINES)
         return EXIT_OK
     engine, agents = _selection(root, names)
     engine.liveness_interval = LIVENESS_INTERVAL
     lock = SchedulingLock(engine.layout)
     watcher = Watcher(engine.layout, [p.name for p in engine.workspace.pipelines])
-    progress = _LiveProgress(out, engine.workspace.root) if live else _PlainProgress(out)
+    progress = (_LiveProgress(out, engine.workspace.root) if live
+                else _PlainProgress(out, started))
     deadline = None if timeout is None else time.monotonic() + timeout
     try:
         while True:

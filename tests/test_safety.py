@@ -396,3 +396,13 @@ def test_a_wrapper_killed_with_sigkill_after_it_started_is_a_failure(ws):
     assert "without recording an exit status" in ws.status("p", "a")["reason"]
     ws.doit(check_rc=1)
     assert len(ws.launches("a")) == 1                 # a failure, not a relaunch
+
+
+def test_a_reader_that_leaves_early_gets_no_traceback(ws):
+    ws.write_pipeline("p", "".join(agent_toml(ws, f"a{i}") for i in range(30)))
+    reader = subprocess.Popen(f"{sys.executable} -m doit wait | head -1", shell=True,
+                              cwd=ws.root, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True)
+    out, err = reader.communicate(timeout=60)
+    assert len(out.splitlines()) == 1 and "Traceback" not in err, err
+    ws.doit("wait", check_rc=0)
