@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from .spec import Agent
-from .state import Layout, StatusRecord, append_event, expand_patterns, utc_now, write_atomic
+from .state import Layout, StatusRecord, expand_patterns, utc_now, write_atomic
 
 FEEDBACK_LINES = 200     # lines of the check's output the agent gets back
 CHECKING = "checking"    # the reason of a running agent whose check runs
@@ -71,7 +71,12 @@ def check_log(layout: Layout, pipeline: str, agent: str) -> Path:
 
 
 def feedback_path(layout: Layout, pipeline: str, agent: str) -> Path:
-    return layout.base / "feedback" / pipeline / f"{agent}.md"
+    return layout.root / feedback_relpath(pipeline, agent)
+
+
+def feedback_relpath(pipeline: str, agent: str) -> str:
+    """Relative to the workspace root, as the status record keeps it."""
+    return f".orchestrate/feedback/{pipeline}/{agent}.md"
 
 
 def run_files(layout: Layout, run_id: str) -> tuple[Path, ...]:
@@ -162,19 +167,23 @@ def prompt_with_feedback(prompt: str, feedback: str, resumed: bool) -> str:
 
 
 # -- the orchestrator's side ---------------------------------------------------
+NO_VERDICT = Verdict("", None, "the check ended without a verdict (killed?)")
+
+
 def read_verdict(layout: Layout, run_id: str) -> Verdict:
     """The recorded verdict; none recorded (the runner was killed) is a failure."""
     try:
         data = json.loads(verdict_path(layout, run_id).read_text())
         return Verdict.from_json(data)
     except (OSError, ValueError):
-        return Verdict("", None, "the check ended without a verdict (killed?)")
+        return NO_VERDICT
 
 
-def judge(layout: Layout, record: StatusRecord, ended_at: str) -> tuple[StatusRecord, bool]:
+def judge(record: StatusRecord, verdict: Verdict | None, ended_at: str
+          ) -> tuple[StatusRecord, bool]:
     """The record with the check's verdict, and whether it passed (then the
     signal is written); a failed check fails the run."""
-    verdict = read_verdict(layout, record.run_id or "")
+    verdict = verdict or NO_VERDICT
     record = replace(record, check=verdict.to_json() | {"tail": []})
     if verdict.passed:
         return record, True
@@ -187,7 +196,7 @@ def failed(record: StatusRecord, code: int | None, stopped: bool) -> bool:
     return code == 0 and not stopped and record.state == "failed" and check_said_no(record)
 
 
-def record_event(layout: Layout, agent: Agent, record: StatusRecord) -> None:
+def verdict_event(agent: Agent, record: StatusRecord) -> tuple[str, dict[str, Any]]:
     """`check_passed` or `check_failed`, with the check's exit code and last line."""
     verdict = record.check
     passed = not check_said_no(record)
@@ -199,28 +208,26 @@ def record_event(layout: Layout, agent: Agent, record: StatusRecord) -> None:
     if not passed:
         details["check"] = record.check_attempts
         details["of"] = agent.check_retries
-    append_event(layout, "check_passed" if passed else "check_failed", **details)
+    return ("check_passed" if passed else "check_failed"), details
 
 
-def after_failure(layout: Layout, agent: Agent, record: StatusRecord, now: float
-                  ) -> StatusRecord:
-    """A failed check: relaunch with feedback while check_retries last, else failed.
+def after_failure(agent: Agent, record: StatusRecord, verdict: Verdict | None, now: float
+                  ) -> tuple[StatusRecord, str | None]:
+    """A failed check: relaunch with feedback while check_retries last, else
+    failed. Returns the record and the feedback to write (None: no relaunch).
 
     The relaunch waits for no backoff and spends none of `retries`: the
     attempt number stays (the scheduler adds one back)."""
-    verdict = read_verdict(layout, record.run_id or "")
+    verdict = verdict or NO_VERDICT
     number = record.check_attempts + 1
     of = agent.check_retries
     if number > of:
-        return replace(record, check_attempts=number, feedback=None, resume_session=None)
-    path = feedback_path(layout, agent.pipeline, agent.name)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(path, feedback_text(verdict, number, of))
+        return replace(record, check_attempts=number, feedback=None, resume_session=None), None
     session = record.result.get("session_id") or record.resume_session
     return replace(record, state="waiting", retry_at=now, attempt=record.attempt - 1,
-                   check_attempts=number, feedback=layout.relative(path),
+                   check_attempts=number, feedback=feedback_relpath(agent.pipeline, agent.name),
                    resume_session=session if isinstance(session, str) else None,
-                   reason=failed_reason(verdict, number, of))
+                   reason=failed_reason(verdict, number, of)), feedback_text(verdict, number, of)
 
 
 def note_checking(layout: Layout, record: StatusRecord) -> bool:

@@ -1,7 +1,6 @@
 """What each command does, as library calls the thin doit commands make."""
 from __future__ import annotations
 
-import signal
 import sys
 import time
 from dataclasses import replace
@@ -13,7 +12,7 @@ from .advancer import AdvancerSlot, Watcher, can_advance, fork_advancer
 from .engine import LIVENESS_INTERVAL, Engine, PassResult
 from .errors import UserError
 from .executors.settings import where_it_runs
-from .lifecycle import run_alive, signal_run
+from .policy import StopKind
 from .scheduler import RETRY_REQUESTED, Decision
 from .selection import match, select
 from .spec import NAME_RE, Agent
@@ -362,12 +361,13 @@ def cancel(root: Path, names: list[str], out: IO[str]) -> int:
             record = result.facts[task].record
             if decision.state == "running" and record is not None:
                 stopping.append((decision.agent,
-                                 engine.begin_stop(decision.agent, record, "cancelled by user")))
+                                 engine.stop(decision.agent, record, StopKind.CANCEL,
+                                             "cancelled by user")))
             elif _dequeued(decision, named=targets is not None):
                 dequeued += 1
                 engine.mark_cancelled(decision, record, result.facts[task].inputs)
                 out.write(f"cancelled {task} ({'queued' if decision.state != 'launch' else 'not started'})\n")
-    _wait_until_stopped(stopping)
+    engine.wait_until_gone(stopping)
     with SchedulingLock(engine.layout):   # settle them now: state cancelled
         engine.run_pass(agents)
     for agent, _ in stopping:
@@ -389,27 +389,6 @@ def _dequeued(decision: Decision, named: bool) -> bool:
     return named and (decision.state == "launch"
                       or (decision.state == "waiting" and decision.external
                           and decision.reason.startswith("waiting on signal")))
-
-
-def _wait_until_stopped(stopping: list[tuple[Agent, StatusRecord]]) -> None:
-    """Each agent had SIGTERM; SIGKILL at its kill_at, again every second
-    after, until no process of any of them is left (however long that takes)."""
-    pending = list(stopping)
-    next_kill = {agent.task: record.kill_at for agent, record in pending}
-    while pending:
-        now = time.time()
-        still = []
-        for agent, record in pending:
-            if not run_alive(record):
-                continue
-            due = next_kill[agent.task]
-            if due is not None and now >= due:
-                signal_run(record, signal.SIGKILL)
-                next_kill[agent.task] = now + 1.0
-            still.append((agent, record))
-        pending = still
-        if pending:
-            time.sleep(0.02)
 
 
 def forget_agents(root: Path, tasks: list[str], out: IO[str]) -> None:

@@ -8,28 +8,30 @@ from __future__ import annotations
 
 import os
 import secrets
+import signal
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
-from . import checks, worktree
-from .fanout import FanoutKeeper
-from .executors import SubmitError
-from .executors.jobs import JobWatch, failed_submission
+from . import checks, transitions as t, worktree
+from .executors import Executor, Observation, SubmitError
 from .executors.local import LocalExecutor
 from .executors.slurm import SlurmExecutor
+from .fanout import FanoutKeeper
 from .faults import crash_point
 from .fingerprint import digest_text
 from .hooks import HookKeeper
 from .launcher import Launcher
-from .lifecycle import RunLifecycle
+from .observe import observe_run
+from .policy import StopKind
 from .scheduler import ACTIVE, AgentFacts, Decision, plan
 from .spec import Agent, Workspace
 from .state import (
     FileCache,
     Layout,
     StatusRecord,
+    append_event,
     append_events,
     event,
     expand_patterns,
@@ -37,10 +39,12 @@ from .state import (
     parse_status,
     read_json,
     utc_now,
+    write_atomic,
     write_json,
     write_status,
 )
 from .worktree import output_root
+from .wrapper import remove_run_files
 
 
 def hash_inputs(root: Path, patterns: tuple[str, ...], cache: dict[str, list]) -> dict[str, list]:
@@ -86,13 +90,15 @@ class PassResult:
     agents: list[Agent] | None = None   # the selection, with a fan-out's new instances
 
 
-class Engine(RunLifecycle):
-    """Scheduling passes for one workspace.
+class Engine:
+    """Scheduling passes for one workspace, and the runner of the effects a
+    run's transitions ask for (`apply`).
 
     Between passes it keeps only caches of file contents keyed by the files'
-    stat (the files stay the truth) and when it last checked that running
-    agents are alive: a long-lived advancer checks that at most once a
-    second, since the wrapper's exit record already wakes it on every exit.
+    stat (the files stay the truth) and when it last asked each executor
+    about its runs: a long-lived advancer asks the local one at most once a
+    second (the wrapper's exit record already wakes it on every exit), and
+    Slurm every `poll`.
     """
 
     def __init__(self, workspace: Workspace, launcher: Launcher | None = None,
@@ -105,16 +111,19 @@ class Engine(RunLifecycle):
         self.signal_cache: FileCache[str] = FileCache(read_signal_digest)
         self.liveness_interval = liveness_interval
         self.clock = clock
-        self.last_liveness = float("-inf")
-        self.check_liveness = True
-        self.next_wake = float("inf")   # the earliest timeout, kill or retry ahead
+        self.next_wake = float("inf")   # the earliest timeout, kill, retry or poll ahead
         self.hooks = HookKeeper(workspace, self.layout)
         self.fanouts = FanoutKeeper(self.layout)
-        self.local = LocalExecutor(self.launcher)
-        self.jobs = JobWatch(SlurmExecutor(self.layout, workspace.slurm, self.launcher))
+        self.executors: dict[str, Executor] = {
+            "local": LocalExecutor(self.launcher),
+            "slurm": SlurmExecutor(self.layout, workspace.slurm, self.launcher)}
+        self.last_asked = {name: float("-inf") for name in self.executors}
 
-    def executor_for(self, agent: Agent):
-        return self.jobs.executor if agent.executor == "slurm" else self.local
+    def executor_for(self, agent: Agent) -> Executor:
+        return self.executors[agent.executor]
+
+    def executor_of(self, record: StatusRecord) -> Executor:
+        return self.executors.get(record.executor, self.executors["local"])
 
     # -- reading ---------------------------------------------------------
     def records(self, agents: list[Agent]) -> dict[str, StatusRecord | None]:
@@ -192,21 +201,17 @@ class Engine(RunLifecycle):
     # -- the pass ----------------------------------------------------------
     def run_pass(self, agents: list[Agent]) -> PassResult:
         """Settle finished runs and decide; `launch_all` then starts what may start."""
-        now = self.clock()
-        self.check_liveness = now - self.last_liveness >= self.liveness_interval
-        if self.check_liveness:
-            self.last_liveness = now
         self.next_wake = float("inf")
         records = self.records(agents)
-        # Slurm: one question for all of the jobs, every `poll` (one-shot commands: now)
-        poll_due = self.jobs.refresh(records.values(), self.layout, now,
-                                     self.workspace.slurm.poll if self.liveness_interval else 0.0)
-        if poll_due is not None:
-            self.next_wake = poll_due
+        running = [r for r in records.values() if r is not None and r.state in ACTIVE]
+        seen = self.ask_executors(running, self.clock())
         for agent in agents:
             record = records[agent.task]
             if record and record.state in ACTIVE:
-                records[agent.task] = self.settle(agent, record)
+                fact = observe_run(self.layout, agent, record, self.executor_of(record),
+                                   seen.get(record.run_id or ""))
+                if fact is not None:
+                    records[agent.task] = self.apply(agent, record, fact)
         crash_point("pass-settled")
         expanded = self.fanouts.step(self, agents)
         if expanded is not None:   # a planner's list became instances (or changed)
@@ -221,6 +226,135 @@ class Engine(RunLifecycle):
                 self.next_wake = min(self.next_wake, decision.wake_at)
         self.hooks.observe(self, decisions, facts)
         return PassResult(decisions, facts, agents)
+
+    def ask_executors(self, running: list[StatusRecord], now: float) -> dict[str, Observation]:
+        """One question per executor for all of its runs, when due: local at
+        most every `liveness_interval`, Slurm every `poll` (one-shot
+        commands: now). Runs not asked count as alive until the next time."""
+        seen: dict[str, Observation] = {}
+        for name, executor in self.executors.items():
+            mine = [r for r in running if r.executor == name
+                    or (name == "local" and r.executor not in self.executors)]
+            if not mine:
+                continue
+            every = (self.workspace.slurm.poll if executor.polled else self.liveness_interval) \
+                if self.liveness_interval else 0.0
+            if now - self.last_asked[name] >= every:
+                self.last_asked[name] = now
+                asked = [r for r in mine if t.phase(r) is not t.Phase.LAUNCHING]
+                if executor.polled:   # an exit record already says more than Slurm can
+                    asked = [r for r in asked
+                             if not self.layout.exit_file(r.run_id or "").exists()]
+                if asked:
+                    seen.update(executor.observe(asked))
+            if executor.polled:
+                self.next_wake = min(self.next_wake, self.last_asked[name] + every)
+        return seen
+
+    # -- the effect runner ---------------------------------------------------
+    def apply(self, agent: Agent, record: StatusRecord, fact: t.Observation,
+              events: list[dict] | None = None) -> StatusRecord:
+        """Decide (`transitions.transition`) and do what it says, in order.
+        An effect that answers with a fact (`Track`) has the rest of the
+        decision made again from that fact. Events go to `events` when given
+        (a batch written by the caller), else to events.jsonl at once."""
+        record, effects = t.transition(record, agent, fact, self.clock())
+        for effect in effects:
+            answer = self._do(agent, record, effect, events)
+            if answer is not None:
+                return self.apply(agent, record, answer, events)
+        return record
+
+    def _do(self, agent: Agent, record: StatusRecord, effect: t.Effect,
+            events: list[dict] | None) -> t.Observation | None:
+        layout = self.layout
+        if isinstance(effect, t.Save):
+            self._save(record, effect.durable)
+        elif isinstance(effect, t.Kill):
+            self.executor_of(record).stop(record, effect.signal)
+        elif isinstance(effect, t.Track):
+            tracked = self.executor_of(record).track(record)
+            return t.NotOurs() if tracked is None else t.Tracked(effect.kind, effect.reason,
+                                                                 tracked)
+        elif isinstance(effect, t.Event):
+            if events is None:
+                append_event(layout, effect.kind, **effect.details)
+            else:
+                events.append(event(effect.kind, **effect.details))
+        elif isinstance(effect, t.WriteSignal):
+            write_atomic(layout.signal(agent.pipeline, agent.name), effect.text)
+        elif isinstance(effect, t.RememberSignal):
+            self.signal_cache.remember(layout.signal(agent.pipeline, agent.name), effect.digest)
+        elif isinstance(effect, t.WriteResult):
+            path = layout.result(agent.pipeline, agent.name)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(path, effect.text, durable=False)
+        elif isinstance(effect, t.WriteFeedback):
+            path = checks.feedback_path(layout, agent.pipeline, agent.name)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(path, effect.text)
+        elif isinstance(effect, t.HoldPreset):
+            directory = layout.base / "ratelimits"
+            directory.mkdir(exist_ok=True)
+            write_json(directory / f"{effect.preset}.json",
+                       {"until": effect.until, "by": effect.by})
+        elif isinstance(effect, t.RemoveRunFiles):
+            remove_run_files(layout, effect.run_id)
+        elif isinstance(effect, t.Crash):
+            crash_point(effect.point)
+        elif isinstance(effect, t.Wake):
+            self.next_wake = min(self.next_wake, effect.at)
+        else:
+            raise TypeError(f"not an effect: {effect!r}")
+        return None
+
+    # -- stopping --------------------------------------------------------
+    def stop(self, agent: Agent, record: StatusRecord, kind: StopKind, reason: str
+             ) -> StatusRecord:
+        """SIGTERM the run and everything it started; SIGKILL at kill_grace."""
+        return self.apply(agent, record, t.StopWanted(kind, reason))
+
+    def kill(self, record: StatusRecord) -> None:
+        """SIGKILL at once (a fan-out instance whose item is gone)."""
+        self.executor_of(record).stop(record, signal.SIGKILL)
+
+    def wait_until_gone(self, stopping: list[tuple[Agent, StatusRecord]]) -> None:
+        """Each run had SIGTERM; SIGKILL at its kill_at, again every second
+        after, until no process of any of them is left (however long that takes)."""
+        pending = [(a, r) for a, r in stopping if t.phase(r) is t.Phase.STOPPING]
+        next_kill = {agent.task: record.kill_at for agent, record in pending}
+        while pending:
+            now = time.time()
+            still = []
+            for agent, record in pending:
+                executor = self.executor_of(record)
+                if not executor.remains(record):
+                    continue
+                due = next_kill[agent.task]
+                if due is not None and now >= due:
+                    executor.stop(record, signal.SIGKILL)
+                    next_kill[agent.task] = now + 1.0
+                still.append((agent, record))
+            pending = still
+            if pending:
+                time.sleep(0.02)
+
+    def mark_cancelled(self, decision: Decision, previous: StatusRecord | None,
+                       inputs: dict[str, list]) -> StatusRecord:
+        """Cancel an agent that is not running: it stays cancelled until its
+        fingerprint changes or `doit forget`, like a cancelled run."""
+        agent, fingerprint = decision.agent, decision.fingerprint
+        base = previous or StatusRecord(state="cancelled", pipeline=agent.pipeline,
+                                        agent=agent.name, task=agent.task)
+        record = replace(
+            base, state="cancelled", reason="cancelled by user", ended_at=utc_now(),
+            retry_at=None, fingerprint=fingerprint.digest if fingerprint else None,
+            config_digest=fingerprint.config if fingerprint else None, inputs=inputs,
+            upstream=dict(fingerprint.upstream) if fingerprint else {},
+            upstream_used=decision.upstream_used)
+        self._save(record)
+        append_event(self.layout, "cancel", task=agent.task, reason=record.reason)
+        return record
 
     def spent(self) -> dict[str, float]:
         """Dollars spent per pipeline ("*": the workspace), read only when a
@@ -308,23 +442,12 @@ class Engine(RunLifecycle):
                                                       upstream, checks.followup(layout, record))
         except OSError as err:
             from .causes import start_failure
-            record = replace(record, state="failed", ended_at=utc_now(), reason=start_failure(
-                err, output_root(layout, agent) / agent.cwd, layout.root))
-            if isinstance(err, SubmitError):
-                record = failed_submission(agent, record, self.clock())
-            self._save(record)
-            events.append(event("fail", task=agent.task, run_id=run_id, reason=record.reason))
-            return record
+            reason = start_failure(err, output_root(layout, agent) / agent.cwd, layout.root)
+            return self.apply(agent, record, t.SubmitFailed(
+                reason, retried=isinstance(err, SubmitError)), events)
         crash_point("launch-spawned")
-        record = replace(record, state="running", pid=started.pid,
-                         pid_create_time=started.create_time, job_id=started.job_id,
-                         reason=checks.running_reason(previous, record))
-        # a job id is the only way back to a job: on disk before anything else
-        self._save(record, durable=started.job_id is not None)
-        events.append(event("launch", task=agent.task, run_id=run_id, pid=started.pid,
-                            attempt=decision.attempt, reason=decision.reason,
-                            **({"job_id": started.job_id} if started.job_id else {})))
-        return record
+        return self.apply(agent, record, t.Submitted(
+            started, checks.running_reason(previous, record)), events)
 
     def _write_upstream_file(self, agent: Agent, run_id: str, consumed: dict[str, str]) -> Path:
         """The ORCHESTRATE_UPSTREAM file: each consumed upstream's signal and outputs."""

@@ -12,7 +12,6 @@ record is written, so a crash in between retires them again, harmlessly.
 from __future__ import annotations
 
 import json
-import signal
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -218,7 +217,6 @@ class FanoutKeeper:
     def retire(self, engine: Any, pipeline: Any, declared: Any, keys: list[str]) -> None:
         """Instances of removed items (and their each_of chains): state
         `removed`, outputs kept; a running one is killed first (its item is gone)."""
-        from .lifecycle import signal_run
         names = chain_of(pipeline.declared, declared.name)
         for key in keys:
             for name in names:
@@ -227,7 +225,7 @@ class FanoutKeeper:
                 if record is None or record.state == "removed":
                     continue
                 if record.state in ACTIVE:
-                    signal_run(record, signal.SIGKILL)
+                    engine.kill(record)
                 retired = replace(record, state="removed", fingerprint=None,
                                   ended_at=record.ended_at or utc_now(),
                                   reason=f"removed: its item left {declared.foreach.json}")

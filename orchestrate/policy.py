@@ -5,24 +5,35 @@ one that looks: the advancer, a later `doit`, `doit wait` or `doit status`.
 """
 from __future__ import annotations
 
+from enum import Enum
+
 from .spec import Agent
 from .state import StatusRecord
 
 MAX_BACKOFF = 300.0   # retry_backoff doubles per attempt, up to five minutes
 
 
+class StopKind(str, Enum):
+    """Why orchestrate stopped a run (the status record's `stop_kind`): a
+    cancelled run ends `cancelled`, the others `failed`, and those are
+    retried whatever their exit code."""
+    CANCEL = "cancel"
+    TIMEOUT = "timeout"
+    STALL = "stall"
+
+
 def limit_exceeded(agent: Agent, record: StatusRecord, now: float,
-                   last_output: float | None) -> str | None:
-    """The reason to stop a running agent now, or None."""
+                   last_output: float | None) -> tuple[StopKind, str] | None:
+    """Why to stop a running agent now, or None."""
     started = record.started_epoch
     if started is None:
         return None
     if agent.timeout is not None and now - started >= agent.timeout:
-        return f"timeout after {agent.timeout:g}s"
+        return StopKind.TIMEOUT, f"timeout after {agent.timeout:g}s"
     if agent.stall_timeout is not None:
         quiet_since = max(started, last_output or started)
         if now - quiet_since >= agent.stall_timeout:
-            return f"stalled: no output for {agent.stall_timeout:g}s"
+            return StopKind.STALL, f"stalled: no output for {agent.stall_timeout:g}s"
     return None
 
 

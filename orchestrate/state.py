@@ -73,6 +73,7 @@ class StatusRecord:
     signal_digest: str | None = None
     started_epoch: float | None = None
     stop_reason: str | None = None      # set when orchestrate began stopping the run
+    stop_kind: str | None = None        # why: "cancel", "timeout" or "stall" (policy.StopKind)
     kill_at: float | None = None        # when SIGKILL follows the SIGTERM
     descendants: list = field(default_factory=list)   # [[pid, create_time], ...]
     retry_at: float | None = None       # a failed attempt waits until then
@@ -89,12 +90,20 @@ class StatusRecord:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "StatusRecord":
         known = _STATUS_NAMES
+        if data.get("stop_reason") and "stop_kind" not in data:
+            data = {**data, "stop_kind": _legacy_stop_kind(data["stop_reason"])}
         if known.issuperset(data):   # the usual case: a record this version wrote
             return cls(**data)
         return cls(**{k: v for k, v in data.items() if k in known})
 
     def to_json(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in _STATUS_FIELDS}
+
+
+def _legacy_stop_kind(reason: str) -> str:
+    """A run being stopped when orchestrate was upgraded kept only its reason."""
+    return "cancel" if reason.startswith("cancelled") else (
+        "stall" if reason.startswith("stalled") else "timeout")
 
 
 _STATUS_FIELDS = tuple(f.name for f in fields(StatusRecord))

@@ -1,9 +1,9 @@
 """The agent's wrapper: a `/bin/sh` that stays the agent's parent.
 
 Its exit trap records the exit status in `runs/<run id>.exit` whether or
-not any orchestrator process is alive; `finish_run` then turns that record
-into the `.done` signal, the status record and an event, idempotently, in
-whichever orchestrator process sees it first. A string command runs inline
+not any orchestrator process is alive; whichever orchestrator process sees
+that record first turns it into the outcome (`observe`, `transitions`), under
+the scheduling lock. A string command runs inline
 in the wrapper's own shell, so each agent costs one shell, not two.
 """
 from __future__ import annotations
@@ -11,23 +11,13 @@ from __future__ import annotations
 import json
 import os
 import shlex
-from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterable
 
-from .checks import judge, run_files as check_files
-from .fingerprint import digest_text
+from .checks import run_files as check_files
 from .spec import Agent
-from .state import (
-    Layout,
-    StatusRecord,
-    expand_patterns,
-    file_digest,
-    utc_now,
-    write_atomic,
-)
-from .worktree import output_root
+from .state import Layout, file_digest
 
 SIGNAL_NAMES = {129: "SIGHUP", 130: "SIGINT", 137: "SIGKILL", 143: "SIGTERM"}
 
@@ -101,44 +91,6 @@ def signal_content(root: Path, agent: Agent, outputs: Iterable[str], run_id: str
     else:
         record["run_id"] = run_id
     return json.dumps(record, indent=1, sort_keys=True) + "\n"
-
-
-def finish_run(layout: Layout, agent: Agent, record: StatusRecord, code: int,
-               ended_at: str | None = None, reported_error: str | None = None
-               ) -> StatusRecord:
-    """The run's outcome from its recorded exit status; on success writes the
-    `.done` signal. The caller writes the status record (it may schedule a retry).
-
-    A run that orchestrate was stopping (timeout, stall, cancel) ends with that
-    reason whatever its exit code.
-    """
-    ended_at = ended_at or utc_now()
-    if record.stop_reason:
-        state = "cancelled" if record.stop_reason.startswith("cancelled") else "failed"
-        return replace(record, state=state, exit_code=code, ended_at=ended_at,
-                       reason=record.stop_reason, kill_at=None)
-    if code != 0:   # with what the CLI said, e.g. "exit 55: Gemini CLI is not running in ..."
-        said = f": {reported_error[:300]}" if reported_error else ""
-        from .causes import exit_reason
-        return replace(record, state="failed", exit_code=code, ended_at=ended_at,
-                       reason=exit_reason(code, describe_exit(code), layout.root / record.log)
-                       + said)
-    if reported_error is not None:   # the CLI exited 0 but called the run an error
-        return replace(record, state="failed", exit_code=0, ended_at=ended_at,
-                       reason=f"agent reported an error: {reported_error[:200]}")
-    root = output_root(layout, agent)
-    outputs, missing = expand_patterns(root, agent.outputs)
-    if missing:
-        return replace(record, state="failed", exit_code=0, ended_at=ended_at,
-                       reason=f"exit 0 but output missing: {', '.join(missing)}")
-    if agent.check is not None:
-        record, passed = judge(layout, record, ended_at)
-        if not passed:
-            return record
-    content = signal_content(root, agent, outputs, record.run_id or "")
-    write_atomic(layout.signal(agent.pipeline, agent.name), content)
-    return replace(record, state="done", exit_code=0, ended_at=ended_at, reason="done",
-                   signal_digest=digest_text(content))
 
 
 def remove_run_files(layout: Layout, run_id: str | None) -> None:

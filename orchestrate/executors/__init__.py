@@ -1,15 +1,19 @@
 """Where an agent runs: the executor interface, and the executor of a run.
 
-An executor knows four things about the runs it holds, and nothing about
-scheduling: `submit` starts the wrapped agent and returns a handle that the
-status record keeps; `observe` answers for many runs in ONE call (one /proc
-look locally, one `squeue` on Slurm); `stop` signals a run with everything it
-started; `find` locates a run by its run id alone, after a crash that lost
-its handle. `local` is the launcher and the process checks orchestrate has
-always had; `slurm` submits batch jobs (see `slurm`).
+An executor knows about the runs it holds, and nothing about scheduling:
+`submit` starts the wrapped agent and returns a handle that the status record
+keeps; `observe` answers for many runs in ONE call (one look at /proc
+locally, one `squeue` on Slurm); `track` says what stopping a run will need
+(locally its descendants) or that the record does not prove the process is
+ours; `stop` signals a run with everything it started; `remains` tells
+whether any process of a stopped run is left; `find` locates a run by its
+run id alone, after a crash that lost its handle; `explain` gives the
+executor's word on a run the wrapper recorded as killed by a signal.
+`local` is this machine's process table; `slurm` submits batch jobs.
 
 Outcomes stay the wrapper's: its exit record on the (shared) filesystem is
-read first; an executor's answer matters only when there is none.
+read first; an executor's answer matters only when there is none. Nothing
+outside the executors signals a process or reads /proc for a run.
 """
 from __future__ import annotations
 
@@ -22,11 +26,14 @@ if TYPE_CHECKING:
     from ..spec import Agent
     from ..state import StatusRecord
 
+__all__ = ["Handle", "Observation", "SubmitError", "Unavailable", "Executor", "STILL_ENDING", "is_remote"]
+
+STILL_ENDING = "still ending"   # `explain`: the executor has not finished ending it
+
 
 @dataclass(frozen=True)
 class Handle:
     """What the status record keeps to find a run again."""
-    executor: str
     pid: int | None = None
     create_time: float | None = None
     job_id: str | None = None
@@ -38,6 +45,11 @@ class Observation:
     without the wrapper's exit record, why (None: nothing to add)."""
     alive: bool
     ended_as: str | None = None
+
+
+class Unavailable(RuntimeError):
+    """The executor cannot answer now (a controller down): nothing may be
+    concluded about its runs; ask again at the next pass."""
 
 
 class SubmitError(OSError):
@@ -54,6 +66,12 @@ class SubmitError(OSError):
 
 class Executor(Protocol):
     name: str
+    # Is a run gone without having claimed itself proof that its agent never
+    # ran (so the attempt is owed)? Locally yes; a Slurm job cancelled while
+    # pending is the scheduler's doing, and the user sees it as a failure.
+    unclaimed_means_never_ran: bool
+    # Must it be asked every `poll` (it cannot wake us, as a pidfd does)?
+    polled: bool
 
     def submit(self, agent: "Agent", run_id: str, attempt: int, log_path: Path,
                upstream: Path, followup: "Followup | None" = None) -> Handle:
@@ -62,9 +80,17 @@ class Executor(Protocol):
     def observe(self, records: Iterable["StatusRecord"]) -> dict[str, Observation]:
         """run id -> observation, for every record given, in one call."""
 
+    def track(self, record: "StatusRecord") -> tuple | None:
+        """What `stop` will need later (recorded before the first signal), or
+        None when the record's process is alive but provably not this run."""
+
     def stop(self, record: "StatusRecord", sig: int) -> None: ...
 
+    def remains(self, record: "StatusRecord") -> bool: ...
+
     def find(self, run_id: str) -> Handle | None: ...
+
+    def explain(self, record: "StatusRecord", code: int) -> str | None: ...
 
 
 def is_remote(record: "StatusRecord") -> bool:

@@ -26,7 +26,7 @@ from ..spec import Agent
 from ..state import Layout, StatusRecord
 from ..worktree import output_root
 from ..wrapper import abandon_run
-from . import Handle, Observation, SubmitError
+from . import STILL_ENDING, Handle, Observation, SubmitError, Unavailable
 from .settings import SlurmSettings, sbatch_options
 
 # States in which the job's processes may still exist (squeue's %T names).
@@ -39,7 +39,7 @@ SCANCEL_TIMEOUT = 10.0   # a stop must not hang a pass; the next pass tries agai
 ALIVE_CACHE_SECONDS = 0.25   # `job_alive` callers loop (cancel waits); squeue is not free
 
 
-class SlurmUnavailable(RuntimeError):
+class SlurmUnavailable(Unavailable):
     """squeue/sacct could not answer (controller down, command missing):
     nothing may be concluded about any job."""
 
@@ -152,6 +152,8 @@ def cancel_job(job_id: str | None, sig: int) -> None:
 
 class SlurmExecutor:
     name = "slurm"
+    unclaimed_means_never_ran = False
+    polled = True   # other hosts' writes and exits wake no inotify here
 
     def __init__(self, layout: Layout, settings: SlurmSettings, launcher: Launcher):
         self.layout = layout
@@ -180,7 +182,7 @@ class SlurmExecutor:
         if answer.returncode != 0 or not job_id.isdigit():
             said = _first_line(answer.stderr) or _first_line(answer.stdout)
             raise self._refused(said or f"sbatch exit {answer.returncode}", exit_path)
-        return Handle("slurm", job_id=job_id)
+        return Handle(job_id=job_id)
 
     @staticmethod
     def _refused(message: str, exit_path: Path) -> SubmitError:
@@ -214,4 +216,26 @@ class SlurmExecutor:
         if found.returncode != 0:
             raise SlurmUnavailable(_first_line(found.stderr) or "squeue failed")
         jobs = sorted(parse_states(found.stdout), key=int)
-        return Handle("slurm", job_id=jobs[-1]) if jobs else None
+        return Handle(job_id=jobs[-1]) if jobs else None
+
+    def track(self, record: StatusRecord) -> tuple | None:
+        return ()   # Slurm owns the job's processes
+
+    def remains(self, record: StatusRecord) -> bool:
+        return bool(record.job_id) and job_alive(record.job_id)
+
+    def explain(self, record: StatusRecord, code: int) -> str | None:
+        """Why a job whose wrapper recorded death by a signal ended, when
+        orchestrate did not stop it: Slurm's state (`slurm: CANCELLED` for an
+        scancel from outside, `slurm: TIMEOUT` for its time limit). One squeue
+        call, only for such runs. STILL_ENDING while squeue says COMPLETING
+        (it shows that instead of CANCELLED until the job's processes are gone)."""
+        if code <= 128 or record.stop_kind or not record.job_id:
+            return None
+        try:
+            state = query_states([record.job_id]).get(record.job_id)
+        except SlurmUnavailable:
+            return None
+        if state in LIVE_STATES:
+            return STILL_ENDING
+        return f"slurm: {state}" if state else None

@@ -1,0 +1,340 @@
+"""The run state machine, transition by transition, with a fake clock and
+made-up observations: no process, file or doit (the end-to-end tests in
+test_run, test_control, test_safety, test_slurm cover the I/O around it)."""
+from __future__ import annotations
+
+import signal
+from dataclasses import replace
+
+import pytest
+
+from orchestrate import transitions as t
+from orchestrate.checks import CHECKING, Verdict
+from orchestrate.executors import Handle
+from orchestrate.policy import StopKind
+from orchestrate.results import AgentResult
+from orchestrate.spec import Agent
+from orchestrate.state import StatusRecord
+
+NOW = 1_000_000.0
+AGENT = Agent("p", "a", "run a", kill_grace=5.0, retry_backoff=2.0)
+
+
+def running(**changes) -> StatusRecord:
+    record = StatusRecord(state="running", pipeline="p", agent="a", task="p:a", attempt=1,
+                          run_id="p.a.1.abcd", launches=1, pid=4242, pid_create_time=7.0,
+                          started_epoch=NOW - 30, reason="running", log="logs/p/a.log")
+    return replace(record, **changes)
+
+
+def kinds(effects) -> list[str]:
+    return [type(e).__name__ for e in effects]
+
+
+def events(effects) -> list[str]:
+    return [e.kind for e in effects if isinstance(e, t.Event)]
+
+
+def saved(effects) -> bool:
+    return any(isinstance(e, t.Save) for e in effects)
+
+
+def step(record, fact, agent=AGENT, now=NOW):
+    return t.transition(record, agent, fact, now)
+
+
+# -- launch ------------------------------------------------------------------
+def test_launching_record_is_in_the_launching_phase_until_the_executor_answers():
+    launching = running(state="launching", pid=None, pid_create_time=None, reason="ready")
+    assert t.phase(launching) is t.Phase.LAUNCHING
+    record, effects = step(launching, t.Submitted(Handle(pid=99, create_time=1.5)))
+    assert (record.state, record.pid, record.pid_create_time) == ("running", 99, 1.5)
+    assert t.phase(record) is t.Phase.RUNNING
+    assert effects[0] == t.Save(durable=False)     # a local pid is found again by run id
+    launch = effects[1]
+    assert launch.kind == "launch" and launch.details["reason"] == "ready"
+
+
+def test_a_slurm_job_id_is_saved_durably_before_anything_else():
+    launching = running(state="launching", pid=None, executor="slurm")
+    record, effects = step(launching, t.Submitted(Handle(job_id="17")))
+    assert record.job_id == "17" and effects[0] == t.Save(durable=True)
+    assert effects[1].details["job_id"] == "17"
+
+
+def test_a_local_start_failure_fails_without_retry():
+    agent = replace(AGENT, retries=3)
+    record, effects = step(running(state="launching", pid=None),
+                           t.SubmitFailed("command not found: x (exit 127)", retried=False),
+                           agent)
+    assert record.state == "failed" and record.reason.startswith("command not found")
+    assert events(effects) == ["fail"]
+
+
+def test_sbatch_refusing_is_a_failed_attempt_that_is_retried():
+    agent = replace(AGENT, retries=1)
+    record, effects = step(running(state="launching", pid=None, executor="slurm"),
+                           t.SubmitFailed("sbatch: error: invalid partition", retried=True),
+                           agent)
+    assert record.state == "waiting" and record.retry_at == NOW + 2.0
+    assert "after: sbatch: error: invalid partition" in record.reason
+    assert t.Crash("submit-failed") in effects
+
+
+# -- finish ----------------------------------------------------------------
+def test_exit_0_with_its_outputs_is_done_and_writes_the_signal():
+    record, effects = step(running(), t.Ended(0, "2026-01-01T00:00:00.000Z",
+                                              signal_text='{"x": 1}\n'))
+    assert record.state == "done" and record.exit_code == 0 and record.reason == "done"
+    assert t.WriteSignal('{"x": 1}\n') in effects
+    assert t.RememberSignal(record.signal_digest) in effects
+    assert events(effects) == ["finish"]
+    assert effects[-1] == t.RemoveRunFiles("p.a.1.abcd")
+    # the signal is written before the record says done, and both before the event
+    order = kinds(effects)
+    assert order.index("WriteSignal") < order.index("Save") < order.index("Event")
+
+
+def test_a_non_zero_exit_fails_with_its_cause():
+    record, effects = step(running(), t.Ended(3, None, exit_said="exit 3"))
+    assert (record.state, record.reason, record.exit_code) == ("failed", "exit 3", 3)
+    assert record.ended_at == t.iso(NOW)
+    assert t.RememberSignal(None) in effects and events(effects) == ["fail"]
+    assert not any(isinstance(e, t.WriteSignal) for e in effects)
+
+
+def test_exit_0_without_a_declared_output_fails():
+    record, _ = step(running(), t.Ended(0, None, missing=("out.txt",)))
+    assert record.state == "failed"
+    assert record.reason == "exit 0 but output missing: out.txt"
+
+
+def test_a_cli_that_exits_0_but_reports_an_error_fails_and_its_cost_counts():
+    agent = replace(AGENT, preset="claude", command=None)
+    reported = AgentResult(final_message="oops", is_error=True, error="overloaded",
+                           cost_usd=0.25)
+    record, effects = step(running(spent_usd=1.0), t.Ended(0, None, reported=reported,
+                                                           signal_text="{}"), agent)
+    assert record.state == "failed" and record.reason == "agent reported an error: overloaded"
+    assert record.spent_usd == 1.25 and record.result["final_message"] == "oops"
+    assert t.WriteResult("oops\n") in effects
+
+
+def test_a_failure_is_retried_after_backoff_doubling_per_attempt():
+    agent = replace(AGENT, retries=2)
+    record, effects = step(running(attempt=2), t.Ended(1, None, exit_said="exit 1"), agent)
+    assert record.state == "waiting" and record.retry_at == NOW + 4.0
+    assert record.reason.startswith("retry 3 of 3 at ")
+    (fail,) = [e for e in effects if isinstance(e, t.Event)]
+    assert fail.kind == "fail" and fail.details["retry_at"] == NOW + 4.0
+
+
+def test_no_retry_for_a_fail_fast_exit_code_or_when_attempts_are_spent():
+    agent = replace(AGENT, retries=2, fail_fast_exit=(2,))
+    assert step(running(), t.Ended(2, None, exit_said="exit 2"), agent)[0].state == "failed"
+    assert step(running(attempt=3), t.Ended(1, None), agent)[0].state == "failed"
+
+
+# -- vanish, Slurm end states ------------------------------------------------
+def test_a_run_gone_without_exit_record_fails_as_vanished():
+    record, effects = step(running(), t.Vanished())
+    assert record.state == "failed" and record.reason == t.VANISHED
+    assert not any(isinstance(e, t.Kill) for e in effects)   # nothing to stop: not stopping
+    assert events(effects) == ["fail"]
+
+
+@pytest.mark.parametrize("state", ["NODE_FAIL", "TIMEOUT", "OUT_OF_MEMORY", "CANCELLED"])
+def test_a_slurm_job_gone_without_exit_record_fails_with_slurms_state(state):
+    record, _ = step(running(executor="slurm", pid=None, job_id="5"),
+                     t.Vanished(f"slurm: {state}"))
+    assert record.state == "failed" and record.reason == f"slurm: {state}"
+
+
+def test_a_job_scancelled_from_outside_says_so_after_its_exit_status():
+    record, _ = step(running(executor="slurm", pid=None, job_id="5"),
+                     t.Ended(143, None, exit_said="exit 143 (SIGTERM)",
+                             executor_said="slurm: CANCELLED"))
+    assert record.state == "failed"
+    assert record.reason == "exit 143 (SIGTERM): slurm: CANCELLED"
+
+
+# -- limits: timeout, stall, kill after grace -------------------------------
+def test_a_live_run_within_its_limits_asks_to_be_woken_at_the_next_one():
+    agent = replace(AGENT, timeout=60.0)
+    record, effects = step(running(), t.Alive(), agent)
+    assert record == running() and effects == [t.Wake(NOW - 30 + 60)]
+
+
+@pytest.mark.parametrize("limit, fact, kind, reason", [
+    ({"timeout": 20.0}, t.Alive(), StopKind.TIMEOUT, "timeout after 20s"),
+    ({"stall_timeout": 10.0}, t.Alive(last_output=NOW - 11), StopKind.STALL,
+     "stalled: no output for 10s"),
+])
+def test_past_a_limit_the_run_is_tracked_then_stopped(limit, fact, kind, reason):
+    agent = replace(AGENT, **limit)
+    record, effects = step(running(), fact, agent)
+    assert effects == [t.Track(kind, reason)] and record == running()
+    # the executor answers with what stopping needs: SIGTERM now, SIGKILL at grace
+    record, effects = step(record, t.Tracked(kind, reason, ((4243, 8.0),)), agent)
+    assert t.phase(record) is t.Phase.STOPPING and record.stop_kind == kind
+    assert record.stop_reason == reason and record.kill_at == NOW + 5.0
+    assert record.descendants == [(4243, 8.0)]
+    assert kinds(effects) == ["Save", "Crash", "Kill", "Event", "Wake"]
+    assert effects[1] == t.Crash("stop-recorded") and effects[2] == t.Kill(signal.SIGTERM)
+    assert effects[-1] == t.Wake(NOW + 5.0)
+
+
+def test_a_stall_counts_from_the_start_when_the_log_never_grew():
+    agent = replace(AGENT, stall_timeout=40.0)
+    assert step(running(), t.Alive(last_output=None), agent)[1] == [t.Wake(NOW + 10)]
+
+
+def test_sigkill_once_the_grace_is_over_then_wait_for_the_exit():
+    stopping = running(stop_kind="timeout", stop_reason="timeout after 20s",
+                       kill_at=NOW + 1)
+    record, effects = step(stopping, t.Alive(), replace(AGENT, timeout=20.0))
+    assert record == stopping and effects == [t.Wake(NOW + 1)]   # not yet
+    record, effects = step(stopping, t.Alive(), replace(AGENT, timeout=20.0), now=NOW + 1)
+    assert effects == [t.Kill(signal.SIGKILL), t.Save()] and record.kill_at is None
+
+
+def test_a_stopped_run_ends_with_its_stop_reason_whatever_its_exit_code_and_is_retried():
+    agent = replace(AGENT, retries=1, fail_fast_exit=(143,))
+    stopping = running(stop_kind="timeout", stop_reason="timeout after 20s", kill_at=NOW)
+    record, effects = step(stopping, t.Ended(143, None), agent)
+    assert record.state == "waiting" and "after: timeout after 20s" in record.reason
+    assert effects[0] == t.Kill(signal.SIGKILL)   # what it left gets no more grace
+    assert record.kill_at is None
+
+
+def test_a_checking_run_is_not_held_to_the_agents_limits():
+    agent = replace(AGENT, timeout=20.0, check="true")
+    record, effects = step(running(), t.Alive(checking=True), agent)
+    assert record.reason == CHECKING and t.phase(record) is t.Phase.CHECKING
+    assert effects == [t.Save(durable=False)]
+    assert step(record, t.Alive(), agent) == (record, [])
+
+
+# -- cancel --------------------------------------------------------------------
+def test_cancel_stops_and_the_run_ends_cancelled_not_retried():
+    agent = replace(AGENT, retries=3)
+    record, effects = step(running(), t.StopWanted(StopKind.CANCEL, "cancelled by user"), agent)
+    assert effects == [t.Track(StopKind.CANCEL, "cancelled by user")]
+    record, _ = step(record, t.Tracked(StopKind.CANCEL, "cancelled by user"), agent)
+    record, effects = step(record, t.Ended(143, None), agent)
+    assert (record.state, record.reason) == ("cancelled", "cancelled by user")
+    assert events(effects) == ["cancel"]
+
+
+def test_a_cancelled_wrapper_killed_outright_is_still_cancelled():
+    stopping = running(stop_kind="cancel", stop_reason="cancelled by user", kill_at=NOW)
+    record, effects = step(stopping, t.Vanished())
+    assert record.state == "cancelled" and effects[0] == t.Kill(signal.SIGKILL)
+
+
+def test_a_pid_that_is_not_ours_is_settled_and_never_signalled():
+    record, effects = step(running(), t.NotOurs())
+    assert record.state == "failed" and record.reason == t.VANISHED
+    assert not any(isinstance(e, (t.Kill, t.Track)) for e in effects)
+
+
+# -- rate limits ---------------------------------------------------------------
+def limited(reset_at=None) -> AgentResult:
+    return AgentResult(is_error=True, error="429", rate_limited=True, reset_at=reset_at)
+
+
+def test_a_rate_limit_rests_until_the_reset_without_spending_a_retry():
+    agent = replace(AGENT, preset="codex", command=None)
+    record, effects = step(running(attempt=1), t.Ended(1, None, reported=limited(NOW + 60)),
+                           agent)
+    assert record.state == "waiting" and record.retry_at == NOW + 60
+    assert record.attempt == 0 and record.rate_limit_hits == 1   # the attempt is given back
+    assert t.HoldPreset("codex", NOW + 60, "p:a") in effects
+    assert "not counted as a retry" in record.reason
+
+
+def test_without_a_reset_time_the_rest_backs_off_and_ten_in_a_row_fail():
+    agent = replace(AGENT, preset="claude", command=None)
+    record, effects = step(running(rate_limit_hits=3), t.Ended(1, None, reported=limited()),
+                           agent)
+    assert record.retry_at == NOW + 2.0 * 2 ** 3 and record.rate_limit_hits == 4
+    record, _ = step(running(rate_limit_hits=t.MAX_RATE_LIMIT_HITS),
+                     t.Ended(1, None, reported=limited()), agent)
+    assert record.state == "failed"
+
+
+def test_a_success_breaks_the_row_of_rate_limits():
+    record, _ = step(running(rate_limit_hits=4), t.Ended(0, None, signal_text="{}"))
+    assert record.state == "done" and record.rate_limit_hits == 0
+
+
+def test_a_run_cancelled_mid_rate_limit_still_holds_its_preset():
+    agent = replace(AGENT, preset="gemini", command=None)
+    stopping = running(stop_kind="cancel", stop_reason="cancelled by user", kill_at=NOW)
+    record, effects = step(stopping, t.Ended(143, None, reported=limited(NOW + 30)), agent)
+    assert record.state == "cancelled"
+    assert t.HoldPreset("gemini", NOW + 30, "p:a") in effects
+
+
+# -- checks ------------------------------------------------------------------
+def test_a_failed_check_relaunches_with_feedback_then_fails_for_good():
+    agent = replace(AGENT, check="pytest -q", check_retries=1)
+    verdict = Verdict("pytest -q", 1, "1 failed", ("E assert 1 == 2",))
+    record, effects = step(running(), t.Ended(0, None, verdict=verdict, signal_text="{}"),
+                           agent)
+    assert record.state == "waiting" and record.retry_at == NOW and record.attempt == 0
+    assert record.reason == "check 1 of 1 failed: 1 failed"
+    assert record.feedback == ".orchestrate/feedback/p/a.md"
+    feedback = [e for e in effects if isinstance(e, t.WriteFeedback)]
+    assert len(feedback) == 1 and "E assert 1 == 2" in feedback[0].text
+    assert events(effects) == ["check_failed", "fail"]
+    assert not any(isinstance(e, t.WriteSignal) for e in effects)
+    # the relaunch fails its check again: no more checks left
+    again = running(check_attempts=record.check_attempts, feedback=record.feedback)
+    record, effects = step(again, t.Ended(0, None, verdict=verdict), agent)
+    assert record.state == "failed" and record.feedback is None
+    assert not any(isinstance(e, t.WriteFeedback) for e in effects)
+
+
+def test_a_passing_check_is_done_and_says_so():
+    agent = replace(AGENT, check="true")
+    record, effects = step(running(), t.Ended(0, None, verdict=Verdict("true", 0, "ok"),
+                                              signal_text="{}"), agent)
+    assert record.state == "done" and events(effects) == ["check_passed", "finish"]
+
+
+def test_a_check_killed_without_a_verdict_fails_the_check():
+    agent = replace(AGENT, check="true", check_retries=0)
+    record, _ = step(running(), t.Ended(0, None, verdict=None), agent)
+    assert record.state == "failed" and "without a verdict" in record.reason
+
+
+# -- recovery after a crash ------------------------------------------------
+def test_a_launch_that_never_ran_is_owed_its_attempt_at_once():
+    launching = running(state="launching", pid=None, attempt=2)
+    record, effects = step(launching, t.NeverStarted())
+    assert (record.state, record.attempt, record.retry_at) == ("waiting", 1, NOW)
+    assert events(effects) == ["launch_abandoned"]
+
+
+def test_a_launch_found_by_its_run_id_is_reattached_not_relaunched():
+    launching = running(state="launching", pid=None, executor="slurm")
+    record, effects = step(launching, t.Found(Handle(job_id="88")))
+    assert (record.state, record.job_id) == ("running", "88") and effects == [t.Save()]
+
+
+def test_legacy_records_being_stopped_get_their_kind():
+    data = running(stop_reason="cancelled by user").to_json()
+    del data["stop_kind"]
+    assert StatusRecord.from_json(data).stop_kind == "cancel"
+
+
+def test_every_observation_has_a_transition():
+    facts = [t.Submitted(Handle(pid=1)), t.SubmitFailed("x", False), t.Ended(0, None),
+             t.Vanished(), t.NeverStarted(), t.Found(Handle(pid=1)), t.Alive(),
+             t.StopWanted(StopKind.CANCEL, "c"), t.Tracked(StopKind.CANCEL, "c"), t.NotOurs()]
+    for fact in facts:
+        record, effects = step(running(), fact)
+        assert isinstance(record, StatusRecord) and isinstance(effects, list)
+    with pytest.raises(TypeError):
+        step(running(), object())
