@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from .checks import Followup, prompt_with_feedback, runner_command
+from .checkrun import runner_command
+from .checks import Followup, prompt_with_feedback
 from .presets import RESUMABLE, Place, executable, invocation
 from .processes import create_time
 from .spec import Agent

@@ -15,6 +15,7 @@ import os
 
 from . import checks
 from .causes import exit_reason
+from .checkrun import read_verdict
 from .executors import STILL_ENDING, Executor, Observation, Unavailable
 from .results import parse as parse_result
 from .spec import Agent
@@ -103,7 +104,7 @@ def ended(layout: Layout, agent: Agent, record: StatusRecord, code: int,
         return Ended(code, ended_at, said, executor_said, reported)
     root = output_root(layout, agent)
     outputs, missing = expand_patterns(root, agent.outputs)
-    verdict = checks.read_verdict(layout, record.run_id or "") if agent.check is not None \
+    verdict = read_verdict(layout, record.run_id or "") if agent.check is not None \
         else None
     text = None if missing else signal_content(root, agent, outputs, record.run_id or "")
     return Ended(code, ended_at, "", executor_said, reported, tuple(missing), text, verdict)

@@ -8,7 +8,7 @@ from __future__ import annotations
 from enum import Enum
 
 from .spec import Agent
-from .state import StatusRecord
+from .records import StatusRecord
 
 MAX_BACKOFF = 300.0   # retry_backoff doubles per attempt, up to five minutes
 

@@ -13,7 +13,7 @@ from .checks import is_check_relaunch
 from .fanout_gate import gate_decision
 from .fingerprint import Fingerprint, config_digest, stale_reason
 from .spec import Agent, Workspace
-from .state import StatusRecord
+from .records import StatusRecord
 
 ACTIVE = ("launching", "running")
 RETRY_REQUESTED = "retry requested (doit retry)"

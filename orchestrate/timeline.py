@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Iterable
 
-from .state import StatusRecord
+from .records import StatusRecord
 
 END_STATES = {"finish": "done", "fail": "failed", "cancel": "cancelled"}
 

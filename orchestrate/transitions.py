@@ -37,7 +37,7 @@ from .fingerprint import digest_text
 from .policy import StopKind, backoff, limit_exceeded, next_limit, should_retry
 from .results import AgentResult
 from .spec import Agent
-from .state import StatusRecord
+from .records import StatusRecord
 
 if TYPE_CHECKING:
     from .executors import Handle

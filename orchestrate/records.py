@@ -1,0 +1,74 @@
+"""The status record: an agent's state as `status/<pipeline>/<agent>.json` holds it.
+
+Data only (the files are read and written by `state`), so the pure modules
+(scheduler, policy, transitions) can speak of records without any I/O.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+STATES = ("pending", "waiting", "queued", "launching", "running", "done", "failed",
+          "cancelled", "removed")
+
+
+@dataclass
+class StatusRecord:
+    """An agent's current state, as `status/<pipeline>/<agent>.json` holds it."""
+    state: str
+    pipeline: str
+    agent: str
+    attempt: int = 0
+    pid: int | None = None
+    started_at: str | None = None
+    ended_at: str | None = None
+    exit_code: int | None = None
+    reason: str = ""
+    log: str = ""
+    task: str = ""
+    run_id: str | None = None
+    launches: int = 0
+    pid_create_time: float | None = None
+    fingerprint: str | None = None
+    config_digest: str | None = None
+    inputs: dict[str, list] = field(default_factory=dict)
+    upstream: dict[str, str] = field(default_factory=dict)
+    upstream_used: str | None = None
+    signal_digest: str | None = None
+    started_epoch: float | None = None
+    stop_reason: str | None = None      # set when orchestrate began stopping the run
+    stop_kind: str | None = None        # why: "cancel", "timeout" or "stall" (policy.StopKind)
+    kill_at: float | None = None        # when SIGKILL follows the SIGTERM
+    descendants: list = field(default_factory=list)   # [[pid, create_time], ...]
+    retry_at: float | None = None       # a failed attempt waits until then
+    result: dict = field(default_factory=dict)   # what a preset CLI reported (results.py)
+    spent_usd: float = 0.0              # cost of every attempt and run so far
+    rate_limit_hits: int = 0            # rate-limited attempts in a row (not retries)
+    check: dict = field(default_factory=dict)   # the last check's verdict (checks.py)
+    check_attempts: int = 0             # failed checks in this series (not retries)
+    feedback: str | None = None         # the feedback file a check relaunch gets
+    resume_session: str | None = None   # the CLI session a check relaunch resumes
+    executor: str = "local"             # where the run lives: "local" or "slurm"
+    job_id: str | None = None           # the Slurm job, once sbatch has answered
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "StatusRecord":
+        known = _STATUS_NAMES
+        if data.get("stop_reason") and "stop_kind" not in data:
+            data = {**data, "stop_kind": _legacy_stop_kind(data["stop_reason"])}
+        if known.issuperset(data):   # the usual case: a record this version wrote
+            return cls(**data)
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    def to_json(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in _STATUS_FIELDS}
+
+
+def _legacy_stop_kind(reason: str) -> str:
+    """A run being stopped when orchestrate was upgraded kept only its reason."""
+    return "cancel" if reason.startswith("cancelled") else (
+        "stall" if reason.startswith("stalled") else "timeout")
+
+
+_STATUS_FIELDS = tuple(f.name for f in fields(StatusRecord))
+_STATUS_NAMES = frozenset(_STATUS_FIELDS)
