@@ -1,6 +1,7 @@
 """The slurm executor against a real one-node Slurm (tests/slurm_cluster.py):
 each agent a batch job running the same wrapper; squeue for liveness;
-scancel to stop; re-attach by job id or job name after kill -9."""
+scancel to stop; re-attach by job id or job name after kill -9; caps, pools,
+budgets and rate-limit holds exactly as on local."""
 import json
 import os
 import subprocess
@@ -41,6 +42,50 @@ def sws(ws, slurm_cluster):
 
 def no_process_of(run_id: str) -> bool:
     return not processes.run_processes(run_id)
+
+
+def workspace_keys(ws, text: str) -> None:
+    """Add keys to the [tool.orchestrate] table the `sws` fixture wrote."""
+    path = ws.root / "pyproject.toml"
+    path.write_text(path.read_text().replace('executor = "slurm"\n',
+                                             f'executor = "slurm"\n{text}', 1))
+
+
+def jobs_of(ws, states: str = "all") -> dict[str, tuple[str, str]]:
+    """Slurm's own view: job id -> (job name = run id, state) of every job
+    working in this workspace (others' jobs share the cluster)."""
+    out = slurm("squeue", "--noheader", f"--states={states}", "--format=%i|%j|%T|%Z")
+    jobs = {}
+    for line in out.stdout.splitlines():
+        job, name, state, workdir = line.strip().split("|", 3)
+        if workdir == str(ws.root):
+            jobs[job] = (name, state)
+    return jobs
+
+
+def events_of(ws) -> list[dict]:
+    return [json.loads(l) for l in (ws.state / "events.jsonl").read_text().splitlines()]
+
+
+def most_in_flight(intervals: list[tuple[float, float]]) -> int:
+    """The most intervals open at one moment (an end before a start at a tie)."""
+    points = sorted([(s, 1) for s, _ in intervals] + [(e, -1) for _, e in intervals])
+    most = now = 0
+    for _, step in points:
+        now += step
+        most = max(most, now)
+    return most
+
+
+def cli_calls(ws) -> list[dict]:
+    path = ws.root / "cli-calls.jsonl"
+    return [json.loads(l) for l in path.read_text().splitlines()] if path.exists() else []
+
+
+def preset_toml(name: str, preset: str, prompt: str, **keys) -> str:
+    lines = [f"[agents.{name}]", f'agent = "{preset}"', f"prompt = {json.dumps(prompt)}"]
+    lines += [f"{k} = {json.dumps(v)}" for k, v in keys.items()]
+    return "\n".join(lines) + "\n"
 
 
 def test_agents_are_batch_jobs_with_the_same_environment(sws):
@@ -313,3 +358,120 @@ kill_grace = "1s"
     record = sws.status("p", "quiet")
     assert record["reason"] == "stalled: no output for 2s"
     wait_until(lambda: no_process_of(record["run_id"]), 30, "the job's processes to end")
+
+
+def test_max_parallel_and_pools_cap_slurm_jobs_in_flight(sws):
+    """Point 4: pipeline max_parallel, workspace max_parallel and a pool hold
+    Slurm agents as they hold local ones: while the agents are gated Slurm has
+    exactly the jobs the caps allow and the rest are queued with the cap's
+    reason; then all run, never more in flight than allowed, whether counted
+    from the orchestrator's events (in file order) or from the jobs' own
+    start and end stamps."""
+    workspace_keys(sws, "max_parallel = 4\npools = { llm = 1 }\n")
+    gate, ends = sws.root / "gate", sws.root / "ends.txt"
+    command = (sws.agent_cmd("--gate", str(gate))
+               + f' && echo "$ORCHESTRATE_RUN_ID $(date +%s.%N)" >> {ends}')
+
+    def agent(name: str, **keys) -> str:
+        lines = [f"[agents.{name}]", f"command = {json.dumps(command)}"]
+        return "\n".join(lines + [f"{k} = {json.dumps(v)}" for k, v in keys.items()]) + "\n"
+    sws.write_pipeline("p", "max_parallel = 2\n" + "".join(agent(f"a{i}") for i in range(4)))
+    sws.write_pipeline("q", agent("x0", pool="llm") + agent("x1", pool="llm")
+                       + agent("y") + agent("z"))
+    proc = sws.doit("-v", check_rc=0)
+    assert "queued    p:a2  (queued: max_parallel of pipeline p (2) reached)" in proc.stdout
+    assert "queued    q:x1  (queued: pool llm (1) reached)" in proc.stdout
+    assert "queued    q:z  (queued: workspace max_parallel (4) reached)" in proc.stdout
+    wait_until(lambda: len(sws.launches()) >= 4, 60, "four agents to start")
+    live = jobs_of(sws, "PENDING,CONFIGURING,RUNNING")
+    running = {"p": ["a0", "a1"], "q": ["x0", "y"]}
+    records = {(p, n): sws.status(p, n) for p, names in running.items() for n in names}
+    assert sorted(name for name, _ in live.values()) == sorted(
+        r["run_id"] for r in records.values())
+    assert all(r["state"] == "running" and r["job_id"] in live for r in records.values())
+    data = json.loads(sws.doit("status", "--json", check_rc=0).stdout)
+    queued = sorted(a["task"] for a in data["agents"] if a["state"] == "queued")
+    assert queued == ["p:a2", "p:a3", "q:x1", "q:z"]
+    gate.touch()
+    sws.doit("wait", timeout=120, check_rc=0)
+    tasks = [f"p:a{i}" for i in range(4)] + ["q:x0", "q:x1", "q:y", "q:z"]
+    assert all(sws.state_of(*t.split(":")) == "done" for t in tasks)
+    assert sorted(e["agent"] for e in sws.launches()) == sorted(t[2:] for t in tasks)
+    assert len(jobs_of(sws)) == 8                      # one job per agent, none more
+    caps = {"workspace": (lambda t: True, 4), "pipeline p": (lambda t: t.startswith("p:"), 2),
+            "pool llm": (lambda t: t in ("q:x0", "q:x1"), 1)}
+    events = events_of(sws)
+    launches = [e for e in events if e["event"] == "launch"]
+    assert [e["task"] for e in launches if e["task"].startswith("p:")] == tasks[:4]
+    for label, (member, size) in caps.items():     # the orchestrator's count, in file order
+        flying, most = set(), 0
+        for e in events:
+            if member(e.get("task", "")) and e["event"] == "launch":
+                flying.add(e["run_id"])
+            elif e["event"] in ("finish", "fail", "cancel"):
+                flying.discard(e.get("run_id"))
+            most = max(most, len(flying))
+        assert most == size, (label, most)
+    started = {e["run_id"]: (e["agent"], e["t"]) for e in sws.launches()}
+    ended = dict(line.split() for line in ends.read_text().splitlines())
+    assert set(ended) == set(started)
+    for label, (member, size) in caps.items():     # the jobs' own count
+        spans = [(t, float(ended[run])) for run, (name, t) in started.items()
+                 if member(f"{run.split('.')[0]}:{name}")]
+        assert most_in_flight(spans) <= size, label
+
+
+@pytest.mark.parametrize("scope", ["pipeline", "workspace"])
+def test_budget_stops_slurm_launches_once_reached(sws, fake_bins, scope):
+    """Point 4: the spend preset agents report from their jobs counts toward
+    the pipeline's or the workspace's budget; once reached, no further job is
+    submitted (queued, "budget reached"), and doit wait says so with 1."""
+    budget = "budget_usd = 0.02\n"
+    if scope == "workspace":
+        workspace_keys(sws, budget)
+    sws.write_pipeline("p", (budget if scope == "pipeline" else "") + "".join(
+        preset_toml(f"a{i}", "claude", f"job {i}", after=[f"a{i - 1}"] if i else [])
+        for i in range(4)))
+    proc = sws.doit("wait", timeout=120, check_rc=1, env=fake_bins)
+    assert len(cli_calls(sws)) == 2                    # $0.0123 each: the third would exceed
+    assert {f"a{i}": sws.state_of("p", f"a{i}") for i in range(4)} == {
+        "a0": "done", "a1": "done", "a2": None, "a3": None}
+    assert f"budget reached: $0.02 of $0.02 ({scope})" in proc.stdout
+    done = [sws.status("p", f"a{i}") for i in range(2)]
+    assert all(r["executor"] == "slurm" and r["spent_usd"] == 0.0123 for r in done)
+    assert sorted(jobs_of(sws)) == sorted(r["job_id"] for r in done)   # nothing else submitted
+    label = "p" if scope == "pipeline" else "workspace"
+    assert f"{label}: $0.0246 spent of $0.02 budget" in sws.doit("status", check_rc=0).stdout
+
+
+def test_rate_limited_slurm_agent_rests_and_holds_its_preset_until_the_reset(sws, fake_bins):
+    """Point 4: a claude agent whose job's CLI hits a rate limit is rested
+    (waiting, not counted as a retry) and the preset's other agent, ready
+    and queued behind it (max_parallel = 1), is held until the reset; then
+    both run as new jobs, none before the reset."""
+    env = {**fake_bins, "FAKE_CLI_RESET_IN": "3"}       # claude says: resets in 3-4 s
+    sws.write_pipeline("p", "max_parallel = 1\n"
+                       + preset_toml("a", "claude", "RATELIMIT then work")
+                       + preset_toml("b", "claude", "later"))
+    proc = sws.doit("-v", check_rc=0, env=env)        # b is ready: only the cap holds it
+    assert "queued    p:b  (queued: max_parallel of pipeline p (1) reached)" in proc.stdout
+    limit = sws.state / "ratelimits" / "claude.json"
+    wait_until(limit.exists, 60, "the rate limit to be recorded")
+    until = json.loads(limit.read_text())["until"]
+    first_job = [e for e in events_of(sws) if e["event"] == "launch"][0]["job_id"]
+    data = json.loads(sws.doit("status", "--json", check_rc=0, env=env).stdout)
+    states = {a["agent"]: (a["state"], a["reason"]) for a in data["agents"]}
+    assert states["a"][0] == "waiting" and "not counted as a retry" in states["a"][1], states
+    assert states["b"][0] == "queued" and states["b"][1].startswith("rate limited until"), states
+    assert [c["agent"] for c in cli_calls(sws)] == ["a"]
+    sws.doit("wait", timeout=120, check_rc=0, env=env)
+    a, b = sws.status("p", "a"), sws.status("p", "b")
+    assert a["state"] == b["state"] == "done" and a["attempt"] == 1 and a["rate_limit_hits"] == 0
+    assert [c["agent"] for c in cli_calls(sws)] == ["a", "a", "b"]
+    events = events_of(sws)
+    assert any(e["event"] == "fail" and e["task"] == "p:a" and "retry_at" in e for e in events)
+    launches = [e for e in events if e["event"] == "launch"]
+    assert [e["task"] for e in launches] == ["p:a", "p:a", "p:b"]
+    assert a["started_epoch"] >= until and b["started_epoch"] >= until   # not before the reset
+    assert sorted(jobs_of(sws)) == sorted([first_job, a["job_id"], b["job_id"]])
+    assert first_job != a["job_id"]
