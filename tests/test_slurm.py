@@ -449,7 +449,8 @@ def test_rate_limited_slurm_agent_rests_and_holds_its_preset_until_the_reset(sws
     (waiting, not counted as a retry) and the preset's other agent, ready
     and queued behind it (max_parallel = 1), is held until the reset; then
     both run as new jobs, none before the reset."""
-    env = {**fake_bins, "FAKE_CLI_RESET_IN": "3"}       # claude says: resets in 3-4 s
+    # claude says: resets in 6-7 s; the held state is looked at well before that
+    env = {**fake_bins, "FAKE_CLI_RESET_IN": "6"}
     sws.write_pipeline("p", "max_parallel = 1\n"
                        + preset_toml("a", "claude", "RATELIMIT then work")
                        + preset_toml("b", "claude", "later"))
