@@ -242,9 +242,6 @@ class Engine:
             if now - self.last_asked[name] >= every:
                 self.last_asked[name] = now
                 asked = [r for r in mine if t.phase(r) is not t.Phase.LAUNCHING]
-                if executor.polled:   # an exit record already says more than Slurm can
-                    asked = [r for r in asked
-                             if not self.layout.exit_file(r.run_id or "").exists()]
                 if asked:
                     seen.update(executor.observe(asked))
             if executor.polled:

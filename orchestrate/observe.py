@@ -16,7 +16,7 @@ import os
 from . import checks
 from .causes import exit_reason
 from .checkrun import read_verdict
-from .executors import STILL_ENDING, Executor, Observation, Unavailable
+from .executors import Executor, Observation, Unavailable
 from .results import parse as parse_result
 from .spec import Agent
 from .state import Layout, StatusRecord, expand_patterns
@@ -40,10 +40,15 @@ def observe_run(layout: Layout, agent: Agent, record: StatusRecord, executor: Ex
     `seen`: what the executor said at this pass (None: it was not asked)."""
     exit_path = layout.exit_file(record.run_id or "")
     code = read_exit_code(exit_path)
+    if code is not None and not executor.polled:
+        return ended(layout, agent, record, code, exit_time(exit_path), None)
     if code is not None:
-        said = executor.explain(record, code)
-        if said == STILL_ENDING:
-            return None      # the executor is still ending it: its state is not final
+        # A remote run is settled once its executor says it has ended: on a
+        # shared filesystem the log's last bytes reach this host only after
+        # the job's processes closed it, and the CLI's result is read from it.
+        if seen is None or seen.alive:
+            return None
+        said = seen.ended_as if code > 128 and record.stop_kind is None else None
         return ended(layout, agent, record, code, exit_time(exit_path), said)
     if phase(record) is Phase.LAUNCHING:
         return recovered(layout, agent, record, executor)

@@ -338,3 +338,32 @@ def test_every_observation_has_a_transition():
         assert isinstance(record, StatusRecord) and isinstance(effects, list)
     with pytest.raises(TypeError):
         step(running(), object())
+
+
+# -- the observer's rule for remote runs ---------------------------------------
+class PolledExecutor:
+    """Stands in for Slurm in `observe_run`: polled, with a given answer."""
+    name = "slurm"
+    polled = True
+    unclaimed_means_never_ran = False
+
+
+def test_a_remote_run_is_settled_only_once_its_executor_says_it_ended(tmp_path):
+    """On a shared filesystem the log is complete only once the job's
+    processes closed it: an exit record alone does not settle a Slurm run."""
+    from orchestrate.executors import Observation
+    from orchestrate.observe import observe_run
+    from orchestrate.state import Layout
+    layout = Layout(tmp_path)
+    layout.make_dirs(["p"])
+    record = running(executor="slurm", pid=None, job_id="12")
+    layout.exit_file(record.run_id).write_text("143\n")
+    slurm = PolledExecutor()
+    assert observe_run(layout, AGENT, record, slurm, None) is None          # not asked yet
+    assert observe_run(layout, AGENT, record, slurm, Observation(True)) is None  # COMPLETING
+    fact = observe_run(layout, AGENT, record, slurm, Observation(False, "slurm: CANCELLED"))
+    assert isinstance(fact, t.Ended) and fact.code == 143
+    assert fact.executor_said == "slurm: CANCELLED"   # killed by a signal we did not send
+    stopped = replace(record, stop_kind="cancel", stop_reason="cancelled by user")
+    fact = observe_run(layout, AGENT, stopped, slurm, Observation(False, "slurm: CANCELLED"))
+    assert fact.executor_said is None                 # we sent it: our reason stands

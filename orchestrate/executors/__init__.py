@@ -7,13 +7,15 @@ locally, one `squeue` on Slurm); `track` says what stopping a run will need
 (locally its descendants) or that the record does not prove the process is
 ours; `stop` signals a run with everything it started; `remains` tells
 whether any process of a stopped run is left; `find` locates a run by its
-run id alone, after a crash that lost its handle; `explain` gives the
-executor's word on a run the wrapper recorded as killed by a signal.
-`local` is this machine's process table; `slurm` submits batch jobs.
+run id alone, after a crash that lost its handle. `local` is this
+machine's process table; `slurm` submits batch jobs.
 
-Outcomes stay the wrapper's: its exit record on the (shared) filesystem is
-read first; an executor's answer matters only when there is none. Nothing
-outside the executors signals a process or reads /proc for a run.
+Outcomes stay the wrapper's: its exit record on the (shared) filesystem.
+The executor says whether the run has ended (a polled executor's runs are
+settled only once it says so, since a remote job's log is complete only
+then) and, when it ended without an exit record or by a signal orchestrate
+did not send, why. Nothing outside the executors signals a process or reads
+/proc for a run.
 """
 from __future__ import annotations
 
@@ -26,10 +28,7 @@ if TYPE_CHECKING:
     from ..spec import Agent
     from ..state import StatusRecord
 
-__all__ = ["Handle", "Observation", "SubmitError", "Unavailable", "Executor", "STILL_ENDING", "is_remote"]
-
-STILL_ENDING = "still ending"   # `explain`: the executor has not finished ending it
-
+__all__ = ["Handle", "Observation", "SubmitError", "Unavailable", "Executor", "is_remote"]
 
 @dataclass(frozen=True)
 class Handle:
@@ -89,8 +88,6 @@ class Executor(Protocol):
     def remains(self, record: "StatusRecord") -> bool: ...
 
     def find(self, run_id: str) -> Handle | None: ...
-
-    def explain(self, record: "StatusRecord", code: int) -> str | None: ...
 
 
 def is_remote(record: "StatusRecord") -> bool:

@@ -70,6 +70,3 @@ class LocalExecutor:
     def find(self, run_id: str) -> Handle | None:
         pid = processes.find_run_process(run_id)
         return None if pid is None else Handle(pid=pid, create_time=processes.create_time(pid))
-
-    def explain(self, record: StatusRecord, code: int) -> str | None:
-        return None

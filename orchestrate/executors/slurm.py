@@ -26,7 +26,7 @@ from ..spec import Agent
 from ..state import Layout, StatusRecord
 from ..worktree import output_root
 from ..wrapper import abandon_run
-from . import STILL_ENDING, Handle, Observation, SubmitError, Unavailable
+from . import Handle, Observation, SubmitError, Unavailable
 from .settings import SlurmSettings, sbatch_options
 
 # States in which the job's processes may still exist (squeue's %T names).
@@ -223,19 +223,3 @@ class SlurmExecutor:
 
     def remains(self, record: StatusRecord) -> bool:
         return bool(record.job_id) and job_alive(record.job_id)
-
-    def explain(self, record: StatusRecord, code: int) -> str | None:
-        """Why a job whose wrapper recorded death by a signal ended, when
-        orchestrate did not stop it: Slurm's state (`slurm: CANCELLED` for an
-        scancel from outside, `slurm: TIMEOUT` for its time limit). One squeue
-        call, only for such runs. STILL_ENDING while squeue says COMPLETING
-        (it shows that instead of CANCELLED until the job's processes are gone)."""
-        if code <= 128 or record.stop_kind or not record.job_id:
-            return None
-        try:
-            state = query_states([record.job_id]).get(record.job_id)
-        except SlurmUnavailable:
-            return None
-        if state in LIVE_STATES:
-            return STILL_ENDING
-        return f"slurm: {state}" if state else None
