@@ -1,6 +1,6 @@
 """The fan-in: one report from every worker's output.
 
-ORCHESTRATE_UPSTREAM maps each instance it waited for (`describe.engine`,
+ORCHESTRATE_UPSTREAM maps each instance it waited for (`describe.runtime-engine`,
 ...) to its signal and output paths, so it needs no list of its own.
 """
 import json

@@ -6,7 +6,7 @@ from pathlib import Path
 
 out = Path(sys.argv[1])
 modules = []
-for path in sorted(Path("orchestrate").glob("*.py")):
+for path in sorted(Path("orchestrate").rglob("*.py")):
     tree = ast.parse(path.read_text())
     functions = [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
     modules.append({"path": str(path), "lines": len(path.read_text().splitlines()),

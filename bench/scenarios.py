@@ -420,9 +420,9 @@ def _hooks_ran(root, count: int) -> list[dict]:
 def _one_hook_event(root, i: int) -> tuple[float, float, float, float]:
     """(ms to record, ms to start the supervisor, supervisor CPU ms, ms until
     the hook started) for one event, through the library on real files."""
-    from orchestrate.hooks import HookEvent, HookKeeper, start_supervisor
-    from orchestrate.spec import load_workspace
-    from orchestrate.state import Layout
+    from orchestrate.runtime.hooks import HookEvent, HookKeeper, start_supervisor
+    from orchestrate.core.spec import load_workspace
+    from orchestrate.runtime.state import Layout
     keeper = HookKeeper(load_workspace(root), Layout(root))
     event = HookEvent(id=f"on_failure.bench-{i}", event="on_failure", pipeline="bench",
                       reason="exit 2", task=f"bench:a{i}")
@@ -438,7 +438,7 @@ def _one_hook_event(root, i: int) -> tuple[float, float, float, float]:
                       reason="exit 2", task=f"bench:a{i}")
     keeper.record(event, "true", [])
     before = _children_cpu()
-    subprocess.run([sys.executable, "-m", "orchestrate.hookrun", str(root), event.id],
+    subprocess.run([sys.executable, "-m", "orchestrate.runtime.hookrun", str(root), event.id],
                    check=True, env=USER_ENV)
     cpu = (_children_cpu() - before) * 1000
     return ((recorded - began) * 1000, (started - recorded) * 1000, cpu, latency * 1000)

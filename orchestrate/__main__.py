@@ -6,8 +6,8 @@ import sys
 import tomllib
 from pathlib import Path
 
-from .mcp_config import McpConfigError
-from .scaffold import InitError, init_workspace
+from .cli.mcp_config import McpConfigError
+from .cli.scaffold import InitError, init_workspace
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,7 +41,7 @@ def serve_mcp(directory: Path) -> int:
         print(f"error: {directory}: no such folder", file=sys.stderr)
         return 3
     try:
-        from .mcp_server import serve
+        from .cli.mcp_server import serve
     except ImportError as err:
         print(f"error: the MCP server needs the mcp extra ({err}): "
               "pip install 'orchestrate[mcp]'", file=sys.stderr)

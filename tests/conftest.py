@@ -67,9 +67,9 @@ class Workspace:
     def fingerprint_fields(self, task: str) -> dict:
         """The staleness fields a status record of `task` would hold if it were
         launched now (for tests that forge a crash's leftovers)."""
-        from orchestrate.engine import Engine
-        from orchestrate.selection import select
-        from orchestrate.spec import load_workspace
+        from orchestrate.runtime.engine import Engine
+        from orchestrate.core.selection import select
+        from orchestrate.core.spec import load_workspace
         workspace = load_workspace(self.root)
         engine = Engine(workspace)
         agents = select(workspace, [task])

@@ -1,7 +1,7 @@
 """Reasons that carry their cause (issue 10, point 4): real doit, real shells."""
 import json
 
-from orchestrate.causes import exit_cause, suggestion
+from orchestrate.core.causes import exit_cause, suggestion
 
 
 def test_exit_127_names_the_command_the_shell_could_not_find(ws):

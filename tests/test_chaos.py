@@ -68,11 +68,11 @@ def settle(ws) -> None:
 
 def crash_plan(rng: random.Random, fanout: bool = False) -> list[tuple[str, str, float]]:
     """One to three crashes per trial: each lets a `doit` reach a named crash
-    point (orchestrate/faults.py) a seeded number of times, or not, then
+    point (orchestrate/runtime/faults.py) a seeded number of times, or not, then
     SIGKILLs every orchestrator process at a seeded moment. The fan-out's
     points are drawn only for a pipeline that has one (so the seeded plans
     of the other trials stay as they were)."""
-    from orchestrate.faults import POINTS
+    from orchestrate.runtime.faults import POINTS
     points = [p for p in POINTS if fanout or not p.startswith("fanout-")]
     plan = []
     for _ in range(rng.randint(1, 3)):
@@ -123,8 +123,8 @@ def test_a_launch_stuck_between_fork_and_exec_never_runs_twice(ws):
     """The interleaving behind 'doomed': 3: the orchestrator dies after forking
     the wrapper but before it execs; recovery relaunches; then the old child
     execs after all. Its claim is taken, so it runs nothing."""
-    from orchestrate.state import Layout
-    from orchestrate.wrapper import wrapper_argv
+    from orchestrate.runtime.state import Layout
+    from orchestrate.runtime.wrapper import wrapper_argv
     ws.write_pipeline("p", f"[agents.a]\ncommand = {json.dumps(ws.agent_cmd('--exit', '5'))}\n")
     crashed = ws.doit(env={"ORCHESTRATE_CRASH_AT": "launch-recorded:1"})
     assert crashed.returncode == 0

@@ -77,7 +77,7 @@ after = ["a"]
     table = ws.doit("status", check_rc=0).stdout
     assert "check failed: tests: 3 failed" in table
     assert "tests: 3 failed" in ws.doit("logs", "p:a", "--check", check_rc=0).stdout
-    from orchestrate.mcp_tools import Toolbox   # the MCP server's `logs` tool, check=true
+    from orchestrate.cli.mcp_tools import Toolbox   # the MCP server's `logs` tool, check=true
     assert Toolbox(ws.root).logs("p:a", 1, check=True)["log"] == "tests: 3 failed\n"
     ws.doit("report", check_rc=0)
     html = (ws.state / "report.html").read_text()
@@ -355,9 +355,9 @@ def test_a_lost_session_is_retried_fresh_with_the_feedback(ws, fake_bins):
 # -- the pure parts ----------------------------------------------------------------
 
 def test_last_line_feedback_and_what_a_relaunch_carries():
-    from orchestrate.checks import (Verdict, carried, feedback_text, last_line,
+    from orchestrate.core.checks import (Verdict, carried, feedback_text, last_line,
                                     prompt_with_feedback)
-    from orchestrate.state import StatusRecord
+    from orchestrate.runtime.state import StatusRecord
     assert last_line(["a", "FAILED x", "  ", ""]) == "FAILED x"
     assert last_line([]) == "(no output)" and len(last_line(["y" * 500])) == 200
     verdict = Verdict("pytest -q", 1, "1 failed", ("E assert 1 == 2", "1 failed"))
@@ -377,8 +377,8 @@ def test_last_line_feedback_and_what_a_relaunch_carries():
 
 
 def test_the_resume_invocations():
-    from orchestrate.presets import invocation
-    from orchestrate.spec import Agent
+    from orchestrate.agents.presets import invocation
+    from orchestrate.core.spec import Agent
     def argv(preset, **kw):
         agent = Agent("p", "a", preset=preset, prompt="x", extra_args=("--x",), **kw)
         return list(invocation(agent, preset, "/prompt", resume="ID").argv)

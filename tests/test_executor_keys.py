@@ -5,9 +5,9 @@ import sys
 
 import pytest
 
-from orchestrate.executors.settings import sbatch_options, slurm_time
-from orchestrate.executors.slurm import job_script, parse_states
-from orchestrate.spec import PipelineError, load_workspace
+from orchestrate.runtime.executors.settings import sbatch_options, slurm_time
+from orchestrate.runtime.executors.slurm import job_script, parse_states
+from orchestrate.core.spec import PipelineError, load_workspace
 
 AGENT = '[agents.a]\ncommand = "true"\n'
 

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from conftest import FAKE_AGENT, wait_until
-from orchestrate.fanout import expand_loaded
-from orchestrate.foreach import Item, ListProblem, assign_keys, parse_list, slug, substitute
-from orchestrate.spec import _Problems, parse_pipeline
+from orchestrate.runtime.fanout import expand_loaded
+from orchestrate.core.foreach import Item, ListProblem, assign_keys, parse_list, slug, substitute
+from orchestrate.core.spec import _Problems, parse_pipeline
 
 
 def argv(ws, *args: str) -> str:

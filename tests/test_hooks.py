@@ -18,10 +18,10 @@ from pathlib import Path
 import pytest
 
 from conftest import wait_until
-from orchestrate.hooks import standing, verdict
-from orchestrate.scheduler import Decision
-from orchestrate.spec import Agent, Hooks, Pipeline, PipelineError, load_workspace
-from orchestrate.state import StatusRecord
+from orchestrate.runtime.hooks import standing, verdict
+from orchestrate.core.scheduler import Decision
+from orchestrate.core.spec import Agent, Hooks, Pipeline, PipelineError, load_workspace
+from orchestrate.runtime.state import StatusRecord
 
 PROBE = Path(__file__).with_name("hook_probe.py")
 README = Path(__file__).parent.parent / "README.md"
@@ -432,7 +432,7 @@ def test_racing_supervisors_run_a_pending_hook_once(ws):
     ws.doit(check_rc=0, env={"ORCHESTRATE_CRASH_AT": "hook-recorded:1"})
     wait_until(lambda: pending(ws) and not ws.orchestrator_pids(), 30, "the crash")
     event_id = pending(ws)[0][:-len(".json")]
-    racers = [subprocess.Popen([sys.executable, "-m", "orchestrate.hookrun", str(ws.root),
+    racers = [subprocess.Popen([sys.executable, "-m", "orchestrate.runtime.hookrun", str(ws.root),
                                 event_id]) for _ in range(4)]
     assert [r.wait(timeout=60) for r in racers] == [0, 0, 0, 0]
     assert lines(ws.root / "hooks.txt") == ["on_failure p:a"]

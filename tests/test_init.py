@@ -90,21 +90,22 @@ def test_the_fan_out_example_plans_describes_each_module_and_gathers(tmp_path):
     ws = Workspace(copy)
     try:
         ws.doit("wait", "modules", check_rc=0)
-        modules = sorted(p.stem for p in (copy / "orchestrate").glob("*.py")
+        modules = sorted("-".join(p.relative_to(copy / "orchestrate").with_suffix("").parts)
+                         for p in (copy / "orchestrate").rglob("*.py")
                          if p.name != "__init__.py")
         report = (copy / "reports" / "modules.md").read_text()
         assert report.startswith(f"# Modules ({len(modules)})")
-        assert "## orchestrate/foreach.py" in report
+        assert "## orchestrate/core/foreach.py" in report
         status = json.loads(ws.doit("status", "modules:describe.*", "--json").stdout)
         assert sorted(a["agent"] for a in status["agents"] if a["agent"].startswith(
             "describe.")) == sorted(f"describe.{m}" for m in modules)
-        engine_md = copy / "reports" / "modules" / "engine.md"
+        engine_md = copy / "reports" / "modules" / "runtime-engine.md"
         before = {p.name: p.stat().st_mtime_ns for p in (copy / "reports/modules").iterdir()}
-        with open(copy / "orchestrate" / "engine.py", "a") as handle:
+        with open(copy / "orchestrate" / "runtime" / "engine.py", "a") as handle:
             handle.write("\n\ndef added():\n    pass\n")
         ws.doit("wait", "modules", check_rc=0)
         after = {p.name: p.stat().st_mtime_ns for p in (copy / "reports/modules").iterdir()}
-        assert [n for n in after if after[n] != before[n]] == ["engine.md"]
+        assert [n for n in after if after[n] != before[n]] == ["runtime-engine.md"]
         assert engine_md.read_text() != ""
     finally:
         ws.kill_everything()

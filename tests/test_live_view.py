@@ -79,9 +79,9 @@ def test_live_view_shows_failures_and_running_first_in_20_rows(ws):
 
 
 def test_live_lines_fit_the_height_and_order_by_what_matters():
-    from orchestrate.live import live_lines
-    from orchestrate.scheduler import Decision
-    from orchestrate.spec import Agent
+    from orchestrate.cli.live import live_lines
+    from orchestrate.core.scheduler import Decision
+    from orchestrate.core.spec import Agent
     states = ["done"] * 10 + ["waiting"] * 10 + ["queued"] * 10 + ["running"] * 5 + ["failed"] * 5
     decisions = {f"p:a{i}": Decision(Agent(pipeline="p", name=f"a{i}", command="true"), s, s)
                  for i, s in enumerate(states)}

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from conftest import Workspace, wait_until
 
-from orchestrate.state import Layout
+from orchestrate.runtime.state import Layout
 
 try:
     import anyio  # installed with mcp
@@ -397,7 +397,7 @@ def test_stdout_carries_only_protocol(ws):
 
 
 def test_a_stray_print_in_a_tool_goes_to_stderr_not_the_wire(ws):
-    noisy = ("import sys; from pathlib import Path; from orchestrate import mcp_tools, mcp_server\n"
+    noisy = ("import sys; from pathlib import Path; from orchestrate.cli import mcp_tools, mcp_server\n"
              "original = mcp_tools.Toolbox.list\n"
              "def noisy(self):\n    print('stray print'); return original(self)\n"
              "mcp_tools.Toolbox.list = noisy\n"

@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 
 from conftest import Workspace, wait_until
-from orchestrate import graph, report, timeline
-from orchestrate.spec import Agent
-from orchestrate.state import StatusRecord
+from orchestrate.core import graph, report, timeline
+from orchestrate.core.spec import Agent
+from orchestrate.runtime.state import StatusRecord
 
 CHROMIUM = "/usr/bin/chromium"
 PLAYWRIGHT_PIN = "playwright==1.65.2"
@@ -356,8 +356,8 @@ def test_report_escapes_reasons_logs_and_names():
 
 
 def test_log_links_are_relative_and_never_a_script_url(tmp_path):
-    from orchestrate.pictures import _row
-    from orchestrate.scheduler import Decision
+    from orchestrate.cli.pictures import _row
+    from orchestrate.core.scheduler import Decision
     agent = Agent("p", "a", command="true")
     record = StatusRecord("failed", "p", "a", attempt=1, log="javascript:alert(1)")
     row = _row(tmp_path, Decision(agent, "failed", "exit 1"), record, tmp_path)

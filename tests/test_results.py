@@ -2,7 +2,7 @@
 programs; these pin the shapes in milliseconds)."""
 import json
 
-from orchestrate.results import parse, stderr_error
+from orchestrate.agents.results import parse, stderr_error
 
 
 def lines(*events) -> str:

@@ -50,7 +50,7 @@ def test_cwd_through_a_symlink_outside_is_refused(ws, outside):
 
 
 def test_remove_inside_rechecks_at_removal_time(tmp_path, outside):
-    from orchestrate.state import remove_inside
+    from orchestrate.runtime.state import remove_inside
     root = tmp_path / "ws"
     (root / "out").mkdir(parents=True)
     (root / "out" / "x").write_text("ours")
@@ -180,7 +180,7 @@ def test_earlier_logs_are_never_overwritten(ws):
 
 
 def test_write_atomic_writes_everything_and_leaves_no_temporary_file(tmp_path, monkeypatch):
-    from orchestrate import state
+    from orchestrate.runtime import state
     real_write = os.write
     monkeypatch.setattr(state.os, "write", lambda fd, data: real_write(fd, bytes(data[:3])))
     target = tmp_path / "record.json"

@@ -1,10 +1,10 @@
 """Scheduling decisions (pure: facts in, decisions out)."""
 from pathlib import Path
 
-from orchestrate.fingerprint import Fingerprint, config_digest
-from orchestrate.scheduler import AgentFacts, plan
-from orchestrate.spec import Agent, Pipeline, Workspace
-from orchestrate.state import StatusRecord
+from orchestrate.core.fingerprint import Fingerprint, config_digest
+from orchestrate.core.scheduler import AgentFacts, plan
+from orchestrate.core.spec import Agent, Pipeline, Workspace
+from orchestrate.runtime.state import StatusRecord
 
 
 def workspace(*agents: Agent, max_parallel=None, pools=()) -> Workspace:

@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrate.spec import PipelineError, find_cycle, load_workspace, parse_duration
+from orchestrate.core.spec import PipelineError, find_cycle, load_workspace, parse_duration
 
 
 def load(tmp_path: Path, **files: str):

@@ -8,13 +8,13 @@ from dataclasses import replace
 
 import pytest
 
-from orchestrate import transitions as t
-from orchestrate.checks import CHECKING, Verdict
-from orchestrate.executors import Handle
-from orchestrate.policy import StopKind
-from orchestrate.results import AgentResult
-from orchestrate.spec import Agent
-from orchestrate.state import StatusRecord
+from orchestrate.core import transitions as t
+from orchestrate.core.checks import CHECKING, Verdict
+from orchestrate.runtime.executors import Handle
+from orchestrate.core.policy import StopKind
+from orchestrate.agents.results import AgentResult
+from orchestrate.core.spec import Agent
+from orchestrate.runtime.state import StatusRecord
 
 NOW = 1_000_000.0
 AGENT = Agent("p", "a", "run a", kill_grace=5.0, retry_backoff=2.0)
@@ -351,9 +351,9 @@ class PolledExecutor:
 def test_a_remote_run_is_settled_only_once_its_executor_says_it_ended(tmp_path):
     """On a shared filesystem the log is complete only once the job's
     processes closed it: an exit record alone does not settle a Slurm run."""
-    from orchestrate.executors import Observation
-    from orchestrate.observe import observe_run
-    from orchestrate.state import Layout
+    from orchestrate.runtime.executors import Observation
+    from orchestrate.runtime.observe import observe_run
+    from orchestrate.runtime.state import Layout
     layout = Layout(tmp_path)
     layout.make_dirs(["p"])
     record = running(executor="slurm", pid=None, job_id="12")

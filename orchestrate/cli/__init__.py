@@ -1,0 +1,1 @@
+"""The front doors: the doit tasks and commands, init, the MCP server, and what they print."""

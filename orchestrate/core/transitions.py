@@ -1,0 +1,461 @@
+"""A run's life after launch, as one pure function:
+
+    transition(record, agent, observation, now) -> (record, effects)
+
+An observation is a fact someone looked up (the wrapper's exit record with
+what the outcome needs, the run gone, the run alive with its log's last
+growth, a stop wanted); the effects are what must happen next, as data (save
+the record, signal the run, write the signal, append an event), run in order
+by the engine's effect runner (`Engine.apply`). Nothing here reads a file, a
+clock or a process table, so every transition is unit-tested in milliseconds
+(tests/test_transitions.py) and the I/O lives in `observe` and the runner.
+
+A run is in one phase (`phase`); the status record's `state` stays the
+contract's word for it (`launching`, `running`) and for how it ended:
+
+    LAUNCHING  recorded; the executor has not answered yet (no pid, no job id)
+    RUNNING    the executor holds it
+    CHECKING   the agent exited 0 and its check runs (the check's own limit applies)
+    STOPPING   orchestrate began stopping it: `stop_kind` says why (cancel,
+               timeout, stall); SIGTERM sent, SIGKILL due at `kill_at`
+
+and it leaves them as `done`, `failed`, `cancelled`, or `waiting` (a retry
+after backoff, a rest after a rate limit, a check's relaunch with feedback,
+an attempt owed because the agent never ran).
+"""
+from __future__ import annotations
+
+import signal
+import time
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
+from enum import Enum
+from typing import TYPE_CHECKING, Any
+
+from . import checks
+from .fingerprint import digest_text
+from .policy import StopKind, backoff, limit_exceeded, next_limit, should_retry
+from ..agents.results import AgentResult
+from .spec import Agent
+from .records import StatusRecord
+
+if TYPE_CHECKING:
+    from ..runtime.executors import Handle
+
+MAX_RATE_LIMIT_HITS = 10   # rate-limited attempts in a row before it counts as a failure
+VANISHED = "agent process ended without recording an exit status (killed with SIGKILL?)"
+
+
+class Phase(Enum):
+    LAUNCHING = "launching"
+    RUNNING = "running"
+    CHECKING = "checking"
+    STOPPING = "stopping"
+
+
+def phase(record: StatusRecord) -> Phase:
+    if record.stop_kind is not None:
+        return Phase.STOPPING
+    if record.state == "launching" and record.pid is None and record.job_id is None:
+        return Phase.LAUNCHING
+    if record.reason == checks.CHECKING:
+        return Phase.CHECKING
+    return Phase.RUNNING
+
+
+# -- observations: facts ------------------------------------------------------
+@dataclass(frozen=True)
+class Submitted:
+    """The executor took the run."""
+    handle: "Handle"
+    running_reason: str = "running"
+
+
+@dataclass(frozen=True)
+class SubmitFailed:
+    """The executor refused the run: could not start it locally (not retried:
+    the command or its folder is missing) or sbatch failed (retried)."""
+    reason: str
+    retried: bool
+
+
+@dataclass(frozen=True)
+class Ended:
+    """The wrapper's exit record was found, with what the outcome needs.
+
+    `exit_said`: the reason for a non-zero code (its cause from the log);
+    `executor_said`: why the executor saw it end when orchestrate did not stop
+    it (e.g. "slurm: CANCELLED"); `reported`: what a preset CLI reported;
+    `missing`: declared outputs not there; `signal_text`: the `.done`
+    signal's content when all are; `verdict`: the check's."""
+    code: int
+    ended_at: str | None = None
+    exit_said: str = ""
+    executor_said: str | None = None
+    reported: AgentResult | None = None
+    missing: tuple[str, ...] = ()
+    signal_text: str | None = None
+    verdict: checks.Verdict | None = None
+
+
+@dataclass(frozen=True)
+class Vanished:
+    """Gone without an exit record: its wrapper was killed (SIGKILL, out of
+    memory, a lost node); `executor_said` is the executor's word on it."""
+    executor_said: str | None = None
+
+
+@dataclass(frozen=True)
+class NeverStarted:
+    """Its claim was taken before its wrapper's: the agent never ran (a
+    launch interrupted between fork and exec, or before sbatch answered)."""
+
+
+@dataclass(frozen=True)
+class Found:
+    """After a crash lost the executor's answer: the run found by its run id."""
+    handle: "Handle"
+
+
+@dataclass(frozen=True)
+class Alive:
+    """Still running at `now`; its log last grew at `last_output` (asked only
+    with a stall_timeout); `checking`: its check has begun."""
+    last_output: float | None = None
+    checking: bool = False
+
+
+@dataclass(frozen=True)
+class StopWanted:
+    kind: StopKind
+    reason: str
+
+
+@dataclass(frozen=True)
+class Tracked:
+    """Ready to stop: what the executor must remember to stop all of it
+    later (local: its descendants, as [pid, start time])."""
+    kind: StopKind
+    reason: str
+    descendants: tuple = ()
+
+
+@dataclass(frozen=True)
+class NotOurs:
+    """The recorded pid is alive but does not carry the run's id: a stale or
+    forged record; it is settled, never signalled."""
+
+
+Observation = (Submitted | SubmitFailed | Ended | Vanished | NeverStarted | Found | Alive
+               | StopWanted | Tracked | NotOurs)
+
+
+# -- effects: what the runner does ------------------------------------------
+@dataclass(frozen=True)
+class Save:
+    """Write the new status record (durable: fsynced)."""
+    durable: bool = True
+
+
+@dataclass(frozen=True)
+class Kill:
+    """Signal everything of the run its executor can prove is its."""
+    signal: int
+
+
+@dataclass(frozen=True)
+class Track:
+    """Ask the executor what stopping will need; it answers `Tracked`, or
+    `NotOurs` when the record does not prove the process is ours."""
+    kind: StopKind
+    reason: str
+
+
+@dataclass(frozen=True)
+class WriteSignal:
+    text: str
+
+
+@dataclass(frozen=True)
+class RememberSignal:
+    """What the engine's cache knows of the signal now (None: none written)."""
+    digest: str | None
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    """The CLI's final message, to results/<pipeline>/<agent>.md."""
+    text: str
+
+
+@dataclass(frozen=True)
+class WriteFeedback:
+    """A failed check's output, for the agent's relaunch."""
+    text: str
+
+
+@dataclass(frozen=True)
+class HoldPreset:
+    """The preset's agents wait until then (ratelimits/<preset>.json)."""
+    preset: str
+    until: float
+    by: str
+
+
+@dataclass(frozen=True)
+class Event:
+    kind: str
+    details: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RemoveRunFiles:
+    run_id: str | None
+
+
+@dataclass(frozen=True)
+class Crash:
+    """A named crash point (faults.py): where the chaos tests kill us."""
+    point: str
+
+
+@dataclass(frozen=True)
+class Wake:
+    """Look again by then (a limit, a kill, a retry ahead)."""
+    at: float
+
+
+Effect = (Save | Kill | Track | WriteSignal | RememberSignal | WriteResult | WriteFeedback
+          | HoldPreset | Event | RemoveRunFiles | Crash | Wake)
+Effects = list
+
+
+# -- the function -------------------------------------------------------------
+def transition(record: StatusRecord, agent: Agent, seen: Observation, now: float
+               ) -> tuple[StatusRecord, Effects]:
+    if isinstance(seen, Alive):
+        return _watch(record, agent, seen, now)
+    if isinstance(seen, Ended):
+        return _finish(record, agent, seen, now)
+    if isinstance(seen, Vanished):
+        return _finish(record, agent, None, now, seen.executor_said)
+    if isinstance(seen, NotOurs):
+        return _finish(replace(record, stop_kind=None, stop_reason=None), agent, None, now)
+    if isinstance(seen, StopWanted):
+        return record, [Track(seen.kind, seen.reason)]
+    if isinstance(seen, Tracked):
+        return _begin_stop(record, agent, seen, now)
+    if isinstance(seen, Submitted):
+        return _started(record, agent, seen)
+    if isinstance(seen, SubmitFailed):
+        return _submit_failed(record, agent, seen, now)
+    if isinstance(seen, NeverStarted):
+        return _owe_attempt(record, now)
+    if isinstance(seen, Found):
+        handle = seen.handle
+        record = replace(record, state="running", pid=handle.pid,
+                         pid_create_time=handle.create_time, job_id=handle.job_id,
+                         reason="running")
+        return record, [Save()]
+    raise TypeError(f"not an observation: {seen!r}")
+
+
+def _started(record: StatusRecord, agent: Agent, seen: Submitted) -> tuple[StatusRecord, Effects]:
+    handle = seen.handle
+    why = record.reason   # the scheduler's reason to launch it
+    record = replace(record, state="running", pid=handle.pid,
+                     pid_create_time=handle.create_time, job_id=handle.job_id,
+                     reason=seen.running_reason)
+    extra = {"job_id": handle.job_id} if handle.job_id else {}
+    # a job id is the only way back to a job: on disk before anything else
+    return record, [Save(durable=handle.job_id is not None),
+                    Event("launch", {"task": agent.task, "run_id": record.run_id,
+                                     "pid": handle.pid, "attempt": record.attempt,
+                                     "reason": why, **extra})]
+
+
+def _submit_failed(record: StatusRecord, agent: Agent, seen: SubmitFailed, now: float
+                   ) -> tuple[StatusRecord, Effects]:
+    record = replace(record, state="failed", ended_at=iso(now), reason=seen.reason)
+    effects: Effects = []
+    if seen.retried:
+        effects.append(Crash("submit-failed"))
+        if should_retry(agent, record, stopped=True):
+            record = _retry_later(record, agent, now)
+    return record, effects + [Save(), Event("fail", {"task": agent.task,
+                                                     "run_id": record.run_id,
+                                                     "reason": record.reason})]
+
+
+def _watch(record: StatusRecord, agent: Agent, seen: Alive, now: float
+           ) -> tuple[StatusRecord, Effects]:
+    """A live run: note that its check began; stop it past a limit; SIGKILL
+    it once its grace is over."""
+    effects: Effects = []
+    if agent.check is not None and seen.checking and record.reason != checks.CHECKING:
+        record = replace(record, reason=checks.CHECKING)   # its own timeout applies now
+        effects.append(Save(durable=False))
+    current = phase(record)
+    if current is Phase.CHECKING:
+        return record, effects
+    if current is Phase.STOPPING:
+        if record.kill_at is not None and now >= record.kill_at:
+            record = replace(record, kill_at=None)
+            effects += [Kill(signal.SIGKILL), Save()]
+        if record.kill_at is not None:
+            effects.append(Wake(record.kill_at))
+        return record, effects
+    limit = limit_exceeded(agent, record, now, seen.last_output)
+    if limit is not None:
+        return record, effects + [Track(*limit)]
+    wake = next_limit(agent, record, seen.last_output)
+    return record, effects + ([Wake(wake)] if wake is not None else [])
+
+
+def _begin_stop(record: StatusRecord, agent: Agent, seen: Tracked, now: float
+                ) -> tuple[StatusRecord, Effects]:
+    """SIGTERM now, SIGKILL at kill_grace. The reason is saved before the
+    signal: if we die in between, the run still ends with it (and a later
+    pass sends the SIGKILL)."""
+    kill_at = now + agent.kill_grace
+    record = replace(record, stop_kind=seen.kind, stop_reason=seen.reason,
+                     descendants=list(seen.descendants), kill_at=kill_at)
+    return record, [Save(), Crash("stop-recorded"), Kill(signal.SIGTERM),
+                    Event("stop", {"task": agent.task, "run_id": record.run_id,
+                                   "reason": seen.reason}),
+                    Wake(kill_at)]
+
+
+def _finish(record: StatusRecord, agent: Agent, ended: Ended | None, now: float,
+            executor_said: str | None = None) -> tuple[StatusRecord, Effects]:
+    """Settle a run: its outcome, then a retry, a rest or a check's relaunch
+    if one applies; the record, the events, the run's files."""
+    effects: Effects = []
+    stopped = record.stop_kind is not None
+    if stopped:   # the wrapper is gone: what it left of the agent gets no more grace
+        effects.append(Kill(signal.SIGKILL))
+    code = ended.code if ended else None
+    if ended is None:   # no exit status was recorded: the wrapper itself was killed
+        state = "cancelled" if record.stop_kind == StopKind.CANCEL else "failed"
+        record = replace(record, state=state, ended_at=iso(now), kill_at=None,
+                         reason=record.stop_reason or executor_said or VANISHED)
+    else:
+        record, outcome_effects = _outcome(record, agent, ended, now)
+        effects += outcome_effects
+        effects.append(Crash("finish-signal-written"))
+    check_failed = checks.failed(record, code, stopped)
+    if check_failed:   # back to the agent with feedback, or failed for good
+        record, feedback = checks.after_failure(agent, record, ended.verdict if ended else None,
+                                                now)
+        if feedback is not None:
+            effects.append(WriteFeedback(feedback))
+    effects.append(RememberSignal(record.signal_digest if record.state == "done" else None))
+    rate_limited = record.state in ("failed", "cancelled") and bool(
+        record.result.get("rate_limited"))
+    if not (record.state == "failed" and rate_limited):
+        record = replace(record, rate_limit_hits=0)   # the row of rate limits is broken
+    kind = {"done": "finish", "cancelled": "cancel"}.get(record.state, "fail")
+    details: dict[str, Any] = {"task": agent.task, "run_id": record.run_id, "exit_code": code,
+                               "reason": record.reason, "attempt": record.attempt}
+    if record.state == "cancelled" and rate_limited:   # the wall is real
+        effects.append(_hold(agent, record, record.rate_limit_hits + 1, now))
+    if (record.state == "failed" and rate_limited
+            and record.rate_limit_hits < MAX_RATE_LIMIT_HITS):
+        record, hold = _rest_after_rate_limit(agent, record, now)
+        effects.append(hold)
+        details["retry_at"] = record.retry_at
+    elif record.state == "waiting":   # a check's relaunch
+        details["retry_at"] = record.retry_at
+    elif should_retry(agent, record, stopped) and not check_failed:
+        record = _retry_later(record, agent, now)
+        details["retry_at"] = record.retry_at
+    effects += [Save(), Crash("finish-saved")]
+    if record.check and code == 0 and not stopped:
+        effects.append(Event(*checks.verdict_event(agent, record)))
+    effects += [Event(kind, details), RemoveRunFiles(record.run_id)]
+    return record, effects
+
+
+def _outcome(record: StatusRecord, agent: Agent, ended: Ended, now: float
+             ) -> tuple[StatusRecord, Effects]:
+    """The run's outcome from its exit status; a run orchestrate was
+    stopping ends with that reason whatever its exit code."""
+    effects: Effects = []
+    error = None
+    reported = ended.reported
+    if agent.preset and reported is not None:
+        record = replace(record, result=reported.to_json(),
+                         spent_usd=round(record.spent_usd + (reported.cost_usd or 0.0), 6))
+        effects.append(WriteResult(reported.final_message + "\n"))
+        if reported.is_error:
+            error = reported.error or "the CLI reported an error"
+    code = ended.code
+    error = error or (ended.executor_said if code else None)
+    ended_at = ended.ended_at or iso(now)
+    if record.stop_kind is not None:
+        state = "cancelled" if record.stop_kind == StopKind.CANCEL else "failed"
+        return replace(record, state=state, exit_code=code, ended_at=ended_at,
+                       reason=record.stop_reason or "", kill_at=None), effects
+    if code != 0:   # with what the CLI said, e.g. "exit 55: Gemini CLI is not running in ..."
+        said = f": {error[:300]}" if error else ""
+        return replace(record, state="failed", exit_code=code, ended_at=ended_at,
+                       reason=ended.exit_said + said), effects
+    if error is not None:   # the CLI exited 0 but called the run an error
+        return replace(record, state="failed", exit_code=0, ended_at=ended_at,
+                       reason=f"agent reported an error: {error[:200]}"), effects
+    if ended.missing:
+        return replace(record, state="failed", exit_code=0, ended_at=ended_at,
+                       reason=f"exit 0 but output missing: {', '.join(ended.missing)}"), effects
+    if agent.check is not None:
+        record, passed = checks.judge(record, ended.verdict, ended_at)
+        if not passed:
+            return record, effects
+    text = ended.signal_text or ""
+    record = replace(record, state="done", exit_code=0, ended_at=ended_at, reason="done",
+                     signal_digest=digest_text(text))
+    return record, effects + [WriteSignal(text)]
+
+
+def _retry_later(record: StatusRecord, agent: Agent, now: float) -> StatusRecord:
+    at = now + backoff(agent, record.attempt)
+    return replace(record, state="waiting", retry_at=at, reason=(
+        f"retry {record.attempt + 1} of {agent.retries + 1} at {clock_text(at)} "
+        f"after: {record.reason}"))
+
+
+def _rest_after_rate_limit(agent: Agent, record: StatusRecord, now: float
+                           ) -> tuple[StatusRecord, HoldPreset]:
+    """Retry when the CLI says the limit resets (or with backoff), without
+    spending one of `retries`, and hold the preset's other agents till then."""
+    hits = record.rate_limit_hits + 1
+    hold = _hold(agent, record, hits, now)
+    record = replace(record, state="waiting", retry_at=hold.until, attempt=record.attempt - 1,
+                     rate_limit_hits=hits,
+                     reason=f"rate limited until {clock_text(hold.until)}; retrying "
+                            "(not counted as a retry)")
+    return record, hold
+
+
+def _hold(agent: Agent, record: StatusRecord, hits: int, now: float) -> HoldPreset:
+    """Until when the preset's agents wait: the CLI's reset time, else backoff."""
+    reset = record.result.get("reset_at")
+    until = float(reset) if reset and reset > now else now + backoff(agent, hits)
+    return HoldPreset(agent.preset or "", until, agent.task)
+
+
+def _owe_attempt(record: StatusRecord, now: float) -> tuple[StatusRecord, Effects]:
+    """The launch never ran the agent: relaunch the same attempt at once."""
+    record = replace(record, state="waiting", attempt=record.attempt - 1, pid=None,
+                     retry_at=now, reason="launch interrupted; relaunching")
+    return record, [Save(), Event("launch_abandoned", {"task": record.task,
+                                                        "run_id": record.run_id})]
+
+
+def iso(epoch: float) -> str:
+    """Epoch seconds as the status record writes times (UTC, milliseconds)."""
+    return datetime.fromtimestamp(epoch, timezone.utc).isoformat(
+        timespec="milliseconds").replace("+00:00", "Z")
+
+
+def clock_text(epoch: float) -> str:
+    return time.strftime("%H:%M:%S", time.localtime(epoch))

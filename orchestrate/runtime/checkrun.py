@@ -1,0 +1,127 @@
+"""The check runner: runs inside the agent's wrapper, after its command exited 0.
+
+`python -c ... SPEC` runs `main`, which verifies the outputs, runs the check
+with its timeout in the agent's folder and records the verdict in
+`runs/<run id>.check` (fsynced, then renamed) before the wrapper writes its
+exit record. So a verdict is as durable as an exit status: kill -9 of every
+orchestrator process while a check runs loses nothing, and whichever
+orchestrator process settles the run reads it (`read_verdict`).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from ..core.checks import (
+    FEEDBACK_LINES,
+    NO_VERDICT,
+    Verdict,
+    check_log,
+    command_text,
+    last_line,
+    marker_path,
+    verdict_path,
+)
+from ..core.spec import Agent
+from .state import Layout, expand_patterns, utc_now, write_atomic
+
+PACKAGE_PARENT = str(Path(__file__).resolve().parent.parent.parent)
+
+
+def read_verdict(layout: Layout, run_id: str) -> Verdict:
+    """The recorded verdict; none recorded (the runner was killed) is a failure."""
+    try:
+        data = json.loads(verdict_path(layout, run_id).read_text())
+        return Verdict.from_json(data)
+    except (OSError, ValueError):
+        return NO_VERDICT
+
+
+def runner_command(layout: Layout, agent: Agent, run_id: str, root: Path) -> str:
+    """The shell line the wrapper runs after the agent exited 0."""
+    spec = {"command": list(agent.check) if isinstance(agent.check, tuple) else agent.check,
+            "timeout": agent.check_timeout, "grace": agent.kill_grace,
+            "root": str(root), "outputs": list(agent.outputs),
+            "log": str(check_log(layout, agent.pipeline, agent.name)),
+            "verdict": str(verdict_path(layout, run_id)),
+            "marker": str(marker_path(layout, run_id))}
+    code = (f"import sys; sys.path.insert(0, {PACKAGE_PARENT!r}); "
+            "from orchestrate.runtime.checkrun import main; main(sys.argv[1])")
+    return shlex.join([sys.executable, "-c", code, json.dumps(spec)])
+
+
+# -- the wrapper's side (runs in the agent's process group) --------------------
+def _stop(process: subprocess.Popen, grace: float) -> None:
+    """SIGTERM the check's group, SIGKILL it after `grace` seconds."""
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, None)):
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            process.wait(wait)
+            if sig == signal.SIGTERM:
+                os.killpg(process.pid, signal.SIGKILL)   # what it left behind
+            return
+        except subprocess.TimeoutExpired:
+            continue
+        except ProcessLookupError:
+            return
+
+
+def _tail(path: Path, count: int) -> list[str]:
+    """The log's last lines, without the header line `main` wrote first."""
+    with open(path, "rb") as handle:
+        start = max(0, handle.seek(0, os.SEEK_END) - 256 * 1024)
+        handle.seek(start)
+        lines = handle.read().decode(errors="replace").splitlines()
+    return (lines if start else lines[1:])[-count:]
+
+
+def main(spec_json: str) -> None:
+    """Verify the outputs, run the check, record its verdict durably."""
+    spec = json.loads(spec_json)
+    _, missing = expand_patterns(Path(spec["root"]), tuple(spec["outputs"]))
+    if missing:      # no check: the orchestrator fails the run for the missing outputs
+        return
+    command = spec["command"] if isinstance(spec["command"], str) else tuple(spec["command"])
+    Path(spec["marker"]).touch()
+    log = Path(spec["log"])
+    with open(log, "wb") as out:
+        out.write(f"# check: {command_text(command)}  ({utc_now()})\n".encode())
+        out.flush()
+        process = subprocess.Popen(command, shell=isinstance(command, str), stdout=out,
+                                   stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                   process_group=0)
+
+        def on_signal(number: int, _frame: Any) -> None:   # the run is being stopped
+            _stop(process, 0.5)
+            sys.exit(128 + number)
+        for number in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(number, on_signal)
+        try:
+            code: int | None = process.wait(spec["timeout"])
+            timed_out = False
+            try:   # what the check left running in its group ends with it
+                os.killpg(process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        except subprocess.TimeoutExpired:
+            _stop(process, spec["grace"])
+            code, timed_out = None, True
+    tail = _tail(log, FEEDBACK_LINES)
+    if timed_out:
+        seconds = spec["timeout"]
+        line = f"timed out after {seconds:g}s (check_timeout)"
+        tail.append(f"[orchestrate] the check was killed: {line}")
+    else:
+        line = last_line(tail)
+    verdict = Verdict(command_text(command), code, line, tuple(tail[-FEEDBACK_LINES:]),
+                      timed_out)
+    write_atomic(Path(spec["verdict"]), json.dumps(verdict.to_json()) + "\n")

@@ -1,0 +1,125 @@
+"""What is true of a running run now: the facts `transitions` decides on.
+
+The wrapper's exit record first (the outcome is the wrapper's word), then
+the executor's answer from the pass's one `observe` call, then the clock and
+the log's last growth. A run recorded as launching without a handle is
+looked for by its run id (a crash lost the executor's answer).
+
+Proving that an agent never ran takes the run's claim before its wrapper
+can (`wrapper.abandon_run`): an atomic test-and-set, the one look here that
+writes, since looking and then acting would race with a late wrapper.
+"""
+from __future__ import annotations
+
+import os
+
+from ..core import checks
+from ..core.causes import exit_reason
+from .checkrun import read_verdict
+from .executors import Executor, Observation, Unavailable
+from ..agents.results import parse as parse_result
+from ..core.spec import Agent
+from .state import Layout, StatusRecord, expand_patterns
+from ..core.transitions import (
+    Alive,
+    Ended,
+    Found,
+    NeverStarted,
+    Phase,
+    Vanished,
+    phase,
+)
+from ..core.transitions import Observation as Fact
+from .worktree import output_root
+from .wrapper import abandon_run, describe_exit, exit_time, read_exit_code, signal_content
+
+
+def observe_run(layout: Layout, agent: Agent, record: StatusRecord, executor: Executor,
+                seen: Observation | None) -> Fact | None:
+    """The fact about a running record (None: nothing can be said yet).
+    `seen`: what the executor said at this pass (None: it was not asked)."""
+    exit_path = layout.exit_file(record.run_id or "")
+    code = read_exit_code(exit_path)
+    if code is not None and not executor.polled:
+        return ended(layout, agent, record, code, exit_time(exit_path), None)
+    if code is not None:
+        # A remote run is settled once its executor says it has ended: on a
+        # shared filesystem the log's last bytes reach this host only after
+        # the job's processes closed it, and the CLI's result is read from it.
+        if seen is None or seen.alive:
+            return None
+        said = seen.ended_as if code > 128 and record.stop_kind is None else None
+        return ended(layout, agent, record, code, exit_time(exit_path), said)
+    if phase(record) is Phase.LAUNCHING:
+        return recovered(layout, agent, record, executor)
+    if seen is not None and not seen.alive:
+        code = read_exit_code(exit_path)   # it may have finished since we looked
+        if code is not None:
+            return ended(layout, agent, record, code, exit_time(exit_path), seen.ended_as)
+        if executor.unclaimed_means_never_ran and abandon_run(exit_path):
+            # gone before its wrapper claimed the run: killed between fork
+            # and exec, so the agent never ran; that attempt is owed
+            return NeverStarted()
+        return Vanished(seen.ended_as)
+    return Alive(last_output(layout, agent, record),
+                 agent.check is not None and record.reason != checks.CHECKING
+                 and checks.marker_path(layout, record.run_id or "").exists())
+
+
+def recovered(layout: Layout, agent: Agent, record: StatusRecord, executor: Executor
+              ) -> Fact | None:
+    """A pass crashed between recording a launch and recording the
+    executor's answer. Found by its run id, the run is re-attached (never
+    launched again); not found, taking its claim proves it never started
+    (even a child stuck between fork and exec, or a job sbatch queued after
+    all: its wrapper finds the claim taken and runs nothing)."""
+    run_id = record.run_id or ""
+    exit_path = layout.exit_file(run_id)
+    try:
+        handle = executor.find(run_id)
+        if handle is None and abandon_run(exit_path):
+            return NeverStarted()
+        handle = handle or executor.find(run_id)
+    except Unavailable:
+        return None          # ask again at the next pass
+    if handle is not None:
+        return Found(handle)
+    code = read_exit_code(exit_path)   # it started, and has ended since
+    if code is None:
+        return Vanished()
+    return ended(layout, agent, record, code, exit_time(exit_path), None)
+
+
+def ended(layout: Layout, agent: Agent, record: StatusRecord, code: int,
+          ended_at: str | None, executor_said: str | None) -> Ended:
+    """Everything the outcome of an exited run needs, read once."""
+    reported = None
+    if agent.preset:
+        try:
+            text = (layout.root / record.log).read_text(errors="replace")
+        except OSError:
+            text = ""
+        reported = parse_result(agent.preset, text, code)
+    stopped = record.stop_kind is not None
+    fact = Ended(code, ended_at, executor_said=executor_said, reported=reported)
+    if stopped:
+        return fact
+    if code != 0:
+        said = exit_reason(code, describe_exit(code), layout.root / record.log)
+        return Ended(code, ended_at, said, executor_said, reported)
+    root = output_root(layout, agent)
+    outputs, missing = expand_patterns(root, agent.outputs)
+    verdict = read_verdict(layout, record.run_id or "") if agent.check is not None \
+        else None
+    text = None if missing else signal_content(root, agent, outputs, record.run_id or "")
+    return Ended(code, ended_at, "", executor_said, reported, tuple(missing), text, verdict)
+
+
+def last_output(layout: Layout, agent: Agent, record: StatusRecord) -> float | None:
+    """When the log last grew (asked only when a stall_timeout applies)."""
+    if agent.stall_timeout is None:
+        return None
+    try:
+        return os.stat(layout.root / record.log).st_mtime
+    except OSError:
+        return None

@@ -1,0 +1,90 @@
+"""`isolation = "worktree"`: each such agent works in its own git worktree, on
+branch `orchestrate/<pipeline>/<agent>`, so parallel coding agents cannot
+clobber each other's files. Real git; nothing here guesses.
+
+A worktree left by a crash is reused when git knows it as this agent's
+worktree on its branch, and removed and made again otherwise: an agent never
+silently runs in the main checkout instead.
+"""
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+from ..core.spec import Agent
+from .state import Layout, is_inside
+
+
+class WorktreeError(OSError):
+    """Git could not give the agent its worktree (the agent is not started)."""
+
+
+def branch(agent: Agent) -> str:
+    return f"orchestrate/{agent.pipeline}/{agent.name}"
+
+
+def path(layout: Layout, agent: Agent) -> Path:
+    return layout.base / "worktrees" / agent.pipeline / agent.name
+
+
+def output_root(layout: Layout, agent: Agent) -> Path:
+    """Where the agent's outputs (and relative cwd) live."""
+    return path(layout, agent) if agent.isolation == "worktree" else layout.root
+
+
+def _git(root: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True)
+    if check and proc.returncode != 0:
+        raise WorktreeError(f"git {' '.join(args)}: {proc.stderr.strip() or proc.stdout.strip()}")
+    return proc
+
+
+def _registered(root: Path) -> dict[Path, str]:
+    """Worktree path -> branch, as git knows them."""
+    found: dict[Path, str] = {}
+    current: Path | None = None
+    for line in _git(root, "worktree", "list", "--porcelain").stdout.splitlines():
+        if line.startswith("worktree "):
+            current = Path(line[len("worktree "):]).resolve()
+            found[current] = ""
+        elif line.startswith("branch ") and current is not None:
+            found[current] = line[len("branch refs/heads/"):]
+    return found
+
+
+def ensure(layout: Layout, agent: Agent, base: Agent | None) -> Path:
+    """The agent's worktree, made if needed from HEAD or from `base`'s branch."""
+    root = layout.root
+    if _git(root, "rev-parse", "--is-inside-work-tree", check=False).returncode != 0:
+        raise WorktreeError(f"isolation = \"worktree\" needs a git repository at {root}")
+    target = path(layout, agent)
+    known = _registered(root)
+    if known.get(target.resolve()) == branch(agent) and target.is_dir():
+        return target                       # ours, from an earlier run or a crash: reuse
+    if not is_inside(root, target.parent):
+        raise WorktreeError(f"{target.parent} resolves outside the workspace; not touched")
+    if target.exists() or target.resolve() in known:
+        shutil.rmtree(target, ignore_errors=True)   # not a usable worktree: remove
+        _git(root, "worktree", "prune")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    has_branch = _git(root, "rev-parse", "--verify", "--quiet", f"refs/heads/{branch(agent)}",
+                      check=False).returncode == 0
+    if has_branch:
+        _git(root, "worktree", "add", str(target), branch(agent))
+    else:
+        start = branch(base) if base is not None else "HEAD"
+        _git(root, "worktree", "add", "-b", branch(agent), str(target), start)
+    return target
+
+
+def remove(layout: Layout, agent: Agent) -> None:
+    """`doit clean`: the worktree and its branch go."""
+    target = path(layout, agent)
+    if _git(layout.root, "rev-parse", "--is-inside-work-tree", check=False).returncode != 0:
+        return
+    if target.exists() and is_inside(layout.root, target):
+        _git(layout.root, "worktree", "remove", "--force", str(target), check=False)
+        shutil.rmtree(target, ignore_errors=True)
+    _git(layout.root, "worktree", "prune", check=False)
+    _git(layout.root, "branch", "-D", branch(agent), check=False)

@@ -1,0 +1,109 @@
+"""The agent's wrapper: a `/bin/sh` that stays the agent's parent.
+
+Its exit trap records the exit status in `runs/<run id>.exit` whether or
+not any orchestrator process is alive; whichever orchestrator process sees
+that record first turns it into the outcome (`observe`, `transitions`), under
+the scheduling lock. A string command runs inline
+in the wrapper's own shell, so each agent costs one shell, not two.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shlex
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Iterable
+
+from ..core.checks import run_files as check_files
+from ..core.spec import Agent
+from .state import Layout, file_digest
+
+SIGNAL_NAMES = {129: "SIGHUP", 130: "SIGINT", 137: "SIGKILL", 143: "SIGTERM"}
+
+
+Command = str | tuple[str, ...]
+
+
+def claim_path(exit_path: Path) -> Path:
+    return exit_path.with_suffix(".claim")
+
+
+def wrapper_script(command: Command, exit_path: Path, check: str | None = None) -> str:
+    # First the wrapper claims its run (noclobber: O_EXCL, so one of it and a
+    # recovering orchestrator wins; `true` is a regular builtin, so a failed
+    # redirection does not end the shell). A run whose launch was abandoned
+    # by a recovery finds the claim taken and exits without running anything.
+    # `printf` is a builtin and the record is one small write, so a reader
+    # sees either nothing or the whole line; the trap also runs when the
+    # wrapper is stopped by SIGTERM/SIGINT/SIGHUP, after its child has gone.
+    record = shlex.quote(str(exit_path))
+    claim = shlex.quote(str(claim_path(exit_path)))
+    body = command if isinstance(command, str) else '"$@"'
+    if check is not None:   # the agent's status is the run's; the check records its own
+        body = (f"(\n{body}\n)" if isinstance(command, str) else body) + \
+            f'\nrc=$?; [ "$rc" -ne 0 ] || {check}\nexit "$rc"'
+    return (f"set -C; {{ true > {claim}; }} 2>/dev/null || exit 0; set +C\n"
+            f"trap 'printf \"%s\\n\" \"$?\" > {record}' EXIT\n"
+            "trap 'exit 143' TERM; trap 'exit 130' INT; trap 'exit 129' HUP\n"
+            f"{body}\n")
+
+
+def abandon_run(exit_path: Path) -> bool:
+    """Take the run's claim before its wrapper does: True means the wrapper
+    never started the agent and never will (it will find the claim taken)."""
+    try:
+        os.close(os.open(claim_path(exit_path), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+    except FileExistsError:
+        return False
+    return True
+
+
+def wrapper_argv(task: str, command: Command, exit_path: Path,
+                 check: str | None = None) -> list[str]:
+    """`sh -c SCRIPT orchestrate:<task> [argv...]`: `ps` shows whose wrapper it is;
+    `check`: a shell line run after the command exited 0 (see `checks`)."""
+    argv = ["/bin/sh", "-c", wrapper_script(command, exit_path, check), f"orchestrate:{task}"]
+    if not isinstance(command, str):
+        argv.extend(command)
+    return argv
+
+
+def read_exit_code(path: Path) -> int | None:
+    """The recorded exit status, None while the record is absent or unwritten."""
+    try:
+        text = path.read_text().strip()
+    except FileNotFoundError:
+        return None
+    return int(text) if text.lstrip("-").isdigit() else None
+
+
+def describe_exit(code: int) -> str:
+    name = SIGNAL_NAMES.get(code)
+    return f"exit {code}" + (f" ({name})" if name else "")
+
+
+def signal_content(root: Path, agent: Agent, outputs: Iterable[str], run_id: str) -> str:
+    """Deterministic in the outputs' hashes when outputs are declared (early cutoff)."""
+    record: dict[str, object] = {"pipeline": agent.pipeline, "agent": agent.name}
+    if agent.outputs:
+        record["outputs"] = {rel: file_digest(root / rel) for rel in sorted(outputs)}
+    else:
+        record["run_id"] = run_id
+    return json.dumps(record, indent=1, sort_keys=True) + "\n"
+
+
+def remove_run_files(layout: Layout, run_id: str | None) -> None:
+    exit_path = layout.exit_file(run_id or "")
+    for path in (exit_path, claim_path(exit_path), layout.upstream_file(run_id or ""),
+                 layout.prompt_file(run_id or ""), *check_files(layout, run_id or "")):
+        path.unlink(missing_ok=True)
+
+
+def exit_time(path: Path) -> str | None:
+    try:
+        stamp = path.stat().st_mtime
+    except FileNotFoundError:
+        return None
+    return datetime.fromtimestamp(stamp, timezone.utc).isoformat(
+        timespec="milliseconds").replace("+00:00", "Z")
