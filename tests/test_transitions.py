@@ -367,3 +367,77 @@ def test_a_remote_run_is_settled_only_once_its_executor_says_it_ended(tmp_path):
     stopped = replace(record, stop_kind="cancel", stop_reason="cancelled by user")
     fact = observe_run(layout, AGENT, stopped, slurm, Observation(False, "slurm: CANCELLED"))
     assert fact.executor_said is None                 # we sent it: our reason stands
+
+
+class FindingExecutor(PolledExecutor):
+    """A polled executor whose `find` knows one job by its run id."""
+
+    def __init__(self, job_id):
+        self.job_id = job_id
+
+    def find(self, run_id):
+        return Handle(job_id=self.job_id) if self.job_id else None
+
+
+@pytest.mark.parametrize("stop_kind", [None, "cancel"])
+def test_a_launch_whose_answer_was_lost_is_found_by_its_run_id_even_if_its_job_ended(
+        tmp_path, stop_kind):
+    """A crash between recording the launch and recording sbatch's answer:
+    the job is looked for by name first (its exit record waits for that),
+    also when a cancel began meanwhile; found, its stop reaches it."""
+    from orchestrate.runtime.executors import Observation
+    from orchestrate.runtime.observe import observe_run
+    from orchestrate.runtime.state import Layout
+    layout = Layout(tmp_path)
+    layout.make_dirs(["p"])
+    record = running(state="launching", executor="slurm", pid=None, pid_create_time=None,
+                     stop_kind=stop_kind, stop_reason=stop_kind and "cancelled by user")
+    layout.exit_file(record.run_id).write_text("0\n")
+    fact = observe_run(layout, AGENT, record, FindingExecutor("31"), None)
+    assert fact == t.Found(Handle(job_id="31"))
+    record, effects = step(record, fact)
+    assert record.state == "running" and record.job_id == "31"
+    assert (t.Kill(signal.SIGTERM) in effects) == (stop_kind is not None)
+    # then the exit record settles it once Slurm says the job ended
+    fact = observe_run(layout, AGENT, record, FindingExecutor("31"), Observation(False))
+    assert isinstance(fact, t.Ended) and fact.code == 0
+
+
+def test_a_job_slurm_no_longer_knows_adds_nothing_to_its_exit_status(tmp_path):
+    from orchestrate.runtime.executors import Observation
+    from orchestrate.runtime.observe import observe_run
+    from orchestrate.runtime.state import Layout
+    layout = Layout(tmp_path)
+    layout.make_dirs(["p"])
+    record = running(executor="slurm", pid=None, job_id="12")
+    layout.exit_file(record.run_id).write_text("137\n")
+    gone = Observation(False, "slurm: job 12 is no longer known to Slurm", known=False)
+    assert observe_run(layout, AGENT, record, PolledExecutor(), gone).executor_said is None
+
+
+def test_the_engine_asks_local_once_a_second_unless_told_to_look_now(tmp_path):
+    """The advancer asks the local executor at most once a second (exit
+    records and pidfds wake it); a pidfd saying a wrapper ended makes the
+    next pass ask at once, or that run would wait for the second to pass."""
+    from orchestrate.runtime.engine import Engine
+    from orchestrate.core.spec import load_workspace
+    (tmp_path / "pipelines").mkdir()
+    (tmp_path / "pipelines" / "p.toml").write_text('[agents.a]\ncommand = "true"\n')
+    engine = Engine(load_workspace(tmp_path), liveness_interval=1.0, clock=lambda: NOW)
+    record = running(pid=2 ** 22 + 1)            # no such process
+    assert engine.ask_executors([record], NOW)["p.a.1.abcd"].alive is False
+    assert engine.ask_executors([record], NOW) == {}   # within the second: not asked
+    engine.look_now()
+    assert engine.ask_executors([record], NOW)["p.a.1.abcd"].alive is False
+
+
+def test_cancel_leaves_a_run_that_already_recorded_its_exit_to_its_own_outcome(tmp_path):
+    from orchestrate.runtime.engine import Engine
+    from orchestrate.core.spec import load_workspace
+    (tmp_path / "pipelines").mkdir()
+    (tmp_path / "pipelines" / "p.toml").write_text('[agents.a]\ncommand = "true"\n')
+    engine = Engine(load_workspace(tmp_path))
+    record = running(pid=2 ** 22 + 1)
+    engine.layout.exit_file(record.run_id).write_text("0\n")
+    agent = engine.workspace.agents_by_task["p:a"]
+    assert engine.stop(agent, record, StopKind.CANCEL, "cancelled by user") == record

@@ -369,9 +369,13 @@ def cancel(root: Path, names: list[str], out: IO[str]) -> int:
                 out.write(f"cancelled {task} ({'queued' if decision.state != 'launch' else 'not started'})\n")
     engine.wait_until_gone(stopping)
     with SchedulingLock(engine.layout):   # settle them now: state cancelled
-        engine.run_pass(agents)
+        result = engine.run_pass(agents)
     for agent, _ in stopping:
-        out.write(f"cancelled {agent.task}\n")
+        record = result.facts[agent.task].record if agent.task in result.facts else None
+        if record is None or record.state in ("cancelled", "running", "launching"):
+            out.write(f"cancelled {agent.task}\n")
+        else:   # it had ended on its own before the cancel reached it
+            out.write(f"{agent.task} had already ended: {record.state}\n")
     if not stopping and not dequeued and targets is None:
         out.write("nothing running or queued to cancel\n")
     return EXIT_OK

@@ -261,8 +261,8 @@ class Advancer:
             # every event read must reach the caches, also when an agent's end
             # wakes us: a cache trusted past a change would launch twice
             news = self.engine.notice(changed)
-            if ended:   # settle it now: check liveness in this pass
-                self.engine.last_liveness = float("-inf")
+            if ended:   # settle it now: ask the executors in this pass
+                self.engine.look_now()
             if news or ended:
                 return True
 

@@ -249,6 +249,11 @@ class Engine:
                 self.next_wake = min(self.next_wake, self.last_asked[name] + every)
         return seen
 
+    def look_now(self) -> None:
+        """Ask every executor at the next pass (a pidfd said a wrapper ended)."""
+        for name in self.last_asked:
+            self.last_asked[name] = float("-inf")
+
     # -- the effect runner ---------------------------------------------------
     def apply(self, agent: Agent, record: StatusRecord, fact: t.Observation,
               events: list[dict] | None = None) -> StatusRecord:
@@ -309,7 +314,12 @@ class Engine:
     # -- stopping --------------------------------------------------------
     def stop(self, agent: Agent, record: StatusRecord, kind: StopKind, reason: str
              ) -> StatusRecord:
-        """SIGTERM the run and everything it started; SIGKILL at kill_grace."""
+        """SIGTERM the run and everything it started; SIGKILL at kill_grace.
+        A run whose wrapper already recorded its exit has nothing left to
+        stop: it is settled with its own outcome (a Slurm job can wait for
+        Slurm's word on it for up to a poll)."""
+        if self.layout.exit_file(record.run_id or "").exists():
+            return record
         return self.apply(agent, record, t.StopWanted(kind, reason))
 
     def kill(self, record: StatusRecord) -> None:

@@ -49,7 +49,8 @@ if TYPE_CHECKING:
 # For tests only: SIGKILL this process right after recording an event of this
 # name, as a crash between "event recorded" and "hook started" would.
 _PRIVATE_FIELDS = ("inputs", "upstream", "config_digest", "launches", "pid_create_time",
-                   "descendants", "fingerprint", "signal_digest", "stop_reason", "kill_at")
+                   "descendants", "fingerprint", "signal_digest", "stop_reason", "kill_at",
+                   "stop_kind")
 
 
 @dataclass(frozen=True)

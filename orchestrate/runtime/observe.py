@@ -25,9 +25,8 @@ from ..core.transitions import (
     Ended,
     Found,
     NeverStarted,
-    Phase,
     Vanished,
-    phase,
+    unanswered,
 )
 from ..core.transitions import Observation as Fact
 from .worktree import output_root
@@ -38,6 +37,8 @@ def observe_run(layout: Layout, agent: Agent, record: StatusRecord, executor: Ex
                 seen: Observation | None) -> Fact | None:
     """The fact about a running record (None: nothing can be said yet).
     `seen`: what the executor said at this pass (None: it was not asked)."""
+    if unanswered(record):
+        return recovered(layout, agent, record, executor)
     exit_path = layout.exit_file(record.run_id or "")
     code = read_exit_code(exit_path)
     if code is not None and not executor.polled:
@@ -48,10 +49,9 @@ def observe_run(layout: Layout, agent: Agent, record: StatusRecord, executor: Ex
         # the job's processes closed it, and the CLI's result is read from it.
         if seen is None or seen.alive:
             return None
-        said = seen.ended_as if code > 128 and record.stop_kind is None else None
+        said = seen.ended_as if code > 128 and record.stop_kind is None and seen.known \
+            else None
         return ended(layout, agent, record, code, exit_time(exit_path), said)
-    if phase(record) is Phase.LAUNCHING:
-        return recovered(layout, agent, record, executor)
     if seen is not None and not seen.alive:
         code = read_exit_code(exit_path)   # it may have finished since we looked
         if code is not None:

@@ -44,6 +44,7 @@ class Observation:
     without the wrapper's exit record, why (None: nothing to add)."""
     alive: bool
     ended_as: str | None = None
+    known: bool = True   # False: the executor no longer knows the run at all
 
 
 class Unavailable(RuntimeError):

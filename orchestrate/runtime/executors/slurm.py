@@ -106,7 +106,8 @@ def query_states(job_ids: list[str]) -> dict[str, str]:
 def observation(job_id: str, states: dict[str, str]) -> Observation:
     state = states.get(job_id)
     if state is None:
-        return Observation(False, f"slurm: job {job_id} is no longer known to Slurm")
+        return Observation(False, f"slurm: job {job_id} is no longer known to Slurm",
+                           known=False)
     if state in LIVE_STATES:
         return Observation(True)
     return Observation(False, f"slurm: {state}")
