@@ -413,6 +413,11 @@ def test_a_job_slurm_no_longer_knows_adds_nothing_to_its_exit_status(tmp_path):
     layout.exit_file(record.run_id).write_text("137\n")
     gone = Observation(False, "slurm: job 12 is no longer known to Slurm", known=False)
     assert observe_run(layout, AGENT, record, PolledExecutor(), gone).executor_said is None
+    # an exit status of its own (not a signal): Slurm's state adds nothing either
+    layout.exit_file(record.run_id).write_text("1\n")
+    failed = Observation(False, "slurm: FAILED")
+    fact = observe_run(layout, AGENT, record, PolledExecutor(), failed)
+    assert fact.code == 1 and fact.executor_said is None
 
 
 def test_the_engine_asks_local_once_a_second_unless_told_to_look_now(tmp_path):

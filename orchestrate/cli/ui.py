@@ -145,21 +145,6 @@ def totals_lines(totals: dict[str, dict[str, float]], budgets: dict[str, float |
     return lines
 
 
-def status_table(rows: list[tuple[str, ...]], title: str | None = None):
-    from rich.table import Table
-    table = Table(title=title, box=None, pad_edge=False, header_style="bold")
-    usage = any(row[5] or row[6] for row in rows)
-    columns = ["agent", "state", "elapsed", "attempt", "reason"] + (
-        ["cost", "tokens"] if usage else [])
-    rows = [row if usage else row[:5] for row in rows]
-    for column in columns:
-        table.add_column(column, overflow="fold")
-    for row in rows:
-        table.add_row(row[0], f"[{STYLES.get(row[1], '')}]{row[1]}[/]" if STYLES.get(row[1])
-                      else row[1], *row[2:])
-    return table
-
-
 def status_lines(rows: list[tuple[str, ...]], colour: bool = False,
                  width: int | None = None) -> list[str]:
     """The status table as plain padded columns (see table.py: rich's Table

@@ -275,22 +275,24 @@ def transition(record: StatusRecord, agent: Agent, seen: Observation, now: float
     if isinstance(seen, NeverStarted):
         return _owe_attempt(record, now)
     if isinstance(seen, Found):
-        handle = seen.handle
-        record = replace(record, state="running", pid=handle.pid,
-                         pid_create_time=handle.create_time, job_id=handle.job_id,
-                         reason="running" if record.stop_kind is None else record.reason)
+        stopping = record.stop_kind is not None
+        record = _attached(record, seen.handle, record.reason if stopping else "running")
         # a stop begun before we knew where it ran: its SIGTERM reaches it now
         # (its SIGKILL at kill_at, as for any stopping run)
-        return record, [Save()] + ([Kill(signal.SIGTERM)] if record.stop_kind else [])
+        return record, [Save()] + ([Kill(signal.SIGTERM)] if stopping else [])
     raise TypeError(f"not an observation: {seen!r}")
+
+
+def _attached(record: StatusRecord, handle: "Handle", reason: str) -> StatusRecord:
+    """Running, where the executor says it lives."""
+    return replace(record, state="running", pid=handle.pid, pid_create_time=handle.create_time,
+                   job_id=handle.job_id, reason=reason)
 
 
 def _started(record: StatusRecord, agent: Agent, seen: Submitted) -> tuple[StatusRecord, Effects]:
     handle = seen.handle
     why = record.reason   # the scheduler's reason to launch it
-    record = replace(record, state="running", pid=handle.pid,
-                     pid_create_time=handle.create_time, job_id=handle.job_id,
-                     reason=seen.running_reason)
+    record = _attached(record, handle, seen.running_reason)
     extra = {"job_id": handle.job_id} if handle.job_id else {}
     # a job id is the only way back to a job: on disk before anything else
     return record, [Save(durable=handle.job_id is not None),

@@ -192,13 +192,6 @@ class Engine:
         return plan(self.workspace, agents, self.facts(agents, records),
                     self.external_signals(), now=self.clock())
 
-
-
-
-
-
-
-
     # -- the pass ----------------------------------------------------------
     def run_pass(self, agents: list[Agent]) -> PassResult:
         """Settle finished runs and decide; `launch_all` then starts what may start."""
@@ -233,16 +226,16 @@ class Engine:
         most every `liveness_interval`, Slurm every `poll` (one-shot
         commands: now). Runs not asked count as alive until the next time."""
         seen: dict[str, Observation] = {}
-        for name, executor in self.executors.items():
-            mine = [r for r in running if r.executor == name
-                    or (name == "local" and r.executor not in self.executors)]
-            if not mine:
-                continue
+        by_executor: dict[str, list[StatusRecord]] = {}
+        for record in running:
+            by_executor.setdefault(self.executor_of(record).name, []).append(record)
+        for name, mine in by_executor.items():
+            executor = self.executors[name]
             every = (self.workspace.slurm.poll if executor.polled else self.liveness_interval) \
                 if self.liveness_interval else 0.0
             if now - self.last_asked[name] >= every:
                 self.last_asked[name] = now
-                asked = [r for r in mine if t.phase(r) is not t.Phase.LAUNCHING]
+                asked = [r for r in mine if not t.unanswered(r)]   # no handle to ask about
                 if asked:
                     seen.update(executor.observe(asked))
             if executor.polled:
@@ -297,7 +290,7 @@ class Engine:
             path.parent.mkdir(parents=True, exist_ok=True)
             write_atomic(path, effect.text)
         elif isinstance(effect, t.HoldPreset):
-            directory = layout.base / "ratelimits"
+            directory = layout.ratelimits_dir
             directory.mkdir(exist_ok=True)
             write_json(directory / f"{effect.preset}.json",
                        {"until": effect.until, "by": effect.by})
@@ -380,7 +373,7 @@ class Engine:
 
     def rate_limits(self) -> dict[str, float]:
         """Preset -> until when its CLI said it is rate limited (ratelimits/*.json)."""
-        directory = self.layout.base / "ratelimits"
+        directory = self.layout.ratelimits_dir
         limits = {}
         for path in directory.glob("*.json") if directory.is_dir() else ():
             data = read_json(path) or {}

@@ -41,29 +41,28 @@ def observe_run(layout: Layout, agent: Agent, record: StatusRecord, executor: Ex
         return recovered(layout, agent, record, executor)
     exit_path = layout.exit_file(record.run_id or "")
     code = read_exit_code(exit_path)
-    if code is not None and not executor.polled:
-        return ended(layout, agent, record, code, exit_time(exit_path), None)
-    if code is not None:
-        # A remote run is settled once its executor says it has ended: on a
-        # shared filesystem the log's last bytes reach this host only after
-        # the job's processes closed it, and the CLI's result is read from it.
-        if seen is None or seen.alive:
-            return None
-        said = seen.ended_as if code > 128 and record.stop_kind is None and seen.known \
-            else None
-        return ended(layout, agent, record, code, exit_time(exit_path), said)
-    if seen is not None and not seen.alive:
-        code = read_exit_code(exit_path)   # it may have finished since we looked
-        if code is not None:
-            return ended(layout, agent, record, code, exit_time(exit_path), seen.ended_as)
+    gone = seen is not None and not seen.alive
+    if code is None and gone:
+        code = read_exit_code(exit_path)   # it may have finished since the executor looked
+    if code is None and not gone:
+        return Alive(last_output(layout, agent, record),
+                     agent.check is not None and record.reason != checks.CHECKING
+                     and checks.marker_path(layout, record.run_id or "").exists())
+    if code is None:
         if executor.unclaimed_means_never_ran and abandon_run(exit_path):
             # gone before its wrapper claimed the run: killed between fork
             # and exec, so the agent never ran; that attempt is owed
             return NeverStarted()
         return Vanished(seen.ended_as)
-    return Alive(last_output(layout, agent, record),
-                 agent.check is not None and record.reason != checks.CHECKING
-                 and checks.marker_path(layout, record.run_id or "").exists())
+    if executor.polled and not gone:
+        # A remote run is settled once its executor says it has ended: on a
+        # shared filesystem the log's last bytes reach this host only after
+        # the job's processes closed it, and the CLI's result is read from it.
+        return None
+    # killed by a signal orchestrate did not send: the executor may know why
+    said = seen.ended_as if gone and seen.known and code > 128 and record.stop_kind is None \
+        else None
+    return ended(layout, agent, record, code, exit_time(exit_path), said)
 
 
 def recovered(layout: Layout, agent: Agent, record: StatusRecord, executor: Executor
@@ -100,10 +99,8 @@ def ended(layout: Layout, agent: Agent, record: StatusRecord, code: int,
         except OSError:
             text = ""
         reported = parse_result(agent.preset, text, code)
-    stopped = record.stop_kind is not None
-    fact = Ended(code, ended_at, executor_said=executor_said, reported=reported)
-    if stopped:
-        return fact
+    if record.stop_kind is not None:   # it ends with its stop reason: nothing else matters
+        return Ended(code, ended_at, executor_said=executor_said, reported=reported)
     if code != 0:
         said = exit_reason(code, describe_exit(code), layout.root / record.log)
         return Ended(code, ended_at, said, executor_said, reported)

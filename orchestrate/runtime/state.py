@@ -109,6 +109,11 @@ class Layout:
     def prompt_file(self, run_id: str) -> Path:
         return self.runs_dir / f"{run_id}.prompt"
 
+    @property
+    def ratelimits_dir(self) -> Path:
+        """ratelimits/<preset>.json: until when a preset's CLI said it is limited."""
+        return self.base / "ratelimits"
+
     def result(self, pipeline: str, agent: str) -> Path:
         return self.base / "results" / pipeline / f"{agent}.md"
 
