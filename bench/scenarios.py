@@ -421,7 +421,7 @@ def _one_hook_event(root, i: int) -> tuple[float, float, float, float]:
     """(ms to record, ms to start the supervisor, supervisor CPU ms, ms until
     the hook started) for one event, through the library on real files."""
     from orchestrate.runtime.hooks import HookEvent, HookKeeper, start_supervisor
-    from orchestrate.core.spec import load_workspace
+    from orchestrate.runtime.workspace import load_workspace
     from orchestrate.runtime.state import Layout
     keeper = HookKeeper(load_workspace(root), Layout(root))
     event = HookEvent(id=f"on_failure.bench-{i}", event="on_failure", pipeline="bench",

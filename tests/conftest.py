@@ -69,7 +69,7 @@ class Workspace:
         launched now (for tests that forge a crash's leftovers)."""
         from orchestrate.runtime.engine import Engine
         from orchestrate.core.selection import select
-        from orchestrate.core.spec import load_workspace
+        from orchestrate.runtime.workspace import load_workspace
         workspace = load_workspace(self.root)
         engine = Engine(workspace)
         agents = select(workspace, [task])

@@ -1,8 +1,5 @@
 """Commands that behave like their names (issue 10, point 5) and work from a
 subdirectory (point 6): real doit, real processes."""
-import json
-import os
-import signal
 import subprocess
 import sys
 

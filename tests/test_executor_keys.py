@@ -1,13 +1,13 @@
 """The executor keys: executor, resources, [tool.orchestrate.slurm] (pure parsing),
 and the sbatch options they become."""
 import subprocess
-import sys
 
 import pytest
 
-from orchestrate.runtime.executors.settings import sbatch_options, slurm_time
+from orchestrate.core.settings import sbatch_options, slurm_time
 from orchestrate.runtime.executors.slurm import job_script, parse_states
-from orchestrate.core.spec import PipelineError, load_workspace
+from orchestrate.core.spec import PipelineError
+from orchestrate.runtime.workspace import load_workspace
 
 AGENT = '[agents.a]\ncommand = "true"\n'
 

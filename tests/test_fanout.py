@@ -11,7 +11,7 @@ import pytest
 from conftest import FAKE_AGENT, wait_until
 from orchestrate.runtime.fanout import expand_loaded
 from orchestrate.core.foreach import Item, ListProblem, assign_keys, parse_list, slug, substitute
-from orchestrate.core.spec import _Problems, parse_pipeline
+from orchestrate.core.spec import Problems, parse_pipeline
 
 
 def argv(ws, *args: str) -> str:
@@ -62,7 +62,7 @@ def test_substitution_is_one_pass_and_expansion_names_every_instance_in_the_fan_
     item = Item("{key} $(x)", "k", (("title", "{item}"),))
     assert substitute("a {item} b {item.title} {key} {other}", item) == \
         "a {key} $(x) b {item} k {other}"
-    problems = _Problems()
+    problems = Problems()
     pipeline = parse_pipeline("p", "pipelines/p.toml", {"agents": {
         "plan": {"command": "true"},
         "w": {"foreach": {"json": "l.json", "from": "plan"}, "command": ["echo", "{item}"]},

@@ -20,7 +20,8 @@ import pytest
 from conftest import wait_until
 from orchestrate.runtime.hooks import standing, verdict
 from orchestrate.core.scheduler import Decision
-from orchestrate.core.spec import Agent, Hooks, Pipeline, PipelineError, load_workspace
+from orchestrate.core.spec import Agent, Hooks, Pipeline, PipelineError
+from orchestrate.runtime.workspace import load_workspace
 from orchestrate.runtime.state import StatusRecord
 
 PROBE = Path(__file__).with_name("hook_probe.py")

@@ -9,7 +9,6 @@ import struct
 import subprocess
 import sys
 import termios
-import time
 
 from conftest import wait_until
 

@@ -1,6 +1,5 @@
 """The advancer waits on events (issue 10, point 9): an agent whose wrapper
 is killed without recording an exit status still wakes it (its pidfd)."""
-import json
 import os
 import signal
 

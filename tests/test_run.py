@@ -416,7 +416,7 @@ def test_crash_after_the_spawn_adopts_the_running_agent(ws):
     exit_path = ws.state / "runs" / f"{run_id}.exit"
     exit_path.parent.mkdir(parents=True, exist_ok=True)
     # the agent as the launcher would have started it: its wrapper, its session
-    from orchestrate.core.spec import load_workspace
+    from orchestrate.runtime.workspace import load_workspace
     from orchestrate.runtime.wrapper import wrapper_argv
     agent = load_workspace(ws.root).pipeline("p").agent("a")
     orphan = subprocess.Popen(wrapper_argv(agent.task, agent.command, exit_path), cwd=ws.root,

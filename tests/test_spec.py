@@ -3,7 +3,8 @@ from pathlib import Path
 
 import pytest
 
-from orchestrate.core.spec import PipelineError, find_cycle, load_workspace, parse_duration
+from orchestrate.core.spec import PipelineError, find_cycle, parse_duration
+from orchestrate.runtime.workspace import load_workspace
 
 
 def load(tmp_path: Path, **files: str):

@@ -425,7 +425,7 @@ def test_the_engine_asks_local_once_a_second_unless_told_to_look_now(tmp_path):
     records and pidfds wake it); a pidfd saying a wrapper ended makes the
     next pass ask at once, or that run would wait for the second to pass."""
     from orchestrate.runtime.engine import Engine
-    from orchestrate.core.spec import load_workspace
+    from orchestrate.runtime.workspace import load_workspace
     (tmp_path / "pipelines").mkdir()
     (tmp_path / "pipelines" / "p.toml").write_text('[agents.a]\ncommand = "true"\n')
     engine = Engine(load_workspace(tmp_path), liveness_interval=1.0, clock=lambda: NOW)
@@ -438,7 +438,7 @@ def test_the_engine_asks_local_once_a_second_unless_told_to_look_now(tmp_path):
 
 def test_cancel_leaves_a_run_that_already_recorded_its_exit_to_its_own_outcome(tmp_path):
     from orchestrate.runtime.engine import Engine
-    from orchestrate.core.spec import load_workspace
+    from orchestrate.runtime.workspace import load_workspace
     (tmp_path / "pipelines").mkdir()
     (tmp_path / "pipelines" / "p.toml").write_text('[agents.a]\ncommand = "true"\n')
     engine = Engine(load_workspace(tmp_path))

@@ -18,27 +18,12 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any, Iterator
 
+from ..core.records import AgentResult
 
-@dataclass
-class AgentResult:
-    final_message: str = ""
-    session_id: str | None = None
-    turns: int | None = None
-    input_tokens: int = 0
-    output_tokens: int = 0
-    cache_tokens: int = 0
-    cost_usd: float | None = None
-    is_error: bool = False
-    error: str | None = None
-    rate_limited: bool = False       # the CLI hit a rate limit or an overload
-    reset_at: float | None = None    # when it said the limit resets (epoch seconds)
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+__all__ = ["AgentResult", "parse"]
 
 
 def _json_lines(text: str) -> Iterator[dict[str, Any]]:

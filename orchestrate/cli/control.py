@@ -7,11 +7,10 @@ from dataclasses import replace
 from pathlib import Path
 from typing import IO
 
-from ..core import checks
 from ..runtime.advancer import AdvancerSlot, Watcher, can_advance, fork_advancer
 from ..runtime.engine import LIVENESS_INTERVAL, Engine, PassResult
 from ..core.errors import UserError
-from ..runtime.executors.settings import where_it_runs
+from ..core.settings import where_it_runs
 from ..core.policy import StopKind
 from ..core.scheduler import RETRY_REQUESTED, Decision
 from ..core.selection import match, select
@@ -422,7 +421,7 @@ def print_log(root: Path, task: str, follow: bool, out: IO[str], check: bool = F
     if agent is None:
         raise UserError(f"'{task}' is not an agent (expected pipeline:agent)")
     layout = Layout(workspace.root)
-    path = (checks.check_log(layout, agent.pipeline, agent.name) if check
+    path = (layout.check_log(agent.pipeline, agent.name) if check
             else layout.log(agent.pipeline, agent.name))
     if not path.exists():
         what = 'check log' if check else 'log'

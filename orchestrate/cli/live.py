@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterable
 
-from ..core.causes import last_line
+from ..runtime.causes import last_line
 from ..core.scheduler import Decision
 from ..runtime.state import Layout
 from ..core.table import columns

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 import subprocess
 from dataclasses import replace
 from pathlib import Path
@@ -117,7 +118,8 @@ def collect(root: Path, names: list[str], report_dir: Path) -> report.ReportData
         input_tokens=int(sum(t["input_tokens"] for t in totals.values())),
         output_tokens=int(sum(t["output_tokens"] for t in totals.values())),
         failures=[_failure(root, t, d, records.get(t)) for t, d in decisions.items()
-                  if d.state == "failed"])
+                  if d.state == "failed"],
+        generated=time.time())
 
 
 def dag_svg(dag: graph.Graph) -> tuple[str, str]:
@@ -176,7 +178,7 @@ def _failure(root: Path, task: str, decision: Decision,
              record: StatusRecord | None) -> report.Failure:
     log = record.log if record else ""
     if record is not None and checks.check_said_no(record):   # show what said no
-        log = os.path.relpath(checks.check_log(Layout(root), record.pipeline, record.agent),
+        log = os.path.relpath(Layout(root).check_log(record.pipeline, record.agent),
                               root)
     return report.Failure(task, decision.reason, log, tail(root / log) if log else [])
 

@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from ..runtime import worktree
-from ..core.checks import check_log, feedback_path
 from ..core.errors import UserError
-from ..core.spec import Agent, Workspace, load_workspace
+from ..core.spec import Agent, Workspace
+from ..runtime.workspace import load_workspace
 from ..runtime.state import Layout, SchedulingLock, expand_patterns, read_status, remove_inside
 from ..runtime.worktree import output_root
 
@@ -114,8 +114,8 @@ def _clean_under_lock(layout: Layout, spec: Agent, dryrun: bool):
         where = output_root(layout, spec)
         outputs, _ = expand_patterns(where, spec.outputs)
         state = [layout.signal(pipeline, agent), layout.status(pipeline, agent),
-                 *layout.earlier_logs(pipeline, agent), check_log(layout, pipeline, agent),
-                 feedback_path(layout, pipeline, agent)]
+                 *layout.earlier_logs(pipeline, agent), layout.check_log(pipeline, agent),
+                 layout.feedback(pipeline, agent)]
         paths = [*((where, where / rel) for rel in outputs),
                  *((layout.root, path) for path in state)]
         if dryrun:

@@ -9,13 +9,10 @@ from __future__ import annotations
 import shlex
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .records import StatusRecord
 from .spec import Agent
-
-if TYPE_CHECKING:
-    from ..runtime.state import Layout
 
 FEEDBACK_LINES = 200     # lines of the check's output the agent gets back
 CHECKING = "checking"    # the reason of a running agent whose check runs
@@ -47,30 +44,9 @@ class Verdict:
 
 
 # -- paths ---------------------------------------------------------------------
-def verdict_path(layout: Layout, run_id: str) -> Path:
-    return layout.runs_dir / f"{run_id}.check"
-
-
-def marker_path(layout: Layout, run_id: str) -> Path:
-    """Exists while the run's check runs: the status says `checking`."""
-    return layout.runs_dir / f"{run_id}.checking"
-
-
-def check_log(layout: Layout, pipeline: str, agent: str) -> Path:
-    return layout.base / "logs" / pipeline / f"{agent}.check.log"
-
-
-def feedback_path(layout: Layout, pipeline: str, agent: str) -> Path:
-    return layout.root / feedback_relpath(pipeline, agent)
-
-
 def feedback_relpath(pipeline: str, agent: str) -> str:
     """Relative to the workspace root, as the status record keeps it."""
     return f".orchestrate/feedback/{pipeline}/{agent}.md"
-
-
-def run_files(layout: Layout, run_id: str) -> tuple[Path, ...]:
-    return verdict_path(layout, run_id), marker_path(layout, run_id)
 
 
 # -- pure ----------------------------------------------------------------------
@@ -130,7 +106,7 @@ def carried(previous: StatusRecord | None) -> dict[str, Any]:
 
 def running_reason(previous: StatusRecord | None, record: StatusRecord) -> str:
     """`running`, or what the run answers when it is a check's relaunch."""
-    if is_check_relaunch(previous):
+    if previous is not None and is_check_relaunch(previous):
         return f"running again after {previous.reason}"
     return "running"
 
@@ -143,10 +119,10 @@ class Followup:
     session: str | None
 
 
-def followup(layout: Layout, record: StatusRecord) -> Followup | None:
+def followup(root: Path, record: StatusRecord) -> Followup | None:
     if not record.feedback:
         return None
-    return Followup(layout.root / record.feedback, record.resume_session)
+    return Followup(root / record.feedback, record.resume_session)
 
 
 def prompt_with_feedback(prompt: str, feedback: str, resumed: bool) -> str:

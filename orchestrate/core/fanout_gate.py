@@ -9,7 +9,8 @@ from __future__ import annotations
 from typing import Any
 
 
-def gate_decision(agent: Any, record: Any, decided: dict, signals: dict) -> Any:
+def gate_decision(agent: Any, record: Any, decided: dict[str, Any], signals: dict[str, Any]
+                  ) -> Any:
     from .scheduler import Decision
     name = agent.awaits[0]
     upstream = decided[f"{agent.pipeline}:{name}"]

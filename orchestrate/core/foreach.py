@@ -139,7 +139,7 @@ def substitute(text: str, item: Item) -> str:
     """One pass over `text`: what an item contains is never read as a placeholder."""
     if "{" not in text:
         return text
-    def one(match: re.Match) -> str:
+    def one(match: re.Match[str]) -> str:
         token = match.group(1)
         if token == "key":
             return item.key
@@ -204,7 +204,8 @@ def parse_list(text: str, max_items: int) -> list[Item]:
                           f"got {type(data).__name__}")
     if len(data) > max_items:
         raise ListProblem(f"{len(data)} items, more than max_items ({max_items})")
-    sources, made = [], []
+    sources: list[tuple[str, str]] = []
+    made: list[tuple[str, tuple[tuple[str, str], ...] | None]] = []
     for number, element in enumerate(data, 1):
         if isinstance(element, str):
             sources.append((element, element))
@@ -222,7 +223,7 @@ def parse_list(text: str, max_items: int) -> list[Item]:
     return [Item(text, key, fields) for (text, fields), key in zip(made, keys)]
 
 
-def _flat_fields(number: int, element: dict) -> dict[str, str]:
+def _flat_fields(number: int, element: dict[str, Any]) -> dict[str, str]:
     fields = {}
     for name, value in element.items():
         if isinstance(value, (dict, list)):
@@ -318,8 +319,9 @@ def expand_agents(declared: tuple[Any, ...], static_items: dict[str, list[Item]]
     return tuple(result)
 
 
-def _items_for(name: str, by_name: dict, static_items: dict, dynamic_items: dict,
-               items_of: dict, expansions: dict) -> None:
+def _items_for(name: str, by_name: dict[str, Any], static_items: dict[str, Any],
+               dynamic_items: dict[str, Any], items_of: dict[str, Any],
+               expansions: dict[str, Any]) -> None:
     agent = by_name[name]
     if name in items_of or agent.foreach is None:
         return
@@ -339,11 +341,12 @@ def _items_for(name: str, by_name: dict, static_items: dict, dynamic_items: dict
 def _gate_waits_on(agent: Any) -> str:
     """A json fan-out's gate waits on its `from`; an each_of gate on its upstream gate."""
     if agent.foreach.kind == "json":
-        return agent.foreach.source
-    return agent.foreach.each_of
+        return str(agent.foreach.source)
+    return str(agent.foreach.each_of)
 
 
-def _instance_of(template: Any, item: Item, by_name: dict, expansions: dict) -> Any:
+def _instance_of(template: Any, item: Item, by_name: dict[str, Any], expansions: dict[str, Any]
+                 ) -> Any:
     foreach = by_name[template.name].foreach
     extra_inputs = (item.text,) if foreach.kind == "glob" else ()
     after: tuple[str, ...] = ()

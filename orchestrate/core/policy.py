@@ -11,6 +11,9 @@ from .spec import Agent
 from .records import StatusRecord
 
 MAX_BACKOFF = 300.0   # retry_backoff doubles per attempt, up to five minutes
+# The two signals a stop sends, as numbers (Linux's): the core names them
+# without importing `signal`, and the executors send them as they are.
+SIGTERM, SIGKILL = 15, 9
 
 
 class StopKind(str, Enum):
@@ -54,7 +57,7 @@ def next_limit(agent: Agent, record: StatusRecord, last_output: float | None) ->
 
 def backoff(agent: Agent, attempt: int) -> float:
     """Seconds before attempt `attempt + 1`: retry_backoff, doubling, capped."""
-    return min(agent.retry_backoff * 2 ** (attempt - 1), MAX_BACKOFF)
+    return float(min(agent.retry_backoff * 2 ** (attempt - 1), MAX_BACKOFF))
 
 
 def should_retry(agent: Agent, record: StatusRecord, stopped: bool) -> bool:

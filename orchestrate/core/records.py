@@ -5,11 +5,40 @@ Data only (the files are read and written by `state`), so the pure modules
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
+from datetime import datetime, timezone
 from typing import Any
 
 STATES = ("pending", "waiting", "queued", "launching", "running", "done", "failed",
           "cancelled", "removed")
+
+
+@dataclass(frozen=True)
+class Handle:
+    """What the status record keeps to find a run again: where its executor
+    holds it (a local pid and its start time, or a cluster's job id)."""
+    pid: int | None = None
+    create_time: float | None = None
+    job_id: str | None = None
+
+
+@dataclass
+class AgentResult:
+    """What an agent CLI reported, once `agents.results` has read its log."""
+    final_message: str = ""
+    session_id: str | None = None
+    turns: int | None = None
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_tokens: int = 0
+    cost_usd: float | None = None
+    is_error: bool = False
+    error: str | None = None
+    rate_limited: bool = False       # the CLI hit a rate limit or an overload
+    reset_at: float | None = None    # when it said the limit resets (epoch seconds)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 @dataclass
@@ -31,7 +60,7 @@ class StatusRecord:
     pid_create_time: float | None = None
     fingerprint: str | None = None
     config_digest: str | None = None
-    inputs: dict[str, list] = field(default_factory=dict)
+    inputs: dict[str, list[Any]] = field(default_factory=dict)
     upstream: dict[str, str] = field(default_factory=dict)
     upstream_used: str | None = None
     signal_digest: str | None = None
@@ -39,12 +68,12 @@ class StatusRecord:
     stop_reason: str | None = None      # set when orchestrate began stopping the run
     stop_kind: str | None = None        # why: "cancel", "timeout" or "stall" (policy.StopKind)
     kill_at: float | None = None        # when SIGKILL follows the SIGTERM
-    descendants: list = field(default_factory=list)   # [[pid, create_time], ...]
+    descendants: list[list[float]] = field(default_factory=list)   # [[pid, create_time], ...]
     retry_at: float | None = None       # a failed attempt waits until then
-    result: dict = field(default_factory=dict)   # what a preset CLI reported (results.py)
+    result: dict[str, Any] = field(default_factory=dict)   # what a preset CLI reported (results.py)
     spent_usd: float = 0.0              # cost of every attempt and run so far
     rate_limit_hits: int = 0            # rate-limited attempts in a row (not retries)
-    check: dict = field(default_factory=dict)   # the last check's verdict (checks.py)
+    check: dict[str, Any] = field(default_factory=dict)   # the last check's verdict (checks.py)
     check_attempts: int = 0             # failed checks in this series (not retries)
     feedback: str | None = None         # the feedback file a check relaunch gets
     resume_session: str | None = None   # the CLI session a check relaunch resumes
@@ -72,3 +101,15 @@ def _legacy_stop_kind(reason: str) -> str:
 
 _STATUS_FIELDS = tuple(f.name for f in fields(StatusRecord))
 _STATUS_NAMES = frozenset(_STATUS_FIELDS)
+
+
+def iso(epoch: float) -> str:
+    """Epoch seconds as the status record writes times (UTC, milliseconds)."""
+    return datetime.fromtimestamp(epoch, timezone.utc).isoformat(
+        timespec="milliseconds").replace("+00:00", "Z")
+
+
+def clock_text(epoch: float) -> str:
+    """A time of day in a reason: UTC, so a reason reads the same whatever
+    the TZ of the process that wrote it (an advancer, a cluster node)."""
+    return datetime.fromtimestamp(epoch, timezone.utc).strftime("%H:%M:%S UTC")

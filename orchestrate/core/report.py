@@ -9,7 +9,7 @@ escaped DOT.
 """
 from __future__ import annotations
 
-import time
+from datetime import datetime, timezone
 from dataclasses import dataclass, field
 from html import escape
 
@@ -62,7 +62,7 @@ class ReportData:
     input_tokens: int = 0
     output_tokens: int = 0
     failures: list[Failure] = field(default_factory=list)
-    generated: float = field(default_factory=time.time)
+    generated: float = 0.0           # when it was made (epoch seconds): the caller's clock
 
 
 def render(data: ReportData) -> str:
@@ -71,7 +71,7 @@ def render(data: ReportData) -> str:
 
 
 def _utc(epoch: float) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(epoch))
+    return datetime.fromtimestamp(epoch, timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def _state_css() -> str:

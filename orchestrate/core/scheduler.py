@@ -6,14 +6,14 @@ failed and cancelled agents stay as they are until their fingerprint changes.
 """
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from .checks import is_check_relaunch
 from .fanout_gate import gate_decision
 from .fingerprint import Fingerprint, config_digest, stale_reason
 from .spec import Agent, Workspace
-from .records import StatusRecord
+from .records import StatusRecord, clock_text
 
 ACTIVE = ("launching", "running")
 RETRY_REQUESTED = "retry requested (doit retry)"
@@ -24,7 +24,7 @@ class AgentFacts:
     """What the files say about one agent at the start of a pass."""
     record: StatusRecord | None
     signal_digest: str | None            # digest of the `.done` content, None if absent
-    inputs: dict[str, list] = field(default_factory=dict)  # path -> [mtime_ns, size, digest]
+    inputs: dict[str, list[Any]] = field(default_factory=dict)  # path -> [mtime_ns, size, digest]
 
 
 @dataclass(frozen=True)
@@ -74,8 +74,7 @@ class Capacity:
                         f"({label})", True, None)
         until = self.rate_limited.get(agent.preset or "")
         if until is not None and self.now < until:
-            clock = time.strftime("%H:%M:%S", time.localtime(until))
-            return f"rate limited until {clock} ({agent.preset})", False, until
+            return f"rate limited until {clock_text(until)} ({agent.preset})", False, until
         return None
 
     def _limits(self, agent: Agent) -> list[tuple[str, int, str]]:
@@ -151,7 +150,8 @@ def decide(agent: Agent, facts: AgentFacts, decided: dict[str, Decision],
            capacity: Capacity, now: float) -> Decision:
     record = facts.record
     if agent.gate:
-        return gate_decision(agent, record, decided, signals)
+        gated: Decision = gate_decision(agent, record, decided, signals)
+        return gated
     if record and record.state in ACTIVE:
         return Decision(agent, "running", record.reason or "running")
     if record and record.state == "cancelled" and record.fingerprint is None:
@@ -162,20 +162,23 @@ def decide(agent: Agent, facts: AgentFacts, decided: dict[str, Decision],
         return gate
     fingerprint = Fingerprint(config_digest(agent),
                               {p: v[2] for p, v in facts.inputs.items()}, consumed)
-    current = record is not None and recorded_fingerprint_matches(record, fingerprint)
-    if current and record.state == "done" and facts.signal_digest is not None:
-        return Decision(agent, "done", record.reason or "done", fingerprint, used)
-    if current and record.state in ("failed", "cancelled"):
-        return Decision(agent, record.state, record.reason, fingerprint, used)
+    # the record, when it was made for this very fingerprint (else None)
+    current = record if record is not None and recorded_fingerprint_matches(
+        record, fingerprint) else None
+    if current and current.state == "done" and facts.signal_digest is not None:
+        return Decision(agent, "done", current.reason or "done", fingerprint, used)
+    if current and current.state in ("failed", "cancelled"):
+        return Decision(agent, current.state, current.reason, fingerprint, used)
     attempt = 1
     reason = _why_stale(record, facts, fingerprint)
-    if current and record.state == "waiting" and record.retry_at is not None:
-        if now < record.retry_at:
-            return Decision(agent, "waiting", record.reason, fingerprint, used, timed=True,
-                            wake_at=record.retry_at, attempt=record.attempt + 1)
-        attempt, reason = record.attempt + 1, f"attempt {record.attempt + 1} of {agent.retries + 1}"
-        if is_check_relaunch(record):   # its reason says which check failed, and why
-            reason = record.reason
+    if current and current.state == "waiting" and current.retry_at is not None:
+        if now < current.retry_at:
+            return Decision(agent, "waiting", current.reason, fingerprint, used, timed=True,
+                            wake_at=current.retry_at, attempt=current.attempt + 1)
+        attempt = current.attempt + 1
+        reason = f"attempt {attempt} of {agent.retries + 1}"
+        if is_check_relaunch(current):   # its reason says which check failed, and why
+            reason = current.reason
     if hold := capacity.held(agent):
         reason, blocked, wake_at = hold
         return Decision(agent, "queued", reason, fingerprint, used, attempt=attempt,

@@ -1,6 +1,8 @@
 """Task names on the command line -> the agents they select (pure)."""
 from __future__ import annotations
 
+from typing import Any, Callable
+
 from .errors import UserError
 from .spec import Agent, Workspace
 
@@ -34,7 +36,7 @@ def match(workspace: Workspace, names: list[str]) -> list[Agent]:
     return [workspace.agents_by_task[t] for t in sorted(wanted)]
 
 
-def doit_names(names: list[str] | None, known: dict) -> list[str] | None:
+def doit_names(names: list[str] | None, known: dict[str, Any]) -> list[str] | None:
     """For doit's own commands that take exact names (forget): `p:a.*` and a
     fan-out's name `p:a` -> the task names they stand for."""
     from fnmatch import fnmatchcase
@@ -51,12 +53,12 @@ def doit_names(names: list[str] | None, known: dict) -> list[str] | None:
     return result
 
 
-def _named(agent: Agent, pattern: str, fnmatchcase) -> bool:
+def _named(agent: Agent, pattern: str, fnmatchcase: Callable[[str, str], bool]) -> bool:
     if fnmatchcase(agent.name, pattern):
         return True
     if agent.fanout is None:
         return False
-    return fnmatchcase(agent.fanout, pattern) or (agent.gate and
+    return fnmatchcase(agent.fanout, pattern) or (bool(agent.gate) and
                                                   fnmatchcase(agent.name + ".", pattern))
 
 

@@ -1,23 +1,23 @@
 """Pipeline files (TOML) -> validated, frozen dataclasses.
 
-Everything here is pure except `load_workspace`, which reads the files.
+Pure: the text is parsed here; `runtime.workspace.load_workspace` reads the
+files, expands fan-outs and checks what needs the disk (prompt files, paths
+through symlinks).
 Every user mistake becomes one `PipelineError` line naming the file, the
 agent and the key, so a user can fix all of them in one go.
 """
 from __future__ import annotations
 
-import os
 import re
-import tomllib
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Callable
 
-from .causes import check_prompt_files, suggestion
+from .causes import suggestion
 from .errors import UserError
 from .foreach import ForEach, check_foreach, fanout_problems, placeholder_problems
-from ..runtime.executors.settings import SlurmSettings, check_executor, check_resources, parse_slurm_table
+from .settings import SlurmSettings, check_executor, check_resources, parse_slurm_table
 
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 _DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
@@ -200,7 +200,7 @@ def parse_limit(value: Any) -> float:
     return seconds
 
 
-class _Problems:
+class Problems:
     """Collects error lines that each name file, agent and key."""
 
     def __init__(self) -> None:
@@ -309,13 +309,13 @@ def _check_outputs(value: Any) -> tuple[str, ...]:
 def _check_preset(value: Any) -> str:
     if value not in PRESETS:
         raise ValueError(f"expected one of {', '.join(PRESETS)}, got {value!r}")
-    return value
+    return str(value)
 
 
 def _check_isolation(value: Any) -> str:
     if value != "worktree":
         raise ValueError('expected "worktree"')
-    return value
+    return str(value)
 
 
 AGENT_KEYS: dict[str, tuple[str, Callable[[Any], Any]]] = {
@@ -358,7 +358,7 @@ PIPELINE_KEYS = ("description", "max_parallel", "budget_usd", "defaults", "agent
 WORKSPACE_KEYS = ("max_parallel", "pools", "budget_usd", "hooks", "executor", "slurm")
 
 
-def parse_hooks(path: str, key: str, table: Any, problems: "_Problems") -> Hooks:
+def parse_hooks(path: str, key: str, table: Any, problems: "Problems") -> Hooks:
     """A [hooks] table: each event a command (string or argv list)."""
     if not isinstance(table, dict):
         problems.add(path, None, key, f"expected a table of {', '.join(HOOK_EVENTS)}, "
@@ -381,7 +381,7 @@ def _known(keys: Any) -> str:
     return ", ".join(sorted(keys))
 
 
-def _agent_fields(path: str, agent: str, table: Any, problems: _Problems) -> dict[str, Any]:
+def _agent_fields(path: str, agent: str, table: Any, problems: Problems) -> dict[str, Any]:
     if not isinstance(table, dict):
         problems.add(path, agent, None, f"expected a table [agents.{agent}], got {_type_name(table)}")
         return {}
@@ -399,7 +399,7 @@ def _agent_fields(path: str, agent: str, table: Any, problems: _Problems) -> dic
 
 
 def _check_how_it_runs(path: str, agent: str, fields: dict[str, Any],
-                       problems: _Problems) -> None:
+                       problems: Problems) -> None:
     """Either a `command`, or `agent = "<preset>"` with one of prompt/prompt_file."""
     if "preset" not in fields:
         if "command" not in fields:
@@ -419,7 +419,7 @@ def _check_how_it_runs(path: str, agent: str, fields: dict[str, Any],
 
 
 def _check_dependencies(path: str, agents: dict[str, dict[str, Any]],
-                        problems: _Problems, pools: dict[str, int] | None) -> None:
+                        problems: Problems, pools: dict[str, int] | None) -> None:
     names = list(agents)
     for name, fields in agents.items():
         for key in ("after", "after_any"):
@@ -484,7 +484,7 @@ def find_cycle(graph: dict[str, tuple[str, ...]]) -> list[str] | None:
     return None
 
 
-def _pipeline_scalar(path: str, data: dict[str, Any], problems: _Problems,
+def _pipeline_scalar(path: str, data: dict[str, Any], problems: Problems,
                      key: str, check: Callable[[Any], Any]) -> Any:
     if key not in data:
         return None
@@ -495,7 +495,7 @@ def _pipeline_scalar(path: str, data: dict[str, Any], problems: _Problems,
         return None
 
 
-def parse_pipeline(name: str, path: str, data: dict[str, Any], problems: _Problems,
+def parse_pipeline(name: str, path: str, data: dict[str, Any], problems: Problems,
                    pools: dict[str, int] | None = None, executor: str = "local"
                    ) -> Pipeline | None:
     """Validate one pipeline's parsed TOML; add problems, return None if any."""
@@ -547,14 +547,14 @@ def parse_pipeline(name: str, path: str, data: dict[str, Any], problems: _Proble
                     declared=agents, executor=own_executor)
 
 
-def parse_workspace_config(path: str, data: dict[str, Any], problems: _Problems) -> dict[str, Any]:
+def parse_workspace_config(path: str, data: dict[str, Any], problems: Problems) -> dict[str, Any]:
     """The [tool.orchestrate] table of pyproject.toml."""
     table = data.get("tool", {}).get("orchestrate", {})
     if not isinstance(table, dict):
         problems.add(path, None, "tool.orchestrate", "expected a table")
         return {}
     config: dict[str, Any] = {}
-    for key, value in table.items():
+    for key in table:
         if key not in WORKSPACE_KEYS:
             problems.add(path, None, f"tool.orchestrate.{key}",
                          suggestion(key, WORKSPACE_KEYS))
@@ -584,84 +584,3 @@ def parse_workspace_config(path: str, data: dict[str, Any], problems: _Problems)
         config["slurm"] = parse_slurm_table(table["slurm"], parse_duration,
                                             lambda key, message: problems.add(path, None, key, message))
     return config
-
-
-def _read_toml(path: Path, shown: str, problems: _Problems) -> dict[str, Any] | None:
-    try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as err:
-        problems.add(shown, None, None, f"invalid TOML: {err}")
-    except (OSError, UnicodeDecodeError) as err:
-        problems.add(shown, None, None, f"cannot read: {err}")
-    return None
-
-
-def load_workspace(root: Path, lenient: bool = False) -> Workspace:
-    """Read pyproject.toml's [tool.orchestrate] and every pipelines/*.toml.
-
-    Strict (to launch anything): any problem raises PipelineError. Lenient
-    (to look, cancel, enforce limits): the valid pipelines, with the problems
-    and the names of the pipelines left out recorded in the workspace.
-    """
-    problems = _Problems()
-    config: dict[str, Any] = {"pools": ()}
-    pyproject = root / "pyproject.toml"
-    if pyproject.exists():
-        data = _read_toml(pyproject, "pyproject.toml", problems)
-        if data is not None:
-            config = parse_workspace_config("pyproject.toml", data, problems)
-    pools = dict(config.get("pools", ()))
-    pipelines, invalid = [], []
-    for path in sorted((root / "pipelines").glob("*.toml")):
-        shown = f"pipelines/{path.name}"
-        before = len(problems.lines)
-        data = _read_toml(path, shown, problems)
-        pipeline = None
-        if data is not None:
-            pipeline = parse_pipeline(path.stem, shown, data, problems, pools,
-                                      config.get("executor", "local"))
-        if pipeline is not None:
-            from ..runtime.fanout import expand_loaded
-            pipeline = expand_loaded(root, pipeline, problems)
-        if pipeline is not None:
-            _check_paths_resolve_inside(root, pipeline, problems)
-            check_prompt_files(root, pipeline, problems)
-        if len(problems.lines) > before:
-            invalid.append(path.stem)
-        else:
-            pipelines.append(pipeline)
-    if problems.lines and not lenient:
-        raise PipelineError(problems.lines)
-    return Workspace(root=root, pipelines=tuple(pipelines), problems=tuple(problems.lines),
-                     invalid=tuple(invalid), **config)
-
-
-def _check_paths_resolve_inside(root: Path, pipeline: Pipeline, problems: _Problems) -> None:
-    """`outputs` and `cwd` must stay inside the workspace once symlinks are
-    resolved (`out -> /elsewhere` with outputs = ["out/x"] would otherwise let
-    `doit clean` delete /elsewhere/x). A worktree agent's paths live in its
-    worktree, which does not exist yet: `clean` checks those when it removes."""
-    real_root = os.path.realpath(root)
-    resolved: dict[str, str] = {}   # most agents share their cwd and output folders
-    for agent in pipeline.agents:
-        if agent.isolation == "worktree":
-            continue
-        for key, paths in (("outputs", agent.outputs), ("cwd", (agent.cwd,))):
-            for path in paths:
-                prefix = _fixed_prefix(path)
-                if prefix not in resolved:
-                    resolved[prefix] = os.path.realpath(os.path.join(root, prefix))
-                where = resolved[prefix]
-                if os.path.commonpath([real_root, where]) != real_root:
-                    problems.add(pipeline.path, agent.name, key, f"'{path}' resolves to "
-                                 f"{where}, outside the workspace (through a symlink)")
-
-
-def _fixed_prefix(pattern: str) -> str:
-    """The part of a glob before its first wildcard component."""
-    parts = []
-    for part in Path(pattern).parts:
-        if any(c in part for c in "*?["):
-            break
-        parts.append(part)
-    return os.path.join(*parts) if parts else "."

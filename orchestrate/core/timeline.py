@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Iterable
+from typing import Any, Iterable
 
 from .records import StatusRecord
 
@@ -67,7 +67,7 @@ class Timeline:
         return start, max(end, start)
 
 
-def build(events: Iterable[dict], tasks: set[str],
+def build(events: Iterable[dict[str, Any]], tasks: set[str],
           records: dict[str, StatusRecord | None]) -> Timeline:
     """The attempts of `tasks` from their events; `records` (current status
     by task) give the exact end of the latest run and settle unended ones."""

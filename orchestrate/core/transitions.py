@@ -25,22 +25,15 @@ an attempt owed because the agent never ran).
 """
 from __future__ import annotations
 
-import signal
-import time
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timezone
 from enum import Enum
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from . import checks
 from .fingerprint import digest_text
-from .policy import StopKind, backoff, limit_exceeded, next_limit, should_retry
-from ..agents.results import AgentResult
+from .policy import SIGKILL, SIGTERM, StopKind, backoff, limit_exceeded, next_limit, should_retry
 from .spec import Agent
-from .records import StatusRecord
-
-if TYPE_CHECKING:
-    from ..runtime.executors import Handle
+from .records import AgentResult, Handle, StatusRecord, clock_text, iso
 
 MAX_RATE_LIMIT_HITS = 10   # rate-limited attempts in a row before it counts as a failure
 VANISHED = "agent process ended without recording an exit status (killed with SIGKILL?)"
@@ -70,40 +63,24 @@ def phase(record: StatusRecord) -> Phase:
     return Phase.RUNNING
 
 
-class Value:
-    """A fact or an effect: equal to another of the same type with the same
-    fields. Plain dataclasses (`value`) with these two methods shared: a
-    frozen dataclass generates five methods per class, 6 ms at import for
-    these twenty, and every `doit` pays its imports."""
-
-    def __eq__(self, other: object) -> bool:
-        return type(self) is type(other) and vars(self) == vars(other)
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in vars(self).items())})"
-
-
-value = dataclass(eq=False, repr=False)
-
-
 # -- observations: facts ------------------------------------------------------
-@value
-class Submitted(Value):
+@dataclass(frozen=True, slots=True)
+class Submitted:
     """The executor took the run."""
-    handle: "Handle"
+    handle: Handle
     running_reason: str = "running"
 
 
-@value
-class SubmitFailed(Value):
+@dataclass(frozen=True, slots=True)
+class SubmitFailed:
     """The executor refused the run: could not start it locally (not retried:
     the command or its folder is missing) or sbatch failed (retried)."""
     reason: str
     retried: bool
 
 
-@value
-class Ended(Value):
+@dataclass(frozen=True, slots=True)
+class Ended:
     """The wrapper's exit record was found, with what the outcome needs.
 
     `exit_said`: the reason for a non-zero code (its cause from the log);
@@ -121,50 +98,50 @@ class Ended(Value):
     verdict: checks.Verdict | None = None
 
 
-@value
-class Vanished(Value):
+@dataclass(frozen=True, slots=True)
+class Vanished:
     """Gone without an exit record: its wrapper was killed (SIGKILL, out of
     memory, a lost node); `executor_said` is the executor's word on it."""
     executor_said: str | None = None
 
 
-@value
-class NeverStarted(Value):
+@dataclass(frozen=True, slots=True)
+class NeverStarted:
     """Its claim was taken before its wrapper's: the agent never ran (a
     launch interrupted between fork and exec, or before sbatch answered)."""
 
 
-@value
-class Found(Value):
+@dataclass(frozen=True, slots=True)
+class Found:
     """After a crash lost the executor's answer: the run found by its run id."""
-    handle: "Handle"
+    handle: Handle
 
 
-@value
-class Alive(Value):
+@dataclass(frozen=True, slots=True)
+class Alive:
     """Still running at `now`; its log last grew at `last_output` (asked only
     with a stall_timeout); `checking`: its check has begun."""
     last_output: float | None = None
     checking: bool = False
 
 
-@value
-class StopWanted(Value):
+@dataclass(frozen=True, slots=True)
+class StopWanted:
     kind: StopKind
     reason: str
 
 
-@value
-class Tracked(Value):
+@dataclass(frozen=True, slots=True)
+class Tracked:
     """Ready to stop: what the executor must remember to stop all of it
     later (local: its descendants, as [pid, start time])."""
     kind: StopKind
     reason: str
-    descendants: tuple = ()
+    descendants: tuple[tuple[int, float], ...] = ()
 
 
-@value
-class NotOurs(Value):
+@dataclass(frozen=True, slots=True)
+class NotOurs:
     """The recorded pid is alive but does not carry the run's id: a stale or
     forged record; it is settled, never signalled."""
 
@@ -174,83 +151,83 @@ Observation = (Submitted | SubmitFailed | Ended | Vanished | NeverStarted | Foun
 
 
 # -- effects: what the runner does ------------------------------------------
-@value
-class Save(Value):
+@dataclass(frozen=True, slots=True)
+class Save:
     """Write the new status record (durable: fsynced)."""
     durable: bool = True
 
 
-@value
-class Kill(Value):
+@dataclass(frozen=True, slots=True)
+class Kill:
     """Signal everything of the run its executor can prove is its."""
     signal: int
 
 
-@value
-class Track(Value):
+@dataclass(frozen=True, slots=True)
+class Track:
     """Ask the executor what stopping will need; it answers `Tracked`, or
     `NotOurs` when the record does not prove the process is ours."""
     kind: StopKind
     reason: str
 
 
-@value
-class WriteSignal(Value):
+@dataclass(frozen=True, slots=True)
+class WriteSignal:
     text: str
 
 
-@value
-class RememberSignal(Value):
+@dataclass(frozen=True, slots=True)
+class RememberSignal:
     """What the engine's cache knows of the signal now (None: none written)."""
     digest: str | None
 
 
-@value
-class WriteResult(Value):
+@dataclass(frozen=True, slots=True)
+class WriteResult:
     """The CLI's final message, to results/<pipeline>/<agent>.md."""
     text: str
 
 
-@value
-class WriteFeedback(Value):
+@dataclass(frozen=True, slots=True)
+class WriteFeedback:
     """A failed check's output, for the agent's relaunch."""
     text: str
 
 
-@value
-class HoldPreset(Value):
+@dataclass(frozen=True, slots=True)
+class HoldPreset:
     """The preset's agents wait until then (ratelimits/<preset>.json)."""
     preset: str
     until: float
     by: str
 
 
-@value
-class Event(Value):
+@dataclass(frozen=True, slots=True)
+class Event:
     kind: str
-    details: dict = field(default_factory=dict)
+    details: dict[str, Any] = field(default_factory=dict)
 
 
-@value
-class RemoveRunFiles(Value):
+@dataclass(frozen=True, slots=True)
+class RemoveRunFiles:
     run_id: str | None
 
 
-@value
-class Crash(Value):
+@dataclass(frozen=True, slots=True)
+class Crash:
     """A named crash point (faults.py): where the chaos tests kill us."""
     point: str
 
 
-@value
-class Wake(Value):
+@dataclass(frozen=True, slots=True)
+class Wake:
     """Look again by then (a limit, a kill, a retry ahead)."""
     at: float
 
 
 Effect = (Save | Kill | Track | WriteSignal | RememberSignal | WriteResult | WriteFeedback
           | HoldPreset | Event | RemoveRunFiles | Crash | Wake)
-Effects = list
+Effects = list[Effect]
 
 
 # -- the function -------------------------------------------------------------
@@ -279,11 +256,12 @@ def transition(record: StatusRecord, agent: Agent, seen: Observation, now: float
         record = _attached(record, seen.handle, record.reason if stopping else "running")
         # a stop begun before we knew where it ran: its SIGTERM reaches it now
         # (its SIGKILL at kill_at, as for any stopping run)
-        return record, [Save()] + ([Kill(signal.SIGTERM)] if stopping else [])
+        effects: Effects = [Save()]
+        return record, effects + ([Kill(SIGTERM)] if stopping else [])
     raise TypeError(f"not an observation: {seen!r}")
 
 
-def _attached(record: StatusRecord, handle: "Handle", reason: str) -> StatusRecord:
+def _attached(record: StatusRecord, handle: Handle, reason: str) -> StatusRecord:
     """Running, where the executor says it lives."""
     return replace(record, state="running", pid=handle.pid, pid_create_time=handle.create_time,
                    job_id=handle.job_id, reason=reason)
@@ -328,7 +306,7 @@ def _watch(record: StatusRecord, agent: Agent, seen: Alive, now: float
     if current is Phase.STOPPING:
         if record.kill_at is not None and now >= record.kill_at:
             record = replace(record, kill_at=None)
-            effects += [Kill(signal.SIGKILL), Save()]
+            effects += [Kill(SIGKILL), Save()]
         if record.kill_at is not None:
             effects.append(Wake(record.kill_at))
         return record, effects
@@ -346,8 +324,8 @@ def _begin_stop(record: StatusRecord, agent: Agent, seen: Tracked, now: float
     pass sends the SIGKILL)."""
     kill_at = now + agent.kill_grace
     record = replace(record, stop_kind=seen.kind, stop_reason=seen.reason,
-                     descendants=list(seen.descendants), kill_at=kill_at)
-    return record, [Save(), Crash("stop-recorded"), Kill(signal.SIGTERM),
+                     descendants=[list(d) for d in seen.descendants], kill_at=kill_at)
+    return record, [Save(), Crash("stop-recorded"), Kill(SIGTERM),
                     Event("stop", {"task": agent.task, "run_id": record.run_id,
                                    "reason": seen.reason}),
                     Wake(kill_at)]
@@ -360,7 +338,7 @@ def _finish(record: StatusRecord, agent: Agent, ended: Ended | None, now: float,
     effects: Effects = []
     stopped = record.stop_kind is not None
     if stopped:   # the wrapper is gone: what it left of the agent gets no more grace
-        effects.append(Kill(signal.SIGKILL))
+        effects.append(Kill(SIGKILL))
     code = ended.code if ended else None
     if ended is None:   # no exit status was recorded: the wrapper itself was killed
         state = "cancelled" if record.stop_kind == StopKind.CANCEL else "failed"
@@ -476,13 +454,3 @@ def _owe_attempt(record: StatusRecord, now: float) -> tuple[StatusRecord, Effect
                      retry_at=now, reason="launch interrupted; relaunching")
     return record, [Save(), Event("launch_abandoned", {"task": record.task,
                                                         "run_id": record.run_id})]
-
-
-def iso(epoch: float) -> str:
-    """Epoch seconds as the status record writes times (UTC, milliseconds)."""
-    return datetime.fromtimestamp(epoch, timezone.utc).isoformat(
-        timespec="milliseconds").replace("+00:00", "Z")
-
-
-def clock_text(epoch: float) -> str:
-    return time.strftime("%H:%M:%S", time.localtime(epoch))

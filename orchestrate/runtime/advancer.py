@@ -22,7 +22,8 @@ from .engine import LIVENESS_INTERVAL, Engine, PassResult
 from .faults import crash_point
 from ..core.scheduler import Decision
 from ..core.selection import SelectionError, select
-from ..core.spec import Workspace, load_workspace
+from ..core.spec import Workspace
+from .workspace import load_workspace
 from .state import Layout, SchedulingLock, StateFileError, append_event, utc_now
 
 IDLE_CHECK_SECONDS = 1.0   # liveness check of running agents when nothing happens

@@ -22,11 +22,8 @@ from ..core.checks import (
     FEEDBACK_LINES,
     NO_VERDICT,
     Verdict,
-    check_log,
     command_text,
     last_line,
-    marker_path,
-    verdict_path,
 )
 from ..core.spec import Agent
 from .state import Layout, expand_patterns, utc_now, write_atomic
@@ -37,7 +34,7 @@ PACKAGE_PARENT = str(Path(__file__).resolve().parent.parent.parent)
 def read_verdict(layout: Layout, run_id: str) -> Verdict:
     """The recorded verdict; none recorded (the runner was killed) is a failure."""
     try:
-        data = json.loads(verdict_path(layout, run_id).read_text())
+        data = json.loads(layout.check_verdict(run_id).read_text())
         return Verdict.from_json(data)
     except (OSError, ValueError):
         return NO_VERDICT
@@ -48,9 +45,9 @@ def runner_command(layout: Layout, agent: Agent, run_id: str, root: Path) -> str
     spec = {"command": list(agent.check) if isinstance(agent.check, tuple) else agent.check,
             "timeout": agent.check_timeout, "grace": agent.kill_grace,
             "root": str(root), "outputs": list(agent.outputs),
-            "log": str(check_log(layout, agent.pipeline, agent.name)),
-            "verdict": str(verdict_path(layout, run_id)),
-            "marker": str(marker_path(layout, run_id))}
+            "log": str(layout.check_log(agent.pipeline, agent.name)),
+            "verdict": str(layout.check_verdict(run_id)),
+            "marker": str(layout.check_marker(run_id))}
     code = (f"import sys; sys.path.insert(0, {PACKAGE_PARENT!r}); "
             "from orchestrate.runtime.checkrun import main; main(sys.argv[1])")
     return shlex.join([sys.executable, "-c", code, json.dumps(spec)])

@@ -286,7 +286,7 @@ class Engine:
             path.parent.mkdir(parents=True, exist_ok=True)
             write_atomic(path, effect.text, durable=False)
         elif isinstance(effect, t.WriteFeedback):
-            path = checks.feedback_path(layout, agent.pipeline, agent.name)
+            path = layout.feedback(agent.pipeline, agent.name)
             path.parent.mkdir(parents=True, exist_ok=True)
             write_atomic(path, effect.text)
         elif isinstance(effect, t.HoldPreset):
@@ -440,9 +440,9 @@ class Engine:
                 base = agent.base and self.workspace.agents_by_task[f"{agent.pipeline}:{agent.base}"]
                 worktree.ensure(layout, agent, base or None)
             started = self.executor_for(agent).submit(agent, run_id, decision.attempt, log,
-                                                      upstream, checks.followup(layout, record))
+                                                      upstream, checks.followup(layout.root, record))
         except OSError as err:
-            from ..core.causes import start_failure
+            from .causes import start_failure
             reason = start_failure(err, output_root(layout, agent) / agent.cwd, layout.root)
             return self.apply(agent, record, t.SubmitFailed(
                 reason, retried=isinstance(err, SubmitError)), events)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 
 from ..core import checks
-from ..core.causes import exit_reason
+from .causes import exit_reason
 from .checkrun import read_verdict
 from .executors import Executor, Observation, Unavailable
 from ..agents.results import parse as parse_result
@@ -47,7 +47,7 @@ def observe_run(layout: Layout, agent: Agent, record: StatusRecord, executor: Ex
     if code is None and not gone:
         return Alive(last_output(layout, agent, record),
                      agent.check is not None and record.reason != checks.CHECKING
-                     and checks.marker_path(layout, record.run_id or "").exists())
+                     and layout.check_marker(record.run_id or "").exists())
     if code is None:
         if executor.unclaimed_means_never_ran and abandon_run(exit_path):
             # gone before its wrapper claimed the run: killed between fork

@@ -28,6 +28,7 @@ from typing import Any, Callable, Generic, TypeVar
 
 from ..core.errors import UserError
 
+from ..core.checks import feedback_relpath
 from ..core.records import StatusRecord  # noqa: F401  (re-exported: the record type)
 
 
@@ -108,6 +109,24 @@ class Layout:
 
     def prompt_file(self, run_id: str) -> Path:
         return self.runs_dir / f"{run_id}.prompt"
+
+    def check_verdict(self, run_id: str) -> Path:
+        """The check's verdict (JSON), written by the check runner in the wrapper."""
+        return self.runs_dir / f"{run_id}.check"
+
+    def check_marker(self, run_id: str) -> Path:
+        """Exists while the run's check runs: the status says `checking`."""
+        return self.runs_dir / f"{run_id}.checking"
+
+    def check_files(self, run_id: str) -> tuple[Path, ...]:
+        return self.check_verdict(run_id), self.check_marker(run_id)
+
+    def check_log(self, pipeline: str, agent: str) -> Path:
+        return self.base / "logs" / pipeline / f"{agent}.check.log"
+
+    def feedback(self, pipeline: str, agent: str) -> Path:
+        """What a failed check (or a person, `doit retry --feedback`) tells the agent."""
+        return self.root / feedback_relpath(pipeline, agent)
 
     @property
     def ratelimits_dir(self) -> Path:

@@ -15,7 +15,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterable
 
-from ..core.checks import run_files as check_files
 from ..core.spec import Agent
 from .state import Layout, file_digest
 
@@ -96,7 +95,7 @@ def signal_content(root: Path, agent: Agent, outputs: Iterable[str], run_id: str
 def remove_run_files(layout: Layout, run_id: str | None) -> None:
     exit_path = layout.exit_file(run_id or "")
     for path in (exit_path, claim_path(exit_path), layout.upstream_file(run_id or ""),
-                 layout.prompt_file(run_id or ""), *check_files(layout, run_id or "")):
+                 layout.prompt_file(run_id or ""), *layout.check_files(run_id or "")):
         path.unlink(missing_ok=True)
 
 

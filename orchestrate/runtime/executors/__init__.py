@@ -23,19 +23,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Protocol
 
+from ...core.records import Handle
+
 if TYPE_CHECKING:
     from ...core.checks import Followup
     from ...core.spec import Agent
     from ..state import StatusRecord
 
 __all__ = ["Handle", "Observation", "SubmitError", "Unavailable", "Executor", "is_remote"]
-
-@dataclass(frozen=True)
-class Handle:
-    """What the status record keeps to find a run again."""
-    pid: int | None = None
-    create_time: float | None = None
-    job_id: str | None = None
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ from ..state import Layout, StatusRecord
 from ..worktree import output_root
 from ..wrapper import abandon_run
 from . import Handle, Observation, SubmitError, Unavailable
-from .settings import SlurmSettings, sbatch_options
+from ...core.settings import SlurmSettings, sbatch_options
 
 # States in which the job's processes may still exist (squeue's %T names).
 LIVE_STATES = frozenset({

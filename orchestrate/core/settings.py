@@ -30,7 +30,7 @@ class SlurmSettings:
 def check_executor(value: Any) -> str:
     if value not in EXECUTORS:
         raise ValueError(f'expected one of "local", "slurm", got {value!r}')
-    return value
+    return str(value)
 
 
 def check_memory(value: Any) -> str:
@@ -134,7 +134,7 @@ def describe_resources(resources: tuple[tuple[str, Any], ...]) -> str:
     return " ".join(parts)
 
 
-def where_it_runs(agent) -> str:
+def where_it_runs(agent: Any) -> str:
     """`doit info`'s line: the executor, and the resources (not enforced on local)."""
     line = f"runs on {agent.executor}"
     if agent.resources:
