@@ -7,6 +7,7 @@ import tomllib
 from pathlib import Path
 
 from .cli.mcp_config import McpConfigError
+from .core.exitcodes import ExitCode
 from .cli.scaffold import InitError, init_workspace
 
 
@@ -27,27 +28,27 @@ def main(argv: list[str] | None = None) -> int:
     except tomllib.TOMLDecodeError as err:
         print(f"error: {Path(args.directory) / 'pyproject.toml'}: invalid TOML ({err}); "
               "nothing changed", file=sys.stderr)
-        return 3
+        return ExitCode.INVALID
     except (McpConfigError, InitError) as err:
         print(f"error: {err}", file=sys.stderr)
-        return 3
+        return ExitCode.INVALID
     print("next: doit wait   (runs pipelines/*.toml; doit status, doit list --all)")
-    return 0
+    return ExitCode.OK
 
 
 def serve_mcp(directory: Path) -> int:
     """Until the client closes stdin; everything but the protocol goes to stderr."""
     if not directory.is_dir():
         print(f"error: {directory}: no such folder", file=sys.stderr)
-        return 3
+        return ExitCode.INVALID
     try:
         from .cli.mcp_server import serve
     except ImportError as err:
         print(f"error: the MCP server needs the mcp extra ({err}): "
               "pip install 'orchestrate[mcp]'", file=sys.stderr)
-        return 3
+        return ExitCode.INVALID
     serve(directory)
-    return 0
+    return ExitCode.OK
 
 
 if __name__ == "__main__":

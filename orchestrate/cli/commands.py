@@ -18,6 +18,7 @@ from doit.exceptions import InvalidCommand
 
 from . import control
 from ..core.errors import UserError
+from ..core.exitcodes import ExitCode
 from ..core.selection import doit_names
 
 
@@ -60,7 +61,7 @@ class OrchestrateCommand(DoitCmdBase):
             return interrupted()
         except BrokenPipeError:   # `doit wait | head`: the reader left; so do we, quietly
             os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
-            os._exit(141)
+            os._exit(ExitCode.PIPE_CLOSED)
         finally:
             if self.dep_manager is not None:
                 self.dep_manager.close()

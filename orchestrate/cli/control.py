@@ -10,6 +10,7 @@ from typing import IO
 from ..runtime.advancer import AdvancerSlot, Watcher, can_advance, fork_advancer
 from ..runtime.engine import LIVENESS_INTERVAL, Engine, PassResult
 from ..core.errors import UserError
+from ..core.exitcodes import ExitCode
 from ..core.settings import where_it_runs
 from ..core.policy import StopKind
 from ..core.scheduler import RETRY_REQUESTED, Decision
@@ -39,7 +40,8 @@ from .ui import (
     write_decisions,
 )
 
-EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_TIMEOUT, EXIT_INTERRUPTED = 0, 1, 3, 124, 130
+EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_TIMEOUT, EXIT_INTERRUPTED = (
+    ExitCode.OK, ExitCode.FAILED, ExitCode.INVALID, ExitCode.TIMEOUT, ExitCode.INTERRUPTED)
 
 
 def outcome(decisions: dict[str, Decision]) -> int:

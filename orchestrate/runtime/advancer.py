@@ -20,6 +20,7 @@ from typing import Callable
 
 from .engine import LIVENESS_INTERVAL, Engine, PassResult
 from .faults import crash_point
+from ..core.exitcodes import ExitCode
 from ..core.scheduler import Decision
 from ..core.selection import SelectionError, select
 from ..core.spec import Workspace
@@ -308,13 +309,13 @@ def fork_advancer(engine: Engine, names: list[str], lock: SchedulingLock,
     except StateFileError as err:   # a user's edit: say which file, no traceback
         if log is not None:
             log(f"stopped advancing: {err}")
-        code = 3
+        code = ExitCode.INVALID
     except BaseException:  # the child must never return into doit
         try:
             sys.stderr.write(traceback.format_exc())
             sys.stderr.flush()
         finally:
-            code = 70
+            code = ExitCode.INTERNAL
     os._exit(code)
 
 

@@ -25,6 +25,8 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+from ..core.exitcodes import ExitCode
+
 TIMEOUT = 60.0
 TIMEOUT_VAR = "ORCHESTRATE_HOOK_TIMEOUT"   # seconds; for tests, so they need not wait 60 s
 KILL_GRACE = 2.0                           # SIGTERM to SIGKILL, for a hook past its limit
@@ -153,7 +155,7 @@ def main(argv: list[str]) -> int:
     except Exception as err:   # nobody reads our stderr: say it in events.jsonl
         append_event(root / ".orchestrate", "hook_failed", id=event_id,
                      reason=f"supervisor crashed: {type(err).__name__}: {err}")
-        return 70
+        return ExitCode.INTERNAL
 
 
 if __name__ == "__main__":
