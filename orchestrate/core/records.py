@@ -68,7 +68,7 @@ class StatusRecord:
     stop_reason: str | None = None      # set when orchestrate began stopping the run
     stop_kind: str | None = None        # why: "cancel", "timeout" or "stall" (policy.StopKind)
     kill_at: float | None = None        # when SIGKILL follows the SIGTERM
-    descendants: list[list[float]] = field(default_factory=list)   # [[pid, create_time], ...]
+    descendants: list[Any] = field(default_factory=list)   # [[pid, create_time], ...]
     retry_at: float | None = None       # a failed attempt waits until then
     result: dict[str, Any] = field(default_factory=dict)   # what a preset CLI reported (results.py)
     spent_usd: float = 0.0              # cost of every attempt and run so far
