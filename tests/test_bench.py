@@ -22,6 +22,16 @@ def test_bench_smoke_runs_every_scenario(tmp_path):
     assert ("no-op", "doit / doit list --all") in figures
     assert ("status", "doit status / doit list --all") in figures
     assert ("idle", "advancer CPU % of one core") in figures
-    for row in result["results"]:
+    rows = result["results"]
+    for row in rows:
         assert row["min"] <= row["median"] <= row["max"]
-    assert "targets met" in proc.stdout
+        op, number = row["target"].split()
+        assert row["met"] == (row["median"] <= float(number) if op == "<="
+                              else row["median"] >= float(number)), row
+    # the table marks each row as its verdict, and the summary counts them
+    # ("targets met" alone would also match "0 of 13 targets met")
+    lines = proc.stdout.splitlines()
+    marks = [line.split()[0] for line in lines if line.startswith(("ok ", "MISS "))]
+    assert marks == ["ok" if row["met"] else "MISS" for row in rows]
+    met = sum(row["met"] for row in rows)
+    assert lines[-1].startswith(f"{met} of {len(rows)} targets met in "), lines[-1]

@@ -54,7 +54,12 @@ agent = "claude"
 prompt_file = "prompts/gen.md"
 after = ["write"]
 ''')
-    ws.doit("list", check_rc=0)
+    # `doit list` exits 0 even on an invalid pipeline (it leaves it out, with
+    # a warning): the pipeline must be listed, and nothing warned about
+    proc = ws.doit("list", "--all", "--quiet", check_rc=0)
+    assert sorted(proc.stdout.split()) == ["p", "p:a", "p:write"], proc.stdout
+    assert proc.stderr == ""
+    assert "prompt_file" not in ws.doit("status", check_rc=0).stdout
 
 
 def test_unknown_key_suggests_the_key_meant(ws):

@@ -307,12 +307,14 @@ def test_a_planners_list_grows_shrinks_and_breaks(ws):
                    {"id": "c", "title": "C"}])
     ws.doit("wait", check_rc=0)
     assert counts(ws) == {"plan": 2, "work.a": 1, "work.b": 1, "work.c": 1, "gather": 2}
-    # shrinks: b is retired (record says removed, output kept); gather runs again
+    # shrinks: b is retired (record says removed, output moved aside, so that a
+    # fan-in globbing out/ finds the listed items' results only); gather runs again
     plan_list(ws, [{"id": "a", "title": "A"}, {"id": "c", "title": "C"}])
     ws.doit("wait", check_rc=0)
     assert counts(ws) == {"plan": 3, "work.a": 1, "work.b": 1, "work.c": 1, "gather": 3}
     assert ws.status("p", "work.b")["state"] == "removed"
-    assert (ws.root / "out/b.txt").exists()
+    assert sorted(p.name for p in (ws.root / "out").glob("?.txt")) == ["a.txt", "c.txt"]
+    assert (ws.state / "removed/p/work.b/out/b.txt").read_text() == "$(touch pwned)"
     assert "p:work.b" not in ws.doit("list", "--all").stdout
     # breaks: the fan-out row fails naming file and problem; earlier instances stay done
     plan_list(ws, [{"id": "a", "title": "A"}, {"id": "d"}, ["nested"]])
@@ -335,6 +337,11 @@ def test_a_planners_list_grows_shrinks_and_breaks(ws):
     ws.doit("wait", check_rc=0)
     assert counts(ws)["work.e"] == 1 and counts(ws)["work.a"] == 1
     assert not list(ws.root.rglob("pwned"))
+    # an instance whose output is deleted is stale, as any agent
+    (ws.root / "out/e.txt").unlink()
+    assert "stale: output missing: out/e.txt" in ws.doit("info", "p:work.e").stdout
+    ws.doit("wait", check_rc=0)
+    assert counts(ws)["work.e"] == 2 and (ws.root / "out/e.txt").read_text() == "E"
 
 
 def test_an_empty_planned_list_is_done_at_once_and_its_fan_in_runs(ws):

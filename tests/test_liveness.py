@@ -25,6 +25,10 @@ after = ["victim"]
     ws.wait_state("p", "victim", "failed", timeout=20)
     assert "without recording an exit status" in ws.status("p", "victim")["reason"]
     assert ws.advancer_pids() == [advancer]        # the same advancer settled it
+    # ... woken by the wrapper's pidfd, not by the once-a-second liveness check
+    # that stands in where pidfds are missing
+    assert "woken by a wrapper that ended without an exit record (pidfd)" in \
+        (ws.state / "advancer.log").read_text()
     os.killpg(record["pid"], signal.SIGKILL)       # the sleep left in the victim's group
     ws.doit("cancel", check_rc=0)
     ws.wait_idle()

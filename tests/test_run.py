@@ -162,6 +162,31 @@ outputs = ["out/never.txt"]
     assert not ws.signal("p", "a").exists()
 
 
+def test_deleted_output_makes_its_agent_stale_and_the_next_doit_relaunches_it(ws):
+    ws.write_pipeline("p", f'''
+[agents.a]
+command = {json.dumps(ws.agent_cmd("--write", "out/a.txt=a"))}
+outputs = ["out/a.txt"]
+[agents.g]
+command = {json.dumps(ws.agent_cmd("--write", "out/g/one.txt=1", "--write", "out/g/two.txt=2"))}
+outputs = ["out/g/*.txt"]
+''')
+    ws.doit("wait", check_rc=0)
+    (ws.root / "out" / "a.txt").unlink()
+    info = ws.doit("info", "p:a", check_rc=1).stdout
+    assert "status     : run" in info and "stale: output missing: out/a.txt" in info
+    # a glob is missing only when it matches nothing
+    (ws.root / "out" / "g" / "one.txt").unlink()
+    assert "status     : up-to-date" in ws.doit("info", "p:g", check_rc=0).stdout
+    (ws.root / "out" / "g" / "two.txt").unlink()
+    assert "stale: output missing: out/g/*.txt" in ws.doit("info", "p:g", check_rc=1).stdout
+    proc = ws.doit("wait", check_rc=0)
+    assert "p:a" in proc.stdout and "p:g" in proc.stdout
+    assert len(ws.launches("a")) == 2 and len(ws.launches("g")) == 2
+    assert (ws.root / "out" / "a.txt").read_text() == "a"
+    assert ws.doit(check_rc=0).stdout == "2 up to date\n"
+
+
 def test_concurrent_doit_calls_launch_each_agent_once(ws):
     setup_abc(ws, a_args=("--sleep", "0.3"))
     with ThreadPoolExecutor(8) as pool:

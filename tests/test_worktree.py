@@ -87,3 +87,22 @@ def test_worktree_outside_a_git_repository_fails_clearly(ws):
     assert record["state"] == "failed"
     assert 'could not start: isolation = "worktree" needs a git repository' in record["reason"]
     assert not (ws.state / "worktrees" / "p" / "a").exists()
+
+
+def test_an_output_deleted_from_its_worktree_makes_that_agent_stale(repo):
+    ws = repo
+    ws.write_pipeline("p", '''
+[agents.a]
+command = "printf a > out.txt"
+isolation = "worktree"
+outputs = ["out.txt"]
+''')
+    ws.doit("wait", check_rc=0)
+    # the output lives in the agent's worktree: none in the main checkout is fine
+    assert not (ws.root / "out.txt").exists()
+    assert "status     : up-to-date" in ws.doit("info", "p:a", check_rc=0).stdout
+    (ws.state / "worktrees" / "p" / "a" / "out.txt").unlink()
+    assert "stale: output missing: out.txt" in ws.doit("info", "p:a", check_rc=1).stdout
+    ws.doit("wait", check_rc=0)
+    assert (ws.state / "worktrees" / "p" / "a" / "out.txt").read_text() == "a"
+    assert ws.state_of("p", "a") == "done"

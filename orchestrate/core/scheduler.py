@@ -25,6 +25,9 @@ class AgentFacts:
     record: StatusRecord | None
     signal_digest: str | None            # digest of the `.done` content, None if absent
     inputs: dict[str, list[Any]] = field(default_factory=dict)  # path -> [mtime_ns, size, digest]
+    # declared outputs of a done agent that name no file now (a glob: that match
+    # nothing); as a missing target in make, each makes the agent stale
+    missing_outputs: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -165,7 +168,8 @@ def decide(agent: Agent, facts: AgentFacts, decided: dict[str, Decision],
     # the record, when it was made for this very fingerprint (else None)
     current = record if record is not None and recorded_fingerprint_matches(
         record, fingerprint) else None
-    if current and current.state == "done" and facts.signal_digest is not None:
+    if current and current.state == "done" and facts.signal_digest is not None \
+            and not facts.missing_outputs:
         return Decision(agent, "done", current.reason or "done", fingerprint, used)
     if current and current.state in ("failed", "cancelled"):
         return Decision(agent, current.state, current.reason, fingerprint, used)
@@ -207,6 +211,8 @@ def _why_stale(record: StatusRecord | None, facts: AgentFacts, new: Fingerprint)
         return "never run"
     if record.state == "done" and facts.signal_digest is None:
         return "signal missing"
+    if record.state == "done" and facts.missing_outputs:
+        return f"output missing: {facts.missing_outputs[0]}"
     old_inputs = {p: v[2] for p, v in record.inputs.items()}
     return stale_reason(record.config_digest, old_inputs, record.upstream, new)
 

@@ -264,6 +264,7 @@ class Advancer:
             # wakes us: a cache trusted past a change would launch twice
             news = self.engine.notice(changed)
             if ended:   # settle it now: ask the executors in this pass
+                self.log("woken by a wrapper that ended without an exit record (pidfd)")
                 self.engine.look_now()
             if news or ended:
                 return True

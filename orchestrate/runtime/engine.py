@@ -140,8 +140,16 @@ class Engine:
             inputs = hash_inputs(self.layout.root, agent.inputs, cache)
             result[agent.task] = AgentFacts(
                 record, self.signal_cache.get(self.layout.signal(agent.pipeline, agent.name)),
-                inputs)
+                inputs, self.missing_outputs(agent, record))
         return result
+
+    def missing_outputs(self, agent: Agent, record: StatusRecord | None) -> tuple[str, ...]:
+        """A done agent's declared outputs that name no file now (a stat per
+        plain path, a glob per pattern: the price of its inputs); only a
+        done agent asks, as only its verdict can change by it."""
+        if record is None or record.state != "done" or not agent.outputs:
+            return ()
+        return tuple(expand_patterns(output_root(self.layout, agent), agent.outputs)[1])
 
     def watched(self) -> None:
         """inotify now reports every change to status and signal files: trust

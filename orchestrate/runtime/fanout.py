@@ -12,6 +12,7 @@ record is written, so a crash in between retires them again, harmlessly.
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -26,11 +27,13 @@ from .state import (
     StatusRecord,
     append_event,
     expand_patterns,
+    is_inside,
     read_json,
     utc_now,
     write_json,
     write_status,
 )
+from .worktree import output_root
 
 ACTIVE = ("launching", "running")
 
@@ -216,7 +219,8 @@ class FanoutKeeper:
 
     def retire(self, engine: Any, pipeline: Any, declared: Any, keys: list[str]) -> None:
         """Instances of removed items (and their each_of chains): state
-        `removed`, outputs kept; a running one is killed first (its item is gone)."""
+        `removed`, outputs moved aside; a running one is killed first (its
+        item is gone)."""
         names = chain_of(pipeline.declared, declared.name)
         for key in keys:
             for name in names:
@@ -226,6 +230,9 @@ class FanoutKeeper:
                     continue
                 if record.state in ACTIVE:
                     engine.kill(record)
+                instance = engine.workspace.agents_by_task.get(f"{pipeline.name}:{name}.{key}")
+                if instance is not None:   # before the record: a crash moves them next time
+                    move_outputs_aside(self.layout, instance)
                 retired = replace(record, state="removed", fingerprint=None,
                                   ended_at=record.ended_at or utc_now(),
                                   reason=f"removed: its item left {declared.foreach.json}")
@@ -254,6 +261,23 @@ class FanoutKeeper:
         wanted |= {a.task for a in fresh.agents_by_task.values()
                    if a.fanout and (a.pipeline, a.fanout) in gates}
         return upstream_closure(fresh, wanted)
+
+
+def move_outputs_aside(layout: Layout, agent: Any) -> None:
+    """Move a retired instance's outputs to `.orchestrate/removed/<pipeline>/<agent>/`
+    (same relative paths, a later retirement overwriting an earlier one's
+    files), so that a fan-in reading or globbing the instances' folder finds
+    the current items' results only. Idempotent: what is gone is not moved."""
+    root = output_root(layout, agent)
+    aside = layout.removed_outputs(agent.pipeline, agent.name)
+    found, _ = expand_patterns(root, agent.outputs)
+    for rel in found:
+        source = root / rel
+        if not is_inside(root, source):
+            continue
+        target = aside / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(source, target)
 
 
 def chain_of(declared: tuple[Any, ...], name: str) -> list[str]:

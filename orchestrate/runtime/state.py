@@ -133,6 +133,10 @@ class Layout:
         """ratelimits/<preset>.json: until when a preset's CLI said it is limited."""
         return self.base / "ratelimits"
 
+    def removed_outputs(self, pipeline: str, agent: str) -> Path:
+        """Where a retired fan-out instance's outputs are moved (same relative paths)."""
+        return self.base / "removed" / pipeline / agent
+
     def result(self, pipeline: str, agent: str) -> Path:
         return self.base / "results" / pipeline / f"{agent}.md"
 
