@@ -61,6 +61,7 @@ class Launcher:
         self.layout = layout
         self.popen = popen
         self.base_env = dict(os.environ)   # decoded once, not once per launch
+        self.children: set[int] = set()    # wrappers started here, not yet reaped
 
     def wrapped(self, agent: Agent, run_id: str, attempt: int, upstream: Path,
                 followup: Followup | None = None
@@ -93,9 +94,22 @@ class Launcher:
             os.close(log_fd)
             os.close(stdin)
         # The Popen object is dropped on purpose: the agent outlives us, and
-        # whoever is its parent reaps it (see Advancer.reap_children).
+        # we reap it once it has exited (`reap`, at every pass); its exit
+        # status is the wrapper's exit record, not what waitpid says.
         process.returncode = 0
+        self.children.add(process.pid)
         return Started(process.pid, create_time(process.pid))
+
+    def reap(self) -> None:
+        """Collect the wrappers started here that have exited, so that none
+        stays a zombie of this process (`doit wait` launches too)."""
+        for pid in list(self.children):
+            try:
+                done, _ = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:   # reaped already (the advancer's reap_children)
+                done = pid
+            if done:
+                self.children.discard(pid)
 
     def _command(self, agent: Agent, run_id: str, env: dict[str, str],
                  followup: Followup | None = None

@@ -53,19 +53,29 @@ class LocalExecutor:
         strays = [p for p in processes.run_processes(record.run_id or "") if p != pid]
         return processes.merge(record.descendants, processes.track([*children, *strays]))
 
-    def stop(self, record: StatusRecord, sig: int) -> None:
-        """The group (if provably the run's) and every tracked process; a
-        SIGKILL looks for what the run has started since it was tracked."""
-        tracked = self._tree(record) if sig == signal.SIGKILL else record.descendants
-        processes.signal_tree(record.pid or 0, tracked, sig, record.pid_create_time,
-                              record.run_id)
+    def stop(self, records: list[StatusRecord], sig: int) -> None:
+        """Each run's group (if provably the run's) and every tracked process;
+        a SIGKILL looks for what the run has started since it was tracked."""
+        for record in records:
+            tracked = self._tree(record) if sig == signal.SIGKILL else record.descendants
+            processes.signal_tree(record.pid or 0, tracked, sig, record.pid_create_time,
+                                  record.run_id)
 
-    def remains(self, record: StatusRecord) -> bool:
-        """Is any process of the run left (its group, if provably its, or a tracked one)?"""
-        pid = record.pid or 0
-        group = processes.group_is_ours(pid, record.pid_create_time, record.run_id) and \
-            processes.group_alive(pid)
-        return group or any(processes.is_alive(int(p), t) for p, t in record.descendants)
+    def remaining(self, records: list[StatusRecord]) -> set[str]:
+        """The runs with a process left (their group, if provably theirs, or a
+        tracked one), from one scan of /proc for all of them."""
+        groups = processes.live_groups()
+        left = set()
+        for record in records:
+            pid = record.pid or 0
+            group = pid in groups and processes.group_is_ours(pid, record.pid_create_time,
+                                                              record.run_id)
+            if group or any(processes.is_alive(int(p), t) for p, t in record.descendants):
+                left.add(record.run_id or "")
+        return left
+
+    def reap(self) -> None:
+        self.launcher.reap()
 
     def find(self, run_id: str) -> Handle | None:
         pid = processes.find_run_process(run_id)

@@ -1,0 +1,95 @@
+"""One stop policy, bounded (issue 20 section 4, issue 21 point 3): `doit
+cancel` returns within kill_grace + 10 s whatever the executor does, says
+which agents it could not confirm gone, and exits 1 then. Real doit, real
+processes; Slurm made unreachable by scripts named squeue and scancel."""
+import json
+import os
+import sys
+import time
+
+import pytest
+from conftest import wait_until
+
+
+def agent_toml(ws, name: str, *args: str, **keys) -> str:
+    lines = [f"[agents.{name}]", f"command = {json.dumps(ws.agent_cmd(*args))}"]
+    lines += [f"{k} = {json.dumps(v)}" for k, v in keys.items()]
+    return "\n".join(lines) + "\n"
+
+
+def group_alive(pgid: int) -> bool:
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                fields = open(f"/proc/{entry.name}/stat").read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[2]) == pgid and fields[0] != "Z":
+                return True
+    return False
+
+
+def test_cancel_kills_an_agent_that_ignores_sigterm_and_returns(ws):
+    ws.write_pipeline("p", agent_toml(ws, "stubborn", "--ignore-term", "--sleep", "600",
+                                      kill_grace="0.5s"))
+    ws.doit(check_rc=0)
+    ws.wait_state("p", "stubborn", "running")
+    pid = ws.status("p", "stubborn")["pid"]
+    ws.kill_orchestrators()   # no advancer to send the SIGKILL: the cancel must
+    wait_until(lambda: not ws.orchestrator_pids(), what="orchestrators gone")
+    proc = ws.doit("cancel", "p:stubborn", timeout=60, check_rc=0)
+    assert "cancelled p:stubborn" in proc.stdout
+    assert not group_alive(pid)          # gone when cancel returned: no wait here
+    assert ws.state_of("p", "stubborn") == "cancelled"
+
+
+def fake_slurm(directory, squeue: str, scancel: str) -> dict[str, str]:
+    """A PATH whose squeue and scancel are these shell bodies (Slurm unreachable)."""
+    directory.mkdir(exist_ok=True)
+    for name, body in (("squeue", squeue), ("scancel", scancel)):
+        path = directory / name
+        path.write_text(f"#!/bin/sh\n{body}\n")
+        path.chmod(0o755)
+    return {"PATH": f"{directory}:{os.environ['PATH']}"}
+
+
+def forge_slurm_run(ws, task: str, job_id: str) -> None:
+    """The status record of a running Slurm job (no cluster needed)."""
+    pipeline, agent = task.split(":")
+    (ws.state / "status" / pipeline).mkdir(parents=True, exist_ok=True)
+    (ws.state / "status" / pipeline / f"{agent}.json").write_text(json.dumps({
+        "state": "running", "pipeline": pipeline, "agent": agent, "task": task,
+        "run_id": f"{pipeline}.{agent}.1.0badc0de", "attempt": 1, "launches": 1,
+        "job_id": job_id, "executor": "slurm", "started_epoch": time.time(),
+        **ws.fingerprint_fields(task)}))
+
+
+SLURM_DOWN = {
+    "failing": ("echo 'squeue: error: Unable to contact slurm controller' >&2; exit 1",
+                "echo 'scancel: error: Unable to contact slurm controller' >&2; exit 1"),
+    "hanging": ("exec sleep 600", "exec sleep 600"),
+}
+
+
+@pytest.mark.parametrize("how", sorted(SLURM_DOWN))
+def test_cancel_with_slurm_unreachable_is_bounded_and_says_so(ws, tmp_path, how):
+    ws.write_pipeline("p", '[agents.a]\ncommand = "sleep 600"\nexecutor = "slurm"\n'
+                           'kill_grace = "0.5s"\n[agents.b]\ncommand = "true"\n')
+    forge_slurm_run(ws, "p:a", "4242")
+    env = fake_slurm(tmp_path / "bin", *SLURM_DOWN[how])
+    # without the bound it never returns: the subprocess timeout fails the test
+    proc = ws.doit("cancel", timeout=60, env=env)
+    assert proc.returncode == 1, (proc.stdout, proc.stderr)
+    lines = [line for line in proc.stdout.splitlines() if "p:a" in line]
+    assert len(lines) == 1 and lines[0].startswith("could not confirm that p:a ended"), \
+        proc.stdout
+    if how == "failing":
+        assert "Unable to contact slurm controller" in lines[0]
+    record = ws.status("p", "a")
+    assert record["state"] == "running" and record["stop_kind"] == "cancel"
+    # Slurm answers again: the next pass settles it as cancelled
+    env = fake_slurm(tmp_path / "bin", "echo '4242|CANCELLED'", "exit 0")
+    ws.doit("status", env=env, check_rc=0)
+    assert ws.state_of("p", "a") == "cancelled"
+    assert ws.status("p", "a")["reason"] == "cancelled by user"
+
