@@ -4,7 +4,6 @@ which agents it could not confirm gone, and exits 1 then. Real doit, real
 processes; Slurm made unreachable by scripts named squeue and scancel."""
 import json
 import os
-import sys
 import time
 
 import pytest

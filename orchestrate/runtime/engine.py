@@ -25,7 +25,7 @@ from .hooks import HookKeeper
 from .launcher import Launcher
 from .observe import observe_run
 from ..core.policy import StopKind
-from ..core.stopping import SETTLE, SIGKILL, StopPolicy
+from ..core.stopping import SETTLE, SIGTERM, StopPolicy
 from .stopping import Stop, drive
 from ..core.scheduler import ACTIVE, AgentFacts, Decision, plan
 from ..core.spec import Agent, Workspace
@@ -358,9 +358,24 @@ class Engine:
             return record
         return self.apply(agent, record, t.StopWanted(kind, reason))
 
-    def kill(self, record: StatusRecord) -> None:
-        """SIGKILL at once (a fan-out instance whose item is gone)."""
-        self.executor_of(record).stop([record], SIGKILL)
+    def kill(self, record: StatusRecord, sleep: Callable[[float], None] = time.sleep) -> None:
+        """Stop a run whose agent left the workspace (a fan-out instance whose
+        item is gone) with the one stop policy: SIGTERM and a `stop` event
+        now, SIGKILL past its kill_grace, waited for here (bounded by
+        kill_grace + SETTLE), since no later pass watches a removed run."""
+        agent = self.workspace.agents_by_task.get(record.task)
+        grace = agent.kill_grace if agent is not None else Agent.kill_grace
+        executor = self.executor_of(record)
+        tracked = executor.track(record)
+        if tracked is None:   # the recorded pid is not this run's: nothing to stop
+            return
+        record = replace(record, descendants=[list(d) for d in tracked])
+        began = self.clock()
+        executor.stop([record], SIGTERM)
+        append_event(self.layout, "stop", task=record.task, run_id=record.run_id,
+                     reason="its item left the list")
+        drive(_RunsBeingStopped(self, [record]), [Stop(record.run_id, began, StopPolicy(grace))],
+              self.clock, sleep)
 
     def bound_stops(self, agents: list[Agent]) -> float:
         """From now, stopping the runs of `agents` is over within their longest
