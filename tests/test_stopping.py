@@ -4,6 +4,8 @@ which agents it could not confirm gone, and exits 1 then. Real doit, real
 processes; Slurm made unreachable by scripts named squeue and scancel."""
 import json
 import os
+import subprocess
+import sys
 import time
 
 import pytest
@@ -92,3 +94,42 @@ def test_cancel_with_slurm_unreachable_is_bounded_and_says_so(ws, tmp_path, how)
     assert ws.state_of("p", "a") == "cancelled"
     assert ws.status("p", "a")["reason"] == "cancelled by user"
 
+
+
+def zombie_children(pid: int) -> list[int]:
+    """Children of `pid` that have exited and were not reaped."""
+    found = []
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                fields = open(f"/proc/{entry.name}/stat").read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid and fields[0] == "Z":
+                found.append(int(entry.name))
+    return found
+
+
+def test_doit_wait_reaps_the_agents_it_launches(ws, tmp_path):
+    """Issue 21 point 4: `doit wait` launches agents too (whichever of it and
+    the advancer takes the lock first); a wrapper it started must not stay
+    its zombie past its next pass."""
+    gate = ws.root / "release"
+    chain = ["[agents.a0]\ncommand = \"true\"\n"]
+    chain += [f"[agents.a{i}]\ncommand = \"true\"\nafter = [\"a{i - 1}\"]\n" for i in range(1, 12)]
+    chain.append(agent_toml(ws, "last", "--gate", str(gate), after=["a11"]))
+    ws.write_pipeline("p", "".join(chain))
+    with open(tmp_path / "wait.out", "w") as out:
+        waiter = subprocess.Popen([sys.executable, "-m", "doit", "wait"], cwd=ws.root,
+                                  stdout=out, stderr=subprocess.STDOUT)
+    try:
+        ws.wait_state("p", "last", "running", timeout=60)
+        # every wrapper of the chain has exited: none is left a zombie of `doit wait`
+        wait_until(lambda: not zombie_children(waiter.pid), what="no zombie of doit wait")
+        gate.touch()
+        assert waiter.wait(timeout=60) == 0, (tmp_path / "wait.out").read_text()
+    finally:
+        if waiter.poll() is None:
+            waiter.kill()
+            waiter.wait()
+    assert all(ws.state_of("p", f"a{i}") == "done" for i in range(12))

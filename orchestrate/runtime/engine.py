@@ -239,6 +239,8 @@ class Engine:
     def run_pass(self, agents: list[Agent]) -> PassResult:
         """Settle finished runs and decide; `launch_all` then starts what may start."""
         self.next_wake = float("inf")
+        for executor in self.executors.values():   # no wrapper we started stays a zombie
+            executor.reap()
         records = self.records(agents)
         running = [r for r in records.values() if r is not None and r.state in ACTIVE]
         seen = self.ask_executors(running, self.clock())
