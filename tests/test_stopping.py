@@ -133,3 +133,33 @@ def test_doit_wait_reaps_the_agents_it_launches(ws, tmp_path):
             waiter.kill()
             waiter.wait()
     assert all(ws.state_of("p", f"a{i}") == "done" for i in range(12))
+
+
+# What outside runtime/executors may name a process operation, and why it is
+# not a run's: the rest must go through an executor (its docstring's promise).
+NOT_A_RUN = {
+    ("runtime/stopping.py", "os.killpg("): "a check's or a hook's group, child of its supervisor",
+    ("runtime/faults.py", "os.kill("): "a crash point kills its own process",
+    ("runtime/state.py", "/proc/"): "/proc/self/fd: where a state folder really is",
+}
+PROCESS_OPERATIONS = ("psutil", "executors.processes", "executors import processes",
+                      "/proc/", "os.kill(", "os.killpg(", "pidfd_open")
+
+
+def test_nothing_outside_the_executors_reads_proc_or_signals_a_run():
+    """runtime/executors/__init__.py promises that nothing outside the
+    executors signals a run's process or reads /proc: no other module imports
+    psutil or the executors' `processes`, names /proc, kill or a pidfd."""
+    root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "orchestrate")
+    found = set()
+    for folder, _, files in os.walk(root):
+        relative = os.path.relpath(folder, root)
+        if relative.startswith(os.path.join("runtime", "executors")):
+            continue
+        for name in files:
+            if name.endswith(".py"):
+                text = open(os.path.join(folder, name)).read()
+                path = os.path.normpath(os.path.join(relative, name))
+                found |= {(path, needle) for needle in PROCESS_OPERATIONS if needle in text}
+    assert found - set(NOT_A_RUN) == set()
+    assert set(NOT_A_RUN) <= found, "an exception that no longer applies: remove it"

@@ -1,33 +1,25 @@
 """Start an agent detached: its own session, stdin /dev/null, output to its log.
 
 The launcher never waits for the agent: completion is the wrapper's record.
-What it returns (pid and the process's start time) lets any later process
-tell the agent apart from an unrelated process that reused the pid
-(see `processes`).
+It returns the wrapper's pid; the local executor records the process's
+start time with it, so that any later process can tell the agent apart from
+an unrelated process that reused the pid (see `executors.local`).
 """
 from __future__ import annotations
 
 import os
 import shutil
 import subprocess
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 from .checkrun import runner_command
 from ..core.checks import Followup, prompt_with_feedback
 from ..agents.presets import RESUMABLE, Place, executable, invocation
-from .processes import create_time
 from ..core.spec import Agent
 from .state import Layout
 from .worktree import output_root
 from .wrapper import wrapper_argv
-
-
-@dataclass(frozen=True)
-class Started:
-    pid: int
-    create_time: float | None
 
 
 def _prompt_path(layout: Layout, agent: Agent, run_id: str) -> str:
@@ -78,7 +70,8 @@ class Launcher:
         return argv, stdin_path, env
 
     def launch(self, agent: Agent, run_id: str, attempt: int, log_path: Path,
-               upstream: Path, followup: Followup | None = None) -> Started:
+               upstream: Path, followup: Followup | None = None) -> int:
+        """Spawn the wrapped agent detached; its wrapper's pid."""
         argv, stdin_path, env = self.wrapped(agent, run_id, attempt, upstream, followup)
         root = output_root(self.layout, agent)
         stdin = os.open(stdin_path or os.devnull, os.O_RDONLY | os.O_CLOEXEC)
@@ -98,7 +91,7 @@ class Launcher:
         # status is the wrapper's exit record, not what waitpid says.
         process.returncode = 0
         self.children.add(process.pid)
-        return Started(process.pid, create_time(process.pid))
+        return process.pid
 
     def reap(self) -> None:
         """Collect the wrappers started here that have exited, so that none

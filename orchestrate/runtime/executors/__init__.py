@@ -9,17 +9,17 @@ ours; `stop` signals many runs with everything they started, and
 `remaining` says which of many stopped runs still have a process, each in
 one round (one `scancel`, one `squeue`); `find` locates a run by its run id
 alone, after a crash that lost its handle; `reap` collects the processes it
-started in this process that have exited (no zombie outlives a pass);
-`watch` hands the advancer what wakes it when a run ends (locally the
-wrappers' pidfds). `local` is this machine's process table; `slurm`
-submits batch jobs; `tests/fake_executor.py` is a fake for tests.
+started in this process that have exited (no zombie outlives a pass).
+`local` is this machine's process table (`processes`; the advancer sleeps
+on its wrappers' pidfds through `pidwatch`); `slurm` submits batch jobs;
+`tests/fake_executor.py` is a fake for tests.
 
 Outcomes stay the wrapper's: its exit record on the (shared) filesystem.
 The executor says whether the run has ended (a polled executor's runs are
 settled only once it says so, since a remote job's log is complete only
 then) and, when it ended without an exit record or by a signal orchestrate
 did not send, why. Nothing outside the executors signals a run's process
-or reads /proc.
+or reads /proc (tests/test_stopping.py checks the source).
 """
 from __future__ import annotations
 

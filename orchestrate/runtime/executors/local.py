@@ -1,7 +1,8 @@
 """The `local` executor: this machine's process table.
 
 A run is its wrapper's process group (spawned in its own session by
-`launcher`), known by pid + start time; its descendants are recorded when a
+`launcher`), known by pid + start time; the advancer wakes on its wrapper's
+pidfd (`pidwatch`); its descendants are recorded when a
 stop begins, and strays are found by the run id in their environment. Every
 signal needs proof that the process is the run's (see `processes`).
 """
@@ -11,7 +12,7 @@ import signal
 from pathlib import Path
 from typing import Iterable
 
-from .. import processes
+from . import processes
 from ...core.checks import Followup
 from ..launcher import Launcher
 from ...core.spec import Agent
@@ -29,8 +30,9 @@ class LocalExecutor:
 
     def submit(self, agent: Agent, run_id: str, attempt: int, log_path: Path,
                upstream: Path, followup: Followup | None = None) -> Handle:
-        started = self.launcher.launch(agent, run_id, attempt, log_path, upstream, followup)
-        return Handle(pid=started.pid, create_time=started.create_time)
+        pid = self.launcher.launch(agent, run_id, attempt, log_path, upstream, followup)
+        # its start time at once: with it, no later reuse of the pid passes for the run
+        return Handle(pid=pid, create_time=processes.create_time(pid))
 
     def observe(self, records: Iterable[StatusRecord]) -> dict[str, Observation]:
         return {r.run_id or "": Observation(processes.is_alive(r.pid, r.pid_create_time))
