@@ -4,6 +4,7 @@ which agents it could not confirm gone, and exits 1 then. Real doit, real
 processes; Slurm made unreachable by scripts named squeue and scancel."""
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -163,3 +164,82 @@ def test_nothing_outside_the_executors_reads_proc_or_signals_a_run():
                 found |= {(path, needle) for needle in PROCESS_OPERATIONS if needle in text}
     assert found - set(NOT_A_RUN) == set()
     assert set(NOT_A_RUN) <= found, "an exception that no longer applies: remove it"
+
+
+# -- in-process: a fake executor and a fake clock drive the real Engine ---------
+def fake_engine(tmp_path, ignores_term: bool = True, kill_grace: str = "5s"):
+    from orchestrate.core.selection import select
+    from orchestrate.runtime.engine import Engine
+    from orchestrate.runtime.executors.fake import FakeClock, FakeExecutor
+    from orchestrate.runtime.state import Layout
+    from orchestrate.runtime.workspace import load_workspace
+    (tmp_path / "pipelines").mkdir()
+    (tmp_path / "pipelines" / "p.toml").write_text(
+        f'[agents.a]\ncommand = "true"\nkill_grace = "{kill_grace}"\n')
+    clock = FakeClock()
+    fake = FakeExecutor(Layout(tmp_path), clock, ignores_term=ignores_term)
+    workspace = load_workspace(tmp_path)
+    engine = Engine(workspace, executors={"local": fake}, clock=clock)
+    agents = select(workspace, [])
+    engine.launch_all(engine.run_pass(agents))
+    return engine, fake, clock, agents
+
+
+def events(engine) -> list[str]:
+    lines = (engine.layout.base / "events.jsonl").read_text().splitlines()
+    return [json.loads(line)["event"] for line in lines]
+
+
+def test_a_cancel_is_term_then_kill_at_kill_at_then_cancelled(tmp_path):
+    from orchestrate.core.policy import StopKind
+    engine, fake, clock, agents = fake_engine(tmp_path)
+    agent = agents[0]
+    record = engine.records(agents)["p:a"]
+    assert record.state == "running" and fake.reaped == 1
+    began = clock()
+    stopping = engine.stop(agent, record, StopKind.CANCEL, "cancelled by user")
+    assert stopping.kill_at == began + 5.0
+    assert engine.wait_until_gone([(agent, stopping)], sleep=clock.sleep) == {}
+    run = fake.runs[record.run_id]
+    assert run.signals == [(began, signal.SIGTERM), (pytest.approx(began + 5.0, abs=0.01), signal.SIGKILL)]
+    engine.run_pass(agents)          # settled: no exit record, stopped by a cancel
+    record = engine.records(agents)["p:a"]
+    assert record.state == "cancelled" and record.reason == "cancelled by user"
+    assert events(engine) == ["launch", "stop", "cancel"]
+
+
+def test_a_run_that_ends_on_sigterm_is_not_killed(tmp_path):
+    from orchestrate.core.policy import StopKind
+    engine, fake, clock, agents = fake_engine(tmp_path, ignores_term=False)
+    record = engine.records(agents)["p:a"]
+    began = clock()
+    stopping = engine.stop(agents[0], record, StopKind.CANCEL, "cancelled by user")
+    assert engine.wait_until_gone([(agents[0], stopping)], sleep=clock.sleep) == {}
+    assert fake.runs[record.run_id].signals == [(began, signal.SIGTERM)]
+    assert clock() == began          # nothing waited for
+
+
+def test_an_executor_that_cannot_tell_is_given_up_at_kill_grace_plus_ten_seconds(tmp_path):
+    from orchestrate.core.policy import StopKind
+    engine, fake, clock, agents = fake_engine(tmp_path)
+    record = engine.records(agents)["p:a"]
+    began = clock()
+    deadline = engine.bound_stops(agents)
+    assert deadline == began + 5.0 + 10.0
+    stopping = engine.stop(agents[0], record, StopKind.CANCEL, "cancelled by user")
+    fake.unreachable = "controller down"
+    unconfirmed = engine.wait_until_gone([(agents[0], stopping)], sleep=clock.sleep)
+    assert unconfirmed == {"p:a": "local: controller down"}
+    assert clock() == pytest.approx(deadline, abs=0.05)
+    kills = [at for at, sig in fake.runs[record.run_id].signals if sig == signal.SIGKILL]
+    assert kills[0] == pytest.approx(began + 5.0, abs=0.01) and len(kills) == 10   # every second after
+
+
+def test_a_retired_instance_gets_term_its_grace_then_kill_and_a_stop_event(tmp_path):
+    engine, fake, clock, agents = fake_engine(tmp_path, kill_grace="2s")
+    record = engine.records(agents)["p:a"]
+    began = clock()
+    engine.kill(record, sleep=clock.sleep)
+    assert fake.runs[record.run_id].signals == [
+        (began, signal.SIGTERM), (pytest.approx(began + 2.0, abs=0.01), signal.SIGKILL)]
+    assert events(engine)[-1] == "stop"

@@ -403,7 +403,8 @@ class Engine:
         now = self.clock()
         stops = []
         for agent, record in pending:
-            kill_at = now if record.kill_at is None else min(record.kill_at, now)
+            # its KILL when due, at once if overdue (or sent by a pass already)
+            kill_at = now if record.kill_at is None else max(record.kill_at, now)
             stops.append(Stop(record.run_id, kill_at - agent.kill_grace,
                               StopPolicy(agent.kill_grace)))
         runs = _RunsBeingStopped(self, [r for _, r in pending])

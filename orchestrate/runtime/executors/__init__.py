@@ -12,7 +12,7 @@ alone, after a crash that lost its handle; `reap` collects the processes it
 started in this process that have exited (no zombie outlives a pass).
 `local` is this machine's process table (`processes`; the advancer sleeps
 on its wrappers' pidfds through `pidwatch`); `slurm` submits batch jobs;
-`tests/fake_executor.py` is a fake for tests.
+`fake` is a fake with a fake clock, for tests.
 
 Outcomes stay the wrapper's: its exit record on the (shared) filesystem.
 The executor says whether the run has ended (a polled executor's runs are
