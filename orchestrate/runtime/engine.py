@@ -87,7 +87,7 @@ def keep_previous_log(layout: Layout, agent: Agent, number: int) -> None:
 
 class _RunsBeingStopped:
     """The batch `stopping.drive` asks: runs by run id, one question per
-    executor per round; `why`: the last reason an executor could not tell."""
+    executor per round; `why`: why an executor cannot tell, since it last could."""
 
     def __init__(self, engine: "Engine", records: list[StatusRecord]):
         self.engine = engine
@@ -108,7 +108,8 @@ class _RunsBeingStopped:
                 left |= self.engine.executors[name].remaining(records)
             except Unavailable as err:
                 left |= {r.run_id for r in records}
-                self.why.update({r.run_id: f"{name}: {err}" for r in records})
+                for record in records:   # the first word on it, not "no time left"
+                    self.why.setdefault(record.run_id, f"{name}: {err}")
             else:
                 for record in records:
                     self.why.pop(record.run_id, None)
