@@ -37,8 +37,8 @@ after = ["victim"]
 
 def test_pidwatch_reports_an_ended_process_and_ignores_a_reused_pid():
     import subprocess
-    from orchestrate.runtime.liveness import PidWatch
-    from orchestrate.runtime.processes import create_time
+    from orchestrate.runtime.executors.pidwatch import PidWatch
+    from orchestrate.runtime.executors.processes import create_time
     watch = PidWatch()
     child = subprocess.Popen(["sleep", "60"])
     try:
@@ -63,8 +63,8 @@ def test_pidwatch_reports_an_ended_process_and_ignores_a_reused_pid():
 
 def test_pidwatch_reports_a_process_that_ended_before_it_was_watched():
     import subprocess
-    from orchestrate.runtime.liveness import PidWatch
-    from orchestrate.runtime.processes import create_time
+    from orchestrate.runtime.executors.pidwatch import PidWatch
+    from orchestrate.runtime.executors.processes import create_time
     watch = PidWatch()
     child = subprocess.Popen(["sleep", "60"])
     started = create_time(child.pid)

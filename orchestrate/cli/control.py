@@ -348,10 +348,12 @@ def signal_clear(root: Path, name: str) -> str:
 def cancel(root: Path, names: list[str], out: IO[str]) -> int:
     """Stop the named running agents (none: every running one) and cancel the
     queued and retry-waiting ones (named: also ready ones); returns once no
-    process of a stopped agent is left."""
+    process of a stopped agent is left, or after kill_grace + 10 s with a line
+    (and exit 1) for each agent it could not confirm gone."""
     workspace = workspace_at(root, lenient=True)
     targets = {a.task for a in match(workspace, names)} if names else None
     engine, agents = _selection(root, names, lenient=True)
+    engine.bound_stops(agents)   # back within kill_grace + 10 s, whatever the executor does
     stopping: list[tuple[Agent, StatusRecord]] = []
     dequeued = 0
     with SchedulingLock(engine.layout):
@@ -368,18 +370,21 @@ def cancel(root: Path, names: list[str], out: IO[str]) -> int:
                 dequeued += 1
                 engine.mark_cancelled(decision, record, result.facts[task].inputs)
                 out.write(f"cancelled {task} ({'queued' if decision.state != 'launch' else 'not started'})\n")
-    engine.wait_until_gone(stopping)
+    unconfirmed = engine.wait_until_gone(stopping)
     with SchedulingLock(engine.layout):   # settle them now: state cancelled
         result = engine.run_pass(agents)
     for agent, _ in stopping:
         record = result.facts[agent.task].record if agent.task in result.facts else None
-        if record is None or record.state in ("cancelled", "running", "launching"):
+        if agent.task in unconfirmed:
+            out.write(f"could not confirm that {agent.task} ended ({unconfirmed[agent.task]}); "
+                      f"it is settled once that is known (doit status {agent.task})\n")
+        elif record is None or record.state in ("cancelled", "running", "launching"):
             out.write(f"cancelled {agent.task}\n")
         else:   # it had ended on its own before the cancel reached it
             out.write(f"{agent.task} had already ended: {record.state}\n")
     if not stopping and not dequeued and targets is None:
         out.write("nothing running or queued to cancel\n")
-    return EXIT_OK
+    return EXIT_FAILED if unconfirmed else EXIT_OK
 
 
 def _dequeued(decision: Decision, named: bool) -> bool:

@@ -9,11 +9,9 @@ from enum import Enum
 
 from .spec import Agent
 from .records import StatusRecord
+from .stopping import SIGKILL as SIGKILL, SIGTERM as SIGTERM   # the stop policy's, named once
 
 MAX_BACKOFF = 300.0   # retry_backoff doubles per attempt, up to five minutes
-# The two signals a stop sends, as numbers (Linux's): the core names them
-# without importing `signal`, and the executors send them as they are.
-SIGTERM, SIGKILL = 15, 9
 
 
 class StopKind(str, Enum):

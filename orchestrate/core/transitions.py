@@ -33,6 +33,7 @@ from . import checks
 from .fingerprint import digest_text
 from .policy import SIGKILL, SIGTERM, StopKind, backoff, limit_exceeded, next_limit, should_retry
 from .spec import Agent
+from .stopping import StopPolicy
 from .records import AgentResult, Handle, StatusRecord, clock_text, iso
 
 MAX_RATE_LIMIT_HITS = 10   # rate-limited attempts in a row before it counts as a failure
@@ -322,7 +323,7 @@ def _begin_stop(record: StatusRecord, agent: Agent, seen: Tracked, now: float
     """SIGTERM now, SIGKILL at kill_grace. The reason is saved before the
     signal: if we die in between, the run still ends with it (and a later
     pass sends the SIGKILL)."""
-    kill_at = now + agent.kill_grace
+    kill_at = StopPolicy(agent.kill_grace).kill_at(now)   # the one stop policy's
     record = replace(record, stop_kind=seen.kind, stop_reason=seen.reason,
                      descendants=list(seen.descendants), kill_at=kill_at)
     return record, [Save(), Crash("stop-recorded"), Kill(SIGTERM),

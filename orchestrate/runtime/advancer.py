@@ -75,7 +75,7 @@ class Watcher:
     """Blocks until something under `.orchestrate/` that a pass cares about changes."""
 
     def __init__(self, layout: Layout, pipelines: list[str]):
-        from .liveness import PidWatch
+        from .executors.pidwatch import PidWatch
         self.layout = layout
         self.inotify = None
         self.pids = PidWatch()
@@ -107,10 +107,7 @@ class Watcher:
 
     def track(self, records) -> None:
         """Wake also when a running agent's wrapper ends (its pidfd)."""
-        self.runs = {(r.pid, r.pid_create_time): r.run_id or "" for r in records
-                     if r is not None and r.state == "running"
-                     and r.pid and r.pid_create_time is not None}
-        self.pids.track(list(self.runs))
+        self.runs = self.pids.track_runs(records)
 
     def wait(self, timeout: float) -> list[Path]:
         """The paths that changed; empty on timeout (`vanished` says whether an

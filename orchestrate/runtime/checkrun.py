@@ -26,6 +26,8 @@ from ..core.checks import (
     last_line,
 )
 from ..core.spec import Agent
+from ..core.stopping import StopPolicy
+from .stopping import killpg, stop_group
 from .state import Layout, expand_patterns, utc_now, write_atomic
 
 PACKAGE_PARENT = str(Path(__file__).resolve().parent.parent.parent)
@@ -54,22 +56,10 @@ def runner_command(layout: Layout, agent: Agent, run_id: str, root: Path) -> str
 
 
 # -- the wrapper's side (runs in the agent's process group) --------------------
-def _stop(process: subprocess.Popen, grace: float) -> None:
-    """SIGTERM the check's group, SIGKILL it after `grace` seconds."""
-    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, None)):
-        try:
-            os.killpg(process.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            process.wait(wait)
-            if sig == signal.SIGTERM:
-                os.killpg(process.pid, signal.SIGKILL)   # what it left behind
-            return
-        except subprocess.TimeoutExpired:
-            continue
-        except ProcessLookupError:
-            return
+def stop_check(process: subprocess.Popen, grace: float) -> None:
+    """The one stop policy for the check's group: SIGTERM, SIGKILL past
+    `grace`, then SIGKILL to what it left behind; bounded."""
+    stop_group(process, StopPolicy(grace))
 
 
 def _tail(path: Path, count: int) -> list[str]:
@@ -98,19 +88,18 @@ def main(spec_json: str) -> None:
                                    process_group=0)
 
         def on_signal(number: int, _frame: Any) -> None:   # the run is being stopped
-            _stop(process, 0.5)
+            # half the run's kill_grace: the runner exits (and the wrapper
+            # records it) before the run's own SIGKILL reaches everything
+            stop_check(process, spec["grace"] / 2)
             sys.exit(128 + number)
         for number in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(number, on_signal)
         try:
             code: int | None = process.wait(spec["timeout"])
             timed_out = False
-            try:   # what the check left running in its group ends with it
-                os.killpg(process.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+            killpg(process.pid, signal.SIGKILL)   # what it left in its group ends with it
         except subprocess.TimeoutExpired:
-            _stop(process, spec["grace"])
+            stop_check(process, spec["grace"])
             code, timed_out = None, True
     tail = _tail(log, FEEDBACK_LINES)
     if timed_out:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import signal
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -16,7 +15,7 @@ from typing import Callable
 
 from ..core import checks, transitions as t
 from . import worktree
-from .executors import Executor, Observation, SubmitError
+from .executors import Executor, Observation, SubmitError, Unavailable
 from .executors.local import LocalExecutor
 from .executors.slurm import SlurmExecutor
 from .fanout import FanoutKeeper
@@ -26,6 +25,8 @@ from .hooks import HookKeeper
 from .launcher import Launcher
 from .observe import observe_run
 from ..core.policy import StopKind
+from ..core.stopping import SETTLE, SIGTERM, StopPolicy
+from .stopping import Stop, drive
 from ..core.scheduler import ACTIVE, AgentFacts, Decision, plan
 from ..core.spec import Agent, Workspace
 from .state import (
@@ -84,6 +85,41 @@ def keep_previous_log(layout: Layout, agent: Agent, number: int) -> None:
     os.replace(log, target)
 
 
+class _RunsBeingStopped:
+    """The batch `stopping.drive` asks: runs by run id, one question per
+    executor per round; `why`: why an executor cannot tell, since it last could."""
+
+    def __init__(self, engine: "Engine", records: list[StatusRecord]):
+        self.engine = engine
+        self.records = {r.run_id: r for r in records}
+        self.why: dict[str | None, str] = {}
+
+    def _by_executor(self, keys: list) -> dict[str, list[StatusRecord]]:
+        groups: dict[str, list[StatusRecord]] = {}
+        for key in keys:
+            record = self.records[key]
+            groups.setdefault(self.engine.executor_of(record).name, []).append(record)
+        return groups
+
+    def remaining(self, keys: list) -> set:
+        left: set = set()
+        for name, records in self._by_executor(keys).items():
+            try:
+                left |= self.engine.executors[name].remaining(records)
+            except Unavailable as err:
+                left |= {r.run_id for r in records}
+                for record in records:   # the first word on it, not "no time left"
+                    self.why.setdefault(record.run_id, f"{name}: {err}")
+            else:
+                for record in records:
+                    self.why.pop(record.run_id, None)
+        return left
+
+    def send(self, keys: list, sig: int) -> None:
+        for name, records in self._by_executor(keys).items():
+            self.engine.executors[name].stop(records, sig)
+
+
 @dataclass
 class PassResult:
     decisions: dict[str, Decision]
@@ -103,10 +139,14 @@ class Engine:
     """
 
     def __init__(self, workspace: Workspace, launcher: Launcher | None = None,
-                 liveness_interval: float = 0.0, clock: Callable[[], float] = time.time):
+                 liveness_interval: float = 0.0, clock: Callable[[], float] = time.time,
+                 executors: dict[str, Executor] | None = None):
+        """`executors`: name -> executor (default: local and slurm on this
+        machine); `clock`: epoch seconds (a fake one in tests)."""
         self.workspace = workspace
         self.layout = Layout(workspace.root)
         self.launcher = launcher or Launcher(self.layout)
+        self.deadline: float | None = None   # executor calls end by then (see bound_stops)
         self.layout.make_dirs([p.name for p in workspace.pipelines])
         self.status_cache: FileCache[StatusRecord] = FileCache(parse_status)
         self.signal_cache: FileCache[str] = FileCache(read_signal_digest)
@@ -115,10 +155,14 @@ class Engine:
         self.next_wake = float("inf")   # the earliest timeout, kill, retry or poll ahead
         self.hooks = HookKeeper(workspace, self.layout)
         self.fanouts = FanoutKeeper(self.layout)
-        self.executors: dict[str, Executor] = {
+        self.executors: dict[str, Executor] = executors or {
             "local": LocalExecutor(self.launcher),
-            "slurm": SlurmExecutor(self.layout, workspace.slurm, self.launcher)}
+            "slurm": SlurmExecutor(self.layout, workspace.slurm, self.launcher, self.time_left)}
         self.last_asked = {name: float("-inf") for name in self.executors}
+
+    def time_left(self) -> float | None:
+        """Seconds before the deadline (None: none set)."""
+        return None if self.deadline is None else self.deadline - self.clock()
 
     def executor_for(self, agent: Agent) -> Executor:
         return self.executors[agent.executor]
@@ -204,6 +248,8 @@ class Engine:
     def run_pass(self, agents: list[Agent]) -> PassResult:
         """Settle finished runs and decide; `launch_all` then starts what may start."""
         self.next_wake = float("inf")
+        for executor in self.executors.values():   # no wrapper we started stays a zombie
+            executor.reap()
         records = self.records(agents)
         running = [r for r in records.values() if r is not None and r.state in ACTIVE]
         seen = self.ask_executors(running, self.clock())
@@ -275,7 +321,7 @@ class Engine:
         if isinstance(effect, t.Save):
             self._save(record, effect.durable)
         elif isinstance(effect, t.Kill):
-            self.executor_of(record).stop(record, effect.signal)
+            self.executor_of(record).stop([record], effect.signal)
         elif isinstance(effect, t.Track):
             tracked = self.executor_of(record).track(record)
             return t.NotOurs() if tracked is None else t.Tracked(effect.kind, effect.reason,
@@ -323,30 +369,57 @@ class Engine:
             return record
         return self.apply(agent, record, t.StopWanted(kind, reason))
 
-    def kill(self, record: StatusRecord) -> None:
-        """SIGKILL at once (a fan-out instance whose item is gone)."""
-        self.executor_of(record).stop(record, signal.SIGKILL)
+    def kill(self, record: StatusRecord, sleep: Callable[[float], None] = time.sleep) -> None:
+        """Stop a run whose agent left the workspace (a fan-out instance whose
+        item is gone) with the one stop policy: SIGTERM and a `stop` event
+        now, SIGKILL past its kill_grace, waited for here (bounded by
+        kill_grace + SETTLE), since no later pass watches a removed run."""
+        agent = self.workspace.agents_by_task.get(record.task)
+        grace = agent.kill_grace if agent is not None else Agent.kill_grace
+        executor = self.executor_of(record)
+        tracked = executor.track(record)
+        if tracked is None:   # the recorded pid is not this run's: nothing to stop
+            return
+        record = replace(record, descendants=[list(d) for d in tracked])
+        began = self.clock()
+        executor.stop([record], SIGTERM)
+        append_event(self.layout, "stop", task=record.task, run_id=record.run_id,
+                     reason="its item left the list")
+        drive(_RunsBeingStopped(self, [record]), [Stop(record.run_id, began, StopPolicy(grace))],
+              self.clock, sleep)
 
-    def wait_until_gone(self, stopping: list[tuple[Agent, StatusRecord]]) -> None:
-        """Each run had SIGTERM; SIGKILL at its kill_at, again every second
-        after, until no process of any of them is left (however long that takes)."""
+    def bound_stops(self, agents: list[Agent]) -> float:
+        """From now, stopping the runs of `agents` is over within their longest
+        kill_grace + SETTLE: no executor call of this engine outlasts that
+        deadline (`doit cancel` returns by then whatever the executor does)."""
+        records = self.records(agents)
+        grace = max((a.kill_grace for a in agents
+                     if (r := records[a.task]) is not None and r.state in ACTIVE), default=0.0)
+        self.deadline = self.clock() + grace + SETTLE
+        return self.deadline
+
+    def wait_until_gone(self, stopping: list[tuple[Agent, StatusRecord]],
+                        sleep: Callable[[float], None] = time.sleep) -> dict[str, str]:
+        """Drive each run's stop to its end with the one stop policy: SIGKILL
+        at its kill_at and every second after while anything of it remains
+        (one question per executor per round), until nothing is left, its
+        kill_grace + SETTLE is over, or the engine's deadline. Returns task ->
+        why a run could not be confirmed gone; it stays stopping, and the next
+        pass (the advancer's, `doit status`) goes on with it."""
         pending = [(a, r) for a, r in stopping if t.phase(r) is t.Phase.STOPPING]
-        next_kill = {agent.task: record.kill_at for agent, record in pending}
-        while pending:
-            now = time.time()
-            still = []
-            for agent, record in pending:
-                executor = self.executor_of(record)
-                if not executor.remains(record):
-                    continue
-                due = next_kill[agent.task]
-                if due is not None and now >= due:
-                    executor.stop(record, signal.SIGKILL)
-                    next_kill[agent.task] = now + 1.0
-                still.append((agent, record))
-            pending = still
-            if pending:
-                time.sleep(0.02)
+        if not pending:
+            return {}
+        now = self.clock()
+        stops = []
+        for agent, record in pending:
+            # its KILL when due, at once if overdue (or sent by a pass already)
+            kill_at = now if record.kill_at is None else max(record.kill_at, now)
+            stops.append(Stop(record.run_id, kill_at - agent.kill_grace,
+                              StopPolicy(agent.kill_grace)))
+        runs = _RunsBeingStopped(self, [r for _, r in pending])
+        unconfirmed = drive(runs, stops, self.clock, sleep, until=self.deadline)
+        tasks = {r.run_id: a.task for a, r in pending}
+        return {tasks[run_id]: runs.why.get(run_id, why) for run_id, why in unconfirmed.items()}
 
     def mark_cancelled(self, decision: Decision, previous: StatusRecord | None,
                        inputs: dict[str, list]) -> StatusRecord:

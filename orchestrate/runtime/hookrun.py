@@ -12,13 +12,13 @@ Event data reaches the hook only through its environment and stdin: the
 command is the user's, run as written (a string by /bin/sh -c, a list as argv).
 
 One of these starts per hook, so it imports only the standard library's
-lightest modules (not orchestrate's state module: dataclasses, hashlib, ...).
+lightest modules (not orchestrate's state module: dataclasses, hashlib, ...)
+and the stop policy, which imports nothing else.
 """
 from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -26,6 +26,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from ..core.exitcodes import ExitCode
+from ..core.stopping import StopPolicy
+from .stopping import stop_group
 
 TIMEOUT = 60.0
 TIMEOUT_VAR = "ORCHESTRATE_HOOK_TIMEOUT"   # seconds; for tests, so they need not wait 60 s
@@ -96,24 +98,11 @@ def run_hook(command: str | list[str], stdin_path: Path, log_fd: int, cwd: Path,
     try:
         code = process.wait(timeout=limit)
     except subprocess.TimeoutExpired:
-        _kill_group(process, signal.SIGTERM)
-        try:
-            process.wait(timeout=KILL_GRACE)
-        except subprocess.TimeoutExpired:
-            pass
-        _kill_group(process, signal.SIGKILL)
-        process.wait()
+        stop_group(process, StopPolicy(KILL_GRACE))   # the one stop policy, bounded
         return f"timeout after {limit:g}s (process group killed)"
     if code == 0:
         return None
     return f"exit {code}" if code > 0 else f"killed by signal {-code}"
-
-
-def _kill_group(process: subprocess.Popen, sig: int) -> None:
-    try:
-        os.killpg(process.pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 def supervise(root: Path, event_id: str) -> int:

@@ -1,33 +1,25 @@
 """Start an agent detached: its own session, stdin /dev/null, output to its log.
 
 The launcher never waits for the agent: completion is the wrapper's record.
-What it returns (pid and the process's start time) lets any later process
-tell the agent apart from an unrelated process that reused the pid
-(see `processes`).
+It returns the wrapper's pid; the local executor records the process's
+start time with it, so that any later process can tell the agent apart from
+an unrelated process that reused the pid (see `executors.local`).
 """
 from __future__ import annotations
 
 import os
 import shutil
 import subprocess
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 from .checkrun import runner_command
 from ..core.checks import Followup, prompt_with_feedback
 from ..agents.presets import RESUMABLE, Place, executable, invocation
-from .processes import create_time
 from ..core.spec import Agent
 from .state import Layout
 from .worktree import output_root
 from .wrapper import wrapper_argv
-
-
-@dataclass(frozen=True)
-class Started:
-    pid: int
-    create_time: float | None
 
 
 def _prompt_path(layout: Layout, agent: Agent, run_id: str) -> str:
@@ -61,6 +53,7 @@ class Launcher:
         self.layout = layout
         self.popen = popen
         self.base_env = dict(os.environ)   # decoded once, not once per launch
+        self.children: set[int] = set()    # wrappers started here, not yet reaped
 
     def wrapped(self, agent: Agent, run_id: str, attempt: int, upstream: Path,
                 followup: Followup | None = None
@@ -77,7 +70,8 @@ class Launcher:
         return argv, stdin_path, env
 
     def launch(self, agent: Agent, run_id: str, attempt: int, log_path: Path,
-               upstream: Path, followup: Followup | None = None) -> Started:
+               upstream: Path, followup: Followup | None = None) -> int:
+        """Spawn the wrapped agent detached; its wrapper's pid."""
         argv, stdin_path, env = self.wrapped(agent, run_id, attempt, upstream, followup)
         root = output_root(self.layout, agent)
         stdin = os.open(stdin_path or os.devnull, os.O_RDONLY | os.O_CLOEXEC)
@@ -93,9 +87,22 @@ class Launcher:
             os.close(log_fd)
             os.close(stdin)
         # The Popen object is dropped on purpose: the agent outlives us, and
-        # whoever is its parent reaps it (see Advancer.reap_children).
+        # we reap it once it has exited (`reap`, at every pass); its exit
+        # status is the wrapper's exit record, not what waitpid says.
         process.returncode = 0
-        return Started(process.pid, create_time(process.pid))
+        self.children.add(process.pid)
+        return process.pid
+
+    def reap(self) -> None:
+        """Collect the wrappers started here that have exited, so that none
+        stays a zombie of this process (`doit wait` launches too)."""
+        for pid in list(self.children):
+            try:
+                done, _ = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:   # reaped already (the advancer's reap_children)
+                done = pid
+            if done:
+                self.children.discard(pid)
 
     def _command(self, agent: Agent, run_id: str, env: dict[str, str],
                  followup: Followup | None = None

@@ -5,17 +5,21 @@ An executor knows about the runs it holds, and nothing about scheduling:
 keeps; `observe` answers for many runs in ONE call (one look at /proc
 locally, one `squeue` on Slurm); `track` says what stopping a run will need
 (locally its descendants) or that the record does not prove the process is
-ours; `stop` signals a run with everything it started; `remains` tells
-whether any process of a stopped run is left; `find` locates a run by its
-run id alone, after a crash that lost its handle. `local` is this
-machine's process table; `slurm` submits batch jobs.
+ours; `stop` signals many runs with everything they started, and
+`remaining` says which of many stopped runs still have a process, each in
+one round (one `scancel`, one `squeue`); `find` locates a run by its run id
+alone, after a crash that lost its handle; `reap` collects the processes it
+started in this process that have exited (no zombie outlives a pass).
+`local` is this machine's process table (`processes`; the advancer sleeps
+on its wrappers' pidfds through `pidwatch`); `slurm` submits batch jobs;
+`fake` is a fake with a fake clock, for tests.
 
 Outcomes stay the wrapper's: its exit record on the (shared) filesystem.
 The executor says whether the run has ended (a polled executor's runs are
 settled only once it says so, since a remote job's log is complete only
 then) and, when it ended without an exit record or by a signal orchestrate
-did not send, why. Nothing outside the executors signals a process or reads
-/proc for a run.
+did not send, why. Nothing outside the executors signals a run's process
+or reads /proc (tests/test_stopping.py checks the source).
 """
 from __future__ import annotations
 
@@ -24,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Protocol
 
 from ...core.records import Handle
+from ..stopping import CannotTell
 
 if TYPE_CHECKING:
     from ...core.checks import Followup
@@ -42,7 +47,7 @@ class Observation:
     known: bool = True   # False: the executor no longer knows the run at all
 
 
-class Unavailable(RuntimeError):
+class Unavailable(CannotTell):
     """The executor cannot answer now (a controller down): nothing may be
     concluded about its runs; ask again at the next pass."""
 
@@ -79,11 +84,18 @@ class Executor(Protocol):
         """What `stop` will need later (recorded before the first signal), or
         None when the record's process is alive but provably not this run."""
 
-    def stop(self, record: "StatusRecord", sig: int) -> None: ...
+    def stop(self, records: list["StatusRecord"], sig: int) -> None:
+        """`sig` to every process of each run it can prove is the run's, in one round."""
 
-    def remains(self, record: "StatusRecord") -> bool: ...
+    def remaining(self, records: list["StatusRecord"]) -> set[str]:
+        """The run ids of those that still have a process, in one round;
+        raises `Unavailable` when it cannot tell (never taken as gone)."""
 
     def find(self, run_id: str) -> Handle | None: ...
+
+    def reap(self) -> None:
+        """Collect what this process started and has exited (exit statuses
+        stay the wrappers' exit records)."""
 
 
 def is_remote(record: "StatusRecord") -> bool:

@@ -8,17 +8,19 @@ pending or running, and if it ended without a record, in what state
 (NODE_FAIL, TIMEOUT, CANCELLED, OUT_OF_MEMORY...). The job's name is the run
 id, so a run whose job id was lost in a crash is found again by name.
 
-Every Slurm command goes through `_slurm` (SLURM_CONF and the rest of the
-environment as they are), with a timeout: a hung controller must not hang a pass.
+Every Slurm command goes through the executor's `_run` (SLURM_CONF and the
+rest of the environment as they are), with a timeout, cut to the time its
+engine has left (`time_left`: a `doit cancel` must return within kill_grace +
+10 s): a hung controller must not hang a pass. Nothing is cached between
+calls: the engine asks once per poll, `doit cancel` once per round.
 """
 from __future__ import annotations
 
 import shlex
 import signal
 import subprocess
-import time
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 from ...core.checks import Followup
 from ..launcher import Launcher
@@ -36,7 +38,7 @@ LIVE_STATES = frozenset({
     "SPECIAL_EXIT"})
 COMMAND_TIMEOUT = 60.0
 SCANCEL_TIMEOUT = 10.0   # a stop must not hang a pass; the next pass tries again
-ALIVE_CACHE_SECONDS = 0.25   # `job_alive` callers loop (cancel waits); squeue is not free
+Run = Callable[..., subprocess.CompletedProcess]
 
 
 class SlurmUnavailable(Unavailable):
@@ -76,24 +78,29 @@ def parse_states(text: str) -> dict[str, str]:
     return states
 
 
-def query_states(job_ids: list[str]) -> dict[str, str]:
+def query_states(job_ids: list[str], run: Run = _slurm) -> dict[str, str]:
     """job id -> Slurm state, in one squeue call for all of them (ended jobs
     stay in squeue for MinJobAge); those it no longer knows, one sacct call
     (works only where accounting is on). Unknown to both: absent."""
     if not job_ids:
         return {}
     try:
-        queued = _slurm(["squeue", "--noheader", "--states=all", "--format=%i|%T",
+        queued = run(["squeue", "--noheader", "--states=all", "--format=%i|%T",
                          f"--jobs={','.join(job_ids)}"])
-    except (OSError, subprocess.TimeoutExpired) as err:
-        raise SlurmUnavailable(f"squeue: {err}") from None
+    except FileNotFoundError:
+        raise SlurmUnavailable("squeue not found") from None
+    except OSError as err:
+        raise SlurmUnavailable(f"squeue: {err.strerror or err}") from None
+    except subprocess.TimeoutExpired as err:
+        raise SlurmUnavailable(f"squeue did not answer in {err.timeout:g}s" if err.timeout
+                               else "squeue did not answer in time") from None
     if queued.returncode != 0 and "Invalid job id" not in queued.stderr:
         raise SlurmUnavailable(_first_line(queued.stderr) or f"squeue exit {queued.returncode}")
     states = parse_states(queued.stdout) if queued.returncode == 0 else {}
     missing = [job for job in job_ids if job not in states]
     if missing:
         try:
-            ended = _slurm(["sacct", "--noheader", "--parsable2", "--allocations",
+            ended = run(["sacct", "--noheader", "--parsable2", "--allocations",
                             "--format=JobID,State", f"--jobs={','.join(missing)}"])
             if ended.returncode == 0:
                 states.update({k: v for k, v in parse_states(ended.stdout).items()
@@ -113,42 +120,27 @@ def observation(job_id: str, states: dict[str, str]) -> Observation:
     return Observation(False, f"slurm: {state}")
 
 
-_ALIVE_CACHE: dict[str, tuple[float, bool]] = {}
-
-
-def job_alive(job_id: str) -> bool:
-    """Is the job still pending or running? (A controller that cannot answer: yes.)"""
-    seen = _ALIVE_CACHE.get(job_id)
-    if seen and time.monotonic() - seen[0] < ALIVE_CACHE_SECONDS:
-        return seen[1]
-    try:
-        alive = observation(job_id, query_states([job_id])).alive
-    except SlurmUnavailable:
-        alive = True
-    _ALIVE_CACHE[job_id] = (time.monotonic(), alive)
-    return alive
-
-
-def cancel_job(job_id: str | None, sig: int) -> None:
-    """SIGTERM: a job still pending is cancelled outright; a running one has
-    the signal sent to its batch shell (the wrapper) and every process of it
-    (`--full`). SIGKILL: the same with KILL, then the job is cancelled (Slurm
-    kills whatever is left of it). `--state` filters make each call a no-op
-    for a job in the other state: signalling a pending job makes scancel retry
-    for a long time ("Job can not be altered now")."""
-    if not job_id:
+def cancel_jobs(job_ids: list[str], sig: int, run: Run = _slurm) -> None:
+    """SIGTERM: jobs still pending are cancelled outright; running ones have
+    the signal sent to their batch shell (the wrapper) and every process of
+    them (`--full`). SIGKILL: the same with KILL, then the jobs are cancelled
+    (Slurm kills whatever is left of them). One scancel per step for all the
+    jobs. `--state` filters make each call a no-op for a job in the other
+    state: signalling a pending job makes scancel retry for a long time
+    ("Job can not be altered now")."""
+    job_ids = [job for job in job_ids if job]
+    if not job_ids:
         return
     name = signal.Signals(sig).name.removeprefix("SIG")
-    calls = [["scancel", "--state=PENDING", job_id],
-             ["scancel", "--full", f"--signal={name}", "--state=RUNNING", job_id]]
+    calls = [["scancel", "--state=PENDING", *job_ids],
+             ["scancel", "--full", f"--signal={name}", "--state=RUNNING", *job_ids]]
     if sig == signal.SIGKILL:
-        calls.append(["scancel", job_id])
+        calls.append(["scancel", *job_ids])
     for argv in calls:
         try:
-            _slurm(argv, timeout=SCANCEL_TIMEOUT)
+            run(argv, timeout=SCANCEL_TIMEOUT)
         except (OSError, subprocess.TimeoutExpired):
             pass
-    _ALIVE_CACHE.pop(job_id, None)
 
 
 class SlurmExecutor:
@@ -156,10 +148,22 @@ class SlurmExecutor:
     unclaimed_means_never_ran = False
     polled = True   # other hosts' writes and exits wake no inotify here
 
-    def __init__(self, layout: Layout, settings: SlurmSettings, launcher: Launcher):
+    def __init__(self, layout: Layout, settings: SlurmSettings, launcher: Launcher,
+                 time_left: Callable[[], float | None] = lambda: None):
         self.layout = layout
         self.settings = settings
         self.launcher = launcher   # builds the command exactly as for a local agent
+        self.time_left = time_left   # seconds its engine has left (None: no bound)
+
+    def _run(self, argv: list[str], env: dict[str, str] | None = None,
+             timeout: float = COMMAND_TIMEOUT) -> subprocess.CompletedProcess:
+        """A Slurm command, given at most the time the engine has left."""
+        left = self.time_left()
+        if left is not None:
+            if left <= 0:
+                raise subprocess.TimeoutExpired(argv, 0)
+            timeout = min(timeout, left)
+        return _slurm(argv, env=env, timeout=timeout)
 
     def submit(self, agent: Agent, run_id: str, attempt: int, log_path: Path,
                upstream: Path, followup: Followup | None = None) -> Handle:
@@ -171,7 +175,7 @@ class SlurmExecutor:
         argv = sbatch_argv(run_id, log_path, output_root(self.layout, agent) / agent.cwd,
                            sbatch_options(self.settings, agent.resources), script)
         try:
-            answer = _slurm(argv, env=env)
+            answer = self._run(argv, env=env)
         except FileNotFoundError:
             raise self._refused('sbatch not found (is Slurm installed here? '
                                 'executor = "local" runs agents on this machine)', exit_path)
@@ -197,20 +201,18 @@ class SlurmExecutor:
         says nothing (every job is taken as alive until it can)."""
         records = [r for r in records if r.job_id]
         try:
-            states = query_states([r.job_id or "" for r in records])
+            states = query_states([r.job_id or "" for r in records], self._run)
         except SlurmUnavailable:
             return {r.run_id or "": Observation(True) for r in records}
-        for r in records:
-            _ALIVE_CACHE.pop(r.job_id or "", None)
         return {r.run_id or "": observation(r.job_id or "", states) for r in records}
 
-    def stop(self, record: StatusRecord, sig: int) -> None:
-        cancel_job(record.job_id, sig)
+    def stop(self, records: list[StatusRecord], sig: int) -> None:
+        cancel_jobs([r.job_id or "" for r in records], sig, self._run)
 
     def find(self, run_id: str) -> Handle | None:
         """The job named `run_id`, if Slurm knows one (raises SlurmUnavailable)."""
         try:
-            found = _slurm(["squeue", "--noheader", "--states=all", "--format=%i|%T",
+            found = self._run(["squeue", "--noheader", "--states=all", "--format=%i|%T",
                             f"--name={run_id}"])
         except (OSError, subprocess.TimeoutExpired) as err:
             raise SlurmUnavailable(f"squeue: {err}") from None
@@ -222,5 +224,13 @@ class SlurmExecutor:
     def track(self, record: StatusRecord) -> tuple | None:
         return ()   # Slurm owns the job's processes
 
-    def remains(self, record: StatusRecord) -> bool:
-        return bool(record.job_id) and job_alive(record.job_id)
+    def remaining(self, records: list[StatusRecord]) -> set[str]:
+        """The runs whose jobs are still pending or running, from one squeue
+        call; raises SlurmUnavailable when Slurm cannot answer (a job is
+        never taken as ended then)."""
+        jobs = {r.job_id: r.run_id or "" for r in records if r.job_id}
+        states = query_states(list(jobs), self._run)
+        return {run_id for job, run_id in jobs.items() if observation(job, states).alive}
+
+    def reap(self) -> None:
+        pass   # its commands are waited for; the jobs are Slurm's

@@ -184,7 +184,12 @@ def signal_tree(pgid: int, tracked: list[Tracked], sig: int, started: float | No
 
 def group_alive(pgid: int) -> bool:
     """Any non-zombie process still in process group `pgid`?"""
-    return any(int(fields[2]) == pgid and fields[0] != b"Z" for _, fields in _proc_stats())
+    return pgid in live_groups()
+
+
+def live_groups() -> set[int]:
+    """The process groups with a non-zombie member, from one scan of /proc."""
+    return {int(fields[2]) for _, fields in _proc_stats() if fields[0] != b"Z"}
 
 
 def run_processes(run_id: str) -> list[int]:

@@ -82,6 +82,15 @@ class PidWatch:
             return None
         return fd
 
+    def track_runs(self, records) -> dict[tuple[int, float], str]:
+        """Watch the wrappers of the running local runs among `records` (the
+        others have no pid); returns each watched process's run id."""
+        runs = {(r.pid, r.pid_create_time): r.run_id or "" for r in records
+                if r is not None and r.state == "running"
+                and r.pid and r.pid_create_time is not None}
+        self.track(list(runs))
+        return runs
+
     def wait(self, timeout: float) -> tuple[set[tuple[int, float]], set[int]]:
         """Block up to `timeout` seconds: (the processes that ended, the other
         registered fds that are readable). A process ends once: its pidfd is
