@@ -124,3 +124,20 @@ def test_pools_count_agents_running_outside_the_selection():
     ws = workspace(a, b, pools=(("llm", 1),))
     decisions = plan(ws, [b], {"p:b": AgentFacts(None, None)}, set(), running_elsewhere=(a,))
     assert decisions["p:b"].state == "queued" and "pool llm" in decisions["p:b"].reason
+
+
+def test_a_stand_in_is_shown_and_never_launched():
+    from orchestrate.core.standin import NO_LONGER_DECLARED, stand_in
+    active = StatusRecord(state="running", pipeline="p", agent="gone", reason="running")
+    agent = stand_in(active, NO_LONGER_DECLARED)
+    ws = workspace(A, agent)
+    decision = run_plan(ws, {"p:a": AgentFacts(None, None),
+                             "p:gone": AgentFacts(active, None)})["p:gone"]
+    assert (decision.state, decision.reason) == ("running", "running (no longer declared)")
+    for state in ("removed", "cancelled", "failed"):   # once it ended: as recorded
+        ended = StatusRecord(state=state, pipeline="p", agent="gone", reason="why")
+        decision = run_plan(ws, {"p:a": AgentFacts(None, None),
+                                 "p:gone": AgentFacts(ended, None)})["p:gone"]
+        assert (decision.state, decision.reason) == (state, "why")
+    assert run_plan(ws, {"p:a": AgentFacts(None, None),
+                         "p:gone": AgentFacts(None, None)})["p:gone"].state == "removed"

@@ -178,7 +178,7 @@ def test_past_a_limit_the_run_is_tracked_then_stopped(limit, fact, kind, reason)
     record, effects = step(record, t.Tracked(kind, reason, ((4243, 8.0),)), agent)
     assert t.phase(record) is t.Phase.STOPPING and record.stop_kind == kind
     assert record.stop_reason == reason and record.kill_at == NOW + 5.0
-    assert record.descendants == [(4243, 8.0)]
+    assert record.descendants == [[4243, 8.0]]
     assert kinds(effects) == ["Save", "Crash", "Kill", "Event", "Wake"]
     assert effects[1] == t.Crash("stop-recorded") and effects[2] == t.Kill(signal.SIGTERM)
     assert effects[-1] == t.Wake(NOW + 5.0)
@@ -446,3 +446,63 @@ def test_cancel_leaves_a_run_that_already_recorded_its_exit_to_its_own_outcome(t
     engine.layout.exit_file(record.run_id).write_text("0\n")
     agent = engine.workspace.agents_by_task["p:a"]
     assert engine.stop(agent, record, StopKind.CANCEL, "cancelled by user") == record
+
+
+# -- runs whose declaration is gone (core.standin) ----------------------------
+def launched(**limits) -> StatusRecord:
+    from orchestrate.core.standin import launch_limits
+    return running(limits=launch_limits(replace(AGENT, **limits)))
+
+
+def test_a_stand_in_keeps_the_limits_of_its_launch():
+    from orchestrate.core.standin import NO_LONGER_DECLARED, stand_in
+    agent = stand_in(launched(timeout=20.0, kill_grace=3.0, check="x"), NO_LONGER_DECLARED)
+    assert (agent.timeout, agent.stall_timeout, agent.kill_grace) == (20.0, None, 3.0)
+    assert agent.check is not None and agent.retries == 0 and agent.task == "p:a"
+    record, effects = step(running(limits=launched(timeout=20.0).limits), t.Alive(), agent)
+    assert effects == [t.Track(StopKind.TIMEOUT, "timeout after 20s")]
+    # a record written before limits were kept: no time limit, the default grace
+    legacy = stand_in(running(), NO_LONGER_DECLARED)
+    assert legacy.timeout is None and legacy.kill_grace == 10.0
+
+
+@pytest.mark.parametrize("fact, how", [
+    (t.Ended(0, None, signal_text="{}"), "done"),
+    (t.Ended(1, None, exit_said="exit 1"), "exit 1"),
+    (t.Vanished(), t.VANISHED),
+    (t.NeverStarted(), "launch interrupted; relaunching"),
+])
+def test_a_run_no_longer_declared_ends_removed_without_signal_or_retry(fact, how):
+    from orchestrate.core.standin import NO_LONGER_DECLARED, stand_in
+    record = launched(retries=3)
+    if isinstance(fact, t.NeverStarted):
+        record = replace(record, state="launching", pid=None)
+    agent = stand_in(record, NO_LONGER_DECLARED)
+    ended, effects = step(record, fact, agent)
+    assert ended.state == "removed" and ended.fingerprint is None and ended.retry_at is None
+    assert ended.reason == f"removed: no longer declared; it ended: {how}"
+    assert not any(isinstance(e, (t.WriteSignal, t.WriteFeedback)) for e in effects)
+    assert t.RememberSignal(None) in effects or isinstance(fact, t.NeverStarted)
+    assert saved(effects)
+
+
+def test_a_cancelled_run_no_longer_declared_ends_removed_saying_so():
+    from orchestrate.core.standin import NO_LONGER_DECLARED, stand_in
+    agent = stand_in(launched(kill_grace=2.0), NO_LONGER_DECLARED)
+    record, _ = step(launched(kill_grace=2.0), t.Tracked(StopKind.CANCEL, "cancelled by user"),
+                     agent)
+    assert record.kill_at == NOW + 2.0            # the grace of its launch
+    record, effects = step(record, t.Ended(143, None), agent)
+    assert record.state == "removed"
+    assert record.reason == "removed: no longer declared; it ended: cancelled by user"
+    assert events(effects) == ["cancel"]
+
+
+def test_a_run_whose_file_is_invalid_keeps_its_exit_for_the_fixed_file_but_is_stoppable():
+    from orchestrate.core.standin import PIPELINE_INVALID, stand_in
+    agent = stand_in(launched(), PIPELINE_INVALID)
+    assert step(launched(), t.Ended(0, None, signal_text="{}"), agent) == (launched(), [])
+    stopping = replace(launched(), stop_kind="cancel", stop_reason="cancelled by user",
+                       kill_at=NOW)
+    record, _ = step(stopping, t.Ended(143, None), agent)
+    assert (record.state, record.reason) == ("cancelled", "cancelled by user")

@@ -26,6 +26,7 @@ from ..runtime.state import (
     utc_now,
     write_json,
 )
+from ..runtime.inflight import with_stand_ins
 from .tasks import workspace_at
 from .ui import (
     decision_line,
@@ -54,7 +55,7 @@ def _selection(root: Path, names: list[str], lenient: bool = False
                ) -> tuple[Engine, list[Agent]]:
     """Launching needs every pipeline valid; looking and cancelling (lenient)
     answer for the valid ones."""
-    workspace = workspace_at(root, lenient)
+    workspace = with_stand_ins(workspace_at(root, lenient))
     return Engine(workspace), select(workspace, names)
 
 
@@ -347,9 +348,8 @@ def cancel(root: Path, names: list[str], out: IO[str]) -> int:
     """Stop the named running agents (none: every running one) and cancel the
     queued and retry-waiting ones (named: also ready ones); returns once no
     process of a stopped agent is left."""
-    workspace = workspace_at(root, lenient=True)
-    targets = {a.task for a in match(workspace, names)} if names else None
     engine, agents = _selection(root, names, lenient=True)
+    targets = {a.task for a in match(engine.workspace, names)} if names else None
     stopping: list[tuple[Agent, StatusRecord]] = []
     dequeued = 0
     with SchedulingLock(engine.layout):
@@ -371,7 +371,8 @@ def cancel(root: Path, names: list[str], out: IO[str]) -> int:
         result = engine.run_pass(agents)
     for agent, _ in stopping:
         record = result.facts[agent.task].record if agent.task in result.facts else None
-        if record is None or record.state in ("cancelled", "running", "launching"):
+        if record is None or record.state in ("cancelled", "running", "launching") \
+                or record.stop_kind == StopKind.CANCEL:
             out.write(f"cancelled {agent.task}\n")
         else:   # it had ended on its own before the cancel reached it
             out.write(f"{agent.task} had already ended: {record.state}\n")
@@ -411,7 +412,7 @@ def forget_agents(root: Path, tasks: list[str], out: IO[str]) -> None:
 
 
 def print_log(root: Path, task: str, follow: bool, out: IO[str], check: bool = False) -> int:
-    workspace = workspace_at(root, lenient=True)
+    workspace = with_stand_ins(workspace_at(root, lenient=True))
     agent = workspace.agents_by_task.get(task)
     if agent is None and ":" in task:   # a fan-out or a pattern: each instance's log in turn
         for one in match(workspace, [task]):

@@ -79,6 +79,10 @@ class StatusRecord:
     resume_session: str | None = None   # the CLI session a check relaunch resumes
     executor: str = "local"             # where the run lives: "local" or "slurm"
     job_id: str | None = None           # the Slurm job, once sbatch has answered
+    # what watching and stopping the run needs, as declared at its launch
+    # (timeout, stall_timeout, kill_grace, check, preset): a run whose
+    # declaration is gone is still watched and stopped by these (`standin`)
+    limits: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "StatusRecord":

@@ -149,6 +149,8 @@ def decide(agent: Agent, facts: AgentFacts, decided: dict[str, Decision],
            signals: dict[str, str | None], present: set[str],
            capacity: Capacity, now: float) -> Decision:
     record = facts.record
+    if agent.stand_in is not None:
+        return _in_flight(agent, record)
     if agent.gate:
         gated: Decision = gate_decision(agent, record, decided, signals)
         return gated
@@ -187,6 +189,15 @@ def decide(agent: Agent, facts: AgentFacts, decided: dict[str, Decision],
         return Decision(agent, "queued", full, fingerprint, used, attempt=attempt)
     capacity.take(agent)
     return Decision(agent, "launch", reason, fingerprint, used, attempt=attempt)
+
+
+def _in_flight(agent: Agent, record: StatusRecord | None) -> Decision:
+    """A run whose declaration is gone: shown, watched, never launched."""
+    if record is None:   # forgotten meanwhile: nothing of it is left
+        return Decision(agent, "removed", agent.stand_in or "")
+    if record.state in ACTIVE:
+        return Decision(agent, "running", f"{record.reason or 'running'} ({agent.stand_in})")
+    return Decision(agent, record.state, record.reason)
 
 
 def recorded_fingerprint_matches(record: StatusRecord, fingerprint: Fingerprint) -> bool:

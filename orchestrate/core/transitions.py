@@ -29,7 +29,7 @@ from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import Any
 
-from . import checks
+from . import checks, standin
 from .fingerprint import digest_text
 from .policy import SIGKILL, SIGTERM, StopKind, backoff, limit_exceeded, next_limit, should_retry
 from .spec import Agent
@@ -233,6 +233,31 @@ Effects = list[Effect]
 # -- the function -------------------------------------------------------------
 def transition(record: StatusRecord, agent: Agent, seen: Observation, now: float
                ) -> tuple[StatusRecord, Effects]:
+    if agent.stand_in is None:
+        return _transition(record, agent, seen, now)
+    return _undeclared(record, agent, seen, now)
+
+
+def _undeclared(record: StatusRecord, agent: Agent, seen: Observation, now: float
+                ) -> tuple[StatusRecord, Effects]:
+    """A run whose declaration is gone (`standin`): watched and stopped as
+    any run, by the limits of its launch. No longer declared, it ends
+    `removed`, nothing of it current (no signal, no retry, no relaunch). Its
+    file only invalid, an exit it was not stopped for waits for the file to
+    be fixed (its outcome needs the declaration: outputs, check, retries)."""
+    if (agent.stand_in == standin.PIPELINE_INVALID and isinstance(seen, Ended)
+            and record.stop_kind is None):
+        return record, []
+    record, effects = _transition(record, agent, seen, now)
+    if agent.stand_in != standin.NO_LONGER_DECLARED or record.state in ("launching", "running"):
+        return record, effects
+    kept: Effects = [RememberSignal(None) if isinstance(e, RememberSignal) else e
+                     for e in effects if not isinstance(e, (WriteSignal, WriteFeedback))]
+    return standin.ended_undeclared(record), kept
+
+
+def _transition(record: StatusRecord, agent: Agent, seen: Observation, now: float
+                ) -> tuple[StatusRecord, Effects]:
     if isinstance(seen, Alive):
         return _watch(record, agent, seen, now)
     if isinstance(seen, Ended):

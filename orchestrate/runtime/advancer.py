@@ -23,6 +23,7 @@ from .faults import crash_point
 from ..core.scheduler import Decision
 from ..core.selection import SelectionError, select
 from ..core.spec import Workspace
+from .inflight import select_watched, with_stand_ins
 from .workspace import load_workspace
 from .state import Layout, SchedulingLock, StateFileError, append_event, utc_now
 
@@ -193,9 +194,10 @@ class Advancer:
             return True
         self.stamp = stamp
         root = self.engine.workspace.root
-        workspace = keep_last_valid(load_workspace(root, lenient=True), self.engine.workspace)
+        workspace = with_stand_ins(keep_last_valid(load_workspace(root, lenient=True),
+                                                   self.engine.workspace))
         try:
-            agents = select(workspace, self.names)
+            agents = select_watched(workspace, self.names)
         except SelectionError as err:
             self.log(f"pipelines changed; stopped advancing: {err}")
             return False

@@ -28,6 +28,7 @@ from .observe import observe_run
 from ..core.policy import StopKind
 from ..core.scheduler import ACTIVE, AgentFacts, Decision, plan
 from ..core.spec import Agent, Workspace
+from ..core.standin import launch_limits
 from .state import (
     FileCache,
     Layout,
@@ -428,7 +429,7 @@ class Engine:
             # what a relaunch must not forget: money spent and rate limits in a row
             spent_usd=previous.spent_usd if previous else 0.0,
             rate_limit_hits=previous.rate_limit_hits if previous else 0,
-            executor=agent.executor,
+            executor=agent.executor, limits=launch_limits(agent),
             **checks.carried(previous))
         self._save(record, durable=False)
         crash_point("launch-recorded")

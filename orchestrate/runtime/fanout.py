@@ -243,6 +243,9 @@ class FanoutKeeper:
                        for a in pipeline.declared if a.foreach and a.foreach.kind == "json"}
             expanded = expand_loaded(workspace.root, pipeline, _Ignore(), records) \
                 if records else pipeline
+            if expanded is not None and expanded is not pipeline:   # runs in flight stay
+                expanded = replace(expanded, agents=expanded.agents + tuple(
+                    a for a in pipeline.agents if a.stand_in is not None))
             pipelines.append(expanded or pipeline)
         fresh = replace(workspace, pipelines=tuple(pipelines), agents_by_task={})
         engine.workspace = fresh
