@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-from .records import StatusRecord
+from .records import RunState, StatusRecord
 from .spec import Agent
 
 NO_LONGER_DECLARED = "no longer declared"
@@ -58,4 +58,4 @@ def ended_undeclared(record: StatusRecord) -> StatusRecord:
 
 
 def _removed(record: StatusRecord, reason: str) -> StatusRecord:
-    return replace(record, state="removed", fingerprint=None, retry_at=None, reason=reason)
+    return replace(record, state=RunState.REMOVED, fingerprint=None, retry_at=None, reason=reason)

@@ -20,6 +20,7 @@ from typing import Callable
 
 from .engine import LIVENESS_INTERVAL, Engine, PassResult
 from .faults import crash_point
+from ..core.records import RunState
 from ..core.scheduler import Decision
 from ..core.selection import SelectionError, select
 from ..core.spec import Workspace
@@ -37,9 +38,9 @@ POLL_WITHOUT_INOTIFY = 0.1   # seconds between passes where inotify is missing
 def can_advance(decisions: dict[str, Decision]) -> bool:
     """Something is running, queued, launching, waits on an external signal
     or for a retry's backoff."""
-    return any(d.state in ("launch", "running") or
-               (d.state in ("waiting", "queued") and not d.blocked and
-                (d.state == "queued" or d.external or d.timed))
+    return any(d.launch or d.state == RunState.RUNNING or
+               (d.state in (RunState.WAITING, RunState.QUEUED) and not d.blocked and
+                (d.state == RunState.QUEUED or d.external or d.timed))
                for d in decisions.values())
 
 
@@ -108,7 +109,7 @@ class Watcher:
     def track(self, records) -> None:
         """Wake also when a running agent's wrapper ends (its pidfd)."""
         self.runs = {(r.pid, r.pid_create_time): r.run_id or "" for r in records
-                     if r is not None and r.state == "running"
+                     if r is not None and r.state == RunState.RUNNING
                      and r.pid and r.pid_create_time is not None}
         self.pids.track(list(self.runs))
 
@@ -230,7 +231,7 @@ class Advancer:
                 if can_advance(result.decisions):
                     self.watcher.track(self.engine.records(self.agents).values())
                     return True
-            elif any(d.state == "running" for d in result.decisions.values()):
+            elif any(d.state == RunState.RUNNING for d in result.decisions.values()):
                 self.watcher.track(self.engine.records(self.agents).values())
                 return True
             self.slot.give_up()
