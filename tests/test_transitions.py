@@ -619,3 +619,14 @@ def test_forget_and_clean_refuse_a_running_agent(state):
 def test_forget_removes_the_record_of_an_agent_that_does_not_run():
     for record in (running(state="failed"), None):
         assert t.forgotten(record, "p", "a") == (None, [t.Forget("p", "a")])
+
+
+def test_only_the_effect_runner_writes_status_records():
+    """Every change of a record is a transition or a constructor above, run
+    by `Engine.run`: no other module calls `write_status`."""
+    from pathlib import Path
+    import orchestrate
+    package = Path(orchestrate.__file__).parent
+    writers = sorted(str(p.relative_to(package)) for p in package.rglob("*.py")
+                     if "write_status(" in p.read_text())
+    assert writers == ["runtime/engine.py", "runtime/state.py"]

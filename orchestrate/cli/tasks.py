@@ -135,10 +135,13 @@ def clean_gate(root: str, pipeline: str, agent: str, dryrun: bool = False):
     """`doit clean` of a planned fan-out's row: its record and what its list
     expanded to, so the list is read again (its instances are cleaned by
     name, `doit clean p:agent.*`; their logs are not the row's)."""
+    from ..runtime.engine import Engine
     from ..runtime.fanout import record_path
     layout = Layout(Path(root))
     paths = [layout.status(pipeline, agent), record_path(layout, pipeline, agent)]
     with SchedulingLock(layout):
+        if not dryrun:   # the row's record goes the way every record goes
+            Engine(workspace_at(Path(root), lenient=True)).forget(pipeline, agent, "cleaned")
         for path in paths:
             if path.exists():
                 if dryrun:
