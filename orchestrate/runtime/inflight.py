@@ -35,21 +35,27 @@ def runs_in_flight(workspace: Workspace) -> list[tuple[StatusRecord, str]]:
     for pipeline in folders:
         why = PIPELINE_INVALID if pipeline in workspace.invalid else NO_LONGER_DECLARED
         try:
-            names = sorted(os.listdir(status_dir / pipeline))
+            names = {n[:-len(".json")] for n in os.listdir(status_dir / pipeline)
+                     if n.endswith(".json") and not n.startswith(".")}
         except OSError:
             continue
-        for name in names:
-            if name.startswith(".") or not name.endswith(".json"):
-                continue
-            if f"{pipeline}:{name[:-len('.json')]}" in workspace.agents_by_task:
-                continue   # declared (an invalid file's last valid declaration, say)
+        # declared (an invalid file's last valid declaration, say): not in flight here
+        names.difference_update(_declared(workspace, pipeline))
+        for name in sorted(names):
             try:
-                record = parse_status(status_dir / pipeline / name)
+                record = parse_status(status_dir / pipeline / f"{name}.json")
             except StateFileError:   # said where the agent is declared, if it is
                 continue
             if record is not None and record.state in ACTIVE:
                 found.append((record, why))
     return found
+
+
+def _declared(workspace: Workspace, pipeline: str) -> set[str]:
+    for declared in workspace.pipelines:
+        if declared.name == pipeline:
+            return {a.name for a in declared.agents}
+    return set()
 
 
 def with_stand_ins(workspace: Workspace) -> Workspace:
