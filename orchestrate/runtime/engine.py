@@ -257,14 +257,16 @@ class Engine:
         record, effects = t.transition(record, agent, fact, self.clock())
         return self.run(record, effects, events, agent)
 
-    def run(self, record: StatusRecord, effects: t.Effects, events: list[dict] | None = None,
-            agent: Agent | None = None) -> StatusRecord:
+    def run(self, record: StatusRecord | None, effects: t.Effects,
+            events: list[dict] | None = None, agent: Agent | None = None
+            ) -> StatusRecord | None:
         """The effect runner: do what a transition, or one of the pure
         constructors of `transitions` (a launch, a cancel before start, a
         retry asked for, a retired instance, a fan-out row, a forget), says,
         in order. Nothing else writes a status record. An effect that
         answers with a fact (`Track`) has the rest of the decision made
-        again from that fact (by `agent`'s transition)."""
+        again from that fact (by `agent`'s transition). `record` is None only
+        for a forget of an agent without one."""
         for effect in effects:
             answer = self._do(record, effect, events)
             if answer is not None:
