@@ -77,3 +77,16 @@ def test_an_agent_removed_from_its_file_is_reached_by_a_bare_cancel(ws):
     assert ws.state_of("p", "a") == "removed" and ws.state_of("p", "b") == "done"
     ws.wait_idle()
     assert len(ws.launches("a")) == 1
+
+
+def test_with_no_orchestrator_left_the_next_command_applies_the_launch_timeout(ws):
+    pid = start_long(ws, "gone", timeout="1s", kill_grace="0.3s")
+    ws.kill_orchestrators()                           # its advancer is gone too
+    (ws.root / "pipelines" / "gone.toml").unlink()
+    # each `doit status` is a pass: past the timeout it stops the run, then settles it
+    wait_until(lambda: ws.doit("status", check_rc=0) and ws.state_of("gone", "long") == "removed",
+               timeout=30, what="the run stopped at its launch's timeout")
+    assert ws.status("gone", "long")["reason"] == \
+        "removed: no longer declared; it ended: timeout after 1s"
+    wait_until(lambda: not group_alive(pid), what="the agent's group gone")
+    assert len(ws.launches("long")) == 1
