@@ -38,8 +38,10 @@ def test_status_names_the_advancer_waiting_on_a_signal_and_cancel_lets_it_go(ws)
     pids = wait_until(ws.advancer_pids, what="the advancer waiting on the signal")
     table = ws.doit("status", check_rc=0).stdout
     assert f"waiting for signal approved, advancer pid {pids[0]}" in table
-    ws.doit("cancel", "p:gated", check_rc=0)
+    cancel = ws.doit("cancel", "p:gated", check_rc=0)
+    assert cancel.stdout == "cancelled p:gated (waiting on signal approved)\n"
     assert ws.state_of("p", "gated") == "cancelled"
+    assert ws.status("p", "gated")["started_at"] is None      # it never started
     ws.wait_idle()                          # the advancer has nothing left to wait for
 
 

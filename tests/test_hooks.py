@@ -165,8 +165,8 @@ def test_standing_of_each_kind_of_decision():
     assert standing(Decision(c, "waiting", "retry 2", timed=True), {"claude": 5}, 10) == "moving"
     assert standing(Decision(a, "waiting", "retry 2 of 3", timed=True), {}, 0) == "moving"
     assert standing(Decision(a, "waiting", "waiting on b"), {}, 0) == "follows"
-    for state in ("launch", "running", "queued"):
-        assert standing(Decision(a, state, ""), {}, 0) == "moving"
+    for state in ("pending", "running", "queued"):
+        assert standing(Decision(a, state, "", launch=state == "pending"), {}, 0) == "moving"
 
 
 def test_verdict_done_blocked_or_nothing():

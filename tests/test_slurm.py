@@ -492,7 +492,8 @@ def test_a_rate_limit_holds_its_preset_until_the_reset_on_the_engines_clock(
     agents = select(workspace, ["p"])
 
     def states(result) -> dict[str, tuple[str, str]]:
-        return {d.agent.name: (d.state, d.reason) for d in result.decisions.values()}
+        return {d.agent.name: ("launch" if d.launch else d.state, d.reason)
+                for d in result.decisions.values()}
 
     result = engine.run_pass(agents)
     assert states(result)["a"][0] == "launch" and states(result)["b"][0] == "queued"

@@ -178,7 +178,7 @@ def test_past_a_limit_the_run_is_tracked_then_stopped(limit, fact, kind, reason)
     record, effects = step(record, t.Tracked(kind, reason, ((4243, 8.0),)), agent)
     assert t.phase(record) is t.Phase.STOPPING and record.stop_kind == kind
     assert record.stop_reason == reason and record.kill_at == NOW + 5.0
-    assert record.descendants == [(4243, 8.0)]
+    assert record.descendants == [[4243, 8.0]]
     assert kinds(effects) == ["Save", "Crash", "Kill", "Event", "Wake"]
     assert effects[1] == t.Crash("stop-recorded") and effects[2] == t.Kill(signal.SIGTERM)
     assert effects[-1] == t.Wake(NOW + 5.0)
@@ -210,9 +210,16 @@ def test_a_stopped_run_ends_with_its_stop_reason_whatever_its_exit_code_and_is_r
 def test_a_checking_run_is_not_held_to_the_agents_limits():
     agent = replace(AGENT, timeout=20.0, check="true")
     record, effects = step(running(), t.Alive(checking=True), agent)
-    assert record.reason == CHECKING and t.phase(record) is t.Phase.CHECKING
+    assert record.checking and t.phase(record) is t.Phase.CHECKING
+    assert record.reason == CHECKING                  # what people read
     assert effects == [t.Save(durable=False)]
     assert step(record, t.Alive(), agent) == (record, [])
+    # the phase is the field's, whatever the reason says
+    assert t.phase(replace(record, reason="anything")) is t.Phase.CHECKING
+    assert t.phase(running(reason=CHECKING)) is t.Phase.RUNNING
+    ended, _ = step(record, t.Ended(0, None, verdict=Verdict("true", 0, "ok"),
+                                    signal_text="{}"), agent)
+    assert ended.state == "done" and not ended.checking
 
 
 # -- cancel --------------------------------------------------------------------
@@ -327,6 +334,30 @@ def test_legacy_records_being_stopped_get_their_kind():
     data = running(stop_reason="cancelled by user").to_json()
     del data["stop_kind"]
     assert StatusRecord.from_json(data).stop_kind == "cancel"
+
+
+@pytest.mark.parametrize("reason, checking, retry_requested", [
+    ("checking", True, False),
+    ("retry requested (doit retry)", False, True),
+    ("running", False, False),
+])
+def test_legacy_records_say_checking_and_retry_requested_in_their_reason(
+        reason, checking, retry_requested):
+    """Written by the version before the fields: the reason was the phase."""
+    data = running(reason=reason).to_json()
+    del data["checking"], data["retry_requested"]
+    record = StatusRecord.from_json(data)
+    assert (record.checking, record.retry_requested) == (checking, retry_requested)
+    assert t.phase(record) is (t.Phase.CHECKING if checking else t.Phase.RUNNING)
+
+
+def test_a_record_reads_its_state_as_a_run_state_and_writes_the_contracts_word():
+    import json
+    record = StatusRecord.from_json(running().to_json())
+    assert record.state is t.RunState.RUNNING and record.active
+    assert json.loads(json.dumps(record.to_json()))["state"] == "running"
+    with pytest.raises(TypeError):
+        StatusRecord.from_json({**running().to_json(), "state": "sleeping"})
 
 
 def test_every_observation_has_a_transition():
@@ -446,3 +477,156 @@ def test_cancel_leaves_a_run_that_already_recorded_its_exit_to_its_own_outcome(t
     engine.layout.exit_file(record.run_id).write_text("0\n")
     agent = engine.workspace.agents_by_task["p:a"]
     assert engine.stop(agent, record, StopKind.CANCEL, "cancelled by user") == record
+
+
+# -- runs whose declaration is gone (core.standin) ----------------------------
+def launched(**limits) -> StatusRecord:
+    from orchestrate.core.standin import launch_limits
+    return running(limits=launch_limits(replace(AGENT, **limits)))
+
+
+def test_a_stand_in_keeps_the_limits_of_its_launch():
+    from orchestrate.core.standin import NO_LONGER_DECLARED, stand_in
+    agent = stand_in(launched(timeout=20.0, kill_grace=3.0, check="x"), NO_LONGER_DECLARED)
+    assert (agent.timeout, agent.stall_timeout, agent.kill_grace) == (20.0, None, 3.0)
+    assert agent.check is not None and agent.retries == 0 and agent.task == "p:a"
+    record, effects = step(running(limits=launched(timeout=20.0).limits), t.Alive(), agent)
+    assert effects == [t.Track(StopKind.TIMEOUT, "timeout after 20s")]
+    # a record written before limits were kept: no time limit, the default grace
+    legacy = stand_in(running(), NO_LONGER_DECLARED)
+    assert legacy.timeout is None and legacy.kill_grace == 10.0
+
+
+@pytest.mark.parametrize("fact, how", [
+    (t.Ended(0, None, signal_text="{}"), "done"),
+    (t.Ended(1, None, exit_said="exit 1"), "exit 1"),
+    (t.Vanished(), t.VANISHED),
+    (t.NeverStarted(), "launch interrupted; relaunching"),
+])
+def test_a_run_no_longer_declared_ends_removed_without_signal_or_retry(fact, how):
+    from orchestrate.core.standin import NO_LONGER_DECLARED, stand_in
+    record = launched(retries=3)
+    if isinstance(fact, t.NeverStarted):
+        record = replace(record, state="launching", pid=None)
+    agent = stand_in(record, NO_LONGER_DECLARED)
+    ended, effects = step(record, fact, agent)
+    assert ended.state == "removed" and ended.fingerprint is None and ended.retry_at is None
+    assert ended.reason == f"removed: no longer declared; it ended: {how}"
+    assert not any(isinstance(e, (t.WriteSignal, t.WriteFeedback)) for e in effects)
+    assert t.RememberSignal(None) in effects or isinstance(fact, t.NeverStarted)
+    assert saved(effects)
+
+
+def test_a_cancelled_run_no_longer_declared_ends_removed_saying_so():
+    from orchestrate.core.standin import NO_LONGER_DECLARED, stand_in
+    agent = stand_in(launched(kill_grace=2.0), NO_LONGER_DECLARED)
+    record, _ = step(launched(kill_grace=2.0), t.Tracked(StopKind.CANCEL, "cancelled by user"),
+                     agent)
+    assert record.kill_at == NOW + 2.0            # the grace of its launch
+    record, effects = step(record, t.Ended(143, None), agent)
+    assert record.state == "removed"
+    assert record.reason == "removed: no longer declared; it ended: cancelled by user"
+    assert events(effects) == ["cancel"]
+
+
+def test_a_run_whose_file_is_invalid_keeps_its_exit_for_the_fixed_file_but_is_stoppable():
+    from orchestrate.core.standin import PIPELINE_INVALID, stand_in
+    agent = stand_in(launched(), PIPELINE_INVALID)
+    assert step(launched(), t.Ended(0, None, signal_text="{}"), agent) == (launched(), [])
+    stopping = replace(launched(), stop_kind="cancel", stop_reason="cancelled by user",
+                       kill_at=NOW)
+    record, _ = step(stopping, t.Ended(143, None), agent)
+    assert (record.state, record.reason) == ("cancelled", "cancelled by user")
+
+
+# -- the other changes of a record: pure constructors --------------------------
+def decision(agent=AGENT, **changes):
+    from orchestrate.core.fingerprint import Fingerprint
+    from orchestrate.core.scheduler import Decision
+    fields = {"state": t.RunState.PENDING, "reason": "input in.txt changed",
+              "fingerprint": Fingerprint("cfg", {"in.txt": "d1"}, {"up": "s1"}),
+              "attempt": 2, "launch": True}
+    return Decision(agent, **{**fields, **changes})
+
+
+def test_a_launch_is_recorded_before_the_executor_is_asked():
+    agent = replace(AGENT, timeout=30.0, preset="claude", command=None)
+    previous = running(state="failed", spent_usd=0.5, rate_limit_hits=2, launches=3)
+    record, effects = t.launching(decision(agent), previous, "p.a.4.ffff",
+                                  {"in.txt": [1, 2, "d1"]}, "logs/p/a.log", NOW)
+    assert (record.state, record.run_id, record.launches, record.attempt) == \
+        ("launching", "p.a.4.ffff", 4, 2)
+    assert record.started_epoch == NOW and record.started_at == t.iso(NOW)
+    assert t.unanswered(record) and record.reason == "input in.txt changed"
+    assert (record.spent_usd, record.rate_limit_hits) == (0.5, 2)
+    assert record.limits == {"timeout": 30.0, "stall_timeout": None, "kill_grace": 5.0,
+                             "check": False, "preset": "claude"}
+    assert record.upstream == {"up": "s1"} and not record.retry_requested
+    assert effects == [t.Save(durable=False)]
+
+
+def test_a_cancel_before_start_keeps_nothing_of_an_earlier_run():
+    """An agent waiting on a signal, cancelled: it never started, so no
+    start time (no elapsed time shown), pid or exit code of its last run."""
+    previous = running(state="done", exit_code=0, started_at="2026-01-01T00:00:00.000Z")
+    gated = decision(launch=False, state=t.RunState.WAITING, signal="approved")
+    record, effects = t.cancelled_before_start(gated, previous, {}, NOW)
+    assert (record.state, record.reason) == ("cancelled", "cancelled by user")
+    assert (record.started_at, record.pid, record.exit_code) == (None, None, None)
+    assert record.ended_at == t.iso(NOW) and record.fingerprint is not None
+    assert effects == [t.Save(), t.Event("cancel", {"task": "p:a",
+                                                    "reason": "cancelled by user"})]
+    fresh, _ = t.cancelled_before_start(gated, None, {}, NOW)
+    assert fresh.state == "cancelled" and fresh.task == "p:a"
+
+
+@pytest.mark.parametrize("state", ["failed", "cancelled"])
+def test_retry_makes_a_failed_or_cancelled_agent_a_fresh_launch(state):
+    record, effects = t.retry_requested(running(state=state, attempt=3, retry_at=NOW), "p:a")
+    assert (record.state, record.attempt, record.fingerprint, record.retry_at) == \
+        ("pending", 0, None, None)
+    assert record.retry_requested and effects == [
+        t.Save(), t.Event("retry", {"task": "p:a", "was": state})]
+
+
+@pytest.mark.parametrize("state", ["done", "running", "waiting", "removed"])
+def test_retry_leaves_any_other_agent_alone(state):
+    assert t.retry_requested(running(state=state), "p:a") is None
+    assert t.retry_requested(None, "p:a") is None
+
+
+def test_a_retired_instance_is_removed_outputs_kept():
+    record, effects = t.retired(running(state="done", ended_at="x"), "p:a", "removed: gone",
+                                NOW)
+    assert (record.state, record.fingerprint, record.reason, record.ended_at) == \
+        ("removed", None, "removed: gone", "x")
+    assert effects == [t.Save(), t.Event("removed", {"task": "p:a"})]
+
+
+def test_a_fan_outs_row_says_what_its_list_became():
+    row, effects = t.gate_row("p", "fix", "plan", "sig", t.RunState.DONE, "3 instances", NOW)
+    assert (row.state, row.task, row.upstream, row.reason) == \
+        ("done", "p:fix", {"plan": "sig"}, "3 instances")
+    assert effects == [t.Save()]
+
+
+@pytest.mark.parametrize("state", ["launching", "running"])
+def test_forget_and_clean_refuse_a_running_agent(state):
+    refusal, effects = t.forgotten(running(state=state), "p", "a", "cleaned")
+    assert refusal == "p:a is running; not cleaned (doit cancel p:a first)" and effects == []
+
+
+def test_forget_removes_the_record_of_an_agent_that_does_not_run():
+    for record in (running(state="failed"), None):
+        assert t.forgotten(record, "p", "a") == (None, [t.Forget("p", "a")])
+
+
+def test_only_the_effect_runner_writes_status_records():
+    """Every change of a record is a transition or a constructor above, run
+    by `Engine.run`: no other module calls `write_status`."""
+    from pathlib import Path
+    import orchestrate
+    package = Path(orchestrate.__file__).parent
+    writers = sorted(str(p.relative_to(package)) for p in package.rglob("*.py")
+                     if "write_status(" in p.read_text())
+    assert writers == ["runtime/engine.py", "runtime/state.py"]

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import IO
 
@@ -13,7 +12,7 @@ from ..core.errors import UserError
 from ..core.exitcodes import ExitCode
 from ..core.settings import where_it_runs
 from ..core.policy import StopKind
-from ..core.scheduler import RETRY_REQUESTED, Decision
+from ..core.scheduler import Decision, not_started_as
 from ..core.selection import match, select
 from ..core.spec import NAME_RE, Agent
 from ..runtime.state import (
@@ -23,10 +22,10 @@ from ..runtime.state import (
     StatusRecord,
     append_event,
     read_status,
-    write_status,
     utc_now,
     write_json,
 )
+from ..runtime.inflight import with_stand_ins
 from .tasks import workspace_at
 from .ui import (
     decision_line,
@@ -56,7 +55,7 @@ def _selection(root: Path, names: list[str], lenient: bool = False
                ) -> tuple[Engine, list[Agent]]:
     """Launching needs every pipeline valid; looking and cancelling (lenient)
     answer for the valid ones."""
-    workspace = workspace_at(root, lenient)
+    workspace = with_stand_ins(workspace_at(root, lenient))
     return Engine(workspace), select(workspace, names)
 
 
@@ -66,7 +65,7 @@ def start(root: Path, names: list[str]) -> dict[str, Decision]:
     lock = SchedulingLock(engine.layout)
     lock.acquire()
     result = engine.run_pass(agents)
-    launches = any(d.state == "launch" for d in result.decisions.values())
+    launches = any(d.launch for d in result.decisions.values())
     if launches or (can_advance(result.decisions) and _slot_free(engine.layout, names)):
         fork_advancer(engine, names, lock, result)
     else:
@@ -101,15 +100,11 @@ def retry(root: Path, names: list[str], out: IO[str], verbose: bool = False) -> 
     """Failed and cancelled agents of the selection (and upstream of it) run
     again, without the user having to know about `forget`; then as `doit`."""
     workspace = workspace_at(root)
-    layout = Layout(workspace.root)
-    with SchedulingLock(layout):
+    engine = Engine(workspace)
+    with SchedulingLock(engine.layout):
         for agent in select(workspace, names):
-            record = read_status(layout, agent.pipeline, agent.name)
-            if record is not None and record.state in ("failed", "cancelled"):
-                write_status(layout, replace(record, state="pending", fingerprint=None,
-                                             retry_at=None, attempt=0,
-                                             reason=RETRY_REQUESTED))
-                append_event(layout, "retry", task=agent.task, was=record.state)
+            record = engine.request_retry(agent)
+            if record is not None:
                 out.write(f"retrying  {agent.task}  (was {record.state}: {record.reason})\n")
     return run(root, names, out, verbose)
 
@@ -131,7 +126,7 @@ class _PlainProgress:
         self.current = {t for t, d in started.items() if d.state == "done"}
         # what the wait's own start launched, printed with the first update
         # (inside the waiting loop, where Ctrl-C is handled)
-        self.launched = [d for d in started.values() if d.state == "launch"]
+        self.launched = [d for d in started.values() if d.launch]
 
     def update(self, decisions: dict[str, Decision], records: dict) -> None:
         for decision in self.launched:
@@ -276,7 +271,7 @@ def staleness(root: Path, task: str) -> tuple[bool, list[str]] | None:
     where = [where_it_runs(agent)]
     if decision.state == "done":
         return True, ["its signal is current", *where]
-    if decision.state == "launch":
+    if decision.launch:
         return False, [f"stale: {decision.reason}", *where]
     return False, [f"{decision.state}: {decision.reason}", *where]
 
@@ -291,8 +286,7 @@ def status_json(decisions: dict[str, Decision], records: dict) -> dict:
             "log": "", "task": task}
         for private in ("inputs", "upstream", "config_digest", "launches", "pid_create_time"):
             base.pop(private, None)
-        state = decision.state if decision.state != "launch" else "pending"
-        agents.append({**base, "state": state, "reason": decision.reason, "task": task})
+        agents.append({**base, "state": decision.state, "reason": decision.reason, "task": task})
     return {"agents": agents, "pipelines": pipeline_totals(records.values())}
 
 
@@ -350,9 +344,8 @@ def cancel(root: Path, names: list[str], out: IO[str]) -> int:
     queued and retry-waiting ones (named: also ready ones); returns once no
     process of a stopped agent is left, or after kill_grace + 10 s with a line
     (and exit 1) for each agent it could not confirm gone."""
-    workspace = workspace_at(root, lenient=True)
-    targets = {a.task for a in match(workspace, names)} if names else None
     engine, agents = _selection(root, names, lenient=True)
+    targets = {a.task for a in match(engine.workspace, names)} if names else None
     engine.bound_stops(agents)   # back within kill_grace + 10 s, whatever the executor does
     stopping: list[tuple[Agent, StatusRecord]] = []
     dequeued = 0
@@ -369,7 +362,7 @@ def cancel(root: Path, names: list[str], out: IO[str]) -> int:
             elif _dequeued(decision, named=targets is not None):
                 dequeued += 1
                 engine.mark_cancelled(decision, record, result.facts[task].inputs)
-                out.write(f"cancelled {task} ({'queued' if decision.state != 'launch' else 'not started'})\n")
+                out.write(f"cancelled {task} ({not_started_as(decision)})\n")
     unconfirmed = engine.wait_until_gone(stopping)
     with SchedulingLock(engine.layout):   # settle them now: state cancelled
         result = engine.run_pass(agents)
@@ -378,7 +371,8 @@ def cancel(root: Path, names: list[str], out: IO[str]) -> int:
         if agent.task in unconfirmed:
             out.write(f"could not confirm that {agent.task} ended ({unconfirmed[agent.task]}); "
                       f"it is settled once that is known (doit status {agent.task})\n")
-        elif record is None or record.state in ("cancelled", "running", "launching"):
+        elif record is None or record.state == "cancelled" or record.active \
+                or record.stop_kind == StopKind.CANCEL:
             out.write(f"cancelled {agent.task}\n")
         else:   # it had ended on its own before the cancel reached it
             out.write(f"{agent.task} had already ended: {record.state}\n")
@@ -396,29 +390,23 @@ def _dequeued(decision: Decision, named: bool) -> bool:
         return True
     # named: also a ready one, or one gated on an external signal (whose
     # advancer would otherwise wait for that signal for ever)
-    return named and (decision.state == "launch"
-                      or (decision.state == "waiting" and decision.external
-                          and decision.reason.startswith("waiting on signal")))
+    return named and (decision.launch or decision.signal is not None)
 
 
 def forget_agents(root: Path, tasks: list[str], out: IO[str]) -> None:
     """Clear orchestrate's record of finished agents, so the next `doit` re-runs them."""
     workspace = workspace_at(root, lenient=True)
-    layout = Layout(workspace.root)
-    with SchedulingLock(layout):
+    engine = Engine(workspace)
+    with SchedulingLock(engine.layout):
         for task in tasks:
             agent = workspace.agents_by_task.get(task)
-            if agent is None:
-                continue
-            record = read_status(layout, agent.pipeline, agent.name)
-            if record and record.state in ("running", "launching"):
-                out.write(f"{task} is running; not forgotten (doit cancel {task} first)\n")
-                continue
-            layout.status(agent.pipeline, agent.name).unlink(missing_ok=True)
+            refusal = engine.forget(agent.pipeline, agent.name) if agent else None
+            if refusal:
+                out.write(refusal + "\n")
 
 
 def print_log(root: Path, task: str, follow: bool, out: IO[str], check: bool = False) -> int:
-    workspace = workspace_at(root, lenient=True)
+    workspace = with_stand_ins(workspace_at(root, lenient=True))
     agent = workspace.agents_by_task.get(task)
     if agent is None and ":" in task:   # a fan-out or a pattern: each instance's log in turn
         for one in match(workspace, [task]):
@@ -449,7 +437,7 @@ def print_log(root: Path, task: str, follow: bool, out: IO[str], check: bool = F
             if not follow:
                 return EXIT_OK
             record = read_status(layout, agent.pipeline, agent.name)
-            if record is None or record.state not in ("running", "launching"):
+            if record is None or not record.active:
                 rest = handle.read()
                 out.write(rest.decode(errors="replace"))
                 return EXIT_OK

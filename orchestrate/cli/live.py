@@ -19,7 +19,7 @@ from ..core.table import columns
 from .ui import STYLES, elapsed, label, summary_line
 
 # lower sorts first; done agents are not rows at all
-ORDER = {"failed": 0, "cancelled": 1, "running": 2, "launching": 2, "launch": 3,
+ORDER = {"failed": 0, "cancelled": 1, "running": 2, "launching": 2, "launched": 3,
          "queued": 4, "waiting": 5, "pending": 6}
 
 
@@ -43,7 +43,7 @@ def live_lines(decisions: dict[str, Decision], records: dict, height: int, width
     """At most `height - 1` lines (the cursor needs the last one), each cut to `width`."""
     header = f"{summary_line(decisions.values())}  ·  {clock(seconds)} elapsed"
     rows = sorted((d for d in decisions.values() if d.state != "done"),
-                  key=lambda d: ORDER.get(d.state, 7))
+                  key=lambda d: ORDER.get("launched" if d.launch else d.state, 7))
     room = max(1, height - 1) - 2            # the header and the column names
     shown = rows if len(rows) <= room else rows[:max(0, room - 1)]
     lines = [header[:width]]

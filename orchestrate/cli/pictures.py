@@ -165,7 +165,7 @@ def _row(root: Path, decision: Decision, record: StatusRecord | None,
          report_dir: Path) -> report.AgentRow:
     state = graph.node_state(decision.state)
     ran = decision.state in ("running", "done", "failed", "cancelled")
-    reason = decision.reason if decision.state != "launch" else f"ready ({decision.reason})"
+    reason = decision.reason if not decision.launch else f"ready ({decision.reason})"
     cost, tokens = usage_cells(record)
     log = record.log if record else ""
     # quoted: a relative URL whose ':' is escaped can never be a javascript: link

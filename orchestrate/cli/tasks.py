@@ -13,7 +13,7 @@ from ..runtime import worktree
 from ..core.errors import UserError
 from ..core.spec import Agent, Workspace
 from ..runtime.workspace import load_workspace
-from ..runtime.state import Layout, SchedulingLock, expand_patterns, read_status, remove_inside
+from ..runtime.state import Layout, SchedulingLock, expand_patterns, remove_inside
 from ..runtime.worktree import output_root
 
 _loaded: dict[tuple[Path, bool], Workspace] = {}
@@ -98,19 +98,20 @@ def clean_agent(root: str, pipeline: str, agent: str, dryrun: bool = False):
     spec = workspace_at(Path(root), lenient=True).pipeline(pipeline).agent(agent)
     layout = Layout(Path(root))
     try:
-        return _clean_under_lock(layout, spec, dryrun)
+        return _clean_under_lock(layout, spec, dryrun, Path(root))
     except UserError as err:
         return TaskFailed(f"{spec.task}: {err}\n")
 
 
-def _clean_under_lock(layout: Layout, spec: Agent, dryrun: bool):
+def _clean_under_lock(layout: Layout, spec: Agent, dryrun: bool, root: Path):
     from doit.exceptions import TaskFailed
+    from ..runtime.engine import Engine
     pipeline, agent = spec.pipeline, spec.name
-    with SchedulingLock(layout):
-        record = read_status(layout, pipeline, agent)
-        if record is not None and record.state in ("launching", "running"):
-            return TaskFailed(f"{spec.task} is running; not cleaned "
-                              f"(doit cancel {spec.task} first)\n")
+    with SchedulingLock(layout):   # the status record first: refused while it runs
+        refusal = Engine(workspace_at(root, lenient=True)).forget(pipeline, agent, "cleaned",
+                                                                  dryrun)
+        if refusal:
+            return TaskFailed(refusal + "\n")
         where = output_root(layout, spec)
         outputs, _ = expand_patterns(where, spec.outputs)
         state = [layout.signal(pipeline, agent), layout.status(pipeline, agent),
@@ -134,10 +135,13 @@ def clean_gate(root: str, pipeline: str, agent: str, dryrun: bool = False):
     """`doit clean` of a planned fan-out's row: its record and what its list
     expanded to, so the list is read again (its instances are cleaned by
     name, `doit clean p:agent.*`; their logs are not the row's)."""
+    from ..runtime.engine import Engine
     from ..runtime.fanout import record_path
     layout = Layout(Path(root))
     paths = [layout.status(pipeline, agent), record_path(layout, pipeline, agent)]
     with SchedulingLock(layout):
+        if not dryrun:   # the row's record goes the way every record goes
+            Engine(workspace_at(Path(root), lenient=True)).forget(pipeline, agent, "cleaned")
         for path in paths:
             if path.exists():
                 if dryrun:

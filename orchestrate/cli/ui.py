@@ -11,7 +11,7 @@ from typing import IO, Iterable
 from ..core.scheduler import Decision
 from ..runtime.state import StatusRecord
 
-LABELS = {"launch": "launched", "launching": "launching", "running": "running",
+LABELS = {"launching": "launching", "running": "running",
           "waiting": "waiting", "queued": "queued", "done": "done", "failed": "failed",
           "cancelled": "cancelled", "pending": "pending"}
 STYLES = {"running": "cyan", "launched": "cyan", "done": "green", "failed": "red",
@@ -19,7 +19,7 @@ STYLES = {"running": "cyan", "launched": "cyan", "done": "green", "failed": "red
 
 
 def label(decision: Decision) -> str:
-    return LABELS.get(decision.state, decision.state)
+    return "launched" if decision.launch else LABELS.get(decision.state, decision.state)
 
 
 def way_out(decision: Decision) -> str | None:
@@ -43,9 +43,8 @@ def decision_line(decision: Decision) -> str:
 def worth_a_line(decision: Decision) -> bool:
     """What `doit` reports without -v: what it launched, and what needs a person
     (failed, cancelled, blocked, or gated on an external signal)."""
-    return (decision.state in ("launch", "failed", "cancelled") or decision.blocked
-            or (decision.state == "waiting" and decision.external
-                and decision.reason.startswith("waiting on signal")))
+    return (decision.launch or decision.state in ("failed", "cancelled") or decision.blocked
+            or decision.signal is not None)
 
 
 def write_decisions(out: IO[str], decisions: Iterable[Decision]) -> None:
@@ -82,7 +81,7 @@ def elapsed(record: StatusRecord | None, now: datetime | None = None) -> str:
     if record is None or not record.started_at:
         return ""
     start = _parse_time(record.started_at)
-    end = _parse_time(record.ended_at) if record.state not in ("running", "launching") else None
+    end = _parse_time(record.ended_at) if not record.active else None
     seconds = max(0.0, ((end or now or datetime.now(timezone.utc)) - start).total_seconds())
     if seconds < 60:
         return f"{seconds:.1f}s"
@@ -92,12 +91,12 @@ def elapsed(record: StatusRecord | None, now: datetime | None = None) -> str:
 
 
 def status_row(decision: Decision, record: StatusRecord | None) -> tuple[str, ...]:
-    """A status table row; a "launch" decision is an agent ready to launch: pending."""
-    state = label(decision) if decision.state != "launch" else "pending"
-    reason = decision.reason if decision.state != "launch" else f"ready ({decision.reason})"
+    """A status table row; an agent ready to launch is pending."""
+    state = label(decision) if not decision.launch else "pending"
+    reason = decision.reason if not decision.launch else f"ready ({decision.reason})"
     current = decision.state in ("running", "done", "failed", "cancelled")
     attempt = str(record.attempt) if current and record and record.attempt else ""
-    if record is not None and record.job_id and decision.state != "launch":
+    if record is not None and record.job_id and not decision.launch:
         reason = f"{reason}, slurm job {record.job_id}".lstrip(", ")
     return (decision.agent.task, state, elapsed(record) if current else "", attempt, reason,
             *usage_cells(record))
@@ -162,7 +161,7 @@ def summary_line(decisions: Iterable[Decision], launched: str = "launched") -> s
     """"3 done, 1 running, ..."; `launched` names the ready agents (pending in status)."""
     counts: dict[str, int] = {}
     for decision in decisions:
-        state = label(decision) if decision.state != "launch" else launched
+        state = label(decision) if not decision.launch else launched
         counts[state] = counts.get(state, 0) + 1
     order = ["done", "running", "launched", "queued", "waiting", "pending", "failed",
              "cancelled"]

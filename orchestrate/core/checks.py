@@ -11,11 +11,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from .records import StatusRecord
+from .records import RunState, StatusRecord
 from .spec import Agent
 
 FEEDBACK_LINES = 200     # lines of the check's output the agent gets back
-CHECKING = "checking"    # the reason of a running agent whose check runs
+CHECKING = "checking"    # the reason shown while a check runs (the record's `checking` decides)
 
 
 @dataclass(frozen=True)
@@ -88,14 +88,14 @@ def check_said_no(record: StatusRecord) -> bool:
 
 def is_check_relaunch(record: StatusRecord | None) -> bool:
     """Is this record an agent waiting to be relaunched after a failed check?"""
-    return record is not None and record.state == "waiting" and check_said_no(record)
+    return record is not None and record.state == RunState.WAITING and check_said_no(record)
 
 
 def carried(previous: StatusRecord | None) -> dict[str, Any]:
     """What a relaunch keeps of a check series: a retry (of a check or of a
     crash within the series) keeps the count, the feedback and the session
     to resume; a fresh launch (inputs changed, `doit retry`) starts over."""
-    if previous is None or previous.state != "waiting" or previous.retry_at is None:
+    if previous is None or previous.state != RunState.WAITING or previous.retry_at is None:
         return {}
     # a resumed run that failed on its own is retried in a fresh session
     # (the CLI may have lost the session), with the feedback in its prompt
@@ -144,13 +144,13 @@ def judge(record: StatusRecord, verdict: Verdict | None, ended_at: str
     record = replace(record, check=verdict.to_json() | {"tail": []})
     if verdict.passed:
         return record, True
-    return replace(record, state="failed", exit_code=0, ended_at=ended_at,
+    return replace(record, state=RunState.FAILED, exit_code=0, ended_at=ended_at,
                    reason=f"check failed: {verdict.last_line}"), False
 
 
 def failed(record: StatusRecord, code: int | None, stopped: bool) -> bool:
     """Did this run end because its check said no (the agent itself exited 0)?"""
-    return code == 0 and not stopped and record.state == "failed" and check_said_no(record)
+    return code == 0 and not stopped and record.state == RunState.FAILED and check_said_no(record)
 
 
 def verdict_event(agent: Agent, record: StatusRecord) -> tuple[str, dict[str, Any]]:
@@ -181,7 +181,7 @@ def after_failure(agent: Agent, record: StatusRecord, verdict: Verdict | None, n
     if number > of:
         return replace(record, check_attempts=number, feedback=None, resume_session=None), None
     session = record.result.get("session_id") or record.resume_session
-    return replace(record, state="waiting", retry_at=now, attempt=record.attempt - 1,
+    return replace(record, state=RunState.WAITING, retry_at=now, attempt=record.attempt - 1,
                    check_attempts=number, feedback=feedback_relpath(agent.pipeline, agent.name),
                    resume_session=session if isinstance(session, str) else None,
                    reason=failed_reason(verdict, number, of)), feedback_text(verdict, number, of)

@@ -15,7 +15,7 @@ from html import escape
 
 from .spec import Agent
 
-# state -> (fill, stroke); a "launch" decision is a pending agent
+# state -> (fill, stroke)
 STATE_COLORS = {
     "pending": ("#f5f5f5", "#9e9e9e"),
     "waiting": ("#fff8e1", "#f9a825"),
@@ -32,7 +32,7 @@ EDGE_STYLES = {"after": "solid", "after_any": "dashed", "wait_for": "dotted"}
 
 def node_state(state: str) -> str:
     """A decision's state as the graph shows it."""
-    return {"launch": "pending", "launching": "running"}.get(state, state)
+    return {"launching": "running"}.get(state, state)
 
 
 @dataclass(frozen=True)

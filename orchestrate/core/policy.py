@@ -8,7 +8,7 @@ from __future__ import annotations
 from enum import Enum
 
 from .spec import Agent
-from .records import StatusRecord
+from .records import RunState, StatusRecord
 from .stopping import SIGKILL as SIGKILL, SIGTERM as SIGTERM   # the stop policy's, named once
 
 MAX_BACKOFF = 300.0   # retry_backoff doubles per attempt, up to five minutes
@@ -62,7 +62,7 @@ def should_retry(agent: Agent, record: StatusRecord, stopped: bool) -> bool:
     """A failed attempt is retried while attempts remain, unless its exit code
     is in fail_fast_exit, or retry_on_exit lists codes and this is not one of
     them. A timeout or stall is retried whatever the exit code."""
-    if record.state != "failed" or record.attempt >= agent.retries + 1:
+    if record.state != RunState.FAILED or record.attempt >= agent.retries + 1:
         return False
     if stopped:
         return True

@@ -7,10 +7,27 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
+from enum import StrEnum
 from typing import Any
 
-STATES = ("pending", "waiting", "queued", "launching", "running", "done", "failed",
-          "cancelled", "removed")
+
+class RunState(StrEnum):
+    """The contract's status states (str-valued: the JSON says the word)."""
+    PENDING = "pending"       # stale or never run
+    WAITING = "waiting"       # gated: upstream, a signal, a retry's backoff
+    QUEUED = "queued"         # ready, held by a cap, a budget or a rate limit
+    LAUNCHING = "launching"   # recorded; the executor has not answered yet
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    REMOVED = "removed"       # no longer declared (a fan-out item gone, a pipeline edited)
+
+
+# A run in these states has (or may have) a process: it is watched, never launched again.
+ACTIVE: frozenset[RunState] = frozenset({RunState.LAUNCHING, RunState.RUNNING})
+# What a user can retry: the run ended, and not by success.
+ENDED_BADLY: frozenset[RunState] = frozenset({RunState.FAILED, RunState.CANCELLED})
 
 
 @dataclass(frozen=True)
@@ -44,7 +61,7 @@ class AgentResult:
 @dataclass
 class StatusRecord:
     """An agent's current state, as `status/<pipeline>/<agent>.json` holds it."""
-    state: str
+    state: RunState
     pipeline: str
     agent: str
     attempt: int = 0
@@ -79,15 +96,34 @@ class StatusRecord:
     resume_session: str | None = None   # the CLI session a check relaunch resumes
     executor: str = "local"             # where the run lives: "local" or "slurm"
     job_id: str | None = None           # the Slurm job, once sbatch has answered
+    # what watching and stopping the run needs, as declared at its launch
+    # (timeout, stall_timeout, kill_grace, check, preset): a run whose
+    # declaration is gone is still watched and stopped by these (`standin`)
+    limits: dict[str, Any] = field(default_factory=dict)
+    checking: bool = False              # the agent exited 0 and its check runs
+    retry_requested: bool = False       # `doit retry` asked for a fresh launch
+
+    @property
+    def active(self) -> bool:
+        return self.state in ACTIVE
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "StatusRecord":
+        """A record as read; TypeError if it is not one (corrupt)."""
         known = _STATUS_NAMES
         if data.get("stop_reason") and "stop_kind" not in data:
             data = {**data, "stop_kind": _legacy_stop_kind(data["stop_reason"])}
+        if "checking" not in data or "retry_requested" not in data:
+            data = {**data, **_legacy_flags(data)}
         if known.issuperset(data):   # the usual case: a record this version wrote
-            return cls(**data)
-        return cls(**{k: v for k, v in data.items() if k in known})
+            record = cls(**data)
+        else:
+            record = cls(**{k: v for k, v in data.items() if k in known})
+        try:
+            record.state = RunState(record.state)
+        except ValueError:
+            raise TypeError(f"unknown state {record.state!r}") from None
+        return record
 
     def to_json(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in _STATUS_FIELDS}
@@ -98,6 +134,18 @@ def _legacy_stop_kind(reason: str) -> str:
     return "cancel" if reason.startswith("cancelled") else (
         "stall" if reason.startswith("stalled") else "timeout")
 
+
+def _legacy_flags(data: dict[str, Any]) -> dict[str, bool]:
+    """A record written before the phases had fields of their own said them
+    in its reason only."""
+    reason = data.get("reason")
+    return {"checking": bool(data.get("checking", reason == LEGACY_CHECKING)),
+            "retry_requested": bool(data.get("retry_requested",
+                                             reason == LEGACY_RETRY_REQUESTED))}
+
+
+LEGACY_CHECKING = "checking"
+LEGACY_RETRY_REQUESTED = "retry requested (doit retry)"
 
 _STATUS_FIELDS = tuple(f.name for f in fields(StatusRecord))
 _STATUS_NAMES = frozenset(_STATUS_FIELDS)

@@ -13,10 +13,9 @@ from .checks import is_check_relaunch
 from .fanout_gate import gate_decision
 from .fingerprint import Fingerprint, config_digest, stale_reason
 from .spec import Agent, Workspace
-from .records import StatusRecord, clock_text
+from .records import ACTIVE, RunState, StatusRecord, clock_text
 
-ACTIVE = ("launching", "running")
-RETRY_REQUESTED = "retry requested (doit retry)"
+RETRY_REQUESTED = "retry requested (doit retry)"   # the reason shown; the record's flag decides
 
 
 @dataclass(frozen=True)
@@ -32,9 +31,11 @@ class AgentFacts:
 
 @dataclass(frozen=True)
 class Decision:
+    """What an agent is at this pass, and whether it may launch now (then
+    its state is `pending`, and `launch` says so)."""
     agent: Agent
-    state: str                 # a status state, or "launch"
-    reason: str
+    state: RunState
+    reason: str                # for people only: nothing decides on its words
     fingerprint: Fingerprint | None = None
     upstream_used: str | None = None
     blocked: bool = False      # cannot advance without a user's action
@@ -43,18 +44,20 @@ class Decision:
     wake_at: float | None = None
     attempt: int = 1           # the attempt a launch would be
     blocked_by: str | None = None   # the failed or cancelled task this one waits behind
+    launch: bool = False       # ready: the pass launches it (its state is pending)
+    signal: str | None = None  # the external signal it waits on (`doit signal NAME`)
 
     @property
     def cause(self) -> str | None:
         """The failed or cancelled task that this dead end goes back to."""
-        if self.state in ("failed", "cancelled"):
+        if self.state in (RunState.FAILED, RunState.CANCELLED):
             return self.agent.task
         return self.blocked_by
 
     @property
     def settled(self) -> bool:
         """Nothing more will happen to it unless a user acts."""
-        return self.state in ("done", "failed", "cancelled") or self.blocked
+        return self.state in (RunState.DONE, RunState.FAILED, RunState.CANCELLED) or self.blocked
 
 
 @dataclass
@@ -112,21 +115,21 @@ def _upstream_gate(agent: Agent, decided: dict[str, Decision],
     consumed: dict[str, str] = {}
     for name in agent.awaits:   # a fan-out's planner or gate: waited for, not consumed
         upstream = decided[f"{agent.pipeline}:{name}"]
-        if upstream.state != "done":
+        if upstream.state != RunState.DONE:
             return _waiting_on(agent, name, upstream), {}, None
     for name in agent.after:
         upstream = decided[f"{agent.pipeline}:{name}"]
-        if upstream.state != "done":
+        if upstream.state != RunState.DONE:
             return _waiting_on(agent, name, upstream), {}, None
         consumed[name] = signals[upstream.agent.task] or ""
     used = None
     if agent.after_any:
         ready = [n for n in agent.after_any
-                 if decided[f"{agent.pipeline}:{n}"].state == "done"]
+                 if decided[f"{agent.pipeline}:{n}"].state == RunState.DONE]
         if not ready:
             ups = [decided[f"{agent.pipeline}:{n}"] for n in agent.after_any]
             blocked = all(u.settled for u in ups)
-            return Decision(agent, "waiting", "waiting on any of " + ", ".join(agent.after_any)
+            return Decision(agent, RunState.WAITING, "waiting on any of " + ", ".join(agent.after_any)
                             + (" (none can finish)" if blocked else ""), blocked=blocked,
                             blocked_by=next((u.cause for u in ups if u.cause), None)
                             if blocked else None), {}, None
@@ -135,31 +138,34 @@ def _upstream_gate(agent: Agent, decided: dict[str, Decision],
         consumed[used] = signals[f"{agent.pipeline}:{used}"] or ""
     missing = [s for s in agent.wait_for if s not in present]
     if missing:
-        return Decision(agent, "waiting", f"waiting on signal {missing[0]} "
-                        f"(doit signal {missing[0]})", external=True), {}, None
+        return Decision(agent, RunState.WAITING, f"waiting on signal {missing[0]} "
+                        f"(doit signal {missing[0]})", external=True,
+                        signal=missing[0]), {}, None
     return None, consumed, used
 
 
 def _waiting_on(agent: Agent, name: str, upstream: Decision) -> Decision:
     if upstream.settled:
-        why = upstream.state if upstream.state != "waiting" else "blocked"
-        return Decision(agent, "waiting", f"waiting on {name} ({why})", blocked=True,
+        why = upstream.state if upstream.state != RunState.WAITING else "blocked"
+        return Decision(agent, RunState.WAITING, f"waiting on {name} ({why})", blocked=True,
                         blocked_by=upstream.cause)
-    return Decision(agent, "waiting", f"waiting on {name}", external=upstream.external)
+    return Decision(agent, RunState.WAITING, f"waiting on {name}", external=upstream.external)
 
 
 def decide(agent: Agent, facts: AgentFacts, decided: dict[str, Decision],
            signals: dict[str, str | None], present: set[str],
            capacity: Capacity, now: float) -> Decision:
     record = facts.record
+    if agent.stand_in is not None:
+        return _in_flight(agent, record)
     if agent.gate:
         gated: Decision = gate_decision(agent, record, decided, signals)
         return gated
     if record and record.state in ACTIVE:
-        return Decision(agent, "running", record.reason or "running")
-    if record and record.state == "cancelled" and record.fingerprint is None:
+        return Decision(agent, RunState.RUNNING, record.reason or "running")
+    if record and record.state == RunState.CANCELLED and record.fingerprint is None:
         # cancelled while gated (it never had a fingerprint): until doit retry
-        return Decision(agent, "cancelled", record.reason)
+        return Decision(agent, RunState.CANCELLED, record.reason)
     gate, consumed, used = _upstream_gate(agent, decided, signals, present, record)
     if gate:
         return gate
@@ -168,16 +174,16 @@ def decide(agent: Agent, facts: AgentFacts, decided: dict[str, Decision],
     # the record, when it was made for this very fingerprint (else None)
     current = record if record is not None and recorded_fingerprint_matches(
         record, fingerprint) else None
-    if current and current.state == "done" and facts.signal_digest is not None \
+    if current and current.state == RunState.DONE and facts.signal_digest is not None \
             and not facts.missing_outputs:
-        return Decision(agent, "done", current.reason or "done", fingerprint, used)
-    if current and current.state in ("failed", "cancelled"):
+        return Decision(agent, RunState.DONE, current.reason or "done", fingerprint, used)
+    if current and current.state in (RunState.FAILED, RunState.CANCELLED):
         return Decision(agent, current.state, current.reason, fingerprint, used)
     attempt = 1
     reason = _why_stale(record, facts, fingerprint)
-    if current and current.state == "waiting" and current.retry_at is not None:
+    if current and current.state == RunState.WAITING and current.retry_at is not None:
         if now < current.retry_at:
-            return Decision(agent, "waiting", current.reason, fingerprint, used, timed=True,
+            return Decision(agent, RunState.WAITING, current.reason, fingerprint, used, timed=True,
                             wake_at=current.retry_at, attempt=current.attempt + 1)
         attempt = current.attempt + 1
         reason = f"attempt {attempt} of {agent.retries + 1}"
@@ -185,12 +191,33 @@ def decide(agent: Agent, facts: AgentFacts, decided: dict[str, Decision],
             reason = current.reason
     if hold := capacity.held(agent):
         reason, blocked, wake_at = hold
-        return Decision(agent, "queued", reason, fingerprint, used, attempt=attempt,
+        return Decision(agent, RunState.QUEUED, reason, fingerprint, used, attempt=attempt,
                         blocked=blocked, timed=wake_at is not None, wake_at=wake_at)
     if full := capacity.full(agent):
-        return Decision(agent, "queued", full, fingerprint, used, attempt=attempt)
+        return Decision(agent, RunState.QUEUED, full, fingerprint, used, attempt=attempt)
     capacity.take(agent)
-    return Decision(agent, "launch", reason, fingerprint, used, attempt=attempt)
+    return Decision(agent, RunState.PENDING, reason, fingerprint, used, attempt=attempt,
+                    launch=True)
+
+
+def _in_flight(agent: Agent, record: StatusRecord | None) -> Decision:
+    """A run whose declaration is gone: shown, watched, never launched."""
+    if record is None:   # forgotten meanwhile: nothing of it is left
+        return Decision(agent, RunState.REMOVED, agent.stand_in or "")
+    if record.state in ACTIVE:
+        return Decision(agent, RunState.RUNNING, f"{record.reason or 'running'} ({agent.stand_in})")
+    return Decision(agent, record.state, record.reason)
+
+
+def not_started_as(decision: Decision) -> str:
+    """What an agent that never started was doing, as a cancel reports it."""
+    if decision.signal is not None:
+        return f"waiting on signal {decision.signal}"
+    if decision.state == RunState.WAITING and decision.timed:
+        return "waiting to retry"
+    if decision.state == RunState.QUEUED:
+        return "queued"
+    return "not started"
 
 
 def recorded_fingerprint_matches(record: StatusRecord, fingerprint: Fingerprint) -> bool:
@@ -205,11 +232,11 @@ def recorded_fingerprint_matches(record: StatusRecord, fingerprint: Fingerprint)
 
 
 def _why_stale(record: StatusRecord | None, facts: AgentFacts, new: Fingerprint) -> str:
-    if record is not None and record.reason == RETRY_REQUESTED:
+    if record is not None and record.retry_requested:
         return RETRY_REQUESTED
     if record is None or record.fingerprint is None:
         return "never run"
-    if record.state == "done" and facts.signal_digest is None:
+    if record.state == RunState.DONE and facts.signal_digest is None:
         return "signal missing"
     if record.state == "done" and facts.missing_outputs:
         return f"output missing: {facts.missing_outputs[0]}"

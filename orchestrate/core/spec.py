@@ -80,6 +80,8 @@ class Agent:
     expanded_from: str | None = None    # a gate: digest of the items it was expanded from
     executor: str = "local"          # where it runs: pipeline's, else workspace's
     resources: tuple[tuple[str, Any], ...] = ()   # cpus, mem, gpus, time
+    # A run in flight whose declaration is gone (see `standin`): why, else None
+    stand_in: str | None = None
 
     @cached_property
     def task(self) -> str:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Iterable
 
-from .records import StatusRecord
+from .records import RunState, StatusRecord
 
 END_STATES = {"finish": "done", "fail": "failed", "cancel": "cancelled"}
 
@@ -111,7 +111,7 @@ def _settle_from_record(attempt: Attempt, record: StatusRecord | None) -> None:
     ended = parse_time(record.ended_at)
     if ended is not None and attempt.end is not None and ended <= attempt.end:
         attempt.end = max(ended, attempt.start)   # the exit time, not when it was noticed
-    if attempt.end is None and record.state in ("done", "failed", "cancelled") and ended:
+    if attempt.end is None and record.state in (RunState.DONE, RunState.FAILED, RunState.CANCELLED) and ended:
         attempt.end, attempt.state, attempt.reason = ended, record.state, record.reason
 
 

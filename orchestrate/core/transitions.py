@@ -29,12 +29,13 @@ from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import Any
 
-from . import checks
+from . import checks, standin
 from .fingerprint import digest_text
 from .policy import SIGKILL, SIGTERM, StopKind, backoff, limit_exceeded, next_limit, should_retry
+from .scheduler import RETRY_REQUESTED, Decision
 from .spec import Agent
 from .stopping import StopPolicy
-from .records import AgentResult, Handle, StatusRecord, clock_text, iso
+from .records import ACTIVE, ENDED_BADLY, AgentResult, Handle, RunState, StatusRecord, clock_text, iso
 
 MAX_RATE_LIMIT_HITS = 10   # rate-limited attempts in a row before it counts as a failure
 VANISHED = "agent process ended without recording an exit status (killed with SIGKILL?)"
@@ -51,7 +52,7 @@ def unanswered(record: StatusRecord) -> bool:
     """Recorded as launching, and the executor's answer (pid, job id) is not
     in the record: the launch is still under way, or a crash lost the answer
     (then the run is looked for by its run id, stopping or not)."""
-    return record.state == "launching" and record.pid is None and record.job_id is None
+    return record.state == RunState.LAUNCHING and record.pid is None and record.job_id is None
 
 
 def phase(record: StatusRecord) -> Phase:
@@ -59,7 +60,7 @@ def phase(record: StatusRecord) -> Phase:
         return Phase.LAUNCHING
     if record.stop_kind is not None:
         return Phase.STOPPING
-    if record.reason == checks.CHECKING:
+    if record.checking:
         return Phase.CHECKING
     return Phase.RUNNING
 
@@ -226,14 +227,46 @@ class Wake:
     at: float
 
 
+@dataclass(frozen=True, slots=True)
+class Forget:
+    """Remove the agent's status record: nothing is known of it any more."""
+    pipeline: str
+    agent: str
+
+
 Effect = (Save | Kill | Track | WriteSignal | RememberSignal | WriteResult | WriteFeedback
-          | HoldPreset | Event | RemoveRunFiles | Crash | Wake)
+          | HoldPreset | Event | RemoveRunFiles | Crash | Wake | Forget)
 Effects = list[Effect]
 
 
 # -- the function -------------------------------------------------------------
 def transition(record: StatusRecord, agent: Agent, seen: Observation, now: float
                ) -> tuple[StatusRecord, Effects]:
+    if agent.stand_in is None:
+        return _transition(record, agent, seen, now)
+    return _undeclared(record, agent, seen, now)
+
+
+def _undeclared(record: StatusRecord, agent: Agent, seen: Observation, now: float
+                ) -> tuple[StatusRecord, Effects]:
+    """A run whose declaration is gone (`standin`): watched and stopped as
+    any run, by the limits of its launch. No longer declared, it ends
+    `removed`, nothing of it current (no signal, no retry, no relaunch). Its
+    file only invalid, an exit it was not stopped for waits for the file to
+    be fixed (its outcome needs the declaration: outputs, check, retries)."""
+    if (agent.stand_in == standin.PIPELINE_INVALID and isinstance(seen, Ended)
+            and record.stop_kind is None):
+        return record, []
+    record, effects = _transition(record, agent, seen, now)
+    if agent.stand_in != standin.NO_LONGER_DECLARED or record.state in ACTIVE:
+        return record, effects
+    kept: Effects = [RememberSignal(None) if isinstance(e, RememberSignal) else e
+                     for e in effects if not isinstance(e, (WriteSignal, WriteFeedback))]
+    return standin.ended_undeclared(record), kept
+
+
+def _transition(record: StatusRecord, agent: Agent, seen: Observation, now: float
+                ) -> tuple[StatusRecord, Effects]:
     if isinstance(seen, Alive):
         return _watch(record, agent, seen, now)
     if isinstance(seen, Ended):
@@ -264,7 +297,7 @@ def transition(record: StatusRecord, agent: Agent, seen: Observation, now: float
 
 def _attached(record: StatusRecord, handle: Handle, reason: str) -> StatusRecord:
     """Running, where the executor says it lives."""
-    return replace(record, state="running", pid=handle.pid, pid_create_time=handle.create_time,
+    return replace(record, state=RunState.RUNNING, pid=handle.pid, pid_create_time=handle.create_time,
                    job_id=handle.job_id, reason=reason)
 
 
@@ -282,7 +315,7 @@ def _started(record: StatusRecord, agent: Agent, seen: Submitted) -> tuple[Statu
 
 def _submit_failed(record: StatusRecord, agent: Agent, seen: SubmitFailed, now: float
                    ) -> tuple[StatusRecord, Effects]:
-    record = replace(record, state="failed", ended_at=iso(now), reason=seen.reason)
+    record = replace(record, state=RunState.FAILED, ended_at=iso(now), reason=seen.reason)
     effects: Effects = []
     if seen.retried:
         effects.append(Crash("submit-failed"))
@@ -298,8 +331,9 @@ def _watch(record: StatusRecord, agent: Agent, seen: Alive, now: float
     """A live run: note that its check began; stop it past a limit; SIGKILL
     it once its grace is over."""
     effects: Effects = []
-    if agent.check is not None and seen.checking and record.reason != checks.CHECKING:
-        record = replace(record, reason=checks.CHECKING)   # its own timeout applies now
+    if agent.check is not None and seen.checking and not record.checking:
+        # its own timeout applies now; the reason says so to people
+        record = replace(record, checking=True, reason=checks.CHECKING)
         effects.append(Save(durable=False))
     current = phase(record)
     if current is Phase.CHECKING:
@@ -337,12 +371,13 @@ def _finish(record: StatusRecord, agent: Agent, ended: Ended | None, now: float,
     """Settle a run: its outcome, then a retry, a rest or a check's relaunch
     if one applies; the record, the events, the run's files."""
     effects: Effects = []
+    record = replace(record, checking=False)   # whatever its check said, it is over
     stopped = record.stop_kind is not None
     if stopped:   # the wrapper is gone: what it left of the agent gets no more grace
         effects.append(Kill(SIGKILL))
     code = ended.code if ended else None
     if ended is None:   # no exit status was recorded: the wrapper itself was killed
-        state = "cancelled" if record.stop_kind == StopKind.CANCEL else "failed"
+        state = _stopped_state(record)
         record = replace(record, state=state, ended_at=iso(now), kill_at=None,
                          reason=record.stop_reason or executor_said or VANISHED)
     else:
@@ -355,22 +390,22 @@ def _finish(record: StatusRecord, agent: Agent, ended: Ended | None, now: float,
                                                 now)
         if feedback is not None:
             effects.append(WriteFeedback(feedback))
-    effects.append(RememberSignal(record.signal_digest if record.state == "done" else None))
-    rate_limited = record.state in ("failed", "cancelled") and bool(
+    effects.append(RememberSignal(record.signal_digest if record.state == RunState.DONE else None))
+    rate_limited = record.state in (RunState.FAILED, RunState.CANCELLED) and bool(
         record.result.get("rate_limited"))
-    if not (record.state == "failed" and rate_limited):
+    if not (record.state == RunState.FAILED and rate_limited):
         record = replace(record, rate_limit_hits=0)   # the row of rate limits is broken
-    kind = {"done": "finish", "cancelled": "cancel"}.get(record.state, "fail")
+    kind = {RunState.DONE: "finish", RunState.CANCELLED: "cancel"}.get(record.state, "fail")
     details: dict[str, Any] = {"task": agent.task, "run_id": record.run_id, "exit_code": code,
                                "reason": record.reason, "attempt": record.attempt}
-    if record.state == "cancelled" and rate_limited:   # the wall is real
+    if record.state == RunState.CANCELLED and rate_limited:   # the wall is real
         effects.append(_hold(agent, record, record.rate_limit_hits + 1, now))
-    if (record.state == "failed" and rate_limited
+    if (record.state == RunState.FAILED and rate_limited
             and record.rate_limit_hits < MAX_RATE_LIMIT_HITS):
         record, hold = _rest_after_rate_limit(agent, record, now)
         effects.append(hold)
         details["retry_at"] = record.retry_at
-    elif record.state == "waiting":   # a check's relaunch
+    elif record.state == RunState.WAITING:   # a check's relaunch
         details["retry_at"] = record.retry_at
     elif should_retry(agent, record, stopped) and not check_failed:
         record = _retry_later(record, agent, now)
@@ -380,6 +415,11 @@ def _finish(record: StatusRecord, agent: Agent, ended: Ended | None, now: float,
         effects.append(Event(*checks.verdict_event(agent, record)))
     effects += [Event(kind, details), RemoveRunFiles(record.run_id)]
     return record, effects
+
+
+def _stopped_state(record: StatusRecord) -> RunState:
+    """How a run orchestrate stopped ends: cancelled by a user, else failed."""
+    return RunState.CANCELLED if record.stop_kind == StopKind.CANCEL else RunState.FAILED
 
 
 def _outcome(record: StatusRecord, agent: Agent, ended: Ended, now: float
@@ -399,32 +439,32 @@ def _outcome(record: StatusRecord, agent: Agent, ended: Ended, now: float
     error = error or (ended.executor_said if code else None)
     ended_at = ended.ended_at or iso(now)
     if record.stop_kind is not None:
-        state = "cancelled" if record.stop_kind == StopKind.CANCEL else "failed"
+        state = _stopped_state(record)
         return replace(record, state=state, exit_code=code, ended_at=ended_at,
                        reason=record.stop_reason or "", kill_at=None), effects
     if code != 0:   # with what the CLI said, e.g. "exit 55: Gemini CLI is not running in ..."
         said = f": {error[:300]}" if error else ""
-        return replace(record, state="failed", exit_code=code, ended_at=ended_at,
+        return replace(record, state=RunState.FAILED, exit_code=code, ended_at=ended_at,
                        reason=ended.exit_said + said), effects
     if error is not None:   # the CLI exited 0 but called the run an error
-        return replace(record, state="failed", exit_code=0, ended_at=ended_at,
+        return replace(record, state=RunState.FAILED, exit_code=0, ended_at=ended_at,
                        reason=f"agent reported an error: {error[:200]}"), effects
     if ended.missing:
-        return replace(record, state="failed", exit_code=0, ended_at=ended_at,
+        return replace(record, state=RunState.FAILED, exit_code=0, ended_at=ended_at,
                        reason=f"exit 0 but output missing: {', '.join(ended.missing)}"), effects
     if agent.check is not None:
         record, passed = checks.judge(record, ended.verdict, ended_at)
         if not passed:
             return record, effects
     text = ended.signal_text or ""
-    record = replace(record, state="done", exit_code=0, ended_at=ended_at, reason="done",
+    record = replace(record, state=RunState.DONE, exit_code=0, ended_at=ended_at, reason="done",
                      signal_digest=digest_text(text))
     return record, effects + [WriteSignal(text)]
 
 
 def _retry_later(record: StatusRecord, agent: Agent, now: float) -> StatusRecord:
     at = now + backoff(agent, record.attempt)
-    return replace(record, state="waiting", retry_at=at, reason=(
+    return replace(record, state=RunState.WAITING, retry_at=at, reason=(
         f"retry {record.attempt + 1} of {agent.retries + 1} at {clock_text(at)} "
         f"after: {record.reason}"))
 
@@ -435,7 +475,7 @@ def _rest_after_rate_limit(agent: Agent, record: StatusRecord, now: float
     spending one of `retries`, and hold the preset's other agents till then."""
     hits = record.rate_limit_hits + 1
     hold = _hold(agent, record, hits, now)
-    record = replace(record, state="waiting", retry_at=hold.until, attempt=record.attempt - 1,
+    record = replace(record, state=RunState.WAITING, retry_at=hold.until, attempt=record.attempt - 1,
                      rate_limit_hits=hits,
                      reason=f"rate limited until {clock_text(hold.until)}; retrying "
                             "(not counted as a retry)")
@@ -451,7 +491,101 @@ def _hold(agent: Agent, record: StatusRecord, hits: int, now: float) -> HoldPres
 
 def _owe_attempt(record: StatusRecord, now: float) -> tuple[StatusRecord, Effects]:
     """The launch never ran the agent: relaunch the same attempt at once."""
-    record = replace(record, state="waiting", attempt=record.attempt - 1, pid=None,
+    record = replace(record, state=RunState.WAITING, attempt=record.attempt - 1, pid=None,
                      retry_at=now, reason="launch interrupted; relaunching")
     return record, [Save(), Event("launch_abandoned", {"task": record.task,
                                                         "run_id": record.run_id})]
+
+
+# -- changes that are not a run's own: pure constructors ------------------------
+# Each returns the new record and what must happen, run by the same effect
+# runner (`Engine.run`): with `transition`, they are every way a status
+# record changes.
+def launch_number(previous: StatusRecord | None) -> int:
+    """The agent's launches so far, this one included (its run id and log say it)."""
+    return (previous.launches if previous else 0) + 1
+
+
+def launching(decision: Decision, previous: StatusRecord | None, run_id: str,
+              inputs: dict[str, list[Any]], log: str, now: float
+              ) -> tuple[StatusRecord, Effects]:
+    """The record of a launch, before the executor is asked: a crash after
+    it is recovered by its run id (`Found`, `NeverStarted`). It keeps what a
+    relaunch must not forget (money spent, rate limits in a row, a check
+    series) and the limits of this launch (`standin`)."""
+    agent, fingerprint = decision.agent, decision.fingerprint
+    record = StatusRecord(
+        state=RunState.LAUNCHING, pipeline=agent.pipeline, agent=agent.name, task=agent.task,
+        attempt=decision.attempt, run_id=run_id, launches=launch_number(previous),
+        started_at=iso(now), started_epoch=now, reason=decision.reason, log=log,
+        fingerprint=fingerprint.digest if fingerprint else None,
+        config_digest=fingerprint.config if fingerprint else None,
+        inputs=inputs, upstream=dict(fingerprint.upstream) if fingerprint else {},
+        upstream_used=decision.upstream_used,
+        spent_usd=previous.spent_usd if previous else 0.0,
+        rate_limit_hits=previous.rate_limit_hits if previous else 0,
+        executor=agent.executor, limits=standin.launch_limits(agent),
+        **checks.carried(previous))
+    return record, [Save(durable=False)]
+
+
+def cancelled_before_start(decision: Decision, previous: StatusRecord | None,
+                           inputs: dict[str, list[Any]], now: float
+                           ) -> tuple[StatusRecord, Effects]:
+    """A cancel of an agent that is not running (queued, ready, waiting for a
+    retry or a signal): it stays cancelled until its fingerprint changes or
+    `doit forget`, like a cancelled run. Nothing of an earlier run is kept
+    as this one's (no start time, pid or exit code: it never started)."""
+    agent, fingerprint = decision.agent, decision.fingerprint
+    base = previous or StatusRecord(state=RunState.CANCELLED, pipeline=agent.pipeline,
+                                    agent=agent.name, task=agent.task)
+    record = replace(
+        base, state=RunState.CANCELLED, reason="cancelled by user", started_at=None,
+        started_epoch=None, ended_at=iso(now), pid=None, pid_create_time=None, job_id=None,
+        exit_code=None, retry_at=None, retry_requested=False, checking=False,
+        fingerprint=fingerprint.digest if fingerprint else None,
+        config_digest=fingerprint.config if fingerprint else None, inputs=inputs,
+        upstream=dict(fingerprint.upstream) if fingerprint else {},
+        upstream_used=decision.upstream_used)
+    return record, [Save(), Event("cancel", {"task": agent.task, "reason": record.reason})]
+
+
+def retry_requested(record: StatusRecord | None, task: str
+                    ) -> tuple[StatusRecord, Effects] | None:
+    """`doit retry`: a failed or cancelled agent becomes pending, a fresh
+    launch (attempts and backoff start over); None for any other."""
+    if record is None or record.state not in ENDED_BADLY:
+        return None
+    pending = replace(record, state=RunState.PENDING, fingerprint=None, retry_at=None,
+                      attempt=0, reason=RETRY_REQUESTED, retry_requested=True)
+    return pending, [Save(), Event("retry", {"task": task, "was": record.state})]
+
+
+def retired(record: StatusRecord, task: str, reason: str, now: float
+            ) -> tuple[StatusRecord, Effects]:
+    """A fan-out instance whose item left its list: `removed`, its outputs
+    kept, nothing of it current."""
+    gone = replace(record, state=RunState.REMOVED, fingerprint=None, checking=False,
+                   ended_at=record.ended_at or iso(now), reason=reason)
+    return gone, [Save(), Event("removed", {"task": task})]
+
+
+def gate_row(pipeline: str, name: str, source: str, signal_digest: str, state: RunState,
+             reason: str, now: float) -> tuple[StatusRecord, Effects]:
+    """A planned fan-out's own row, once its planner's list is read: done
+    (N instances) or failed (the list is invalid), for that signal."""
+    row = StatusRecord(state=state, pipeline=pipeline, agent=name, task=f"{pipeline}:{name}",
+                       reason=reason, started_at=iso(now), ended_at=iso(now),
+                       upstream={source: signal_digest})
+    return row, [Save()]
+
+
+def forgotten(record: StatusRecord | None, pipeline: str, name: str, verb: str = "forgotten"
+              ) -> tuple[str | None, Effects]:
+    """`doit forget` and `doit clean`: the record goes, so the agent runs
+    again; refused (the reason, no effects) while it runs: a second copy
+    would start while the first one runs."""
+    task = f"{pipeline}:{name}"
+    if record is not None and record.state in ACTIVE:
+        return f"{task} is running; not {verb} (doit cancel {task} first)", []
+    return None, [Forget(pipeline, name)]

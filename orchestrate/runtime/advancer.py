@@ -21,9 +21,11 @@ from typing import Callable
 from .engine import LIVENESS_INTERVAL, Engine, PassResult
 from .faults import crash_point
 from ..core.exitcodes import ExitCode
+from ..core.records import RunState
 from ..core.scheduler import Decision
 from ..core.selection import SelectionError, select
 from ..core.spec import Workspace
+from .inflight import select_watched, with_stand_ins
 from .workspace import load_workspace
 from .state import Layout, SchedulingLock, StateFileError, append_event, utc_now
 
@@ -37,9 +39,9 @@ POLL_WITHOUT_INOTIFY = 0.1   # seconds between passes where inotify is missing
 def can_advance(decisions: dict[str, Decision]) -> bool:
     """Something is running, queued, launching, waits on an external signal
     or for a retry's backoff."""
-    return any(d.state in ("launch", "running") or
-               (d.state in ("waiting", "queued") and not d.blocked and
-                (d.state == "queued" or d.external or d.timed))
+    return any(d.launch or d.state == RunState.RUNNING or
+               (d.state in (RunState.WAITING, RunState.QUEUED) and not d.blocked and
+                (d.state == RunState.QUEUED or d.external or d.timed))
                for d in decisions.values())
 
 
@@ -191,9 +193,10 @@ class Advancer:
             return True
         self.stamp = stamp
         root = self.engine.workspace.root
-        workspace = keep_last_valid(load_workspace(root, lenient=True), self.engine.workspace)
+        workspace = with_stand_ins(keep_last_valid(load_workspace(root, lenient=True),
+                                                   self.engine.workspace))
         try:
-            agents = select(workspace, self.names)
+            agents = select_watched(workspace, self.names)
         except SelectionError as err:
             self.log(f"pipelines changed; stopped advancing: {err}")
             return False
@@ -226,7 +229,7 @@ class Advancer:
                 if can_advance(result.decisions):
                     self.watcher.track(self.engine.records(self.agents).values())
                     return True
-            elif any(d.state == "running" for d in result.decisions.values()):
+            elif any(d.state == RunState.RUNNING for d in result.decisions.values()):
                 self.watcher.track(self.engine.records(self.agents).values())
                 return True
             self.slot.give_up()

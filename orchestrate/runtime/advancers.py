@@ -59,8 +59,7 @@ def _covers(selection: list[str], agent) -> bool:
 
 def name_advancers(layout: Layout, decisions: dict[str, Decision]) -> dict[str, Decision]:
     """Agents waiting on an external signal get the advancer that waits with them."""
-    gated = {t: d for t, d in decisions.items()
-             if d.state == "waiting" and d.external and d.reason.startswith("waiting on signal")}
+    gated = {t: d for t, d in decisions.items() if d.signal is not None}
     if not gated:
         return decisions
     advancers = live_advancers(layout)
@@ -70,7 +69,7 @@ def name_advancers(layout: Layout, decisions: dict[str, Decision]) -> dict[str, 
     for task, decision in gated.items():
         pid = next((p for p, sel in advancers.items() if _covers(sel, decision.agent)), None)
         if pid is not None:
-            signal = decision.reason.split()[3]
+            signal = decision.signal
             named[task] = replace(decision, reason=f"waiting for signal {signal}, advancer pid "
                                   f"{pid} (doit signal {signal}, or doit cancel {task})")
     return named

@@ -18,7 +18,7 @@ from . import worktree
 from .executors import Executor, Observation, SubmitError, Unavailable
 from .executors.local import LocalExecutor
 from .executors.slurm import SlurmExecutor
-from .fanout import FanoutKeeper
+from .fanout import FanoutKeeper, move_outputs_aside
 from .faults import crash_point
 from ..core.fingerprint import digest_text
 from .hooks import HookKeeper
@@ -27,7 +27,8 @@ from .observe import observe_run
 from ..core.policy import StopKind
 from ..core.stopping import SETTLE, SIGTERM, StopPolicy
 from .stopping import Stop, drive
-from ..core.scheduler import ACTIVE, AgentFacts, Decision, plan
+from ..core.records import ACTIVE
+from ..core.scheduler import AgentFacts, Decision, plan
 from ..core.spec import Agent, Workspace
 from .state import (
     FileCache,
@@ -40,7 +41,6 @@ from .state import (
     file_digest,
     parse_status,
     read_json,
-    utc_now,
     write_atomic,
     write_json,
     write_status,
@@ -309,13 +309,27 @@ class Engine:
         decision made again from that fact. Events go to `events` when given
         (a batch written by the caller), else to events.jsonl at once."""
         record, effects = t.transition(record, agent, fact, self.clock())
+        return self.run(record, effects, events, agent)
+
+    def run(self, record: StatusRecord | None, effects: t.Effects,
+            events: list[dict] | None = None, agent: Agent | None = None
+            ) -> StatusRecord | None:
+        """The effect runner: do what a transition, or one of the pure
+        constructors of `transitions` (a launch, a cancel before start, a
+        retry asked for, a retired instance, a fan-out row, a forget), says,
+        in order. Nothing else writes a status record. An effect that
+        answers with a fact (`Track`) has the rest of the decision made
+        again from that fact (by `agent`'s transition). `record` is None only
+        for a forget of an agent without one."""
         for effect in effects:
-            answer = self._do(agent, record, effect, events)
+            answer = self._do(record, effect, events)
             if answer is not None:
+                if agent is None:
+                    raise TypeError(f"{effect!r} answers a run's transition only")
                 return self.apply(agent, record, answer, events)
         return record
 
-    def _do(self, agent: Agent, record: StatusRecord, effect: t.Effect,
+    def _do(self, record: StatusRecord, effect: t.Effect,
             events: list[dict] | None) -> t.Observation | None:
         layout = self.layout
         if isinstance(effect, t.Save):
@@ -332,15 +346,16 @@ class Engine:
             else:
                 events.append(event(effect.kind, **effect.details))
         elif isinstance(effect, t.WriteSignal):
-            write_atomic(layout.signal(agent.pipeline, agent.name), effect.text)
+            write_atomic(layout.signal(record.pipeline, record.agent), effect.text)
         elif isinstance(effect, t.RememberSignal):
-            self.signal_cache.remember(layout.signal(agent.pipeline, agent.name), effect.digest)
+            self.signal_cache.remember(layout.signal(record.pipeline, record.agent),
+                                       effect.digest)
         elif isinstance(effect, t.WriteResult):
-            path = layout.result(agent.pipeline, agent.name)
+            path = layout.result(record.pipeline, record.agent)
             path.parent.mkdir(parents=True, exist_ok=True)
             write_atomic(path, effect.text, durable=False)
         elif isinstance(effect, t.WriteFeedback):
-            path = layout.feedback(agent.pipeline, agent.name)
+            path = layout.feedback(record.pipeline, record.agent)
             path.parent.mkdir(parents=True, exist_ok=True)
             write_atomic(path, effect.text)
         elif isinstance(effect, t.HoldPreset):
@@ -354,6 +369,10 @@ class Engine:
             crash_point(effect.point)
         elif isinstance(effect, t.Wake):
             self.next_wake = min(self.next_wake, effect.at)
+        elif isinstance(effect, t.Forget):
+            path = layout.status(effect.pipeline, effect.agent)
+            path.unlink(missing_ok=True)
+            self.status_cache.forget(path)
         else:
             raise TypeError(f"not an effect: {effect!r}")
         return None
@@ -423,20 +442,39 @@ class Engine:
 
     def mark_cancelled(self, decision: Decision, previous: StatusRecord | None,
                        inputs: dict[str, list]) -> StatusRecord:
-        """Cancel an agent that is not running: it stays cancelled until its
-        fingerprint changes or `doit forget`, like a cancelled run."""
-        agent, fingerprint = decision.agent, decision.fingerprint
-        base = previous or StatusRecord(state="cancelled", pipeline=agent.pipeline,
-                                        agent=agent.name, task=agent.task)
-        record = replace(
-            base, state="cancelled", reason="cancelled by user", ended_at=utc_now(),
-            retry_at=None, fingerprint=fingerprint.digest if fingerprint else None,
-            config_digest=fingerprint.config if fingerprint else None, inputs=inputs,
-            upstream=dict(fingerprint.upstream) if fingerprint else {},
-            upstream_used=decision.upstream_used)
-        self._save(record)
-        append_event(self.layout, "cancel", task=agent.task, reason=record.reason)
-        return record
+        """Cancel an agent that is not running (`transitions.cancelled_before_start`)."""
+        return self.run(*t.cancelled_before_start(decision, previous, inputs, self.clock()))
+
+    # -- what a person asks for, besides launching and stopping -------------
+    def request_retry(self, agent: Agent) -> StatusRecord | None:
+        """`doit retry`: a failed or cancelled agent becomes pending; returns
+        its record as it was (None: not failed or cancelled, nothing done)."""
+        previous = self.status_cache.get(self.layout.status(agent.pipeline, agent.name))
+        change = t.retry_requested(previous, agent.task)
+        if change is not None:
+            self.run(*change)
+        return previous if change is not None else None
+
+    def forget(self, pipeline: str, name: str, verb: str = "forgotten", dryrun: bool = False
+               ) -> str | None:
+        """Remove an agent's status record (`doit forget`, `doit clean`);
+        the refusal, if it runs, else None. `dryrun`: only say whether it would."""
+        record = self.status_cache.get(self.layout.status(pipeline, name))
+        refusal, effects = t.forgotten(record, pipeline, name, verb)
+        if refusal is None and not dryrun:
+            self.run(record, effects)
+        return refusal
+
+    def retire(self, record: StatusRecord, task: str, reason: str) -> StatusRecord:
+        """A fan-out instance whose item left its list: a running one is
+        stopped first (its item is gone), its outputs move aside (so a fan-in
+        no longer reads them), then `removed`."""
+        if record.state in ACTIVE:
+            self.kill(record)
+        instance = self.workspace.agents_by_task.get(task)
+        if instance is not None:   # before the record: a crash moves them next time
+            move_outputs_aside(self.layout, instance)
+        return self.run(*t.retired(record, task, reason, self.clock()))
 
     def spent(self) -> dict[str, float]:
         """Dollars spent per pipeline ("*": the workspace), read only when a
@@ -478,7 +516,7 @@ class Engine:
         events: list[dict] = []
         try:
             for task, decision in result.decisions.items():
-                if decision.state == "launch":
+                if decision.launch:
                     facts = result.facts[task]
                     self.start(decision, facts.record, facts.inputs, events)
                     launched.append(task)
@@ -491,27 +529,14 @@ class Engine:
         """Record the launch, spawn, record the pid; events are added to `events`."""
         agent = decision.agent
         layout = self.layout
-        launches = (previous.launches if previous else 0) + 1
+        launches = t.launch_number(previous)
         run_id = f"{agent.pipeline}.{agent.name}.{launches}.{secrets.token_hex(4)}"
         layout.signal(agent.pipeline, agent.name).unlink(missing_ok=True)
         self.signal_cache.forget(layout.signal(agent.pipeline, agent.name))
         fingerprint = decision.fingerprint
         log = layout.log(agent.pipeline, agent.name)
-        record = StatusRecord(
-            state="launching", pipeline=agent.pipeline, agent=agent.name, task=agent.task,
-            attempt=decision.attempt, run_id=run_id, launches=launches, started_at=utc_now(),
-            started_epoch=self.clock(),
-            reason=decision.reason, log=layout.relative(log),
-            fingerprint=fingerprint.digest if fingerprint else None,
-            config_digest=fingerprint.config if fingerprint else None,
-            inputs=inputs, upstream=dict(fingerprint.upstream) if fingerprint else {},
-            upstream_used=decision.upstream_used,
-            # what a relaunch must not forget: money spent and rate limits in a row
-            spent_usd=previous.spent_usd if previous else 0.0,
-            rate_limit_hits=previous.rate_limit_hits if previous else 0,
-            executor=agent.executor,
-            **checks.carried(previous))
-        self._save(record, durable=False)
+        record = self.run(*t.launching(decision, previous, run_id, inputs,
+                                       layout.relative(log), self.clock()))
         crash_point("launch-recorded")
         upstream = self._write_upstream_file(agent, run_id,
                                              fingerprint.upstream if fingerprint else {})

@@ -19,23 +19,20 @@ from typing import Any
 
 from .faults import crash_point
 from ..core.fingerprint import digest_text
+from ..core.records import RunState
+from ..core.transitions import gate_row
 from ..core.foreach import Item, ListProblem, expand_agents, parse_list, string_items
 from .state import (
     FileCache,
     Layout,
     StateFolderReadOnly,
-    StatusRecord,
     append_event,
     expand_patterns,
     is_inside,
     read_json,
-    utc_now,
     write_json,
-    write_status,
 )
 from .worktree import output_root
-
-ACTIVE = ("launching", "running")
 
 
 def record_path(layout: Layout, pipeline: str, agent: str) -> Path:
@@ -143,7 +140,7 @@ class FanoutKeeper:
     def _finished(self, engine: Any, pipeline: str, source: str) -> str | None:
         """The digest of `source`'s signal if it is done, else None."""
         record = engine.status_cache.get(self.layout.status(pipeline, source))
-        if record is None or record.state != "done":
+        if record is None or record.state != RunState.DONE:
             return None
         return engine.signal_cache.get(self.layout.signal(pipeline, source))
 
@@ -152,7 +149,7 @@ class FanoutKeeper:
         if record is None or record.get("from_signal") != signal_digest:
             return False
         gate = engine.status_cache.get(self.layout.status(pipeline, declared.name))
-        return (gate is not None and gate.state in ("done", "failed")
+        return (gate is not None and gate.state in (RunState.DONE, RunState.FAILED)
                 and gate.upstream.get(declared.foreach.source) == signal_digest)
 
     def expand(self, engine: Any, pipeline: Any, declared: Any, record: dict | None,
@@ -165,7 +162,7 @@ class FanoutKeeper:
         except ListProblem as err:
             problem = f"{foreach.json}: {err}"
             new = {**(record or {}), "from_signal": signal_digest, "problem": problem}
-            self._write(pipeline, declared, new, "failed",
+            self._write(engine, pipeline, declared, new, RunState.FAILED,
                         f"invalid list {problem}; nothing of it launched", signal_digest)
             append_event(self.layout, "fanout", task=f"{pipeline.name}:{declared.name}",
                          problem=problem)
@@ -176,7 +173,7 @@ class FanoutKeeper:
         listed = items_json(items)
         new = {"from_signal": signal_digest, "json": foreach.json, "problem": None,
                "items": listed, "items_digest": digest_text(json.dumps(listed, sort_keys=True))}
-        self._write(pipeline, declared, new, "done",
+        self._write(engine, pipeline, declared, new, RunState.DONE,
                     f"{len(items)} instance{'s' if len(items) != 1 else ''} "
                     f"from {foreach.json}", signal_digest)
         before = {i.key for i in old}
@@ -200,8 +197,8 @@ class FanoutKeeper:
         expand_agents(pipeline.declared, {}, {**others, declared.name: items})
         return items
 
-    def _write(self, pipeline: Any, declared: Any, record: dict, state: str, reason: str,
-               signal_digest: str) -> None:
+    def _write(self, engine: Any, pipeline: Any, declared: Any, record: dict, state: RunState,
+               reason: str, signal_digest: str) -> None:
         path = record_path(self.layout, pipeline.name, declared.name)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -210,12 +207,8 @@ class FanoutKeeper:
             raise StateFolderReadOnly(path.parent, err) from None
         self.records.forget(path)
         crash_point("fanout-recorded")
-        now = utc_now()
-        gate = StatusRecord(state=state, pipeline=pipeline.name, agent=declared.name,
-                            task=f"{pipeline.name}:{declared.name}", reason=reason,
-                            started_at=now, ended_at=now,
-                            upstream={declared.foreach.source: signal_digest})
-        write_status(self.layout, gate)
+        engine.run(*gate_row(pipeline.name, declared.name, declared.foreach.source,
+                             signal_digest, state, reason, engine.clock()))
 
     def retire(self, engine: Any, pipeline: Any, declared: Any, keys: list[str]) -> None:
         """Instances of removed items (and their each_of chains): state
@@ -226,18 +219,10 @@ class FanoutKeeper:
             for name in names:
                 status = self.layout.status(pipeline.name, f"{name}.{key}")
                 record = engine.status_cache.get(status)
-                if record is None or record.state == "removed":
+                if record is None or record.state == RunState.REMOVED:
                     continue
-                if record.state in ACTIVE:
-                    engine.kill(record)
-                instance = engine.workspace.agents_by_task.get(f"{pipeline.name}:{name}.{key}")
-                if instance is not None:   # before the record: a crash moves them next time
-                    move_outputs_aside(self.layout, instance)
-                retired = replace(record, state="removed", fingerprint=None,
-                                  ended_at=record.ended_at or utc_now(),
-                                  reason=f"removed: its item left {declared.foreach.json}")
-                engine._save(retired)
-                append_event(self.layout, "removed", task=f"{pipeline.name}:{name}.{key}")
+                engine.retire(record, f"{pipeline.name}:{name}.{key}",
+                              f"removed: its item left {declared.foreach.json}")
 
     def rebuild(self, engine: Any, agents: list[Any]) -> list[Any]:
         """A workspace whose instances match the records now on disk, and the
@@ -250,6 +235,9 @@ class FanoutKeeper:
                        for a in pipeline.declared if a.foreach and a.foreach.kind == "json"}
             expanded = expand_loaded(workspace.root, pipeline, _Ignore(), records) \
                 if records else pipeline
+            if expanded is not None and expanded is not pipeline:   # runs in flight stay
+                expanded = replace(expanded, agents=expanded.agents + tuple(
+                    a for a in pipeline.agents if a.stand_in is not None))
             pipelines.append(expanded or pipeline)
         fresh = replace(workspace, pipelines=tuple(pipelines), agents_by_task={})
         engine.workspace = fresh

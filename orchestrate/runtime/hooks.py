@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .faults import crash_point
+from ..core.records import RunState
 from ..core.scheduler import AgentFacts, Decision, plan
 from ..core.selection import upstream_closure
 from ..core.spec import Pipeline, Workspace
@@ -71,7 +72,7 @@ def failures(pipeline: Pipeline, records: dict[str, StatusRecord | None]) -> lis
     found = []
     for agent in pipeline.agents:
         record = records.get(agent.task)
-        if record is None or record.state != "failed":
+        if record is None or record.state != RunState.FAILED:
             continue
         run = record.run_id or _digest([agent.task, record.ended_at, record.reason])
         found.append(HookEvent(
@@ -87,13 +88,13 @@ def standing(decision: Decision, rate_limited: dict[str, float], now: float) -> 
     """done; stuck (needs a person, or a rate limit to pass); follows (waits on
     an upstream that can still move); moving (runs, is ready, queued behind a
     cap, or waits out a retry's backoff)."""
-    if decision.state == "done":
+    if decision.state == RunState.DONE:
         return "done"
-    if decision.state in ("failed", "cancelled") or decision.blocked or decision.external:
+    if decision.state in (RunState.FAILED, RunState.CANCELLED) or decision.blocked or decision.external:
         return "stuck"
     if decision.timed and rate_limited.get(decision.agent.preset or "", 0.0) > now:
         return "stuck"
-    if decision.state == "waiting" and not decision.timed:
+    if decision.state == RunState.WAITING and not decision.timed:
         return "follows"
     return "moving"
 
@@ -124,7 +125,7 @@ def verdict(pipeline: Pipeline, decisions: dict[str, Decision],
                      pipeline=pipeline.name, reason=reason, data={"states": states})
 
 
-_NO_RECORD = StatusRecord(state="pending", pipeline="", agent="")
+_NO_RECORD = StatusRecord(state=RunState.PENDING, pipeline="", agent="")
 
 
 def _digest(value: Any) -> str:
@@ -145,7 +146,7 @@ def status_entries(pipeline: Pipeline, records: dict[str, StatusRecord | None],
             entry.pop(private, None)
         decision = decisions.get(agent.task)
         if decision is not None:
-            entry["state"] = decision.state if decision.state != "launch" else "pending"
+            entry["state"] = decision.state
             entry["reason"] = decision.reason
         entry["task"] = agent.task
         entries.append(entry)
@@ -204,7 +205,7 @@ class HookKeeper:
         # Something of the selection runs or launches: no pipeline verdict
         # (the common pass, so it costs no plan over the whole pipeline).
         if (hooks.on_done or hooks.on_blocked) and not any(
-                decisions[a.task].state in ("launch", "running")
+                decisions[a.task].launch or decisions[a.task].state == RunState.RUNNING
                 for a in pipeline.agents if a.task in decisions):
             known = self._whole(engine, pipeline, decisions)
             found = verdict(pipeline, known, records, engine.rate_limits(), engine.clock())

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 
-from ..core import checks
 from .causes import exit_reason
 from .checkrun import read_verdict
 from .executors import Executor, Observation, Unavailable
@@ -46,7 +45,7 @@ def observe_run(layout: Layout, agent: Agent, record: StatusRecord, executor: Ex
         code = read_exit_code(exit_path)   # it may have finished since the executor looked
     if code is None and not gone:
         return Alive(last_output(layout, agent, record),
-                     agent.check is not None and record.reason != checks.CHECKING
+                     agent.check is not None and not record.checking
                      and layout.check_marker(record.run_id or "").exists())
     if code is None:
         if executor.unclaimed_means_never_ran and abandon_run(exit_path):

@@ -14,6 +14,7 @@ import os
 import resource
 import select
 
+from ...core.records import RunState
 from .processes import is_alive
 
 
@@ -86,7 +87,7 @@ class PidWatch:
         """Watch the wrappers of the running local runs among `records` (the
         others have no pid); returns each watched process's run id."""
         runs = {(r.pid, r.pid_create_time): r.run_id or "" for r in records
-                if r is not None and r.state == "running"
+                if r is not None and r.state == RunState.RUNNING
                 and r.pid and r.pid_create_time is not None}
         self.track(list(runs))
         return runs
