@@ -10,7 +10,7 @@ import time
 import pytest
 
 from conftest import wait_until
-from orchestrate.runtime import processes
+from orchestrate.runtime.executors import processes
 
 
 def slurm(*argv: str) -> subprocess.CompletedProcess:

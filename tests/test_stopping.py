@@ -89,7 +89,14 @@ def test_cancel_with_slurm_unreachable_is_bounded_and_says_so(ws, tmp_path, how)
         assert "Unable to contact slurm controller" in lines[0]
     record = ws.status("p", "a")
     assert record["state"] == "running" and record["stop_kind"] == "cancel"
-    # Slurm answers again: the next pass settles it as cancelled
+    # Slurm answers again, the job still runs: the next pass sends SIGKILL again
+    calls = tmp_path / "scancel.calls"
+    env = fake_slurm(tmp_path / "bin", "echo '4242|RUNNING'", f'echo "$@" >> {calls}')
+    wait_until(lambda: ws.doit("status", env=env, check_rc=0) and calls.exists()
+               and "--signal=KILL --state=RUNNING 4242" in calls.read_text(),
+               what="a pass to send SIGKILL again")
+    assert ws.state_of("p", "a") == "running"
+    # ... and once it has ended, the next pass settles it as cancelled
     env = fake_slurm(tmp_path / "bin", "echo '4242|CANCELLED'", "exit 0")
     ws.doit("status", env=env, check_rc=0)
     assert ws.state_of("p", "a") == "cancelled"

@@ -195,7 +195,10 @@ def test_sigkill_once_the_grace_is_over_then_wait_for_the_exit():
     record, effects = step(stopping, t.Alive(), replace(AGENT, timeout=20.0))
     assert record == stopping and effects == [t.Wake(NOW + 1)]   # not yet
     record, effects = step(stopping, t.Alive(), replace(AGENT, timeout=20.0), now=NOW + 1)
-    assert effects == [t.Kill(signal.SIGKILL), t.Save()] and record.kill_at is None
+    assert effects == [t.Kill(signal.SIGKILL), t.Save(durable=False), t.Wake(NOW + 2)]
+    assert record.kill_at == NOW + 2      # and again a second later while it lives
+    again, effects = step(record, t.Alive(), replace(AGENT, timeout=20.0), now=NOW + 2)
+    assert effects[0] == t.Kill(signal.SIGKILL) and again.kill_at == NOW + 3
 
 
 def test_a_stopped_run_ends_with_its_stop_reason_whatever_its_exit_code_and_is_retried():

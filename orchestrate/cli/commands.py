@@ -224,7 +224,9 @@ class Cancel(OrchestrateCommand):
     doc_purpose = "stop running agents (SIGTERM, SIGKILL after kill_grace) and dequeue queued ones"
     doc_usage = "[TASK ...]"
     doc_description = ("No task: every running agent, and the queued ones. Returns once no "
-                       "process of a stopped agent is left.\nExit: 0; 3 on an unknown task.")
+                       "process of a stopped agent is left, within kill_grace + 10 s (a line "
+                       "for each agent it could not confirm gone).\nExit: 0; 1 if an agent "
+                       "could not be confirmed gone; 3 on an unknown task.")
     cmd_options = ()
 
     def _execute(self, pos_args):

@@ -329,7 +329,7 @@ def _submit_failed(record: StatusRecord, agent: Agent, seen: SubmitFailed, now: 
 def _watch(record: StatusRecord, agent: Agent, seen: Alive, now: float
            ) -> tuple[StatusRecord, Effects]:
     """A live run: note that its check began; stop it past a limit; SIGKILL
-    it once its grace is over."""
+    it once its grace is over, and again while it lives (the stop policy)."""
     effects: Effects = []
     if agent.check is not None and seen.checking and not record.checking:
         # its own timeout applies now; the reason says so to people
@@ -339,12 +339,14 @@ def _watch(record: StatusRecord, agent: Agent, seen: Alive, now: float
     if current is Phase.CHECKING:
         return record, effects
     if current is Phase.STOPPING:
-        if record.kill_at is not None and now >= record.kill_at:
-            record = replace(record, kill_at=None)
-            effects += [Kill(SIGKILL), Save()]
-        if record.kill_at is not None:
-            effects.append(Wake(record.kill_at))
-        return record, effects
+        kill_at = record.kill_at
+        if kill_at is None or now >= kill_at:
+            # SIGKILL, and again every `rekill` while it is seen alive: a KILL
+            # that did not arrive (a Slurm controller down) is sent again
+            kill_at = now + StopPolicy(agent.kill_grace).rekill
+            record = replace(record, kill_at=kill_at)
+            effects += [Kill(SIGKILL), Save(durable=False)]
+        return record, effects + [Wake(kill_at)]
     limit = limit_exceeded(agent, record, now, seen.last_output)
     if limit is not None:
         return record, effects + [Track(*limit)]

@@ -85,6 +85,38 @@ def keep_previous_log(layout: Layout, agent: Agent, number: int) -> None:
     os.replace(log, target)
 
 
+class StateView:
+    """What a keeper (hooks) may read of the engine's state: records, facts,
+    signals, money spent, rate limits and the clock, through the engine's
+    caches; nothing that writes, launches or signals."""
+
+    def __init__(self, engine: "Engine"):
+        self._engine = engine
+
+    def record(self, agent: Agent) -> StatusRecord | None:
+        engine = self._engine
+        return engine.status_cache.get(engine.layout.status(agent.pipeline, agent.name))
+
+    def records(self, agents: list[Agent]) -> dict[str, StatusRecord | None]:
+        return self._engine.records(agents)
+
+    def facts(self, agents: list[Agent], records: dict[str, StatusRecord | None]
+              ) -> dict[str, AgentFacts]:
+        return self._engine.facts(agents, records)
+
+    def external_signals(self) -> set[str]:
+        return self._engine.external_signals()
+
+    def spent(self) -> dict[str, float]:
+        return self._engine.spent()
+
+    def rate_limits(self) -> dict[str, float]:
+        return self._engine.rate_limits()
+
+    def clock(self) -> float:
+        return self._engine.clock()
+
+
 class _RunsBeingStopped:
     """The batch `stopping.drive` asks: runs by run id, one question per
     executor per round; `why`: why an executor cannot tell, since it last could."""
@@ -159,6 +191,7 @@ class Engine:
             "local": LocalExecutor(self.launcher),
             "slurm": SlurmExecutor(self.layout, workspace.slurm, self.launcher, self.time_left)}
         self.last_asked = {name: float("-inf") for name in self.executors}
+        self.view = StateView(self)   # what keepers may read (hooks)
 
     def time_left(self) -> float | None:
         """Seconds before the deadline (None: none set)."""
@@ -272,7 +305,7 @@ class Engine:
         for decision in decisions.values():
             if decision.timed and decision.wake_at is not None:
                 self.next_wake = min(self.next_wake, decision.wake_at)
-        self.hooks.observe(self, decisions, facts)
+        self.hooks.observe(self.view, decisions, facts)
         return PassResult(decisions, facts, agents)
 
     def ask_executors(self, running: list[StatusRecord], now: float) -> dict[str, Observation]:

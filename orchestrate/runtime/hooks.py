@@ -45,7 +45,7 @@ from ..core.spec import Pipeline, Workspace
 from .state import Layout, StateFileError, StatusRecord, append_event, utc_now, write_json
 
 if TYPE_CHECKING:
-    from .engine import Engine
+    from .engine import StateView
 
 # For tests only: SIGKILL this process right after recording an event of this
 # name, as a crash between "event recorded" and "hook started" would.
@@ -173,14 +173,14 @@ class HookKeeper:
     def fired_path(self, event_id: str) -> Path:
         return self.directory / "fired" / f"{event_id}.json"
 
-    def observe(self, engine: "Engine", decisions: dict[str, Decision],
+    def observe(self, view: "StateView", decisions: dict[str, Decision],
                 facts: dict[str, AgentFacts]) -> None:
         """Record each new event of the pipelines the pass touched, then start
         a supervisor for every pending hook. Called under the scheduling lock."""
         try:
             if self.configured:
                 for name in dict.fromkeys(d.agent.pipeline for d in decisions.values()):
-                    self._observe_pipeline(engine, self.workspace.pipeline(name), decisions,
+                    self._observe_pipeline(view, self.workspace.pipeline(name), decisions,
                                            facts)
             self.start_pending()
         except (OSError, StateFileError) as err:
@@ -191,14 +191,12 @@ class HookKeeper:
                 self.errors.add(str(err))
                 append_event(self.layout, "hook_error", reason=str(err))
 
-    def _observe_pipeline(self, engine: "Engine", pipeline: Pipeline,
+    def _observe_pipeline(self, view: "StateView", pipeline: Pipeline,
                           decisions: dict[str, Decision], facts: dict[str, AgentFacts]) -> None:
         hooks = pipeline.hooks.over(self.workspace.hooks)
         if not hooks:
             return
-        status = self.layout.status
-        records = {a.task: facts[a.task].record if a.task in facts
-                   else engine.status_cache.get(status(a.pipeline, a.name))
+        records = {a.task: facts[a.task].record if a.task in facts else view.record(a)
                    for a in pipeline.agents}
         events = failures(pipeline, records) if hooks.on_failure else []
         known = decisions
@@ -207,24 +205,23 @@ class HookKeeper:
         if (hooks.on_done or hooks.on_blocked) and not any(
                 decisions[a.task].launch or decisions[a.task].state == RunState.RUNNING
                 for a in pipeline.agents if a.task in decisions):
-            known = self._whole(engine, pipeline, decisions)
-            found = verdict(pipeline, known, records, engine.rate_limits(), engine.clock())
+            known = self._whole(view, pipeline, decisions)
+            found = verdict(pipeline, known, records, view.rate_limits(), view.clock())
             events += [found] if found else []
         for event in events:
             command = getattr(hooks, event.event)
             if command and self._is_new(event.id):
                 self.record(event, command, status_entries(pipeline, records, known))
 
-    def _whole(self, engine: "Engine", pipeline: Pipeline,
+    def _whole(self, view: "StateView", pipeline: Pipeline,
                decisions: dict[str, Decision]) -> dict[str, Decision]:
         """Decisions for every agent of the pipeline, not only the selected ones."""
         if all(a.task in decisions for a in pipeline.agents):
             return decisions
         agents = upstream_closure(self.workspace, {a.task for a in pipeline.agents})
-        facts = engine.facts(agents, engine.records(agents))
-        return plan(self.workspace, agents, facts, engine.external_signals(),
-                    now=engine.clock(), spent=engine.spent(),
-                    rate_limited=engine.rate_limits())
+        facts = view.facts(agents, view.records(agents))
+        return plan(self.workspace, agents, facts, view.external_signals(),
+                    now=view.clock(), spent=view.spent(), rate_limited=view.rate_limits())
 
     def _is_new(self, event_id: str) -> bool:
         if event_id in self.known:
