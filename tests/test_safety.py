@@ -74,8 +74,9 @@ def test_clean_refuses_a_running_agent(ws):
     (ws.root / "in.txt").write_text("2")                 # stale: runs again, held by the gate
     ws.doit(check_rc=0)
     ws.wait_state("p", "a", "running")
-    proc = ws.doit("clean", "p:a")
-    assert "p:a is running; not cleaned (doit cancel p:a first)" in proc.stderr
+    proc = ws.doit("clean", "p:a", check_rc=1)          # a refusal: one line, exit 1
+    assert proc.stderr == "p:a is running; not cleaned (doit cancel p:a first)\n"
+    assert proc.stdout == ""
     assert (ws.root / "out" / "a.txt").read_text() == "full"
     assert ws.state_of("p", "a") == "running"
     ws.doit(check_rc=0)                                  # no second copy is launched
@@ -312,8 +313,8 @@ def test_a_read_only_state_folder_gives_one_line_errors_and_status_still_works(w
         proc = doit_read_only(ws, *command)
         assert "Traceback" not in proc.stderr, (command, proc.stderr)
         assert "cannot write the state folder" in proc.stderr, (command, proc.stderr)
-        if command[:1] != ("clean",):                 # doit's clean reports, exits 0
-            assert proc.returncode == 3, (command, proc.returncode)
+        expected = 1 if command[:1] == ("clean",) else 3   # clean refuses, one line
+        assert proc.returncode == expected, (command, proc.returncode)
     assert ws.state_of("p", "a") == "done"
 
 

@@ -57,7 +57,8 @@ PLUGINS = {"run": "orchestrate.commands:Run", "forget": "orchestrate.commands:Fo
            "info": "orchestrate.commands:Info", "help": "orchestrate.doit_commands:Help",
            "ignore": "orchestrate.doit_commands:Ignore",
            "reset-dep": "orchestrate.doit_commands:ResetDep",
-           "strace": "orchestrate.doit_commands:Strace"}
+           "strace": "orchestrate.doit_commands:Strace",
+           "clean": "orchestrate.doit_commands:Clean"}
 # `doit list` in the order the agents are declared, not sorted by name
 COMMANDS = {"list": {"sort": "definition"}}
 GITIGNORE_LINE = ".orchestrate/"
