@@ -291,6 +291,8 @@ def test_corrupt_status_file_gives_a_clear_error(ws, garbage):
             continue   # unknown keys are ignored: a newer record stays readable
         assert proc.returncode == 3
         assert f"{path}" in proc.stderr and "corrupt state file" in proc.stderr
+        # the way out, and what it costs, in every variant
+        assert "doit forget p:a clears it, and p:a then runs again" in proc.stderr
         assert "Traceback" not in proc.stderr
 
 

@@ -318,14 +318,20 @@ def test_a_read_only_state_folder_gives_one_line_errors_and_status_still_works(w
     assert ws.state_of("p", "a") == "done"
 
 
-def test_forget_on_a_corrupt_status_file_is_a_one_line_error(ws):
+@pytest.mark.parametrize("garbage", ["{torn", "[1, 2]"])
+def test_forget_clears_a_corrupt_status_file_as_the_error_offers(ws, garbage):
     ws.write_pipeline("p", agent_toml(ws, "a"))
     ws.doit("wait", check_rc=0)
     path = ws.state / "status" / "p" / "a.json"
-    path.write_text("{torn")
-    proc = ws.doit("forget", "p:a", check_rc=3)
+    path.write_text(garbage)
+    proc = ws.doit(check_rc=3)
     assert "corrupt state file" in proc.stderr and "Traceback" not in proc.stderr
     assert proc.stderr.count("\n") == 1
+    assert "doit forget p:a clears it" in proc.stderr
+    ws.doit("forget", "p:a", check_rc=0)
+    assert not path.exists()
+    ws.doit("wait", check_rc=0)                           # runs again, as the error said
+    assert len(ws.launches("a")) == 2
 
 
 def test_a_chain_of_1500_agents_needs_no_recursion(ws):

@@ -18,6 +18,7 @@ from ..core.spec import NAME_RE, Agent
 from ..runtime.state import (
     Layout,
     SchedulingLock,
+    StateFileError,
     StateFolderReadOnly,
     StatusRecord,
     append_event,
@@ -403,7 +404,10 @@ def forget_agents(root: Path, tasks: list[str], out: IO[str]) -> None:
             agent = workspace.agents_by_task.get(task)
             if agent is None:
                 continue
-            record = read_status(layout, agent.pipeline, agent.name)
+            try:
+                record = read_status(layout, agent.pipeline, agent.name)
+            except StateFileError:   # a corrupt record is what forget is offered for
+                record = None
             if record and record.state in ("running", "launching"):
                 out.write(f"{task} is running; not forgotten (doit cancel {task} first)\n")
                 continue
