@@ -286,6 +286,11 @@ def plan_list(ws, items) -> None:
     (ws.root / "in/plan.json").write_text(json.dumps(items))
 
 
+def launch_reasons(ws, task: str) -> list[str]:
+    events = [json.loads(line) for line in (ws.state / "events.jsonl").read_text().splitlines()]
+    return [e["reason"] for e in events if e["event"] == "launch" and e["task"] == task]
+
+
 def test_a_planners_list_grows_shrinks_and_breaks(ws):
     planned(ws)
     plan_list(ws, [{"id": "a", "title": "A"}, {"id": "b", "title": "$(touch pwned)"}])
@@ -306,10 +311,12 @@ def test_a_planners_list_grows_shrinks_and_breaks(ws):
     plan_list(ws, [{"id": "a", "title": "A"}, {"id": "b", "title": "$(touch pwned)"},
                    {"id": "c", "title": "C"}])
     ws.doit("wait", check_rc=0)
+    assert launch_reasons(ws, "p:gather")[-1] == "new upstream work.c"
     assert counts(ws) == {"plan": 2, "work.a": 1, "work.b": 1, "work.c": 1, "gather": 2}
     # shrinks: b is retired (record says removed, output kept); gather runs again
     plan_list(ws, [{"id": "a", "title": "A"}, {"id": "c", "title": "C"}])
     ws.doit("wait", check_rc=0)
+    assert launch_reasons(ws, "p:gather")[-1] == "upstream work.b removed"   # not "a new result"
     assert counts(ws) == {"plan": 3, "work.a": 1, "work.b": 1, "work.c": 1, "gather": 3}
     assert ws.status("p", "work.b")["state"] == "removed"
     assert (ws.root / "out/b.txt").exists()

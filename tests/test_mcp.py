@@ -433,6 +433,21 @@ def test_server_refuses_a_missing_folder(tmp_path):
     assert proc.returncode == 3 and "no such folder" in proc.stderr and proc.stdout == ""
 
 
+@pytest.mark.parametrize("folder", ["mcp", "orchestrate"])
+def test_a_folder_that_shadows_a_package_is_named_not_taken_for_a_missing_extra(
+        tmp_path, folder):
+    # a clone named orchestrate (no __init__.py at its top), or a package named mcp,
+    # in the current folder: python -m imports it in place of the installed one
+    (tmp_path / folder).mkdir()
+    if folder == "mcp":
+        (tmp_path / folder / "__init__.py").write_text("")
+    proc = subprocess.run([sys.executable, "-m", "orchestrate", "mcp"], cwd=tmp_path,
+                          capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=60)
+    assert proc.returncode == 3
+    assert f"{tmp_path / folder} shadows the installed {folder} package" in proc.stderr
+    assert "mcp extra" not in proc.stderr and "Traceback" not in proc.stderr
+
+
 def test_the_server_init_registered_runs_the_example_pipeline(tmp_path, errlog):
     """Started from the `.mcp.json` entry init wrote, as Claude Code starts it."""
     root = (tmp_path / "new").resolve()
