@@ -36,6 +36,7 @@ from .ui import (
     status_row,
     summary_line,
     totals_lines,
+    with_fanout_rows_rolled_up,
     worth_a_line,
     write_decisions,
 )
@@ -259,9 +260,9 @@ def status(root: Path, names: list[str]) -> tuple[dict[str, Decision], dict]:
                          "(runs that ended since are not settled)\n")
         records = engine.records(agents)
         decisions = engine.evaluate(agents)
-        return decisions, records
+        return with_fanout_rows_rolled_up(decisions), records
     from ..runtime.advancers import name_advancers
-    return (name_advancers(engine.layout, result.decisions),
+    return (with_fanout_rows_rolled_up(name_advancers(engine.layout, result.decisions)),
             {t: f.record for t, f in result.facts.items()})
 
 

@@ -16,7 +16,7 @@ from ..runtime.causes import last_line
 from ..core.scheduler import Decision
 from ..runtime.state import Layout
 from ..core.table import columns
-from .ui import STYLES, elapsed, label, summary_line
+from .ui import STYLES, elapsed, label, summary_line, with_fanout_rows_rolled_up
 
 # lower sorts first; done agents are not rows at all
 ORDER = {"failed": 0, "cancelled": 1, "running": 2, "launching": 2, "launch": 3,
@@ -41,6 +41,7 @@ def _row(decision: Decision, record) -> tuple[str, str, str, str]:
 def live_lines(decisions: dict[str, Decision], records: dict, height: int, width: int,
                seconds: float) -> list[str]:
     """At most `height - 1` lines (the cursor needs the last one), each cut to `width`."""
+    decisions = with_fanout_rows_rolled_up(decisions)
     header = f"{summary_line(decisions.values())}  ·  {clock(seconds)} elapsed"
     rows = sorted((d for d in decisions.values() if d.state != "done"),
                   key=lambda d: ORDER.get(d.state, 7))
@@ -52,11 +53,7 @@ def live_lines(decisions: dict[str, Decision], records: dict, height: int, width
                      STYLES, colour=False, width=width)
     hidden = rows[len(shown):]
     if hidden:
-        counts: dict[str, int] = {}
-        for decision in hidden:
-            counts[label(decision)] = counts.get(label(decision), 0) + 1
-        lines.append(f"… and {len(hidden)} more: "
-                     + ", ".join(f"{n} {state}" for state, n in counts.items()))
+        lines.append(f"… and {len(hidden)} more: {summary_line(hidden)}")
     return [line[:width] for line in lines]
 
 
