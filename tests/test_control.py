@@ -308,3 +308,21 @@ def test_workspace_max_parallel_holds_across_pipelines(ws):
     gate.touch()
     ws.doit("wait", check_rc=0)
     assert ws.launches("y")[0]["t"] > ws.launches("x")[0]["t"]
+
+
+def test_piped_wait_is_a_complete_record_of_this_wait_and_nothing_else(ws):
+    """Every launch, failure, relaunch and end of this wait, once, in order;
+    the agents that were already done are in the summary only."""
+    import re
+    old = "".join(agent_toml(ws, f"old{i}") for i in range(5))
+    ws.write_pipeline("p", old)
+    ws.doit("wait", check_rc=0)
+    ws.write_pipeline("p", old + agent_toml(ws, "flaky", "--exit", "3",
+                                            "--succeed-from-attempt", "2",
+                                            retries=1, retry_backoff="0.1s"))
+    lines = ws.doit("wait", check_rc=0).stdout.splitlines()
+    assert lines[0] == "launched  p:flaky  (never run)", lines
+    assert re.fullmatch(r"failed    p:flaky  \(exit 3\); runs again at \d\d:\d\d:\d\d UTC",
+                        lines[1]), lines
+    assert lines[2:] == ["launched  p:flaky  (attempt 2 of 2)", "done      p:flaky",
+                         "1 done, 5 up to date"], lines

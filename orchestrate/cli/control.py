@@ -29,7 +29,6 @@ from ..runtime.state import (
 )
 from .tasks import workspace_at
 from .ui import (
-    decision_line,
     run_summary,
     pipeline_totals,
     status_lines,
@@ -121,38 +120,6 @@ def _pass(engine: Engine, agents: list[Agent], lock: SchedulingLock) -> PassResu
     return result
 
 
-class _PlainProgress:
-    """Piped output: a line each time an agent's state or reason changes."""
-
-    def __init__(self, out: IO[str], started: dict[str, Decision]):
-        self.out = out
-        self.seen: dict[str, str] = {}
-        # done when the wait began: up to date (the summary counts them)
-        self.current = {t for t, d in started.items() if d.state == "done"}
-        # what the wait's own start launched, printed with the first update
-        # (inside the waiting loop, where Ctrl-C is handled)
-        self.launched = [d for d in started.values() if d.state == "launch"]
-
-    def update(self, decisions: dict[str, Decision], records: dict) -> None:
-        for decision in self.launched:
-            self.seen[decision.agent.task] = decision_line(decision)
-            self.out.write(self.seen[decision.agent.task] + "\n")
-        self.launched = []
-        for task, decision in decisions.items():
-            line = decision_line(decision)
-            if self.seen.get(task) != line:
-                self.seen[task] = line
-                if task not in self.current or decision.state != "done":
-                    self.out.write(line + "\n")
-        self.out.flush()
-
-    def finish(self, decisions: dict[str, Decision]) -> None:
-        self.out.write(run_summary(decisions.values(), self.current) + "\n")
-
-    def close(self) -> None:
-        pass
-
-
 class _LiveProgress:
     """Terminal: what needs an eye first, done ones counted (see live.py);
     at the end, a line per failure with the last line of its log."""
@@ -203,6 +170,8 @@ def wait(root: Path, names: list[str], timeout: float | None, out: IO[str],
 
 def _wait(root: Path, names: list[str], timeout: float | None, out: IO[str],
           live: bool, cancel_on_interrupt: bool = False) -> int:
+    from .live import EventTail, PlainProgress
+    events = EventTail(Layout(root).events_path)   # everything from here on is this wait's
     started = start(root, names)
     if not started:
         out.write(NO_PIPELINES)
@@ -212,7 +181,7 @@ def _wait(root: Path, names: list[str], timeout: float | None, out: IO[str],
     lock = SchedulingLock(engine.layout)
     watcher = Watcher(engine.layout, [p.name for p in engine.workspace.pipelines])
     progress = (_LiveProgress(out, engine.workspace.root) if live
-                else _PlainProgress(out, started))
+                else PlainProgress(out, events, started))
     deadline = None if timeout is None else time.monotonic() + timeout
     try:
         while True:

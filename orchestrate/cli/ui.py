@@ -63,8 +63,7 @@ def run_summary(decisions: Iterable[Decision], current: set[str] | None = None) 
     """One line: "1,998 up to date, 2 launched". With `current` (the tasks
     that were done before a wait began), the others that are done now are
     "done": they ran during the wait."""
-    counts = state_counts(decisions, done_before=current if current is not None else set(),
-                          fresh="done", stale="up to date")
+    counts = state_counts(decisions, done_before=current, fresh="done", stale="up to date")
     order = [*RUN_ORDER, *sorted(set(counts) - set(RUN_ORDER))]
     return ", ".join(f"{counts[s]:,} {s}" for s in order if s in counts)
 
@@ -77,15 +76,16 @@ def state_counts(decisions: Iterable[Decision], launched: str = "launched",
 
     Agents only: a planned fan-out's `pipeline:agent` row is not an agent
     (its instances are), so it is never counted. `launched` names the ready
-    agents ("pending" in status); with `done_before`, a done agent that was
-    done already is `stale` ("up to date"), one done since is `fresh`."""
+    agents ("pending" in status); a done agent is `stale` ("up to date" for
+    `doit`), unless `done_before` is given and it was not done then: `fresh`."""
     counts: dict[str, int] = {}
     for decision in decisions:
         if decision.agent.gate:
             continue
         state = label(decision) if decision.state != "launch" else launched
-        if decision.state == "done" and done_before is not None:
-            state = stale if decision.agent.task in done_before else fresh
+        if decision.state == "done":
+            new = done_before is not None and decision.agent.task not in done_before
+            state = fresh if new else stale
         counts[state] = counts.get(state, 0) + 1
     return counts
 
