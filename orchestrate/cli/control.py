@@ -406,6 +406,7 @@ def print_log(root: Path, task: str, follow: bool, out: IO[str], check: bool = F
         out.flush()
         while not path.exists():   # until it is launched (its log is made then)
             time.sleep(0.1)
+    what = 'check log' if check else 'log'
     with open(path, "rb") as handle:
         while True:
             chunk = handle.read(65536)
@@ -414,13 +415,18 @@ def print_log(root: Path, task: str, follow: bool, out: IO[str], check: bool = F
                 out.flush()
                 continue
             if not follow:
-                return EXIT_OK
+                break
             record = read_status(layout, agent.pipeline, agent.name)
             if record is None or record.state not in ("running", "launching"):
-                rest = handle.read()
-                out.write(rest.decode(errors="replace"))
-                return EXIT_OK
+                out.write(handle.read().decode(errors="replace"))
+                break
             time.sleep(0.1)
+        if handle.tell() == 0:   # an empty log printed as nothing looked like a broken command
+            record = read_status(layout, agent.pipeline, agent.name)
+            running = record is not None and record.state in ("running", "launching")
+            out.write(f"{task} has written nothing to its {what}"
+                      + (" yet (it is running)\n" if running else "\n"))
+    return EXIT_OK
 
 
 def is_terminal(stream: IO[str]) -> bool:
