@@ -51,6 +51,8 @@ def live_lines(decisions: dict[str, Decision], records: dict, height: int, width
     room = max(1, height - 1) - 2            # the header and the column names
     shown = rows if len(rows) <= room else rows[:max(0, room - 1)]
     lines = [header[:width]]
+    if not rows:   # everything done: the counts say it; column names over nothing do not
+        return lines
     lines += columns(("agent", "state", "elapsed", "reason"),
                      [_row(d, records.get(d.agent.task)) for d in shown],
                      STYLES, colour=False, width=width)
