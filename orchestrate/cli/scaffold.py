@@ -178,9 +178,10 @@ def init_workspace(directory: Path) -> list[str]:
     gitignore = directory / ".gitignore"
     lines = gitignore.read_text().splitlines() if gitignore.exists() else []
     if GITIGNORE_LINE not in lines:
+        existed = gitignore.exists()
         prefix = "" if not lines or gitignore.read_text().endswith("\n") else "\n"
         with open(gitignore, "a") as handle:
             handle.write(prefix + GITIGNORE_LINE + "\n")
-        done.append(f"updated  {gitignore} (ignore .orchestrate/)")
+        done.append(f"{'updated ' if existed else 'created '} {gitignore} (ignore .orchestrate/)")
     write_mcp_json(directory, mcp_json, done)
     return done
