@@ -326,3 +326,26 @@ def test_piped_wait_is_a_complete_record_of_this_wait_and_nothing_else(ws):
                         lines[1]), lines
     assert lines[2:] == ["launched  p:flaky  (attempt 2 of 2)", "done      p:flaky",
                          "1 done, 5 up to date"], lines
+
+
+def test_retry_with_feedback_relaunches_a_done_agent_given_the_file(ws):
+    ws.write_pipeline("p", '''
+[agents.a]
+command = "cat \\"${ORCHESTRATE_FEEDBACK:-/dev/null}\\" > out.txt; echo ran >> out.txt"
+outputs = ["out.txt"]
+''')
+    ws.doit("wait", check_rc=0)
+    assert (ws.root / "out.txt").read_text() == "ran\n"
+    (ws.root / "sub").mkdir()
+    (ws.root / "sub" / "review.md").write_text("use fewer words\n")
+    proc = subprocess.run([sys.executable, "-m", "doit", "retry", "p:a", "--feedback",
+                           "review.md"], cwd=ws.root / "sub", capture_output=True, text=True,
+                          timeout=60)        # FILE is taken from where the user is
+    assert proc.returncode == 0, proc.stderr
+    assert "retrying  p:a  (was done; with your feedback)" in proc.stdout
+    ws.doit("wait", check_rc=0)
+    assert (ws.root / "out.txt").read_text() == "use fewer words\nran\n"
+    proc = ws.doit("retry", "--feedback", "sub/review.md", check_rc=3)
+    assert "--feedback needs the agents it is for" in proc.stderr
+    proc = ws.doit("retry", "p:a", "--feedback", "nope.md", check_rc=3)
+    assert "cannot read the feedback file" in proc.stderr and "Traceback" not in proc.stderr

@@ -96,14 +96,24 @@ def run(root: Path, names: list[str], out: IO[str], verbose: bool = False) -> in
     return outcome(decisions)
 
 
-def retry(root: Path, names: list[str], out: IO[str], verbose: bool = False) -> int:
+def retry(root: Path, names: list[str], out: IO[str], verbose: bool = False,
+          feedback: Path | None = None) -> int:
     """Failed and cancelled agents of the selection (and upstream of it) run
-    again, without the user having to know about `forget`; then as `doit`."""
+    again, without the user having to know about `forget`; then as `doit`.
+    With `feedback`, the named agents (done ones too) run again given it."""
+    from .feedback import give_feedback, read_feedback
     workspace = workspace_at(root)
     layout = Layout(workspace.root)
+    if feedback is not None and not names:
+        raise UserError("--feedback needs the agents it is for: doit retry TASK --feedback FILE")
+    text = read_feedback(feedback) if feedback is not None else None
     with SchedulingLock(layout):
+        named = {a.task for a in match(workspace, names)} if text is not None else set()
         for agent in select(workspace, names):
             record = read_status(layout, agent.pipeline, agent.name)
+            if text is not None and agent.task in named:
+                give_feedback(layout, agent, record, text, out)
+                continue
             if record is not None and record.state in ("failed", "cancelled"):
                 write_status(layout, replace(record, state="pending", fingerprint=None,
                                              retry_at=None, attempt=0,
