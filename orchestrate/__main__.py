@@ -44,11 +44,44 @@ def serve_mcp(directory: Path) -> int:
     try:
         from .cli.mcp_server import serve
     except ImportError as err:
+        shadow = shadowing_folder()
+        if shadow is not None:
+            print(f"error: {shadow} shadows the installed {shadow.name} package (python -m "
+                  "looks in the current folder first); run from another folder: "
+                  f"cd / && python -m orchestrate mcp {directory.resolve()}", file=sys.stderr)
+            return 3
         print(f"error: the MCP server needs the mcp extra ({err}): "
               "pip install 'orchestrate[mcp]'", file=sys.stderr)
         return ExitCode.INVALID
     serve(directory)
     return ExitCode.OK
+
+
+def shadowing_folder(names: tuple[str, ...] = ("mcp", "orchestrate")) -> Path | None:
+    """A folder (or file) of the current directory that was imported in place
+    of an installed package: `python -m` puts the current folder first on the
+    module path, so a clone or a folder named `mcp` or `orchestrate` there
+    hides the real one, and the import fails in a way that looks like a
+    missing extra."""
+    here = Path.cwd().resolve()
+    if sys.path and sys.path[0] not in ("", str(here)):
+        return None
+    for name in names:
+        module = sys.modules.get(name)
+        if module is None or (here / name).resolve() not in _locations(module):
+            continue
+        # orchestrate's own folder is the real package when run from its
+        # clone's root; one without __init__.py (a namespace) is not
+        if name == "mcp" or getattr(module, "__file__", None) is None:
+            return here / name
+    return None
+
+
+def _locations(module) -> set[Path]:
+    places = {Path(p).resolve() for p in getattr(module, "__path__", [])}
+    if getattr(module, "__file__", None):
+        places.add(Path(module.__file__).resolve().parent)
+    return places
 
 
 if __name__ == "__main__":

@@ -4,9 +4,9 @@
 The code lives in orchestrate/cli/doit_commands.py; this module re-exports its functions
 and classes. Code inside the project imports that module itself."""
 from .cli.doit_commands import (  # noqa: F401
-    Help, Ignore, ResetDep, Strace,
+    Clean, Help, Ignore, ResetDep, Strace,
 )
 
 __all__ = [
-    "Help", "Ignore", "ResetDep", "Strace",
+    "Clean", "Help", "Ignore", "ResetDep", "Strace",
 ]

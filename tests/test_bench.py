@@ -25,13 +25,7 @@ def test_bench_smoke_runs_every_scenario(tmp_path):
     rows = result["results"]
     for row in rows:
         assert row["min"] <= row["median"] <= row["max"]
-        op, number = row["target"].split()
-        assert row["met"] == (row["median"] <= float(number) if op == "<="
-                              else row["median"] >= float(number)), row
-    # the table marks each row as its verdict, and the summary counts them
-    # ("targets met" alone would also match "0 of 13 targets met")
-    lines = proc.stdout.splitlines()
-    marks = [line.split()[0] for line in lines if line.startswith(("ok ", "MISS "))]
-    assert marks == ["ok" if row["met"] else "MISS" for row in rows]
-    met = sum(row["met"] for row in rows)
-    assert lines[-1].startswith(f"{met} of {len(rows)} targets met in "), lines[-1]
+    # tiny sizes are not measured against full-size targets: no MISS (nor ok) lines
+    assert "smoke run:" in proc.stdout and "targets apply to full-size runs only" in proc.stdout
+    assert "MISS" not in proc.stdout and "\nok " not in proc.stdout
+    assert all(row["met"] is None and row["target"] is None for row in result["results"])

@@ -121,3 +121,17 @@ def test_commands_work_from_a_subdirectory(ws):
         assert f"run doit from the workspace root: cd {ws.root}" in proc.stderr
     assert not list(ws.root.glob(".doit.db*")) and not list(deep.glob(".doit.db*"))
     assert ws.state_of("p", "a") == "done"
+
+
+def test_logs_says_when_there_is_nothing_to_print(ws):
+    ws.write_pipeline("p", '[agents.quiet]\ncommand = "exec sleep 30"\n' + GATED)
+    ws.doit(check_rc=0)
+    ws.wait_state("p", "quiet", "running")
+    assert ws.doit("logs", "p:quiet", check_rc=0).stdout == \
+        "p:quiet has written nothing to its log yet (it is running)\n"
+    assert ws.doit("logs", "p:gated", check_rc=0).stdout == "p:gated has no log yet\n"
+    ws.doit("cancel", check_rc=0)
+    assert ws.doit("logs", "p:quiet", check_rc=0).stdout == \
+        "p:quiet has written nothing to its log\n"
+    ws.doit("cancel", "p:gated", check_rc=0)
+    ws.wait_idle()

@@ -291,6 +291,8 @@ def test_corrupt_status_file_gives_a_clear_error(ws, garbage):
             continue   # unknown keys are ignored: a newer record stays readable
         assert proc.returncode == 3
         assert f"{path}" in proc.stderr and "corrupt state file" in proc.stderr
+        # the way out, and what it costs, in every variant
+        assert "doit forget p:a clears it, and p:a then runs again" in proc.stderr
         assert "Traceback" not in proc.stderr
 
 
@@ -306,3 +308,44 @@ def test_workspace_max_parallel_holds_across_pipelines(ws):
     gate.touch()
     ws.doit("wait", check_rc=0)
     assert ws.launches("y")[0]["t"] > ws.launches("x")[0]["t"]
+
+
+def test_piped_wait_is_a_complete_record_of_this_wait_and_nothing_else(ws):
+    """Every launch, failure, relaunch and end of this wait, once, in order;
+    the agents that were already done are in the summary only."""
+    import re
+    old = "".join(agent_toml(ws, f"old{i}") for i in range(5))
+    ws.write_pipeline("p", old)
+    ws.doit("wait", check_rc=0)
+    ws.write_pipeline("p", old + agent_toml(ws, "flaky", "--exit", "3",
+                                            "--succeed-from-attempt", "2",
+                                            retries=1, retry_backoff="0.1s"))
+    lines = ws.doit("wait", check_rc=0).stdout.splitlines()
+    assert lines[0] == "launched  p:flaky  (never run)", lines
+    assert re.fullmatch(r"failed    p:flaky  \(exit 3\); runs again at \d\d:\d\d:\d\d UTC",
+                        lines[1]), lines
+    assert lines[2:] == ["launched  p:flaky  (attempt 2 of 2)", "done      p:flaky",
+                         "1 done, 5 up to date"], lines
+
+
+def test_retry_with_feedback_relaunches_a_done_agent_given_the_file(ws):
+    ws.write_pipeline("p", '''
+[agents.a]
+command = "cat \\"${ORCHESTRATE_FEEDBACK:-/dev/null}\\" > out.txt; echo ran >> out.txt"
+outputs = ["out.txt"]
+''')
+    ws.doit("wait", check_rc=0)
+    assert (ws.root / "out.txt").read_text() == "ran\n"
+    (ws.root / "sub").mkdir()
+    (ws.root / "sub" / "review.md").write_text("use fewer words\n")
+    proc = subprocess.run([sys.executable, "-m", "doit", "retry", "p:a", "--feedback",
+                           "review.md"], cwd=ws.root / "sub", capture_output=True, text=True,
+                          timeout=60)        # FILE is taken from where the user is
+    assert proc.returncode == 0, proc.stderr
+    assert "retrying  p:a  (was done; with your feedback)" in proc.stdout
+    ws.doit("wait", check_rc=0)
+    assert (ws.root / "out.txt").read_text() == "use fewer words\nran\n"
+    proc = ws.doit("retry", "--feedback", "sub/review.md", check_rc=3)
+    assert "--feedback needs the agents it is for" in proc.stderr
+    proc = ws.doit("retry", "p:a", "--feedback", "nope.md", check_rc=3)
+    assert "cannot read the feedback file" in proc.stderr and "Traceback" not in proc.stderr

@@ -286,6 +286,11 @@ def plan_list(ws, items) -> None:
     (ws.root / "in/plan.json").write_text(json.dumps(items))
 
 
+def launch_reasons(ws, task: str) -> list[str]:
+    events = [json.loads(line) for line in (ws.state / "events.jsonl").read_text().splitlines()]
+    return [e["reason"] for e in events if e["event"] == "launch" and e["task"] == task]
+
+
 def test_a_planners_list_grows_shrinks_and_breaks(ws):
     planned(ws)
     plan_list(ws, [{"id": "a", "title": "A"}, {"id": "b", "title": "$(touch pwned)"}])
@@ -306,11 +311,13 @@ def test_a_planners_list_grows_shrinks_and_breaks(ws):
     plan_list(ws, [{"id": "a", "title": "A"}, {"id": "b", "title": "$(touch pwned)"},
                    {"id": "c", "title": "C"}])
     ws.doit("wait", check_rc=0)
+    assert launch_reasons(ws, "p:gather")[-1] == "new upstream work.c"
     assert counts(ws) == {"plan": 2, "work.a": 1, "work.b": 1, "work.c": 1, "gather": 2}
     # shrinks: b is retired (record says removed, output moved aside, so that a
     # fan-in globbing out/ finds the listed items' results only); gather runs again
     plan_list(ws, [{"id": "a", "title": "A"}, {"id": "c", "title": "C"}])
     ws.doit("wait", check_rc=0)
+    assert launch_reasons(ws, "p:gather")[-1] == "upstream work.b removed"   # not "a new result"
     assert counts(ws) == {"plan": 3, "work.a": 1, "work.b": 1, "work.c": 1, "gather": 3}
     assert ws.status("p", "work.b")["state"] == "removed"
     assert sorted(p.name for p in (ws.root / "out").glob("?.txt")) == ["a.txt", "c.txt"]
@@ -455,3 +462,38 @@ def test_retry_reads_a_broken_list_again(ws):
     ws.doit("retry", "p:work")
     ws.doit("wait", check_rc=0)
     assert counts(ws) == {"plan": 1, "work.x": 1, "gather": 1}
+
+
+def test_one_count_everywhere_and_a_planned_rows_state_follows_its_instances(ws):
+    """A planned fan-out's row is not an agent: status, the report and `doit`
+    count the same agents; while its instances run the row says running."""
+    (ws.root / "in").mkdir()
+    plan_list(ws, ["a", "b"])
+    ws.write_pipeline("p", f'''
+[agents.plan]
+command = {json.dumps(ws.agent_cmd("--copy", "in/plan.json=build/plan.json"))}
+inputs = ["in/plan.json"]
+outputs = ["build/plan.json"]
+[agents.work]
+foreach = {{ json = "build/plan.json", from = "plan" }}
+command = {argv(ws, "--gate", str(ws.root / "go"))}
+''')
+    ws.doit(check_rc=0)
+    wait_until(lambda: ws.state_of("p", "work.a") == ws.state_of("p", "work.b") == "running",
+               what="both instances running")
+
+    def table() -> tuple[dict[str, str], str]:
+        lines = ws.doit("status", check_rc=0).stdout.splitlines()
+        rows = {line.split()[0]: line.split()[1] for line in lines[1:] if line.startswith("p:")}
+        return rows, next(line for line in lines if line[:1].isdigit())
+
+    rows, summary = table()
+    assert rows["p:work"] == "running"                   # not "done" while they run
+    assert summary == "1 done, 2 running"                # three agents; the row is not one
+    report = (ws.root / ws.doit("report", check_rc=0).stdout.strip()).read_text()
+    assert "<dt>agents</dt><dd>3</dd>" in report
+    (ws.root / "go").touch()
+    waited = ws.doit("wait", check_rc=0).stdout.splitlines()[-1]   # "1 up to date, 2 done"
+    assert sum(int(part.split()[0]) for part in waited.split(", ")) == 3, waited
+    rows, summary = table()
+    assert rows["p:work"] == "done" and summary == "3 done"

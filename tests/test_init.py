@@ -239,3 +239,24 @@ def test_init_registers_commands_added_since_an_older_init(tmp_path):
     snapshot = text
     init(tmp_path)
     assert (tmp_path / "pyproject.toml").read_text() == snapshot
+
+
+def test_init_says_created_for_a_new_gitignore_and_updated_for_the_users(tmp_path):
+    fresh, theirs = tmp_path / "fresh", tmp_path / "theirs"
+    theirs.mkdir()
+    (theirs / ".gitignore").write_text("*.pyc\n")
+    assert f"created  {fresh / '.gitignore'} (ignore .orchestrate/)" in init(fresh).stdout
+    assert f"updated  {theirs / '.gitignore'} (ignore .orchestrate/)" in init(theirs).stdout
+    assert (theirs / ".gitignore").read_text() == "*.pyc\n.orchestrate/\n"
+
+
+def test_init_registers_orchestrates_clean_as_this_repository_does(tmp_path):
+    """init and this repository's pyproject.toml keep the same plugin commands."""
+    import tomllib
+    from orchestrate.cli.scaffold import PLUGINS
+    init(tmp_path)
+    theirs = tomllib.loads((tmp_path / "pyproject.toml").read_text())
+    ours = tomllib.loads((Path(__file__).parent.parent / "pyproject.toml").read_text())
+    assert theirs["tool"]["doit"]["plugins"]["command"]["clean"] == \
+        "orchestrate.doit_commands:Clean"
+    assert ours["tool"]["doit"]["plugins"]["command"] == PLUGINS

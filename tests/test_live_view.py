@@ -91,3 +91,39 @@ def test_live_lines_fit_the_height_and_order_by_what_matters():
     assert body[:5] == ["failed"] * 5 and body[5:10] == ["running"] * 5
     assert body[10:] == ["queued"] * len(body[10:])
     assert lines[-1] == "… and 14 more: 4 queued, 10 waiting"
+
+
+def test_the_last_frame_of_a_finished_wait_is_its_counts_not_an_empty_table(ws):
+    ws.write_pipeline("p", '[agents.a]\ncommand = "true"\n[agents.b]\ncommand = "true"\n'
+                      'after = ["a"]\n')
+    primary, secondary = pty.openpty()
+    fcntl.ioctl(secondary, termios.TIOCSWINSZ, struct.pack("HHHH", 20, 120, 0, 0))
+    proc = subprocess.Popen([sys.executable, "-m", "doit", "wait"], cwd=ws.root,
+                            stdin=subprocess.DEVNULL, stdout=secondary, stderr=secondary,
+                            env={**os.environ, "TERM": "xterm"})
+    os.close(secondary)
+    chunks: list[bytes] = []
+    try:
+        while True:
+            try:
+                data = os.read(primary, 65536)
+            except OSError:          # EIO: the wait ended and closed the terminal
+                break
+            if not data:
+                break
+            chunks.append(data)
+    finally:
+        proc.wait(timeout=60)
+        os.close(primary)
+    assert proc.returncode == 0
+    last = [line.strip() for line in _screen(chunks).replace("\r", "\n").splitlines()
+            if line.strip()][-1]
+    assert re.fullmatch(r"2 done\s+·\s+\d+s elapsed", last), _screen(chunks)[-500:]
+
+
+def test_live_lines_of_nothing_left_to_show_are_the_header_alone():
+    from orchestrate.cli.live import live_lines
+    from orchestrate.core.scheduler import Decision
+    from orchestrate.core.spec import Agent
+    decisions = {"p:a": Decision(Agent(pipeline="p", name="a", command="true"), "done", "done")}
+    assert live_lines(decisions, {}, height=20, width=80, seconds=3) == ["1 done  ·  3s elapsed"]

@@ -27,7 +27,7 @@ except ImportError:
         raise
     pytest.skip("needs the mcp extra: pip install -e '.[test,mcp]'", allow_module_level=True)
 
-TOOLS = {"list", "run", "status", "wait", "logs", "signal", "cancel"}
+TOOLS = {"list", "run", "status", "wait", "logs", "signal", "cancel", "retry"}
 
 
 @contextlib.asynccontextmanager
@@ -260,7 +260,7 @@ def test_mistakes_are_tool_errors_with_the_command_lines_message(ws, errlog):
             (ws.root / "pipelines" / "p.toml").write_text(good + "bogus = 1\n")
             expected = cli_message(ws, "run")              # what `doit` prints: launching refuses
             assert expected.startswith("invalid pipeline:\npipelines/p.toml")
-            for tool in ("list", "run", "status", "wait", "cancel"):
+            for tool in ("run", "wait", "retry"):
                 assert expected in await error(session, tool)
             assert ws.launches() == []          # nothing launched from an invalid pipeline
 
@@ -268,6 +268,57 @@ def test_mistakes_are_tool_errors_with_the_command_lines_message(ws, errlog):
             assert "p:a" in states(await call(session, "status"))
             (ws.root / "pipelines" / "q.toml").write_text('[agents.x]\ncommand = "true"\n')
             assert [p["name"] for p in (await call(session, "list"))["pipelines"]] == ["p", "q"]
+    anyio.run(body)
+
+
+def test_looking_and_cancelling_answer_for_the_valid_pipelines_with_a_warning(ws, errlog):
+    """As the command line: `doit status` warns about an invalid file and
+    answers for the others; so do status, list, logs and cancel."""
+    two_step(ws, ws.root / "never")
+    ws.write_pipeline("bad", '[agents.x]\ncommand = "true"\nbogus = 1\n')
+    cli = ws.doit("status", "--json", check_rc=0)
+    warning = cli.stderr.splitlines()
+
+    async def body():
+        async with connect(ws.root, errlog) as session:
+            status = await call(session, "status")
+            assert set(states(status)) == set(states(json.loads(cli.stdout)))
+            assert status["warnings"] == warning
+            assert any("pipelines/bad.toml: agent 'x': key 'bogus'" in w for w in warning)
+            listed = await call(session, "list")
+            assert [p["name"] for p in listed["pipelines"]] == ["p"]
+            assert listed["warnings"] == warning
+            assert (await call(session, "logs", task="p:a"))["task"] == "p:a"
+            assert await call(session, "cancel") == {"agents": []}   # the stop button stays
+    anyio.run(body)
+
+
+def test_retry_relaunches_a_failed_agent_and_gives_feedback(ws, errlog):
+    # the server runs with no PATH: agents name their interpreter
+    flaky = [sys.executable, "-c", "import os, sys; sys.exit(not os.path.exists('fixed'))"]
+    told = [sys.executable, "-c", "import os; feedback = os.environ.get('ORCHESTRATE_FEEDBACK'); "
+            "open('told.txt', 'w').write(open(feedback).read() if feedback else '')"]
+    ws.write_pipeline("p", f'''
+[agents.flaky]
+command = {json.dumps(flaky)}
+[agents.told]
+command = {json.dumps(told)}
+outputs = ["told.txt"]
+''')
+
+    async def body():
+        async with connect(ws.root, errlog) as session:
+            waited = await call(session, "wait", timeout=60)
+            assert states(waited) == {"p:flaky": "failed", "p:told": "done"}
+            (ws.root / "fixed").touch()
+            retried = await call(session, "retry", tasks=["p:flaky"])
+            assert [a["task"] for a in retried["agents"]] == ["p:flaky"]
+            assert states(await call(session, "wait", timeout=60))["p:flaky"] == "done"
+            told = await call(session, "retry", tasks=["p:told"], feedback="say more\n")
+            assert states(told) == {"p:told": states(told)["p:told"]}
+            assert states(await call(session, "wait", timeout=60))["p:told"] == "done"
+            assert (ws.root / "told.txt").read_text() == "say more\n"
+            assert "feedback needs the agents" in await error(session, "retry", feedback="x")
     anyio.run(body)
 
 
@@ -431,6 +482,21 @@ def test_server_refuses_a_missing_folder(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "orchestrate", "mcp", str(tmp_path / "none")],
                           capture_output=True, text=True, stdin=subprocess.DEVNULL)
     assert proc.returncode == 3 and "no such folder" in proc.stderr and proc.stdout == ""
+
+
+@pytest.mark.parametrize("folder", ["mcp", "orchestrate"])
+def test_a_folder_that_shadows_a_package_is_named_not_taken_for_a_missing_extra(
+        tmp_path, folder):
+    # a clone named orchestrate (no __init__.py at its top), or a package named mcp,
+    # in the current folder: python -m imports it in place of the installed one
+    (tmp_path / folder).mkdir()
+    if folder == "mcp":
+        (tmp_path / folder / "__init__.py").write_text("")
+    proc = subprocess.run([sys.executable, "-m", "orchestrate", "mcp"], cwd=tmp_path,
+                          capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=60)
+    assert proc.returncode == 3
+    assert f"{tmp_path / folder} shadows the installed {folder} package" in proc.stderr
+    assert "mcp extra" not in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_the_server_init_registered_runs_the_example_pipeline(tmp_path, errlog):

@@ -273,6 +273,8 @@ def test_graph_unknown_task_and_format_exit_3(ran):
     assert proc.returncode == 3 and "no pipeline or agent matches 'nosuch'" in proc.stderr
     proc = ws.doit("graph", "--format", "png")
     assert proc.returncode == 3 and "Traceback" not in proc.stderr
+    # the option the user typed, never doit's internal parameter name
+    assert proc.stderr == "ERROR: unknown format 'png' (expected one of dot, mermaid, svg)\n"
 
 
 # -- pure: the layout, the timeline, escaping, size ---------------------------

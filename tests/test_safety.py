@@ -74,8 +74,9 @@ def test_clean_refuses_a_running_agent(ws):
     (ws.root / "in.txt").write_text("2")                 # stale: runs again, held by the gate
     ws.doit(check_rc=0)
     ws.wait_state("p", "a", "running")
-    proc = ws.doit("clean", "p:a")
-    assert "p:a is running; not cleaned (doit cancel p:a first)" in proc.stderr
+    proc = ws.doit("clean", "p:a", check_rc=1)          # a refusal: one line, exit 1
+    assert proc.stderr == "p:a is running; not cleaned (doit cancel p:a first)\n"
+    assert proc.stdout == ""
     assert (ws.root / "out" / "a.txt").read_text() == "full"
     assert ws.state_of("p", "a") == "running"
     ws.doit(check_rc=0)                                  # no second copy is launched
@@ -312,19 +313,25 @@ def test_a_read_only_state_folder_gives_one_line_errors_and_status_still_works(w
         proc = doit_read_only(ws, *command)
         assert "Traceback" not in proc.stderr, (command, proc.stderr)
         assert "cannot write the state folder" in proc.stderr, (command, proc.stderr)
-        if command[:1] != ("clean",):                 # doit's clean reports, exits 0
-            assert proc.returncode == 3, (command, proc.returncode)
+        expected = 1 if command[:1] == ("clean",) else 3   # clean refuses, one line
+        assert proc.returncode == expected, (command, proc.returncode)
     assert ws.state_of("p", "a") == "done"
 
 
-def test_forget_on_a_corrupt_status_file_is_a_one_line_error(ws):
+@pytest.mark.parametrize("garbage", ["{torn", "[1, 2]"])
+def test_forget_clears_a_corrupt_status_file_as_the_error_offers(ws, garbage):
     ws.write_pipeline("p", agent_toml(ws, "a"))
     ws.doit("wait", check_rc=0)
     path = ws.state / "status" / "p" / "a.json"
-    path.write_text("{torn")
-    proc = ws.doit("forget", "p:a", check_rc=3)
+    path.write_text(garbage)
+    proc = ws.doit(check_rc=3)
     assert "corrupt state file" in proc.stderr and "Traceback" not in proc.stderr
     assert proc.stderr.count("\n") == 1
+    assert "doit forget p:a clears it" in proc.stderr
+    ws.doit("forget", "p:a", check_rc=0)
+    assert not path.exists()
+    ws.doit("wait", check_rc=0)                           # runs again, as the error said
+    assert len(ws.launches("a")) == 2
 
 
 def test_a_chain_of_1500_agents_needs_no_recursion(ws):

@@ -102,6 +102,27 @@ def test_after_any_uses_the_first_done_upstream_and_sticks_to_it():
     assert run_plan(ws, facts)["p:c"].reason == "upstream a has a new result"
 
 
+def test_after_any_says_which_upstream_it_uses_now_when_the_old_one_failed():
+    b = Agent("p", "b", "run b")
+    ws = workspace(A, b, C)
+    facts = {"p:a": AgentFacts(done_record(A, state="failed"), None),
+             "p:b": AgentFacts(done_record(b), "sig-b"),
+             "p:c": AgentFacts(done_record(C, {"a": "sig-a"}), "sig-c")}
+    decision = run_plan(ws, facts)["p:c"]
+    assert decision.state == "launch" and decision.upstream_used == "b"
+    assert decision.reason == "uses upstream b now (a is failed)"   # not "a has a new result"
+
+
+def test_an_upstream_no_longer_declared_is_said_removed_and_a_new_one_new():
+    ws = workspace(A, B)
+    gone = {"p:a": AgentFacts(done_record(A), "sig-a"),
+            "p:b": AgentFacts(done_record(B, {"a": "sig-a", "a-old": "sig-old"}), "sig-b")}
+    assert run_plan(ws, gone)["p:b"].reason == "upstream a-old removed"
+    new = {"p:a": AgentFacts(done_record(A), "sig-a"),
+           "p:b": AgentFacts(done_record(B, {}), "sig-b")}
+    assert run_plan(ws, new)["p:b"].reason == "new upstream a"
+
+
 def test_wait_for_gates_on_external_signal():
     gated = Agent("p", "g", "run", wait_for=("approved",))
     ws = workspace(gated)

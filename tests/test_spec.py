@@ -188,3 +188,49 @@ permission_mode = "plan"
 def test_find_cycle():
     assert find_cycle({"a": ("b",), "b": ()}) is None
     assert find_cycle({"a": ("b",), "b": ("a",)}) == ["a", "b", "a"]
+
+
+@pytest.mark.parametrize("command", ['""', "[]", '"   "'])
+def test_an_empty_command_is_one_error_not_also_missing(tmp_path, command):
+    text = problems(tmp_path, p=f"[agents.a]\ncommand = {command}\n")
+    assert "agent 'a': key 'command'" in text
+    assert "missing" not in text and len(text.splitlines()) == 1, text
+
+
+def test_two_agents_declaring_one_output_is_an_error_naming_both(tmp_path):
+    text = problems(tmp_path, p='''
+[agents.a]
+command = "true"
+outputs = ["out/x.txt"]
+[agents.b]
+command = "true"
+outputs = ["./out/x.txt", "out/b.txt"]
+''')
+    assert text == ("pipelines/p.toml: agent 'b': key 'outputs': './out/x.txt' is also an "
+                    "output of agent 'a' (two agents writing one file overwrite each other's "
+                    "result)")
+
+
+def test_an_output_clash_across_pipelines_names_the_other_pipelines_agent(tmp_path):
+    text = problems(tmp_path, p='[agents.a]\ncommand = "true"\noutputs = ["out/x.txt"]\n',
+                    q='[agents.b]\ncommand = "true"\noutputs = ["out/x.txt"]\n')
+    assert "pipelines/q.toml: agent 'b': key 'outputs': 'out/x.txt' is also an output of " \
+        "agent 'p:a'" in text
+
+
+def test_fan_out_instances_with_key_outputs_do_not_clash_a_fixed_one_does(tmp_path):
+    fan = '''
+[agents.f]
+foreach = {{ values = ["a", "b"] }}
+command = ["true"]
+outputs = [{outputs}]
+[agents.g]
+foreach = {{ each_of = "f" }}
+command = ["true"]
+outputs = ["other/{{key}}.txt"]
+'''
+    ws = load(tmp_path, p=fan.format(outputs='"out/{key}.txt"'))
+    assert [a.outputs for a in ws.pipelines[0].agents if a.fanout == "f"] == \
+        [("out/a.txt",), ("out/b.txt",)]
+    text = problems(tmp_path, p=fan.format(outputs='"out/{key}.txt", "out/all.txt"'))
+    assert "agent 'f': key 'outputs': 'out/all.txt' would be written by every instance" in text

@@ -47,6 +47,7 @@ class OrchestrateCommand(DoitCmdBase):
 
     def execute(self, params, args):
         from . import tasks, where
+        self.cwd_at_start = os.getcwd()   # doit changes into the dodo file's folder
         tasks.warn_about_invalid = not self.launches
         where.OURS = True
         # orchestrate reads the pipelines itself: doit's task objects (the
@@ -132,18 +133,28 @@ class Run(OrchestrateCommand):
         return control.run(self.root, pos_args, self.outstream, verbose)
 
 
+opt_feedback = {"name": "feedback", "long": "feedback", "type": str, "default": None,
+                "help": "FILE: the named agents (done ones too) run again with FILE as "
+                        "their feedback (ORCHESTRATE_FEEDBACK; after a preset's prompt)"}
+
+
 class Retry(OrchestrateCommand):
     name = "retry"
     launches = True
     doc_purpose = "run failed or cancelled agents again (none named: all of them)"
-    doc_usage = "[TASK ...] [-v]"
+    doc_usage = "[TASK ...] [-v] [--feedback FILE]"
     doc_description = ("Failed and cancelled agents of the selection, and upstream of it, "
-                       "become pending; then as `doit`: launches what is ready and returns.\n"
-                       "Exit: 0; 1 if a selected agent failed; 3 on an invalid pipeline.")
-    cmd_options = (opt_verbose,)
+                       "become pending; then as `doit`: launches what is ready and returns. "
+                       "With --feedback FILE, the named agents (done, failed or cancelled) "
+                       "run again given FILE, as after a failed check.\n"
+                       "Exit: 0; 1 if a selected agent failed; 3 on an invalid pipeline, "
+                       "an unreadable FILE, or --feedback without TASK.")
+    cmd_options = (opt_verbose, opt_feedback)
 
-    def _execute(self, pos_args, verbose):
-        return control.retry(self.root, pos_args, self.outstream, verbose)
+    def _execute(self, pos_args, verbose, feedback):
+        path = None if feedback is None else (Path(feedback) if os.path.isabs(feedback)
+                                              else Path(self.cwd_at_start) / feedback)
+        return control.retry(self.root, pos_args, self.outstream, verbose, path)
 
 
 class Wait(OrchestrateCommand):
@@ -291,9 +302,9 @@ class Info(DoitInfo):
             self.outstream.write("\n" + "\n".join(info_lines(agent)) + "\n")
 
 
+# No doit "choices": doit's own refusal named the parameter 'fmt', which no
+# user typed; graph_text says "unknown format 'png' (expected one of ...)".
 opt_format = {"name": "fmt", "long": "format", "type": str, "default": "dot",
-              "choices": (("dot", "Graphviz DOT text"), ("mermaid", "mermaid flowchart text"),
-                          ("svg", "an SVG drawn by Graphviz's dot")),
               "help": "dot (default) or mermaid text, or svg (needs Graphviz)"}
 opt_expand = {"name": "expand", "long": "expand", "type": bool, "default": False,
               "help": "draw each fan-out's instances (default: one node with its count)"}

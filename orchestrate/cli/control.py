@@ -28,13 +28,13 @@ from ..runtime.state import (
 from ..runtime.inflight import with_stand_ins
 from .tasks import workspace_at
 from .ui import (
-    decision_line,
     run_summary,
     pipeline_totals,
     status_lines,
     status_row,
     summary_line,
     totals_lines,
+    with_fanout_rows_rolled_up,
     worth_a_line,
     write_decisions,
 )
@@ -96,13 +96,23 @@ def run(root: Path, names: list[str], out: IO[str], verbose: bool = False) -> in
     return outcome(decisions)
 
 
-def retry(root: Path, names: list[str], out: IO[str], verbose: bool = False) -> int:
+def retry(root: Path, names: list[str], out: IO[str], verbose: bool = False,
+          feedback: Path | None = None) -> int:
     """Failed and cancelled agents of the selection (and upstream of it) run
-    again, without the user having to know about `forget`; then as `doit`."""
+    again, without the user having to know about `forget`; then as `doit`.
+    With `feedback`, the named agents (done ones too) run again given it."""
+    from .feedback import give_feedback, read_feedback
     workspace = workspace_at(root)
     engine = Engine(workspace)
+    if feedback is not None and not names:
+        raise UserError("--feedback needs the agents it is for: doit retry TASK --feedback FILE")
+    text = read_feedback(feedback) if feedback is not None else None
     with SchedulingLock(engine.layout):
+        named = {a.task for a in match(workspace, names)} if text is not None else set()
         for agent in select(workspace, names):
+            if text is not None and agent.task in named:
+                give_feedback(engine, agent, text, out)
+                continue
             record = engine.request_retry(agent)
             if record is not None:
                 out.write(f"retrying  {agent.task}  (was {record.state}: {record.reason})\n")
@@ -114,38 +124,6 @@ def _pass(engine: Engine, agents: list[Agent], lock: SchedulingLock) -> PassResu
         result = engine.run_pass(agents)
         engine.launch_all(result)
     return result
-
-
-class _PlainProgress:
-    """Piped output: a line each time an agent's state or reason changes."""
-
-    def __init__(self, out: IO[str], started: dict[str, Decision]):
-        self.out = out
-        self.seen: dict[str, str] = {}
-        # done when the wait began: up to date (the summary counts them)
-        self.current = {t for t, d in started.items() if d.state == "done"}
-        # what the wait's own start launched, printed with the first update
-        # (inside the waiting loop, where Ctrl-C is handled)
-        self.launched = [d for d in started.values() if d.launch]
-
-    def update(self, decisions: dict[str, Decision], records: dict) -> None:
-        for decision in self.launched:
-            self.seen[decision.agent.task] = decision_line(decision)
-            self.out.write(self.seen[decision.agent.task] + "\n")
-        self.launched = []
-        for task, decision in decisions.items():
-            line = decision_line(decision)
-            if self.seen.get(task) != line:
-                self.seen[task] = line
-                if task not in self.current or decision.state != "done":
-                    self.out.write(line + "\n")
-        self.out.flush()
-
-    def finish(self, decisions: dict[str, Decision]) -> None:
-        self.out.write(run_summary(decisions.values(), self.current) + "\n")
-
-    def close(self) -> None:
-        pass
 
 
 class _LiveProgress:
@@ -198,6 +176,8 @@ def wait(root: Path, names: list[str], timeout: float | None, out: IO[str],
 
 def _wait(root: Path, names: list[str], timeout: float | None, out: IO[str],
           live: bool, cancel_on_interrupt: bool = False) -> int:
+    from .live import EventTail, PlainProgress
+    events = EventTail(Layout(root).events_path)   # everything from here on is this wait's
     started = start(root, names)
     if not started:
         out.write(NO_PIPELINES)
@@ -207,7 +187,7 @@ def _wait(root: Path, names: list[str], timeout: float | None, out: IO[str],
     lock = SchedulingLock(engine.layout)
     watcher = Watcher(engine.layout, [p.name for p in engine.workspace.pipelines])
     progress = (_LiveProgress(out, engine.workspace.root) if live
-                else _PlainProgress(out, started))
+                else PlainProgress(out, events, started))
     deadline = None if timeout is None else time.monotonic() + timeout
     try:
         while True:
@@ -255,9 +235,9 @@ def status(root: Path, names: list[str]) -> tuple[dict[str, Decision], dict]:
                          "(runs that ended since are not settled)\n")
         records = engine.records(agents)
         decisions = engine.evaluate(agents)
-        return decisions, records
+        return with_fanout_rows_rolled_up(decisions), records
     from ..runtime.advancers import name_advancers
-    return (name_advancers(engine.layout, result.decisions),
+    return (with_fanout_rows_rolled_up(name_advancers(engine.layout, result.decisions)),
             {t: f.record for t, f in result.facts.items()})
 
 
@@ -427,6 +407,7 @@ def print_log(root: Path, task: str, follow: bool, out: IO[str], check: bool = F
         out.flush()
         while not path.exists():   # until it is launched (its log is made then)
             time.sleep(0.1)
+    what = 'check log' if check else 'log'
     with open(path, "rb") as handle:
         while True:
             chunk = handle.read(65536)
@@ -435,13 +416,18 @@ def print_log(root: Path, task: str, follow: bool, out: IO[str], check: bool = F
                 out.flush()
                 continue
             if not follow:
-                return EXIT_OK
+                break
             record = read_status(layout, agent.pipeline, agent.name)
             if record is None or not record.active:
-                rest = handle.read()
-                out.write(rest.decode(errors="replace"))
-                return EXIT_OK
+                out.write(handle.read().decode(errors="replace"))
+                break
             time.sleep(0.1)
+        if handle.tell() == 0:   # an empty log printed as nothing looked like a broken command
+            record = read_status(layout, agent.pipeline, agent.name)
+            running = record is not None and record.state in ("running", "launching")
+            out.write(f"{task} has written nothing to its {what}"
+                      + (" yet (it is running)\n" if running else "\n"))
+    return EXIT_OK
 
 
 def is_terminal(stream: IO[str]) -> bool:

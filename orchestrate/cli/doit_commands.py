@@ -9,17 +9,23 @@ pyproject.toml [tool.doit.plugins.command] (see scaffold.PLUGINS).
 """
 from __future__ import annotations
 
+import inspect
+import sys
+
+from doit.action import PythonAction
+from doit.cmd_clean import Clean as DoitClean
 from doit.cmd_help import Help as DoitHelp
 from doit.cmd_ignore import Ignore as DoitIgnore
 from doit.cmd_resetdep import ResetDep as DoitResetDep
 from doit.cmd_strace import Strace as DoitStrace
-from doit.exceptions import InvalidCommand
+from doit.exceptions import BaseFail, InvalidCommand
+from doit.task import clean_targets
 
 
 def _ours(cmd) -> bool:
     """An orchestrate command (not one of doit's, answered or re-used)."""
     return cmd.__module__.startswith("orchestrate.") and not issubclass(
-        cmd, (_NotForAgents, Help))
+        cmd, (_NotForAgents, Help, Clean))
 
 
 class Help(DoitHelp):
@@ -66,3 +72,57 @@ class Strace(_NotForAgents, DoitStrace):
     doc_purpose = "not for agents (says why): an agent's output is in doit logs TASK"
     why = ("strace traces doit actions, and agents are not run as doit actions; "
            "see an agent's output with doit logs PIPELINE:AGENT")
+
+
+class Clean(DoitClean):
+    """doit's clean, where a refusal is an answer, not noise.
+
+    doit's own clean prints "TASK - executing 'Python: function ...'" for
+    every task, writes a failed clean action as "TaskFailed" and its message,
+    and exits 0 whatever happened. orchestrate's clean actions refuse (a
+    running agent, a path outside the workspace, a read-only state folder):
+    each refusal is one line on stderr and the command exits 1; nothing else
+    is printed (DESIGN: "A command that refuses ... exits non-zero with one
+    line per refusal, and nothing else").
+    """
+
+    doc_purpose = "remove agents' signals, outputs and records (never a running agent's)"
+
+    def clean_tasks(self, tasks, dryrun, cleanforget):
+        self.refusals: list[str] = []
+        cleaned: set[str] = set()
+        for task in tasks:
+            if task.name in cleaned:
+                continue
+            cleaned.add(task.name)
+            refused = _refusals(task, dryrun, self.outstream)
+            self.refusals.extend(refused)
+            if cleanforget and not dryrun and not refused:
+                self.dep_manager.remove(task.name)
+        self.dep_manager.close()
+
+    def _execute(self, dryrun, cleandep, cleanall, cleanforget, pos_args=None):
+        self.refusals = []
+        super()._execute(dryrun, cleandep, cleanall, cleanforget, pos_args)
+        for line in self.refusals:
+            sys.stderr.write(line + "\n")
+        return 1 if self.refusals else 0
+
+
+def _refusals(task, dryrun: bool, out) -> list[str]:
+    """Run `task`'s clean actions quietly; the lines of those that refused."""
+    task.init_options()
+    if task._remove_targets is True:       # a task of the user's own dodo.py
+        clean_targets(task, dryrun)
+        return []
+    refused = []
+    for action in task.clean_actions:
+        if isinstance(action, PythonAction) and \
+                "dryrun" in inspect.signature(action.py_callable).parameters:
+            action.kwargs["dryrun"] = dryrun
+        elif dryrun:
+            continue
+        result = action.execute(out=out)
+        if isinstance(result, BaseFail):
+            refused.extend(line for line in str(result.message).splitlines() if line.strip())
+    return refused

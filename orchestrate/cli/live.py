@@ -9,14 +9,17 @@ caller draws them.
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import Iterable
+from typing import IO, Iterable
 
 from ..runtime.causes import last_line
 from ..core.scheduler import Decision
 from ..runtime.state import Layout
 from ..core.table import columns
-from .ui import STYLES, elapsed, label, summary_line
+from ..core.records import clock_text
+from .ui import (STYLES, decision_line, elapsed, label, run_summary, summary_line,
+                 with_fanout_rows_rolled_up, worth_a_line)
 
 # lower sorts first; done agents are not rows at all
 ORDER = {"failed": 0, "cancelled": 1, "running": 2, "launching": 2, "launched": 3,
@@ -41,22 +44,21 @@ def _row(decision: Decision, record) -> tuple[str, str, str, str]:
 def live_lines(decisions: dict[str, Decision], records: dict, height: int, width: int,
                seconds: float) -> list[str]:
     """At most `height - 1` lines (the cursor needs the last one), each cut to `width`."""
+    decisions = with_fanout_rows_rolled_up(decisions)
     header = f"{summary_line(decisions.values())}  ·  {clock(seconds)} elapsed"
     rows = sorted((d for d in decisions.values() if d.state != "done"),
                   key=lambda d: ORDER.get("launched" if d.launch else d.state, 7))
     room = max(1, height - 1) - 2            # the header and the column names
     shown = rows if len(rows) <= room else rows[:max(0, room - 1)]
     lines = [header[:width]]
+    if not rows:   # everything done: the counts say it; column names over nothing do not
+        return lines
     lines += columns(("agent", "state", "elapsed", "reason"),
                      [_row(d, records.get(d.agent.task)) for d in shown],
                      STYLES, colour=False, width=width)
     hidden = rows[len(shown):]
     if hidden:
-        counts: dict[str, int] = {}
-        for decision in hidden:
-            counts[label(decision)] = counts.get(label(decision), 0) + 1
-        lines.append(f"… and {len(hidden)} more: "
-                     + ", ".join(f"{n} {state}" for state, n in counts.items()))
+        lines.append(f"… and {len(hidden)} more: {summary_line(hidden)}")
     return [line[:width] for line in lines]
 
 
@@ -74,3 +76,121 @@ def failure_summary(root: Path, decisions: Iterable[Decision]) -> list[str]:
                      + (f" | last line: {tail}" if tail else "")
                      + f"  (doit logs {agent.task})")
     return lines
+
+
+class EventTail:
+    """The events log from a given offset on: what happened since then.
+
+    Every launch, failure, finish and cancel is appended to events.jsonl by
+    whichever process saw it (this wait, the advancer, another `doit`), so
+    reading it from where it ended when the wait began misses none of them
+    and shows none from before."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        try:
+            self.offset = path.stat().st_size
+        except FileNotFoundError:
+            self.offset = 0
+
+    def read(self) -> list[dict]:
+        """The whole lines appended since the last read (a line being written is left)."""
+        try:
+            with open(self.path, "rb") as handle:
+                handle.seek(self.offset)
+                chunk = handle.read()
+        except FileNotFoundError:
+            return []
+        end = chunk.rfind(b"\n") + 1
+        self.offset += end
+        found = []
+        for line in chunk[:end].splitlines():
+            try:
+                item = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(item, dict):
+                found.append(item)
+        return found
+
+
+def event_line(item: dict) -> str | None:
+    """One line for an event that a piped `doit wait` reports: a launch, a
+    manual retry, a failure (saying when it will run again, if it will), an
+    end; None for the others (hooks, signals, the advancer's own)."""
+    kind, task = item.get("event"), item.get("task", "")
+    reason = item.get("reason") or ""
+    if kind == "launch":
+        return f"{'launched':<9} {task}" + (f"  ({reason})" if reason else "")
+    if kind == "retry":
+        return f"{'retrying':<9} {task}  (was {item.get('was', 'failed')}; doit retry)"
+    if kind == "finish":
+        return f"{'done':<9} {task}" + (f"  ({reason})" if reason not in ("", "done") else "")
+    if kind in ("fail", "cancel"):
+        state = "failed" if kind == "fail" else "cancelled"
+        line = f"{state:<9} {task}" + (f"  ({reason})" if reason else "")
+        if item.get("retry_at") is not None:
+            return line + f"; runs again at {clock_text(float(item['retry_at']))}"
+        return line + f"  -> doit retry {task}"
+    if kind == "fanout" and item.get("problem"):
+        return f"{'failed':<9} {task}  (invalid list {item['problem']})  -> doit retry {task}"
+    if kind == "fanout":
+        return f"{'planned':<9} {task}  ({item.get('items', 0)} instances)"
+    if kind == "removed":
+        return f"{'removed':<9} {task}  (its item left the list)"
+    return None
+
+
+class PlainProgress:
+    """Piped `doit wait`: a complete record of this wait, each thing once.
+
+    Every launch, retry, failure and end during the wait comes from the
+    events log (read from where it ended when the wait began); an agent that
+    was already done, failed or waiting is in the summary only, unless it
+    needs a person (blocked behind a failure, gated on a signal), which is
+    said once, and again only if its reason changes."""
+
+    def __init__(self, out: IO[str], events: EventTail, started: dict[str, Decision]):
+        self.out = out
+        self.events = events
+        self.said: dict[str, str] = {}
+        # done when the wait began: up to date (the summary counts them)
+        self.current = {t for t, d in started.items() if d.state == "done"}
+        # failed or cancelled before the wait: said once, as `doit` says them
+        self.ended_before = {t for t, d in started.items()
+                             if d.state in ("failed", "cancelled")}
+        # running since before the wait: said once, so the reader knows what it waits on
+        self.running_before = [d for d in started.values() if d.state == "running"]
+
+    def update(self, decisions: dict[str, Decision], records: dict) -> None:
+        ours = set(decisions)
+        for decision in self.running_before:
+            self.out.write(decision_line(decision) + "  (since before this wait)\n")
+        self.running_before = []
+        for item in self.events.read():
+            task = item.get("task", "")
+            if task in ours or task.rpartition(".")[0] in ours:
+                line = event_line(item)
+                if line is not None:
+                    self.out.write(line + "\n")
+                    self.ended_before.discard(task)
+        for task, decision in decisions.items():
+            if not self._needs_a_person(decision):
+                continue
+            line = decision_line(decision)
+            if self.said.get(task) != line:
+                self.said[task] = line
+                self.out.write(line + "\n")
+        self.out.flush()
+
+    def _needs_a_person(self, decision: Decision) -> bool:
+        if decision.state in ("failed", "cancelled"):   # ended in this wait: its event said it
+            return decision.agent.task in self.ended_before
+        return (not decision.launch and decision.state not in ("done", "running")
+                and worth_a_line(decision))
+
+    def finish(self, decisions: dict[str, Decision]) -> None:
+        self.out.write(run_summary(decisions.values(), self.current) + "\n")
+
+    def close(self) -> None:
+        pass

@@ -59,7 +59,9 @@ DESCRIPTIONS = {
     "status": (
         "As `doit status --json`: each agent's state; launches nothing. Returns "
         '{"agents": [status records], "pipelines": {name: {"cost_usd", "input_tokens", '
-        '"output_tokens"}}} (the totals of preset agents such as claude).'
+        '"output_tokens"}}} (the totals of preset agents such as claude). An invalid '
+        'pipeline file is left out and named in "warnings" (lines), as `doit status` '
+        'warns and answers for the others.'
         + RECORDS),
     "wait": (
         'As `doit wait`: launch what is ready (as run), then block until the selection '
@@ -81,6 +83,14 @@ DESCRIPTIONS = {
         'process group, SIGKILL after their kill_grace) and cancel queued or ready '
         'ones; returns once no process of theirs is left. Omitted tasks: every agent. '
         'Returns {"agents": [status records of the agents it cancelled]}.'
+        + RECORDS),
+    "retry": (
+        'As `doit retry [TASK...]`: failed and cancelled agents of the selection (none '
+        'named: all of them) run again, then as run. With feedback (text), the named '
+        'agents, done ones too, run again given it as their feedback (the file in '
+        'ORCHESTRATE_FEEDBACK, after a preset\'s prompt), as after a failed check: what '
+        'every failure line means by "-> doit retry p:a". Returns {"agents": [status '
+        'records]}.'
         + RECORDS),
 }
 
@@ -163,6 +173,17 @@ def build_server(root: Path) -> MCPServer:
         name: Annotated[str, Field(description="Signal name, [A-Za-z0-9][A-Za-z0-9_-]*.")],
     ) -> dict[str, Any]:
         return await _call(toolbox.signal, name)
+
+    @server.tool(name="retry", annotations=ToolAnnotations(destructive_hint=False),
+                 description=DESCRIPTIONS["retry"])
+    async def retry(
+        tasks: Tasks = None,
+        feedback: Annotated[str | None, Field(
+            description="What the named agents are told when they run again (a review, "
+                        "say); needs tasks. Omitted: failed and cancelled agents simply "
+                        "run again.")] = None,
+    ) -> dict[str, Any]:
+        return await _call(toolbox.retry, tasks, feedback)
 
     @server.tool(name="cancel", annotations=ToolAnnotations(destructive_hint=True),
                  description=DESCRIPTIONS["cancel"])

@@ -17,8 +17,10 @@ Three things differ from a one-shot `doit` and shape this module:
 """
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections import deque
@@ -32,7 +34,7 @@ from ..core.errors import UserError
 from ..core.selection import match, select
 from ..core.spec import NAME_RE, Workspace
 from ..runtime.state import Layout, read_status
-from .tasks import forget_workspace, workspace_at
+from .tasks import forget_workspace, invalid_warning, workspace_at
 
 WAIT_DEFAULT, WAIT_MAX = 30.0, 300.0
 TAIL_DEFAULT = 100
@@ -90,32 +92,41 @@ class Toolbox:
         return f"<Toolbox {self.root}>"
 
     # -- reading -----------------------------------------------------------
-    def workspace(self) -> Workspace:
-        """The pipelines as they are on disk now (raises PipelineError if invalid)."""
+    def workspace(self, lenient: bool = False) -> Workspace:
+        """The pipelines as they are on disk now. Strict (to launch): raises
+        PipelineError if one is invalid. Lenient (to look and to cancel, as
+        the command line does): the valid ones, the others in `problems`."""
         forget_workspace(self.root)
-        return workspace_at(self.root)
+        return workspace_at(self.root, lenient)
 
-    def selection(self, tasks: list[str] | None) -> list[str]:
+    def selection(self, tasks: list[str] | None, lenient: bool = False) -> list[str]:
         """Task names, checked as the commands check them (raises SelectionError)."""
         names = list(tasks or [])
-        select(self.workspace(), names)
+        select(self.workspace(lenient), names)
         return names
+
+    def warnings(self) -> dict:
+        """What the command line prints as a warning for an invalid pipeline
+        file while it answers for the valid ones: {"warnings": [lines]}, or {}."""
+        text = invalid_warning(workspace_at(self.root, lenient=True))
+        return {"warnings": text.splitlines()} if text else {}
 
     def list(self) -> dict:
         return {"pipelines": [
             {"name": p.name, "description": p.description,
              "agents": [a.task for a in p.agents]}
-            for p in self.workspace().pipelines]}
+            for p in self.workspace(lenient=True).pipelines], **self.warnings()}
 
     def status(self, tasks: list[str] | None = None) -> dict:
-        """As `doit status --json`: settles finished runs, launches nothing."""
-        names = self.selection(tasks)
-        return control.status_json(*control.status(self.root, names))
+        """As `doit status --json`: settles finished runs, launches nothing;
+        an invalid pipeline file is left out with a warning, as `doit status` does."""
+        names = self.selection(tasks, lenient=True)
+        return {**control.status_json(*control.status(self.root, names)), **self.warnings()}
 
     def snapshot(self, tasks: list[str] | None) -> list[dict]:
         """Status records read without the scheduling lock (nothing settled):
         for a `wait` whose deadline came before it could take the lock."""
-        workspace = self.workspace()
+        workspace = self.workspace(lenient=True)
         agents = select(workspace, list(tasks or []))
         layout = Layout(workspace.root)
         decisions = Engine(workspace).evaluate(agents)
@@ -125,7 +136,7 @@ class Toolbox:
     def logs(self, task: str, tail: int = TAIL_DEFAULT, check: bool = False) -> dict:
         if tail < 1:
             raise ValueError(f"tail must be 1 or more lines, not {tail}")
-        self.workspace()
+        self.workspace(lenient=True)
         out = _Tail(tail)
         control.print_log(self.root, task, False, out, check)
         return {"task": task, "log": out.text()}
@@ -143,10 +154,34 @@ class Toolbox:
         self._finish(self._doit("run", names), None)
         return {"agents": self.status(names)["agents"]}
 
-    def cancel(self, tasks: list[str] | None = None) -> dict:
-        """As `doit cancel`; returns the records of the agents it cancelled."""
+    def retry(self, tasks: list[str] | None = None, feedback: str | None = None) -> dict:
+        """As `doit retry [TASK...] [--feedback FILE]`: failed and cancelled
+        agents run again; with `feedback` (text), the named agents, done ones
+        too, are given it. Returns the selection's records, as `run` does."""
         names = self.selection(tasks)
-        targets = {a.task for a in match(self.workspace(), names)}
+        if feedback is None:
+            self._finish(self._doit("retry", names), None)
+            return {"agents": self.status(names)["agents"]}
+        if not names:
+            raise UserError("feedback needs the agents it is for (tasks)")
+        if not feedback.strip():
+            raise UserError("feedback is empty")
+        layout = Layout(self.root)
+        layout.base.mkdir(exist_ok=True)
+        with tempfile.NamedTemporaryFile("w", dir=layout.base, prefix=".feedback-",
+                                         suffix=".md", delete=False) as handle:
+            handle.write(feedback)
+        try:
+            self._finish(self._doit("retry", [*names, "--feedback", handle.name]), None)
+        finally:
+            os.unlink(handle.name)
+        return {"agents": self.status(names)["agents"]}
+
+    def cancel(self, tasks: list[str] | None = None) -> dict:
+        """As `doit cancel` (which answers for the valid pipelines when a file
+        is invalid); returns the records of the agents it cancelled."""
+        names = self.selection(tasks, lenient=True)
+        targets = {a.task for a in match(self.workspace(lenient=True), names)}
         before = {a["task"]: a["state"] for a in self.status(names)["agents"]}
         self._finish(self._doit("cancel", names), None)
         return {"agents": [a for a in self.status(names)["agents"]

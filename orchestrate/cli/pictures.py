@@ -20,7 +20,7 @@ from . import control
 from ..core.errors import UserError
 from ..core.scheduler import Decision
 from ..runtime.state import Layout, StatusRecord, write_atomic
-from .ui import elapsed, pipeline_totals, totals_lines, usage_cells
+from .ui import elapsed, pipeline_totals, state_counts, totals_lines, usage_cells
 
 FORMATS = ("dot", "mermaid", "svg")
 INSTALL_GRAPHVIZ = "apt-get install graphviz"
@@ -119,7 +119,16 @@ def collect(root: Path, names: list[str], report_dir: Path) -> report.ReportData
         output_tokens=int(sum(t["output_tokens"] for t in totals.values())),
         failures=[_failure(root, t, d, records.get(t)) for t, d in decisions.items()
                   if d.state == "failed"],
-        generated=time.time())
+        generated=time.time(), counts=agent_counts(decisions))
+
+
+def agent_counts(decisions: dict[str, Decision]) -> dict[str, int]:
+    """The status table's counts, in the graph's state names (the report's chips)."""
+    counts: dict[str, int] = {}
+    for state, n in state_counts(decisions.values(), launched="pending").items():
+        shown = graph.node_state(state)
+        counts[shown] = counts.get(shown, 0) + n
+    return counts
 
 
 def dag_svg(dag: graph.Graph) -> tuple[str, str]:

@@ -57,7 +57,8 @@ PLUGINS = {"run": "orchestrate.commands:Run", "forget": "orchestrate.commands:Fo
            "info": "orchestrate.commands:Info", "help": "orchestrate.doit_commands:Help",
            "ignore": "orchestrate.doit_commands:Ignore",
            "reset-dep": "orchestrate.doit_commands:ResetDep",
-           "strace": "orchestrate.doit_commands:Strace"}
+           "strace": "orchestrate.doit_commands:Strace",
+           "clean": "orchestrate.doit_commands:Clean"}
 # `doit list` in the order the agents are declared, not sorted by name
 COMMANDS = {"list": {"sort": "definition"}}
 GITIGNORE_LINE = ".orchestrate/"
@@ -177,9 +178,10 @@ def init_workspace(directory: Path) -> list[str]:
     gitignore = directory / ".gitignore"
     lines = gitignore.read_text().splitlines() if gitignore.exists() else []
     if GITIGNORE_LINE not in lines:
+        existed = gitignore.exists()
         prefix = "" if not lines or gitignore.read_text().endswith("\n") else "\n"
         with open(gitignore, "a") as handle:
             handle.write(prefix + GITIGNORE_LINE + "\n")
-        done.append(f"updated  {gitignore} (ignore .orchestrate/)")
+        done.append(f"{'updated ' if existed else 'created '} {gitignore} (ignore .orchestrate/)")
     write_mcp_json(directory, mcp_json, done)
     return done

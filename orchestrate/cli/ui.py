@@ -5,6 +5,7 @@ records to these functions.
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime, timezone
 from typing import IO, Iterable
 
@@ -61,14 +62,60 @@ def run_summary(decisions: Iterable[Decision], current: set[str] | None = None) 
     """One line: "1,998 up to date, 2 launched". With `current` (the tasks
     that were done before a wait began), the others that are done now are
     "done": they ran during the wait."""
+    counts = state_counts(decisions, done_before=current, fresh="done", stale="up to date")
+    order = [*RUN_ORDER, *sorted(set(counts) - set(RUN_ORDER))]
+    return ", ".join(f"{counts[s]:,} {s}" for s in order if s in counts)
+
+
+def state_counts(decisions: Iterable[Decision], launched: str = "launched",
+                 done_before: set[str] | None = None, fresh: str = "done",
+                 stale: str = "done") -> dict[str, int]:
+    """How many agents are in each state: the one count that `doit`, `doit
+    wait`, `doit status`, the live view and the report all print.
+
+    Agents only: a planned fan-out's `pipeline:agent` row is not an agent
+    (its instances are), so it is never counted. `launched` names the ready
+    agents ("pending" in status); a done agent is `stale` ("up to date" for
+    `doit`), unless `done_before` is given and it was not done then: `fresh`."""
     counts: dict[str, int] = {}
     for decision in decisions:
-        state = label(decision)
+        if decision.agent.gate:
+            continue
+        state = launched if decision.launch else label(decision)
         if decision.state == "done":
-            fresh = current is not None and decision.agent.task not in current
-            state = "done" if fresh else "up to date"
+            new = done_before is not None and decision.agent.task not in done_before
+            state = fresh if new else stale
         counts[state] = counts.get(state, 0) + 1
-    return ", ".join(f"{counts[s]:,} {s}" for s in RUN_ORDER if s in counts)
+    return counts
+
+
+# Which state a group of agents shows: the one that most needs an eye.
+ROLLUP_RANK = ("failed", "cancelled", "running", "launching", "launched", "queued", "waiting",
+               "pending", "done", "removed")
+
+
+def with_fanout_rows_rolled_up(decisions: dict[str, Decision]) -> dict[str, Decision]:
+    """A planned fan-out's row is decided `done` as soon as its list is read;
+    shown that way it said `done` while its instances still ran. Shown, the
+    row is as far along as its instances: `running` while one runs, `failed`
+    if one failed, `done` once all are, its reason counting them."""
+    members: dict[tuple[str, str], list[Decision]] = {}
+    for decision in decisions.values():
+        agent = decision.agent
+        if agent.fanout is not None and not agent.gate:
+            members.setdefault((agent.pipeline, agent.fanout), []).append(decision)
+    shown = dict(decisions)
+    for task, decision in decisions.items():
+        agent = decision.agent
+        instances = members.get((agent.pipeline, agent.fanout or ""), [])
+        if not agent.gate or decision.state != "done" or not instances:
+            continue
+        state = min(("launched" if d.launch else d.state for d in instances),
+                    key=lambda s: ROLLUP_RANK.index(s) if s in ROLLUP_RANK else len(ROLLUP_RANK))
+        if state != "done":
+            shown[task] = replace(decision, state="running" if state == "launched" else state,
+                                  reason=f"{decision.reason} ({summary_line(instances)})")
+    return shown
 
 
 def _parse_time(text: str | None) -> datetime | None:
@@ -159,10 +206,8 @@ def status_lines(rows: list[tuple[str, ...]], colour: bool = False,
 
 def summary_line(decisions: Iterable[Decision], launched: str = "launched") -> str:
     """"3 done, 1 running, ..."; `launched` names the ready agents (pending in status)."""
-    counts: dict[str, int] = {}
-    for decision in decisions:
-        state = label(decision) if not decision.launch else launched
-        counts[state] = counts.get(state, 0) + 1
+    counts = state_counts(decisions, launched)
     order = ["done", "running", "launched", "queued", "waiting", "pending", "failed",
              "cancelled"]
+    order += sorted(set(counts) - set(order))
     return ", ".join(f"{counts[s]} {s}" for s in order if s in counts)

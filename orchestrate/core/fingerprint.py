@@ -42,8 +42,11 @@ class Fingerprint:
 
 
 def stale_reason(old_config: str | None, old_inputs: dict[str, str],
-                 old_upstream: dict[str, str], new: Fingerprint) -> str:
-    """Say, as a user would want to read it, why `new` differs from the old run."""
+                 old_upstream: dict[str, str], new: Fingerprint,
+                 upstream_states: dict[str, str] | None = None) -> str:
+    """Say, as a user would want to read it, why `new` differs from the old run.
+    `upstream_states`: the state of each upstream agent still declared (by
+    name), so that a retired or failing upstream is not called a new result."""
     if old_config is None:
         return "never run"
     if old_config != new.config:
@@ -55,7 +58,27 @@ def stale_reason(old_config: str | None, old_inputs: dict[str, str],
         verb = "removed" if changed[0] not in new.inputs else (
             "added" if changed[0] not in old_inputs else "changed")
         return f"input {changed[0]} {verb}{more}"
-    for name in sorted(set(old_upstream) | set(new.upstream)):
-        if old_upstream.get(name) != new.upstream.get(name):
-            return f"upstream {name} has a new result"
-    return "up to date"
+    return _upstream_change(old_upstream, new.upstream, upstream_states or {}) or "up to date"
+
+
+def _upstream_change(old: dict[str, str], new: dict[str, str], states: dict[str, str]
+                     ) -> str | None:
+    """The first upstream whose consumed signal differs, said truly: one the
+    agent no longer consumes (a fan-out instance whose item left the list, an
+    `after_any` upstream that is no longer done), one it consumes for the
+    first time, or one that has a new result."""
+    added = sorted(name for name in new if name not in old)
+    for name in sorted(set(old) | set(new)):
+        if old.get(name) == new.get(name):
+            continue
+        if name not in new:
+            state = states.get(name)
+            if state is None or state == "removed":
+                return f"upstream {name} removed"
+            if added:
+                return f"uses upstream {added[0]} now ({name} is {state})"
+            return f"upstream {name} no longer used ({state})"
+        if name not in old:
+            return f"new upstream {name}"
+        return f"upstream {name} has a new result"
+    return None

@@ -63,6 +63,9 @@ class ReportData:
     output_tokens: int = 0
     failures: list[Failure] = field(default_factory=list)
     generated: float = 0.0           # when it was made (epoch seconds): the caller's clock
+    # agents per state, as `doit status` counts them (fan-out rows are not
+    # agents); None: count the rows
+    counts: dict[str, int] | None = None
 
 
 def render(data: ReportData) -> str:
@@ -130,16 +133,17 @@ def _chip(state: str, text: str) -> str:
 
 
 def _summary(data: ReportData) -> str:
-    counts: dict[str, int] = {}
-    for row in data.rows:
-        counts[row.state] = counts.get(row.state, 0) + 1
+    counts: dict[str, int] = dict(data.counts or {})
+    if data.counts is None:
+        for row in data.rows:
+            counts[row.state] = counts.get(row.state, 0) + 1
     order = [s for s in STATE_ORDER if s in counts] + sorted(set(counts) - set(STATE_ORDER))
     chips = "".join(f"<li>{_chip(s, f'{counts[s]} {s}')}</li>" for s in order)
     span = data.timeline.span(data.generated)
     wall = duration_label(span[1] - span[0]) if span else "nothing ran"
     if span:
         wall += f" (from {_utc(span[0])})"
-    items = [("agents", str(len(data.rows))), ("attempts", str(len(data.timeline.attempts))),
+    items = [("agents", str(sum(counts.values()))), ("attempts", str(len(data.timeline.attempts))),
              ("wall time", wall)]
     items.append(("cost", f"${data.cost_usd:.4f}" if data.cost_usd is not None
                   else "none reported (only agent CLIs report costs)"))

@@ -180,7 +180,7 @@ def decide(agent: Agent, facts: AgentFacts, decided: dict[str, Decision],
     if current and current.state in (RunState.FAILED, RunState.CANCELLED):
         return Decision(agent, current.state, current.reason, fingerprint, used)
     attempt = 1
-    reason = _why_stale(record, facts, fingerprint)
+    reason = _why_stale(record, facts, fingerprint, _upstream_states(agent, record, decided))
     if current and current.state == RunState.WAITING and current.retry_at is not None:
         if now < current.retry_at:
             return Decision(agent, RunState.WAITING, current.reason, fingerprint, used, timed=True,
@@ -231,7 +231,17 @@ def recorded_fingerprint_matches(record: StatusRecord, fingerprint: Fingerprint)
                for path, digest in fingerprint.inputs.items())
 
 
-def _why_stale(record: StatusRecord | None, facts: AgentFacts, new: Fingerprint) -> str:
+def _upstream_states(agent: Agent, record: StatusRecord | None,
+                     decided: dict[str, Decision]) -> dict[str, str]:
+    """The state of each upstream the agent's last run consumed, if still decided."""
+    if record is None:
+        return {}
+    found = (decided.get(f"{agent.pipeline}:{name}") for name in record.upstream)
+    return {d.agent.name: d.state for d in found if d is not None}
+
+
+def _why_stale(record: StatusRecord | None, facts: AgentFacts, new: Fingerprint,
+               upstream_states: dict[str, str] | None = None) -> str:
     if record is not None and record.retry_requested:
         return RETRY_REQUESTED
     if record is None or record.fingerprint is None:
@@ -241,7 +251,8 @@ def _why_stale(record: StatusRecord | None, facts: AgentFacts, new: Fingerprint)
     if record.state == "done" and facts.missing_outputs:
         return f"output missing: {facts.missing_outputs[0]}"
     old_inputs = {p: v[2] for p, v in record.inputs.items()}
-    return stale_reason(record.config_digest, old_inputs, record.upstream, new)
+    return stale_reason(record.config_digest, old_inputs, record.upstream, new,
+                        upstream_states)
 
 
 def plan(workspace: Workspace, agents: list[Agent], facts: dict[str, AgentFacts],

@@ -8,6 +8,7 @@ agent and the key, so a user can fix all of them in one go.
 """
 from __future__ import annotations
 
+import posixpath
 import re
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -401,10 +402,12 @@ def _agent_fields(path: str, agent: str, table: Any, problems: Problems) -> dict
 
 
 def _check_how_it_runs(path: str, agent: str, fields: dict[str, Any],
-                       problems: Problems) -> None:
-    """Either a `command`, or `agent = "<preset>"` with one of prompt/prompt_file."""
+                       problems: Problems, given: frozenset[str] = frozenset()) -> None:
+    """Either a `command`, or `agent = "<preset>"` with one of prompt/prompt_file.
+    `given`: the keys the table has; one given but invalid (`command = ""`) is
+    already reported, never also "missing"."""
     if "preset" not in fields:
-        if "command" not in fields:
+        if "command" not in fields and not {"command", "agent"} & given:
             problems.add(path, agent, "command", "missing (expected a string or a list of "
                          f"strings, or agent = one of {', '.join(PRESETS)} with a prompt)")
         for key in PRESET_ONLY_KEYS:
@@ -530,7 +533,7 @@ def parse_pipeline(name: str, path: str, data: dict[str, Any], problems: Problem
         fields = {"executor": own_executor or executor,
                   **default_fields, **_agent_fields(path, agent_name, table, problems)}
         if isinstance(table, dict):
-            _check_how_it_runs(path, agent_name, fields, problems)
+            _check_how_it_runs(path, agent_name, fields, problems, frozenset(table))
             for key, message in placeholder_problems({**defaults, **table}
                                                      if isinstance(defaults, dict) else table,
                                                      "foreach" in fields):
@@ -541,12 +544,53 @@ def parse_pipeline(name: str, path: str, data: dict[str, Any], problems: Problem
     _check_dependencies(path, fields_by_agent, problems, pools)
     for agent_name, key, message in fanout_problems(fields_by_agent):
         problems.add(path, agent_name, key, message)
+    for agent_name, message in output_clashes(fields_by_agent, {}):
+        problems.add(path, agent_name, "outputs", message)
     if len(problems.lines) > before:
         return None
     agents = tuple(Agent(pipeline=name, name=n, **f) for n, f in fields_by_agent.items())
     return Pipeline(name=name, path=path, agents=agents, description=description,
                     max_parallel=max_parallel, budget_usd=budget, hooks=hooks,
                     declared=agents, executor=own_executor)
+
+
+def output_clashes(fields_by_agent: dict[str, dict[str, Any]], owners: dict[str, str],
+                   pipeline: str | None = None) -> list[tuple[str, str]]:
+    """(agent, message) for each output file that two agents declare: each
+    would overwrite the other's result, and the second to finish would make
+    the first one's signal lie. `owners` maps outputs already claimed (by
+    other pipelines) to their `pipeline:agent`; it is filled as it goes.
+
+    A fan-out's output with a placeholder (`out/{key}.txt`) is one file per
+    instance and is not compared; one without would be written by every
+    instance. An isolated (worktree) agent's outputs are in its own worktree."""
+    found = []
+    for name, fields in fields_by_agent.items():
+        if fields.get("isolation") == "worktree":
+            continue
+        fanout = fields.get("foreach") is not None
+        for output in fields.get("outputs", ()):
+            if "{" in output:
+                continue
+            if fanout:
+                found.append((name, f"'{output}' would be written by every instance of this "
+                                    "fan-out (put {key} in it)"))
+                continue
+            path = posixpath.normpath(output)
+            owner = owners.setdefault(path, f"{pipeline}:{name}" if pipeline else name)
+            if owner != (f"{pipeline}:{name}" if pipeline else name):
+                found.append((name, f"'{output}' is also an output of agent '{owner}' (two "
+                                    "agents writing one file overwrite each other's result)"))
+    return found
+
+
+def clashes_with_other_pipelines(pipeline: "Pipeline", owners: dict[str, str]
+                                 ) -> list[tuple[str, str]]:
+    """output_clashes across pipelines: `owners` holds the outputs of the
+    pipelines read before this one."""
+    fields = {a.name: {"outputs": a.outputs, "isolation": a.isolation, "foreach": a.foreach}
+              for a in pipeline.declared}
+    return output_clashes(fields, owners, pipeline.name)
 
 
 def parse_workspace_config(path: str, data: dict[str, Any], problems: Problems) -> dict[str, Any]:

@@ -563,6 +563,21 @@ def retry_requested(record: StatusRecord | None, task: str
     return pending, [Save(), Event("retry", {"task": task, "was": record.state})]
 
 
+def feedback_given(record: StatusRecord | None, task: str, text: str, feedback_file: str
+                   ) -> tuple[StatusRecord, Effects] | None:
+    """`doit retry TASK --feedback FILE`: an agent that ran (done, failed or
+    cancelled) is relaunched as after a failed check, the feedback file
+    named in its record so that the launch carries it (`checks.carried`);
+    a fresh session, attempts start over. None for any other."""
+    if record is None or record.state not in (RunState.DONE, *ENDED_BADLY):
+        return None
+    waiting = replace(record, state=RunState.WAITING, retry_at=0.0, fingerprint=None,
+                      attempt=0, reason=RETRY_REQUESTED, retry_requested=True,
+                      check_attempts=0, resume_session=None, feedback=feedback_file)
+    return waiting, [WriteFeedback(text), Save(),
+                     Event("retry", {"task": task, "was": record.state, "feedback": True})]
+
+
 def retired(record: StatusRecord, task: str, reason: str, now: float
             ) -> tuple[StatusRecord, Effects]:
     """A fan-out instance whose item left its list: `removed`, its outputs

@@ -27,12 +27,14 @@ from .observe import observe_run
 from ..core.policy import StopKind
 from ..core.stopping import SETTLE, SIGTERM, StopPolicy
 from .stopping import Stop, drive
+from ..core.checks import feedback_relpath
 from ..core.records import ACTIVE
 from ..core.scheduler import AgentFacts, Decision, plan
 from ..core.spec import Agent, Workspace
 from .state import (
     FileCache,
     Layout,
+    StateFileError,
     StatusRecord,
     append_event,
     append_events,
@@ -488,11 +490,25 @@ class Engine:
             self.run(*change)
         return previous if change is not None else None
 
+    def give_feedback(self, agent: Agent, text: str) -> tuple[StatusRecord | None, bool]:
+        """`doit retry TASK --feedback FILE`: (the record as it was, whether
+        the agent will run again with `text` as its feedback)."""
+        previous = self.status_cache.get(self.layout.status(agent.pipeline, agent.name))
+        change = t.feedback_given(previous, agent.task, text,
+                                  feedback_relpath(agent.pipeline, agent.name))
+        if change is not None:
+            self.run(*change)
+        return previous, change is not None
+
     def forget(self, pipeline: str, name: str, verb: str = "forgotten", dryrun: bool = False
                ) -> str | None:
         """Remove an agent's status record (`doit forget`, `doit clean`);
-        the refusal, if it runs, else None. `dryrun`: only say whether it would."""
-        record = self.status_cache.get(self.layout.status(pipeline, name))
+        the refusal, if it runs, else None. `dryrun`: only say whether it would.
+        A corrupt record is forgotten too: that is the way out its error offers."""
+        try:
+            record = self.status_cache.get(self.layout.status(pipeline, name))
+        except StateFileError:
+            record = None
         refusal, effects = t.forgotten(record, pipeline, name, verb)
         if refusal is None and not dryrun:
             self.run(record, effects)

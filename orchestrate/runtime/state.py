@@ -201,11 +201,23 @@ def read_json(path: Path) -> dict[str, Any] | None:
     try:
         data = json.loads(raw)
     except ValueError as err:
-        raise StateFileError(f"{path}: corrupt state file ({err}); "
-                             "delete it to rebuild the agent's state") from None
+        raise corrupt(path, str(err)) from None
     if not isinstance(data, dict):
-        raise StateFileError(f"{path}: corrupt state file (expected a JSON object)")
+        raise corrupt(path, "expected a JSON object")
     return data
+
+
+def corrupt(path: Path, detail: str) -> StateFileError:
+    """The one-line error for a state file that cannot be understood, with
+    the way out and what it costs: without its status record an agent is
+    no longer known to be current, so it runs again (a paid agent costs
+    again), and `doit forget TASK` is the command that clears the record."""
+    if path.parent.parent.name == "status" and path.suffix == ".json":
+        task = f"{path.parent.name}:{path.stem}"
+        return StateFileError(f"{path}: corrupt state file ({detail}); doit forget {task} "
+                              f"clears it, and {task} then runs again from the start")
+    return StateFileError(f"{path}: corrupt state file ({detail}); delete it to rebuild it "
+                          "(an agent whose result it recorded may then run again)")
 
 
 def parse_status(path: Path) -> StatusRecord | None:
@@ -215,8 +227,7 @@ def parse_status(path: Path) -> StatusRecord | None:
     try:
         return StatusRecord.from_json(data)
     except TypeError as err:
-        raise StateFileError(f"{path}: corrupt state file ({err}); "
-                             "delete it to rebuild the agent's state") from None
+        raise corrupt(path, str(err)) from None
 
 
 def read_status(layout: Layout, pipeline: str, agent: str) -> StatusRecord | None:

@@ -11,6 +11,7 @@ from typing import Any
 
 from ..core.spec import (
     Pipeline,
+    clashes_with_other_pipelines,
     PipelineError,
     Problems,
     Workspace,
@@ -46,6 +47,7 @@ def load_workspace(root: Path, lenient: bool = False) -> Workspace:
             config = parse_workspace_config("pyproject.toml", data, problems)
     pools = dict(config.get("pools", ()))
     pipelines, invalid = [], []
+    owners: dict[str, str] = {}   # output -> pipeline:agent, across pipelines
     for path in sorted((root / "pipelines").glob("*.toml")):
         shown = f"pipelines/{path.name}"
         before = len(problems.lines)
@@ -59,6 +61,8 @@ def load_workspace(root: Path, lenient: bool = False) -> Workspace:
         if pipeline is not None:
             _check_paths_resolve_inside(root, pipeline, problems)
             check_prompt_files(root, pipeline, problems)
+            for agent, message in clashes_with_other_pipelines(pipeline, owners):
+                problems.add(shown, agent, "outputs", message)
         if len(problems.lines) > before:
             invalid.append(path.stem)
         else:
