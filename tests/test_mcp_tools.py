@@ -19,7 +19,7 @@ def test_tail_keeps_the_last_lines_across_chunks():
 
 def test_the_core_and_init_work_without_the_mcp_extra(tmp_path):
     code = WITHOUT_MCP + (
-        "import orchestrate.commands, orchestrate.cli.control, orchestrate.cli.mcp_tools; "
+        "import orchestrate.commands, orchestrate.cli.cmd_wait, orchestrate.cli.mcp_tools; "
         "from orchestrate.__main__ import main; sys.exit(main(['init', sys.argv[1]]))")
     proc = subprocess.run([sys.executable, "-c", code, str(tmp_path)],
                           capture_output=True, text=True)

@@ -359,7 +359,7 @@ def test_report_escapes_reasons_logs_and_names():
 
 
 def test_log_links_are_relative_and_never_a_script_url(tmp_path):
-    from orchestrate.cli.pictures import _row
+    from orchestrate.cli.cmd_pictures import _row
     from orchestrate.core.scheduler import Decision
     agent = Agent("p", "a", command="true")
     record = StatusRecord("failed", "p", "a", attempt=1, log="javascript:alert(1)")

@@ -11,11 +11,11 @@ with the feedback appended to its prompt.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import IO
 
 from ..core.errors import UserError
 from ..core.spec import Agent
 from ..runtime.engine import Engine
+from .reporter import Reporter
 
 
 def read_feedback(path: Path) -> str:
@@ -30,7 +30,7 @@ def read_feedback(path: Path) -> str:
     return text
 
 
-def give_feedback(engine: Engine, agent: Agent, text: str, out: IO[str]) -> bool:
+def give_feedback(engine: Engine, agent: Agent, text: str, out: Reporter) -> bool:
     """Make `agent` run again with `text` as its feedback; False (and a line
     saying why) if it cannot be: it is running, or it never ran."""
     record, given = engine.give_feedback(agent, text)
@@ -40,5 +40,5 @@ def give_feedback(engine: Engine, agent: Agent, text: str, out: IO[str]) -> bool
                   "(done, failed or cancelled)\n")
         return False
     assert record is not None
-    out.write(f"retrying  {agent.task}  (was {record.state}; with your feedback)\n")
+    out.line(f"retrying  {agent.task}  (was {record.state}; with your feedback)")
     return True

@@ -11,15 +11,24 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import IO, Iterable
+from typing import Iterable
 
-from ..runtime.causes import last_line
-from ..core.scheduler import Decision
-from ..runtime.state import Layout
-from ..core.table import columns
 from ..core.records import clock_text
-from .ui import (STYLES, decision_line, elapsed, label, run_summary, summary_line,
-                 with_fanout_rows_rolled_up, worth_a_line)
+from ..core.scheduler import Decision
+from ..core.table import columns
+from ..runtime.causes import last_line
+from ..runtime.state import Layout
+from .reporter import Reporter
+from .ui import (
+    STYLES,
+    decision_line,
+    elapsed,
+    label,
+    run_summary,
+    summary_line,
+    with_fanout_rows_rolled_up,
+    worth_a_line,
+)
 
 # lower sorts first; done agents are not rows at all
 ORDER = {"failed": 0, "cancelled": 1, "running": 2, "launching": 2, "launched": 3,
@@ -150,7 +159,7 @@ class PlainProgress:
     needs a person (blocked behind a failure, gated on a signal), which is
     said once, and again only if its reason changes."""
 
-    def __init__(self, out: IO[str], events: EventTail, started: dict[str, Decision]):
+    def __init__(self, out: Reporter, events: EventTail, started: dict[str, Decision]):
         self.out = out
         self.events = events
         self.said: dict[str, str] = {}
@@ -172,7 +181,7 @@ class PlainProgress:
             if task in ours or task.rpartition(".")[0] in ours:
                 line = event_line(item)
                 if line is not None:
-                    self.out.write(line + "\n")
+                    self.out.line(line)
                     self.ended_before.discard(task)
         for task, decision in decisions.items():
             if not self._needs_a_person(decision):
@@ -180,7 +189,7 @@ class PlainProgress:
             line = decision_line(decision)
             if self.said.get(task) != line:
                 self.said[task] = line
-                self.out.write(line + "\n")
+                self.out.line(line)
         self.out.flush()
 
     def _needs_a_person(self, decision: Decision) -> bool:
@@ -190,7 +199,7 @@ class PlainProgress:
                 and worth_a_line(decision))
 
     def finish(self, decisions: dict[str, Decision]) -> None:
-        self.out.write(run_summary(decisions.values(), self.current) + "\n")
+        self.out.line(run_summary(decisions.values(), self.current))
 
     def close(self) -> None:
         pass

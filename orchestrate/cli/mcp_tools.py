@@ -27,13 +27,17 @@ from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import control
-from ..runtime.advancer import Watcher, can_advance
-from ..runtime.engine import Engine
 from ..core.errors import UserError
 from ..core.selection import match, select
 from ..core.spec import NAME_RE, Workspace
+from ..runtime.advancer import Watcher, can_advance
+from ..runtime.engine import Engine
 from ..runtime.state import Layout, read_status
+from .cmd_base import EXIT_FAILED, EXIT_OK
+from .cmd_logs import print_log
+from .reporter import Reporter
+from .cmd_signal import signal_create
+from .cmd_status import status, status_json
 from .tasks import forget_workspace, invalid_warning, workspace_at
 
 WAIT_DEFAULT, WAIT_MAX = 30.0, 300.0
@@ -121,7 +125,7 @@ class Toolbox:
         """As `doit status --json`: settles finished runs, launches nothing;
         an invalid pipeline file is left out with a warning, as `doit status` does."""
         names = self.selection(tasks, lenient=True)
-        return {**control.status_json(*control.status(self.root, names)), **self.warnings()}
+        return {**status_json(*status(self.root, names)), **self.warnings()}
 
     def snapshot(self, tasks: list[str] | None) -> list[dict]:
         """Status records read without the scheduling lock (nothing settled):
@@ -131,21 +135,21 @@ class Toolbox:
         layout = Layout(workspace.root)
         decisions = Engine(workspace).evaluate(agents)
         records = {a.task: read_status(layout, a.pipeline, a.name) for a in agents}
-        return control.status_json(decisions, records)["agents"]
+        return status_json(decisions, records)["agents"]
 
     def logs(self, task: str, tail: int = TAIL_DEFAULT, check: bool = False) -> dict:
         if tail < 1:
             raise ValueError(f"tail must be 1 or more lines, not {tail}")
         self.workspace(lenient=True)
         out = _Tail(tail)
-        control.print_log(self.root, task, False, out, check)
+        print_log(self.root, task, False, Reporter(out), check)
         return {"task": task, "log": out.text()}
 
     # -- acting --------------------------------------------------------------
     def signal(self, name: str) -> dict:
         self.workspace()
         existed = bool(NAME_RE.fullmatch(name)) and Layout(self.root).external_signal(name).exists()
-        control.signal_create(self.root, name)
+        signal_create(self.root, name)
         return {"signal": name, "created": not existed}
 
     def run(self, tasks: list[str] | None = None) -> dict:
@@ -204,9 +208,9 @@ class Toolbox:
         watcher = Watcher(layout, [p.name for p in self.workspace().pipelines])
         try:
             while True:
-                decisions, records = control.status(self.root, names)
+                decisions, records = status(self.root, names)
                 finished = not can_advance(decisions)
-                progress.latest = (finished, control.status_json(decisions, records)["agents"])
+                progress.latest = (finished, status_json(decisions, records)["agents"])
                 now = time.monotonic()
                 if finished or now >= deadline:
                     return
@@ -231,7 +235,7 @@ class Toolbox:
             threading.Thread(target=proc.communicate, daemon=True,
                              name=f"reap doit {proc.pid}").start()
             return
-        if proc.returncode not in (control.EXIT_OK, control.EXIT_FAILED):
+        if proc.returncode not in (EXIT_OK, EXIT_FAILED):
             message = (err.strip() or out.strip()
                        or f"python -m doit {' '.join(proc.args[3:])} exited with {proc.returncode}")
             raise CommandError(message)

@@ -9,17 +9,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Iterator
 
-from ..runtime import worktree
 from ..core.errors import UserError
 from ..core.spec import Agent, Workspace
-from ..runtime.workspace import load_workspace
+from ..runtime import worktree
 from ..runtime.state import Layout, SchedulingLock, expand_patterns, remove_inside
+from ..runtime.workspace import load_workspace
 from ..runtime.worktree import output_root
 
 _loaded: dict[tuple[Path, bool], Workspace] = {}
-# Commands that refuse an invalid workspace with the full error (run, wait)
-# turn this off, so the same problems are not also printed as a warning.
-warn_about_invalid = True
 
 
 def workspace_at(root: Path, lenient: bool = False) -> Workspace:
@@ -66,8 +63,8 @@ class AgentIsCurrent:
         self.reason = "not checked"
 
     def __call__(self) -> bool:
-        from ..runtime.engine import Engine
         from ..core.selection import upstream_closure
+        from ..runtime.engine import Engine
         engine = Engine(self.workspace)
         decision = engine.evaluate(upstream_closure(self.workspace, {self.agent.task}))[
             self.agent.task]
@@ -105,6 +102,7 @@ def clean_agent(root: str, pipeline: str, agent: str, dryrun: bool = False):
 
 def _clean_under_lock(layout: Layout, spec: Agent, dryrun: bool, root: Path):
     from doit.exceptions import TaskFailed
+
     from ..runtime.engine import Engine
     pipeline, agent = spec.pipeline, spec.name
     with SchedulingLock(layout):   # the status record first: refused while it runs
@@ -174,7 +172,7 @@ def pipeline_tasks(root: Path) -> Iterator[dict[str, Any]]:
     """Everything doit needs to know about every pipeline of the workspace."""
     import sys
     workspace = workspace_at(root, lenient=True)
-    if workspace.problems and warn_about_invalid:
+    if workspace.problems:
         sys.stderr.write(invalid_warning(workspace))
     Layout(workspace.root).make_dirs([p.name for p in workspace.pipelines])
     for pipeline in workspace.pipelines:
@@ -185,8 +183,13 @@ def pipeline_tasks(root: Path) -> Iterator[dict[str, Any]]:
 
 
 def ensure_state_folder(root: Path) -> None:
-    """Run as the dodo file loads: refuse doit's own commands started below
-    the root (see where.py), then make sure doit's database has its folder."""
+    """Run as the dodo file loads (only doit's own commands load it):
+    refuse them when started below the root (see where.py), then make sure
+    doit's database has its folder."""
     from .where import refuse_doit_command_below
     refuse_doit_command_below(root)
+    make_state_folder(root)
+
+
+def make_state_folder(root: Path) -> None:
     (root / ".orchestrate").mkdir(exist_ok=True)

@@ -7,10 +7,11 @@ from __future__ import annotations
 
 from dataclasses import replace
 from datetime import datetime, timezone
-from typing import IO, Iterable
+from typing import Iterable
 
 from ..core.scheduler import Decision
 from ..runtime.state import StatusRecord
+from .reporter import Reporter
 
 LABELS = {"launching": "launching", "running": "running",
           "waiting": "waiting", "queued": "queued", "done": "done", "failed": "failed",
@@ -48,9 +49,9 @@ def worth_a_line(decision: Decision) -> bool:
             or decision.signal is not None)
 
 
-def write_decisions(out: IO[str], decisions: Iterable[Decision]) -> None:
+def write_decisions(out: Reporter, decisions: Iterable[Decision]) -> None:
     for decision in decisions:
-        out.write(decision_line(decision) + "\n")
+        out.line(decision_line(decision))
     out.flush()
 
 

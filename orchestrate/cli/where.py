@@ -59,11 +59,9 @@ def locate(params) -> None:
 
 
 def refuse_doit_command_below(root: Path) -> None:
-    """Called as the dodo file loads: a doit command (not one of
-    orchestrate's, which set `OURS`) started below the root would miss the
-    workspace's configuration; refuse before doit opens any database."""
-    if OURS:
-        return
+    """Called as the dodo file loads, which only doit's own commands do
+    (orchestrate's do not import it): one started below the root would miss
+    the workspace's configuration; refuse before doit opens any database."""
     try:
         from doit import loader
         started = loader.initial_workdir
@@ -78,5 +76,3 @@ def _invalid(message: str) -> Exception:
     from doit.exceptions import InvalidCommand
     return InvalidCommand(message)
 
-
-OURS = False   # set by orchestrate's commands before doit loads the dodo file

@@ -9,17 +9,18 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import time
 import subprocess
+import time
 from dataclasses import replace
 from pathlib import Path
 from urllib.parse import quote
 
 from ..core import checks, graph, report, timeline
-from . import control
 from ..core.errors import UserError
 from ..core.scheduler import Decision
 from ..runtime.state import Layout, StatusRecord, write_atomic
+from .cmd_base import OrchestrateCommand, budgets, opt_expand, opt_format, opt_output
+from .cmd_status import status
 from .ui import elapsed, pipeline_totals, state_counts, totals_lines, usage_cells
 
 FORMATS = ("dot", "mermaid", "svg")
@@ -34,7 +35,7 @@ class PictureError(UserError):
 
 def _state(root: Path, names: list[str], expand: bool = False
            ) -> tuple[dict[str, Decision], dict, graph.Graph]:
-    decisions, records = control.status(root, names)
+    decisions, records = status(root, names)
     states = {task: d.state for task, d in decisions.items()}
     present = {p.name[:-len(".signal")] for p in Layout(root).signals_dir.glob("*.signal")}
     agents = [d.agent for d in decisions.values()]
@@ -113,7 +114,7 @@ def collect(root: Path, names: list[str], report_dir: Path) -> report.ReportData
     return report.ReportData(
         workspace=str(root), selection=list(names), rows=rows, timeline=attempts,
         dag_svg=svg, dag_source=source,
-        spend_lines=totals_lines(totals, control.budgets(root)),
+        spend_lines=totals_lines(totals, budgets(root)),
         cost_usd=sum(t["cost_usd"] for t in totals.values()) if totals else None,
         input_tokens=int(sum(t["input_tokens"] for t in totals.values())),
         output_tokens=int(sum(t["output_tokens"] for t in totals.values())),
@@ -224,3 +225,36 @@ def read_events(path: Path) -> list[dict]:
         if isinstance(item, dict):
             found.append(item)
     return found
+
+class Graph(OrchestrateCommand):
+    name = "graph"
+    doc_purpose = "print the DAG of the selected agents and everything upstream of them"
+    doc_usage = "[TASK ...] [--format dot|mermaid|svg] [-o FILE] [--expand]"
+    doc_description = ("Nodes pipeline:agent coloured by state; after edges solid, after_any "
+                       "dashed, wait_for signals dotted.\nExit: 0; 3 on an invalid pipeline, "
+                       "an unknown task, or --format svg without Graphviz.")
+    cmd_options = (opt_format, opt_output, opt_expand)
+
+    def _execute(self, pos_args, fmt, output, expand):
+        text = graph_text(self.root, pos_args, fmt, expand)
+        if output is None:
+            self.report.write(text)
+            return 0
+        path = write_file(output_path(self.root, output), text)
+        self.report.line(f"{path}")
+        return 0
+
+
+class Report(OrchestrateCommand):
+    name = "report"
+    doc_purpose = "write a self-contained HTML report of the run and print its path"
+    doc_usage = "[TASK ...] [-o FILE]"
+    doc_description = ("Summary, DAG, a timeline of every attempt, the agents' table and the "
+                       "end of failed agents' logs; default .orchestrate/report.html.\n"
+                       "Exit: 0; 3 on an invalid pipeline or an unknown task.")
+    cmd_options = (opt_output,)
+
+    def _execute(self, pos_args, output):
+        path = write_report(self.root, pos_args, output)
+        self.report.line(f"{path}")
+        return 0
