@@ -102,10 +102,22 @@ class OrchestrateCommand(DoitCmdBase):
                 self.dep_manager.close()
 
     def _no_dodo_import(self, params) -> None:
-        """Stands in for doit's import of the dodo file: the workspace's
-        state folder (doit's database lives in it) is made here instead."""
-        root = Path(params.get("dodoFile") or where.MARKER).resolve().parent
-        tasks.make_state_folder(root)
+        """Stands in for doit's import of the dodo file and does the rest of
+        what doit's loader does then: find the file (upward with
+        --seek-file), change into its folder (or --dir), and make the state
+        folder that doit's database lives in (the dodo file would have)."""
+        dodo = Path(params.get("dodoFile") or where.MARKER)
+        if not dodo.is_absolute():
+            here = Path(os.getcwd())
+            found = (where.find_upward(here, dodo) if params.get("seek_file")
+                     else here / dodo)
+            dodo = found if found is not None else here / dodo
+        if not dodo.is_file():
+            raise InvalidCommand(f"Could not find dodo file '{params.get('dodoFile')}'.\n"
+                                 "Please use '-f' to specify file name.\n")
+        folder = Path(params.get("cwdPath") or dodo.parent).resolve()
+        os.chdir(folder)
+        tasks.make_state_folder(dodo.parent.resolve())
 
     def _no_doit_tasks(self, cmd, pos_args):
         """Stands in for doit's task loading. A command that launches refuses

@@ -31,6 +31,14 @@ def find_root(start: Path) -> Path | None:
     return None
 
 
+def find_upward(start: Path, name: Path) -> Path | None:
+    """`name` in `start` or the nearest folder above it (doit's --seek-file)."""
+    for folder in (start, *start.parents):
+        if (folder / name).is_file():
+            return folder / name
+    return None
+
+
 def doit_config(root: Path) -> dict:
     """[tool.doit] of the workspace's pyproject.toml, without its plugin tables."""
     try:
