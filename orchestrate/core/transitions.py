@@ -361,7 +361,7 @@ def _begin_stop(record: StatusRecord, agent: Agent, seen: Tracked, now: float
     pass sends the SIGKILL)."""
     kill_at = StopPolicy(agent.kill_grace).kill_at(now)   # the one stop policy's
     record = replace(record, stop_kind=seen.kind, stop_reason=seen.reason,
-                     descendants=list(seen.descendants), kill_at=kill_at)
+                     descendants=[list(d) for d in seen.descendants], kill_at=kill_at)
     return record, [Save(), Crash("stop-recorded"), Kill(SIGTERM),
                     Event("stop", {"task": agent.task, "run_id": record.run_id,
                                    "reason": seen.reason}),
