@@ -51,17 +51,19 @@ def outcome(decisions: dict[str, Decision]) -> int:
     return EXIT_FAILED if bad else EXIT_OK
 
 
-def _selection(root: Path, names: list[str], lenient: bool = False
-               ) -> tuple[Engine, list[Agent]]:
+def _selection(root: Path, names: list[str], lenient: bool = False,
+               liveness_interval: float = 0.0) -> tuple[Engine, list[Agent]]:
     """Launching needs every pipeline valid; looking and cancelling (lenient)
-    answer for the valid ones."""
+    answer for the valid ones. `liveness_interval`: for an engine that runs
+    pass after pass (0: one pass, every executor asked now)."""
     workspace = with_stand_ins(workspace_at(root, lenient))
-    return Engine(workspace), select(workspace, names)
+    return Engine(workspace, liveness_interval=liveness_interval), select(workspace, names)
 
 
 def start(root: Path, names: list[str]) -> dict[str, Decision]:
-    """Decide under the lock; a detached child launches and advances."""
-    engine, agents = _selection(root, names)
+    """Decide under the lock; a detached child launches and advances (with
+    this engine: it is made for pass after pass)."""
+    engine, agents = _selection(root, names, liveness_interval=LIVENESS_INTERVAL)
     lock = SchedulingLock(engine.layout)
     lock.acquire()
     result = engine.run_pass(agents)
@@ -202,8 +204,7 @@ def _wait(root: Path, names: list[str], timeout: float | None, out: IO[str],
     if not started:
         out.write(NO_PIPELINES)
         return EXIT_OK
-    engine, agents = _selection(root, names)
-    engine.liveness_interval = LIVENESS_INTERVAL
+    engine, agents = _selection(root, names, liveness_interval=LIVENESS_INTERVAL)
     lock = SchedulingLock(engine.layout)
     watcher = Watcher(engine.layout, [p.name for p in engine.workspace.pipelines])
     progress = (_LiveProgress(out, engine.workspace.root) if live
