@@ -200,9 +200,13 @@ class Engine:
 
     def __init__(self, workspace: Workspace, launcher: Launcher | None = None,
                  liveness_interval: float = 0.0, clock: Callable[[], float] = time.time,
-                 executors: dict[str, Executor] | None = None):
-        """`executors`: name -> executor (default: local and slurm on this
-        machine); `clock`: epoch seconds (a fake one in tests)."""
+                 executors: dict[str, Executor] | None = None,
+                 sleep: Callable[[float], None] = time.sleep):
+        """`liveness_interval`: the least seconds between two questions to the
+        local executor, for an engine that runs pass after pass (0: one pass,
+        every executor asked now); `executors`: name -> executor (default:
+        local and slurm on this machine); `clock`: epoch seconds and `sleep`
+        (waiting for a stop), fake ones in tests."""
         self.workspace = workspace
         self.layout = Layout(workspace.root)
         self.launcher = launcher or Launcher(self.layout)
@@ -212,6 +216,7 @@ class Engine:
         self.signal_cache: FileCache[str] = FileCache(read_signal_digest)
         self.liveness_interval = liveness_interval
         self.clock = clock
+        self.sleep = sleep
         self.next_wake = float("inf")   # the earliest timeout, kill, retry or poll ahead
         self.hooks = HookKeeper(workspace, self.layout)
         self.fanouts = FanoutKeeper(self.layout)
@@ -376,7 +381,7 @@ class Engine:
             return record
         return self.effects.apply(agent, record, t.StopWanted(kind, reason))
 
-    def kill(self, record: StatusRecord, sleep: Callable[[float], None] = time.sleep) -> None:
+    def kill(self, record: StatusRecord, sleep: Callable[[float], None] | None = None) -> None:
         """Stop a run whose agent left the workspace (a fan-out instance whose
         item is gone) with the one stop policy: SIGTERM and a `stop` event
         now, SIGKILL past its kill_grace, waited for here (bounded by
@@ -393,7 +398,7 @@ class Engine:
         append_event(self.layout, "stop", task=record.task, run_id=record.run_id,
                      reason="its item left the list")
         drive(_RunsBeingStopped(self, [record]), [Stop(record.run_id, began, StopPolicy(grace))],
-              self.clock, sleep)
+              self.clock, sleep or self.sleep)
 
     def bound_stops(self, agents: list[Agent]) -> float:
         """From now, stopping the runs of `agents` is over within their longest
@@ -406,7 +411,7 @@ class Engine:
         return self.deadline
 
     def wait_until_gone(self, stopping: list[tuple[Agent, StatusRecord]],
-                        sleep: Callable[[float], None] = time.sleep) -> dict[str, str]:
+                        sleep: Callable[[float], None] | None = None) -> dict[str, str]:
         """Drive each run's stop to its end with the one stop policy: SIGKILL
         at its kill_at and every second after while anything of it remains
         (one question per executor per round), until nothing is left, its
@@ -424,7 +429,7 @@ class Engine:
             stops.append(Stop(record.run_id, kill_at - agent.kill_grace,
                               StopPolicy(agent.kill_grace)))
         runs = _RunsBeingStopped(self, [r for _, r in pending])
-        unconfirmed = drive(runs, stops, self.clock, sleep, until=self.deadline)
+        unconfirmed = drive(runs, stops, self.clock, sleep or self.sleep, until=self.deadline)
         tasks = {r.run_id: a.task for a, r in pending}
         return {tasks[run_id]: runs.why.get(run_id, why) for run_id, why in unconfirmed.items()}
 
