@@ -168,9 +168,11 @@ def test_runs_a_polled_executor_cannot_answer_for_stay_running(tmp_path):
 
 
 # -- the engine is not a hub ------------------------------------------------
-# `engine._x` (also `self.engine._x`, `_engine._x`) read outside engine.py, or
-# `engine.x = ...` set there: both mean a helper works the engine's insides.
-REACHING_IN = re.compile(r"\bengine\._\w|\bengine\.\w+\s*(?:[-+*/|&]?=)(?!=)")
+# `engine._x` (also `self.engine._x`) read outside engine.py, `engine.x = ...`
+# set there, or a view's engine (`view._engine`) reached through: each means a
+# helper works the engine's insides.
+REACHING_IN = re.compile(
+    r"(?<!\w)_?engine\.(?:_\w|\w+\s*[-+*/|&]?=(?!=))|\._engine\b")
 
 
 def reaching_in(package: Path) -> list[str]:
@@ -197,5 +199,6 @@ def test_the_check_on_the_engines_insides_sees_what_it_forbids(tmp_path):
     (tmp_path / "runtime" / "engine.py").write_text("engine._save(r)\nself.x = 1\n")
     (tmp_path / "runtime" / "keeper.py").write_text(
         "engine.status_cache.get(p)\nif engine.clock() == 0: pass\n"
-        "engine._save(record)\nself.engine.workspace = fresh\nengine.liveness_interval = 1\n")
-    assert [line.split(":")[1] for line in reaching_in(tmp_path)] == ["3", "4", "5"]
+        "engine._save(record)\nself.engine.workspace = fresh\nengine.liveness_interval = 1\n"
+        "view._engine.status_cache\nx = engine.next_wake == 0\nmy_engine._x = 1\n")
+    assert [line.split(":")[1] for line in reaching_in(tmp_path)] == ["3", "4", "5", "6"]
