@@ -188,8 +188,10 @@ class PassResult:
 
 
 class Engine:
-    """Scheduling passes for one workspace, and the runner of the effects a
-    run's transitions ask for (`apply`).
+    """Scheduling passes for one workspace: read state, settle ended runs,
+    decide, launch. What a run's transitions ask for is done by its
+    `effects` (`runtime/effects.py`); keepers read it through `view` (hooks)
+    and `fanout_requests` (the fan-out step), never its insides.
 
     Between passes it keeps only caches of file contents keyed by the files'
     stat (the files stay the truth) and when it last asked each executor
