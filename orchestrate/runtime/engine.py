@@ -204,9 +204,10 @@ class Engine:
                  liveness_interval: float = 0.0, clock: Callable[[], float] = time.time,
                  executors: dict[str, Executor] | None = None,
                  sleep: Callable[[float], None] = time.sleep):
-        """`liveness_interval`: the least seconds between two questions to the
-        local executor, for an engine that runs pass after pass (0: one pass,
-        every executor asked now); `executors`: name -> executor (default:
+        """`liveness_interval`: for an engine that runs pass after pass, the
+        least seconds between two questions to an executor that wakes us
+        (local; a polled one is asked every `poll`); 0: every executor is
+        asked at every pass (one-shot commands); `executors`: name -> executor (default:
         local and slurm on this machine); `clock`: epoch seconds and `sleep`
         (waiting for a stop), fake ones in tests."""
         self.workspace = workspace
