@@ -499,7 +499,9 @@ def test_a_rate_limit_holds_its_preset_until_the_reset_on_the_engines_clock(
     assert states(result)["a"][0] == "launch" and states(result)["b"][0] == "queued"
     assert engine.launch_all(result) == ["p:a"]
     run_id = ws.status("p", "a")["run_id"]
-    wait_until((ws.state / "runs" / f"{run_id}.exit").exists, what="a's CLI to end")
+    exit_record = ws.state / "runs" / f"{run_id}.exit"   # the shell creates it, then writes
+    wait_until(lambda: exit_record.exists() and exit_record.read_text().strip(),
+               what="a's CLI to end")
     result = engine.run_pass(agents)               # settles a: rate limited, rested
     until = json.loads((ws.state / "ratelimits" / "claude.json").read_text())["until"]
     assert until > now[0] + 500

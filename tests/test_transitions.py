@@ -626,10 +626,10 @@ def test_forget_removes_the_record_of_an_agent_that_does_not_run():
 
 def test_only_the_effect_runner_writes_status_records():
     """Every change of a record is a transition or a constructor above, run
-    by `Engine.run`: no other module calls `write_status`."""
+    by the effect runner (`runtime/effects.py`): no other module calls `write_status`."""
     from pathlib import Path
     import orchestrate
     package = Path(orchestrate.__file__).parent
     writers = sorted(str(p.relative_to(package)) for p in package.rglob("*.py")
                      if "write_status(" in p.read_text())
-    assert writers == ["runtime/engine.py", "runtime/state.py"]
+    assert writers == ["runtime/effects.py", "runtime/state.py"]

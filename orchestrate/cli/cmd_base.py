@@ -35,12 +35,13 @@ def outcome(decisions: dict[str, Decision]) -> int:
     return EXIT_FAILED if bad else EXIT_OK
 
 
-def selection_of(root: Path, names: list[str], lenient: bool = False
-               ) -> tuple[Engine, list[Agent]]:
+def selection_of(root: Path, names: list[str], lenient: bool = False,
+                 liveness_interval: float = 0.0) -> tuple[Engine, list[Agent]]:
     """Launching needs every pipeline valid; looking and cancelling (lenient)
-    answer for the valid ones."""
+    answer for the valid ones. `liveness_interval`: for an engine that runs
+    pass after pass (0: one pass, every executor asked now)."""
     workspace = with_stand_ins(workspace_at(root, lenient))
-    return Engine(workspace), select(workspace, names)
+    return Engine(workspace, liveness_interval=liveness_interval), select(workspace, names)
 
 
 NO_PIPELINES = "no pipelines: add pipelines/NAME.toml (python -m orchestrate init makes an example)\n"

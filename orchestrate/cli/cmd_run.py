@@ -9,7 +9,7 @@ from ..core.errors import UserError
 from ..core.scheduler import Decision
 from ..core.selection import match, select
 from ..runtime.advancer import AdvancerSlot, can_advance, fork_advancer
-from ..runtime.engine import Engine
+from ..runtime.engine import LIVENESS_INTERVAL, Engine
 from ..runtime.state import (
     Layout,
     SchedulingLock,
@@ -33,8 +33,9 @@ from .ui import (
 
 
 def start(root: Path, names: list[str]) -> dict[str, Decision]:
-    """Decide under the lock; a detached child launches and advances."""
-    engine, agents = selection_of(root, names)
+    """Decide under the lock; a detached child launches and advances (with
+    this engine: it is made for pass after pass)."""
+    engine, agents = selection_of(root, names, liveness_interval=LIVENESS_INTERVAL)
     lock = SchedulingLock(engine.layout)
     lock.acquire()
     result = engine.run_pass(agents)

@@ -94,8 +94,7 @@ def _wait(root: Path, names: list[str], timeout: float | None, out: Reporter,
     if not started:
         out.write(NO_PIPELINES)
         return EXIT_OK
-    engine, agents = selection_of(root, names)
-    engine.liveness_interval = LIVENESS_INTERVAL
+    engine, agents = selection_of(root, names, liveness_interval=LIVENESS_INTERVAL)
     lock = SchedulingLock(engine.layout)
     watcher = Watcher(engine.layout, [p.name for p in engine.workspace.pipelines])
     progress = (_LiveProgress(out, engine.workspace.root) if live

@@ -6,7 +6,7 @@ An observation is a fact someone looked up (the wrapper's exit record with
 what the outcome needs, the run gone, the run alive with its log's last
 growth, a stop wanted); the effects are what must happen next, as data (save
 the record, signal the run, write the signal, append an event), run in order
-by the engine's effect runner (`Engine.apply`). Nothing here reads a file, a
+by the engine's effect runner (`runtime/effects.py`). Nothing here reads a file, a
 clock or a process table, so every transition is unit-tested in milliseconds
 (tests/test_transitions.py) and the I/O lives in `observe` and the runner.
 
@@ -361,7 +361,7 @@ def _begin_stop(record: StatusRecord, agent: Agent, seen: Tracked, now: float
     pass sends the SIGKILL)."""
     kill_at = StopPolicy(agent.kill_grace).kill_at(now)   # the one stop policy's
     record = replace(record, stop_kind=seen.kind, stop_reason=seen.reason,
-                     descendants=list(seen.descendants), kill_at=kill_at)
+                     descendants=[list(d) for d in seen.descendants], kill_at=kill_at)
     return record, [Save(), Crash("stop-recorded"), Kill(SIGTERM),
                     Event("stop", {"task": agent.task, "run_id": record.run_id,
                                    "reason": seen.reason}),
@@ -501,7 +501,7 @@ def _owe_attempt(record: StatusRecord, now: float) -> tuple[StatusRecord, Effect
 
 # -- changes that are not a run's own: pure constructors ------------------------
 # Each returns the new record and what must happen, run by the same effect
-# runner (`Engine.run`): with `transition`, they are every way a status
+# runner (`runtime/effects.py`): with `transition`, they are every way a status
 # record changes.
 def launch_number(previous: StatusRecord | None) -> int:
     """The agent's launches so far, this one included (its run id and log say it)."""

@@ -293,8 +293,12 @@ def fork_advancer(engine: Engine, names: list[str], lock: SchedulingLock,
     """Launch `result`'s ready agents and advance, in a detached child.
 
     Called with `lock` held; returns the child's pid in the parent, which
-    keeps no hold on the lock. The child never returns.
+    keeps no hold on the lock. The child never returns. `engine` goes on as
+    the advancer's, so it is made for pass after pass (`liveness_interval`).
     """
+    if not engine.liveness_interval:
+        raise ValueError("the advancer's engine asks its executors at every pass: "
+                         f"make it with liveness_interval={LIVENESS_INTERVAL}")
     sys.stdout.flush()
     sys.stderr.flush()
     pid = os.fork()
@@ -333,7 +337,6 @@ def _advance_in_child(engine: Engine, names: list[str], lock: SchedulingLock,
     watcher = Watcher(engine.layout, [p.name for p in engine.workspace.pipelines])
     try:
         append_event(engine.layout, "advancer_start", pid=os.getpid(), selection=names)
-        engine.liveness_interval = LIVENESS_INTERVAL
         advancer = Advancer(engine, names, lock, slot, watcher, log)
         advancer.run()
         times = os.times()

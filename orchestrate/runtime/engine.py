@@ -19,6 +19,7 @@ from .executors import Executor, Observation, SubmitError, Unavailable
 from .executors.local import LocalExecutor
 from .executors.slurm import SlurmExecutor
 from .fanout import FanoutKeeper, move_outputs_aside
+from .effects import EffectRunner
 from .faults import crash_point
 from ..core.fingerprint import digest_text
 from .hooks import HookKeeper
@@ -38,17 +39,13 @@ from .state import (
     StatusRecord,
     append_event,
     append_events,
-    event,
     expand_patterns,
     file_digest,
     parse_status,
     read_json,
-    write_atomic,
     write_json,
-    write_status,
 )
 from .worktree import output_root
-from .wrapper import remove_run_files
 
 
 def hash_inputs(root: Path, patterns: tuple[str, ...], cache: dict[str, list]) -> dict[str, list]:
@@ -88,16 +85,31 @@ def keep_previous_log(layout: Layout, agent: Agent, number: int) -> None:
 
 
 class StateView:
-    """What a keeper (hooks) may read of the engine's state: records, facts,
-    signals, money spent, rate limits and the clock, through the engine's
-    caches; nothing that writes, launches or signals."""
+    """What a keeper (hooks, fan-out) may read of the engine's state: the
+    workspace, records, facts, signals, money spent, rate limits and the
+    clock, through the engine's caches; nothing that writes, launches or
+    signals."""
 
     def __init__(self, engine: "Engine"):
         self._engine = engine
 
+    @property
+    def workspace(self) -> Workspace:
+        """The engine's workspace now (a fan-out's instances included)."""
+        return self._engine.workspace
+
     def record(self, agent: Agent) -> StatusRecord | None:
+        return self.record_at(agent.pipeline, agent.name)
+
+    def record_at(self, pipeline: str, name: str) -> StatusRecord | None:
+        """The status record of `pipeline:name`, declared or not (yet)."""
         engine = self._engine
-        return engine.status_cache.get(engine.layout.status(agent.pipeline, agent.name))
+        return engine.status_cache.get(engine.layout.status(pipeline, name))
+
+    def signal_digest(self, pipeline: str, name: str) -> str | None:
+        """The digest of `pipeline:name`'s signal file (None: none)."""
+        engine = self._engine
+        return engine.signal_cache.get(engine.layout.signal(pipeline, name))
 
     def records(self, agents: list[Agent]) -> dict[str, StatusRecord | None]:
         return self._engine.records(agents)
@@ -117,6 +129,22 @@ class StateView:
 
     def clock(self) -> float:
         return self._engine.clock()
+
+
+class FanoutRequests(StateView):
+    """The fan-out step's side of the engine (`fanout.FanoutHost`): the
+    read-only view, and the three things it asks: record a change made by a
+    pure constructor (its row), retire an instance, take the workspace with
+    the instances the expansion records now hold."""
+
+    def apply_change(self, record: StatusRecord, effects: t.Effects) -> None:
+        self._engine.effects.run(record, effects)
+
+    def retire(self, record: StatusRecord, task: str, reason: str) -> None:
+        self._engine.retire(record, task, reason)
+
+    def use_workspace(self, workspace: Workspace) -> None:
+        self._engine.workspace = workspace
 
 
 class _RunsBeingStopped:
@@ -162,8 +190,10 @@ class PassResult:
 
 
 class Engine:
-    """Scheduling passes for one workspace, and the runner of the effects a
-    run's transitions ask for (`apply`).
+    """Scheduling passes for one workspace: read state, settle ended runs,
+    decide, launch. What a run's transitions ask for is done by its
+    `effects` (`runtime/effects.py`); keepers read it through `view` (hooks)
+    and `fanout_requests` (the fan-out step), never its insides.
 
     Between passes it keeps only caches of file contents keyed by the files'
     stat (the files stay the truth) and when it last asked each executor
@@ -174,9 +204,14 @@ class Engine:
 
     def __init__(self, workspace: Workspace, launcher: Launcher | None = None,
                  liveness_interval: float = 0.0, clock: Callable[[], float] = time.time,
-                 executors: dict[str, Executor] | None = None):
-        """`executors`: name -> executor (default: local and slurm on this
-        machine); `clock`: epoch seconds (a fake one in tests)."""
+                 executors: dict[str, Executor] | None = None,
+                 sleep: Callable[[float], None] = time.sleep):
+        """`liveness_interval`: for an engine that runs pass after pass, the
+        least seconds between two questions to an executor that wakes us
+        (local; a polled one is asked every `poll`); 0: every executor is
+        asked at every pass (one-shot commands); `executors`: name -> executor (default:
+        local and slurm on this machine); `clock`: epoch seconds and `sleep`
+        (waiting for a stop), fake ones in tests."""
         self.workspace = workspace
         self.layout = Layout(workspace.root)
         self.launcher = launcher or Launcher(self.layout)
@@ -186,6 +221,7 @@ class Engine:
         self.signal_cache: FileCache[str] = FileCache(read_signal_digest)
         self.liveness_interval = liveness_interval
         self.clock = clock
+        self.sleep = sleep
         self.next_wake = float("inf")   # the earliest timeout, kill, retry or poll ahead
         self.hooks = HookKeeper(workspace, self.layout)
         self.fanouts = FanoutKeeper(self.layout)
@@ -194,6 +230,13 @@ class Engine:
             "slurm": SlurmExecutor(self.layout, workspace.slurm, self.launcher, self.time_left)}
         self.last_asked = {name: float("-inf") for name in self.executors}
         self.view = StateView(self)   # what keepers may read (hooks)
+        self.fanout_requests = FanoutRequests(self)   # and what the fan-out step may ask
+        self.effects = EffectRunner(self.layout, self.status_cache, self.signal_cache,
+                                    self.executor_of, clock, self.wake_by)
+
+    def wake_by(self, at: float) -> None:
+        """A pass is due by `at` (a timeout, a kill, a retry, a poll)."""
+        self.next_wake = min(self.next_wake, at)
 
     def time_left(self) -> float | None:
         """Seconds before the deadline (None: none set)."""
@@ -266,10 +309,6 @@ class Engine:
             return self.signal_cache.changed(path)
         return True
 
-    def _save(self, record: StatusRecord, durable: bool = True) -> None:
-        write_status(self.layout, record, durable)
-        self.status_cache.remember(self.layout.status(record.pipeline, record.agent), record)
-
     def external_signals(self) -> set[str]:
         return {p.name[:-len(".signal")] for p in self.layout.signals_dir.glob("*.signal")}
 
@@ -294,9 +333,9 @@ class Engine:
                 fact = observe_run(self.layout, agent, record, self.executor_of(record),
                                    seen.get(record.run_id or ""))
                 if fact is not None:
-                    records[agent.task] = self.apply(agent, record, fact)
+                    records[agent.task] = self.effects.apply(agent, record, fact)
         crash_point("pass-settled")
-        expanded = self.fanouts.step(self, agents)
+        expanded = self.fanouts.step(self.fanout_requests, agents)
         if expanded is not None:   # a planner's list became instances (or changed)
             agents = expanded
             records = self.records(agents)
@@ -336,82 +375,6 @@ class Engine:
         for name in self.last_asked:
             self.last_asked[name] = float("-inf")
 
-    # -- the effect runner ---------------------------------------------------
-    def apply(self, agent: Agent, record: StatusRecord, fact: t.Observation,
-              events: list[dict] | None = None) -> StatusRecord:
-        """Decide (`transitions.transition`) and do what it says, in order.
-        An effect that answers with a fact (`Track`) has the rest of the
-        decision made again from that fact. Events go to `events` when given
-        (a batch written by the caller), else to events.jsonl at once."""
-        record, effects = t.transition(record, agent, fact, self.clock())
-        return self.run(record, effects, events, agent)
-
-    def run(self, record: StatusRecord | None, effects: t.Effects,
-            events: list[dict] | None = None, agent: Agent | None = None
-            ) -> StatusRecord | None:
-        """The effect runner: do what a transition, or one of the pure
-        constructors of `transitions` (a launch, a cancel before start, a
-        retry asked for, a retired instance, a fan-out row, a forget), says,
-        in order. Nothing else writes a status record. An effect that
-        answers with a fact (`Track`) has the rest of the decision made
-        again from that fact (by `agent`'s transition). `record` is None only
-        for a forget of an agent without one."""
-        for effect in effects:
-            answer = self._do(record, effect, events)
-            if answer is not None:
-                if agent is None:
-                    raise TypeError(f"{effect!r} answers a run's transition only")
-                return self.apply(agent, record, answer, events)
-        return record
-
-    def _do(self, record: StatusRecord, effect: t.Effect,
-            events: list[dict] | None) -> t.Observation | None:
-        layout = self.layout
-        if isinstance(effect, t.Save):
-            self._save(record, effect.durable)
-        elif isinstance(effect, t.Kill):
-            self.executor_of(record).stop([record], effect.signal)
-        elif isinstance(effect, t.Track):
-            tracked = self.executor_of(record).track(record)
-            return t.NotOurs() if tracked is None else t.Tracked(effect.kind, effect.reason,
-                                                                 tracked)
-        elif isinstance(effect, t.Event):
-            if events is None:
-                append_event(layout, effect.kind, **effect.details)
-            else:
-                events.append(event(effect.kind, **effect.details))
-        elif isinstance(effect, t.WriteSignal):
-            write_atomic(layout.signal(record.pipeline, record.agent), effect.text)
-        elif isinstance(effect, t.RememberSignal):
-            self.signal_cache.remember(layout.signal(record.pipeline, record.agent),
-                                       effect.digest)
-        elif isinstance(effect, t.WriteResult):
-            path = layout.result(record.pipeline, record.agent)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            write_atomic(path, effect.text, durable=False)
-        elif isinstance(effect, t.WriteFeedback):
-            path = layout.feedback(record.pipeline, record.agent)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            write_atomic(path, effect.text)
-        elif isinstance(effect, t.HoldPreset):
-            directory = layout.ratelimits_dir
-            directory.mkdir(exist_ok=True)
-            write_json(directory / f"{effect.preset}.json",
-                       {"until": effect.until, "by": effect.by})
-        elif isinstance(effect, t.RemoveRunFiles):
-            remove_run_files(layout, effect.run_id)
-        elif isinstance(effect, t.Crash):
-            crash_point(effect.point)
-        elif isinstance(effect, t.Wake):
-            self.next_wake = min(self.next_wake, effect.at)
-        elif isinstance(effect, t.Forget):
-            path = layout.status(effect.pipeline, effect.agent)
-            path.unlink(missing_ok=True)
-            self.status_cache.forget(path)
-        else:
-            raise TypeError(f"not an effect: {effect!r}")
-        return None
-
     # -- stopping --------------------------------------------------------
     def stop(self, agent: Agent, record: StatusRecord, kind: StopKind, reason: str
              ) -> StatusRecord:
@@ -421,9 +384,9 @@ class Engine:
         Slurm's word on it for up to a poll)."""
         if self.layout.exit_file(record.run_id or "").exists():
             return record
-        return self.apply(agent, record, t.StopWanted(kind, reason))
+        return self.effects.apply(agent, record, t.StopWanted(kind, reason))
 
-    def kill(self, record: StatusRecord, sleep: Callable[[float], None] = time.sleep) -> None:
+    def kill(self, record: StatusRecord, sleep: Callable[[float], None] | None = None) -> None:
         """Stop a run whose agent left the workspace (a fan-out instance whose
         item is gone) with the one stop policy: SIGTERM and a `stop` event
         now, SIGKILL past its kill_grace, waited for here (bounded by
@@ -440,7 +403,7 @@ class Engine:
         append_event(self.layout, "stop", task=record.task, run_id=record.run_id,
                      reason="its item left the list")
         drive(_RunsBeingStopped(self, [record]), [Stop(record.run_id, began, StopPolicy(grace))],
-              self.clock, sleep)
+              self.clock, sleep or self.sleep)
 
     def bound_stops(self, agents: list[Agent]) -> float:
         """From now, stopping the runs of `agents` is over within their longest
@@ -453,7 +416,7 @@ class Engine:
         return self.deadline
 
     def wait_until_gone(self, stopping: list[tuple[Agent, StatusRecord]],
-                        sleep: Callable[[float], None] = time.sleep) -> dict[str, str]:
+                        sleep: Callable[[float], None] | None = None) -> dict[str, str]:
         """Drive each run's stop to its end with the one stop policy: SIGKILL
         at its kill_at and every second after while anything of it remains
         (one question per executor per round), until nothing is left, its
@@ -471,14 +434,14 @@ class Engine:
             stops.append(Stop(record.run_id, kill_at - agent.kill_grace,
                               StopPolicy(agent.kill_grace)))
         runs = _RunsBeingStopped(self, [r for _, r in pending])
-        unconfirmed = drive(runs, stops, self.clock, sleep, until=self.deadline)
+        unconfirmed = drive(runs, stops, self.clock, sleep or self.sleep, until=self.deadline)
         tasks = {r.run_id: a.task for a, r in pending}
         return {tasks[run_id]: runs.why.get(run_id, why) for run_id, why in unconfirmed.items()}
 
     def mark_cancelled(self, decision: Decision, previous: StatusRecord | None,
                        inputs: dict[str, list]) -> StatusRecord:
         """Cancel an agent that is not running (`transitions.cancelled_before_start`)."""
-        return self.run(*t.cancelled_before_start(decision, previous, inputs, self.clock()))
+        return self.effects.run(*t.cancelled_before_start(decision, previous, inputs, self.clock()))
 
     # -- what a person asks for, besides launching and stopping -------------
     def request_retry(self, agent: Agent) -> StatusRecord | None:
@@ -487,7 +450,7 @@ class Engine:
         previous = self.status_cache.get(self.layout.status(agent.pipeline, agent.name))
         change = t.retry_requested(previous, agent.task)
         if change is not None:
-            self.run(*change)
+            self.effects.run(*change)
         return previous if change is not None else None
 
     def give_feedback(self, agent: Agent, text: str) -> tuple[StatusRecord | None, bool]:
@@ -497,7 +460,7 @@ class Engine:
         change = t.feedback_given(previous, agent.task, text,
                                   feedback_relpath(agent.pipeline, agent.name))
         if change is not None:
-            self.run(*change)
+            self.effects.run(*change)
         return previous, change is not None
 
     def forget(self, pipeline: str, name: str, verb: str = "forgotten", dryrun: bool = False
@@ -511,7 +474,7 @@ class Engine:
             record = None
         refusal, effects = t.forgotten(record, pipeline, name, verb)
         if refusal is None and not dryrun:
-            self.run(record, effects)
+            self.effects.run(record, effects)
         return refusal
 
     def retire(self, record: StatusRecord, task: str, reason: str) -> StatusRecord:
@@ -523,7 +486,7 @@ class Engine:
         instance = self.workspace.agents_by_task.get(task)
         if instance is not None:   # before the record: a crash moves them next time
             move_outputs_aside(self.layout, instance)
-        return self.run(*t.retired(record, task, reason, self.clock()))
+        return self.effects.run(*t.retired(record, task, reason, self.clock()))
 
     def spent(self) -> dict[str, float]:
         """Dollars spent per pipeline ("*": the workspace), read only when a
@@ -584,7 +547,7 @@ class Engine:
         self.signal_cache.forget(layout.signal(agent.pipeline, agent.name))
         fingerprint = decision.fingerprint
         log = layout.log(agent.pipeline, agent.name)
-        record = self.run(*t.launching(decision, previous, run_id, inputs,
+        record = self.effects.run(*t.launching(decision, previous, run_id, inputs,
                                        layout.relative(log), self.clock()))
         crash_point("launch-recorded")
         upstream = self._write_upstream_file(agent, run_id,
@@ -599,10 +562,10 @@ class Engine:
         except OSError as err:
             from .causes import start_failure
             reason = start_failure(err, output_root(layout, agent) / agent.cwd, layout.root)
-            return self.apply(agent, record, t.SubmitFailed(
+            return self.effects.apply(agent, record, t.SubmitFailed(
                 reason, retried=isinstance(err, SubmitError)), events)
         crash_point("launch-spawned")
-        return self.apply(agent, record, t.Submitted(
+        return self.effects.apply(agent, record, t.Submitted(
             started, checks.running_reason(previous, record)), events)
 
     def _write_upstream_file(self, agent: Agent, run_id: str, consumed: dict[str, str]) -> Path:

@@ -15,17 +15,19 @@ import json
 import shutil
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from .faults import crash_point
 from ..core.fingerprint import digest_text
 from ..core.records import RunState
-from ..core.transitions import gate_row
+from ..core.spec import Workspace
+from ..core.transitions import Effects, gate_row
 from ..core.foreach import Item, ListProblem, expand_agents, parse_list, string_items
 from .state import (
     FileCache,
     Layout,
     StateFolderReadOnly,
+    StatusRecord,
     append_event,
     expand_patterns,
     is_inside,
@@ -101,6 +103,29 @@ def expand_loaded(root: Path, pipeline: Any, problems: Any,
     return replace(pipeline, agents=agents, declared=declared)
 
 
+class FanoutHost(Protocol):
+    """All the fan-out step reads of the engine, and all it asks of it
+    (`engine.FanoutRequests`): nothing of the engine's insides."""
+
+    @property
+    def workspace(self) -> Workspace: ...
+
+    def record_at(self, pipeline: str, name: str) -> StatusRecord | None: ...
+
+    def signal_digest(self, pipeline: str, name: str) -> str | None: ...
+
+    def clock(self) -> float: ...
+
+    def apply_change(self, record: StatusRecord, effects: Effects) -> None:
+        """Run a pure constructor's effects (a fan-out's row) through the effect runner."""
+
+    def retire(self, record: StatusRecord, task: str, reason: str) -> None:
+        """Stop an instance whose item is gone, move its outputs aside, mark it removed."""
+
+    def use_workspace(self, workspace: Workspace) -> None:
+        """From now on the pass works on `workspace` (instances rebuilt from the records)."""
+
+
 class FanoutKeeper:
     """The engine's fan-out step: read a planner's list when it has finished,
     record the expansion, retire removed instances, keep the workspace's
@@ -114,10 +139,10 @@ class FanoutKeeper:
         return [(p, a) for p in workspace.pipelines for a in p.declared
                 if a.foreach is not None and a.foreach.kind == "json"]
 
-    def step(self, engine: Any, agents: list[Any]) -> list[Any] | None:
+    def step(self, host: FanoutHost, agents: list[Any]) -> list[Any] | None:
         """The selection again (with new instances, if any) when this step
         wrote or found a changed record, else None."""
-        workspace = engine.workspace
+        workspace = host.workspace
         fanouts = self.dynamic(workspace)
         if not fanouts:
             return None
@@ -125,55 +150,55 @@ class FanoutKeeper:
         for pipeline, declared in fanouts:
             path = record_path(self.layout, pipeline.name, declared.name)
             record = self.records.get(path)
-            signal_digest = self._finished(engine, pipeline.name, declared.foreach.source)
-            if signal_digest is not None and not self._current(engine, pipeline.name,
-                                                                declared, record, signal_digest):
-                record = self.expand(engine, pipeline, declared, record, signal_digest)
+            signal_digest = self._finished(host, pipeline.name, declared.foreach.source)
+            if signal_digest is not None and not self._current(host, pipeline.name,
+                                                              declared, record, signal_digest):
+                record = self.expand(host, pipeline, declared, record, signal_digest)
                 wrote = True
             gate = workspace.agents_by_task.get(f"{pipeline.name}:{declared.name}")
             if gate is not None and gate.expanded_from != (record or {}).get("items_digest"):
                 rebuild = True
         if not rebuild:   # records written this pass must be read again
             return list(agents) if wrote else None
-        return self.rebuild(engine, agents)
+        return self.rebuild(host, agents)
 
-    def _finished(self, engine: Any, pipeline: str, source: str) -> str | None:
+    def _finished(self, host: FanoutHost, pipeline: str, source: str) -> str | None:
         """The digest of `source`'s signal if it is done, else None."""
-        record = engine.status_cache.get(self.layout.status(pipeline, source))
+        record = host.record_at(pipeline, source)
         if record is None or record.state != RunState.DONE:
             return None
-        return engine.signal_cache.get(self.layout.signal(pipeline, source))
+        return host.signal_digest(pipeline, source)
 
-    def _current(self, engine: Any, pipeline: str, declared: Any, record: dict | None,
+    def _current(self, host: FanoutHost, pipeline: str, declared: Any, record: dict | None,
                  signal_digest: str) -> bool:
         if record is None or record.get("from_signal") != signal_digest:
             return False
-        gate = engine.status_cache.get(self.layout.status(pipeline, declared.name))
+        gate = host.record_at(pipeline, declared.name)
         return (gate is not None and gate.state in (RunState.DONE, RunState.FAILED)
                 and gate.upstream.get(declared.foreach.source) == signal_digest)
 
-    def expand(self, engine: Any, pipeline: Any, declared: Any, record: dict | None,
+    def expand(self, host: FanoutHost, pipeline: Any, declared: Any, record: dict | None,
                signal_digest: str) -> dict:
         """Read and check the list; retire removed items; record; say so."""
         foreach = declared.foreach
         old = record_items(record) or []
         try:
-            items = self._read_list(engine.workspace.root, pipeline, declared)
+            items = self._read_list(host.workspace.root, pipeline, declared)
         except ListProblem as err:
             problem = f"{foreach.json}: {err}"
             new = {**(record or {}), "from_signal": signal_digest, "problem": problem}
-            self._write(engine, pipeline, declared, new, RunState.FAILED,
+            self._write(host, pipeline, declared, new, RunState.FAILED,
                         f"invalid list {problem}; nothing of it launched", signal_digest)
             append_event(self.layout, "fanout", task=f"{pipeline.name}:{declared.name}",
                          problem=problem)
             return new
         keys = {i.key for i in items}
         removed = [i.key for i in old if i.key not in keys]
-        self.retire(engine, pipeline, declared, removed)
+        self.retire(host, pipeline, declared, removed)
         listed = items_json(items)
         new = {"from_signal": signal_digest, "json": foreach.json, "problem": None,
                "items": listed, "items_digest": digest_text(json.dumps(listed, sort_keys=True))}
-        self._write(engine, pipeline, declared, new, RunState.DONE,
+        self._write(host, pipeline, declared, new, RunState.DONE,
                     f"{len(items)} instance{'s' if len(items) != 1 else ''} "
                     f"from {foreach.json}", signal_digest)
         before = {i.key for i in old}
@@ -197,8 +222,8 @@ class FanoutKeeper:
         expand_agents(pipeline.declared, {}, {**others, declared.name: items})
         return items
 
-    def _write(self, engine: Any, pipeline: Any, declared: Any, record: dict, state: RunState,
-               reason: str, signal_digest: str) -> None:
+    def _write(self, host: FanoutHost, pipeline: Any, declared: Any, record: dict,
+               state: RunState, reason: str, signal_digest: str) -> None:
         path = record_path(self.layout, pipeline.name, declared.name)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -207,28 +232,27 @@ class FanoutKeeper:
             raise StateFolderReadOnly(path.parent, err) from None
         self.records.forget(path)
         crash_point("fanout-recorded")
-        engine.run(*gate_row(pipeline.name, declared.name, declared.foreach.source,
-                             signal_digest, state, reason, engine.clock()))
+        host.apply_change(*gate_row(pipeline.name, declared.name, declared.foreach.source,
+                                    signal_digest, state, reason, host.clock()))
 
-    def retire(self, engine: Any, pipeline: Any, declared: Any, keys: list[str]) -> None:
+    def retire(self, host: FanoutHost, pipeline: Any, declared: Any, keys: list[str]) -> None:
         """Instances of removed items (and their each_of chains): state
         `removed`, outputs moved aside; a running one is killed first (its
         item is gone)."""
         names = chain_of(pipeline.declared, declared.name)
         for key in keys:
             for name in names:
-                status = self.layout.status(pipeline.name, f"{name}.{key}")
-                record = engine.status_cache.get(status)
+                record = host.record_at(pipeline.name, f"{name}.{key}")
                 if record is None or record.state == RunState.REMOVED:
                     continue
-                engine.retire(record, f"{pipeline.name}:{name}.{key}",
+                host.retire(record, f"{pipeline.name}:{name}.{key}",
                               f"removed: its item left {declared.foreach.json}")
 
-    def rebuild(self, engine: Any, agents: list[Any]) -> list[Any]:
+    def rebuild(self, host: FanoutHost, agents: list[Any]) -> list[Any]:
         """A workspace whose instances match the records now on disk, and the
         selection `agents` mapped onto it (a fan-out's gate brings its instances)."""
         from ..core.selection import upstream_closure
-        workspace = engine.workspace
+        workspace = host.workspace
         pipelines = []
         for pipeline in workspace.pipelines:
             records = {a.name: self.records.get(record_path(self.layout, pipeline.name, a.name))
@@ -240,9 +264,7 @@ class FanoutKeeper:
                     a for a in pipeline.agents if a.stand_in is not None))
             pipelines.append(expanded or pipeline)
         fresh = replace(workspace, pipelines=tuple(pipelines), agents_by_task={})
-        engine.workspace = fresh
-        if hasattr(engine, "hooks"):
-            engine.hooks.workspace = fresh
+        host.use_workspace(fresh)
         tasks = {a.task for a in agents}
         gates = {(a.pipeline, a.fanout) for a in agents if a.gate}   # a planned fan-out
         wanted = {t for t in tasks if t in fresh.agents_by_task}

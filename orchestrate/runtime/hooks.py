@@ -159,7 +159,9 @@ class HookKeeper:
     ids it knows to be recorded and which pending ones it started."""
 
     def __init__(self, workspace: Workspace, layout: Layout):
-        self.workspace = workspace
+        """`workspace`: whether any hook is configured (the pipelines
+        themselves are read from the view at each pass, a fan-out's new
+        instances with them)."""
         self.layout = layout
         self.directory = layout.base / "hooks"
         self.known: set[str] = set()
@@ -180,7 +182,7 @@ class HookKeeper:
         try:
             if self.configured:
                 for name in dict.fromkeys(d.agent.pipeline for d in decisions.values()):
-                    self._observe_pipeline(view, self.workspace.pipeline(name), decisions,
+                    self._observe_pipeline(view, view.workspace.pipeline(name), decisions,
                                            facts)
             self.start_pending()
         except (OSError, StateFileError) as err:
@@ -193,7 +195,7 @@ class HookKeeper:
 
     def _observe_pipeline(self, view: "StateView", pipeline: Pipeline,
                           decisions: dict[str, Decision], facts: dict[str, AgentFacts]) -> None:
-        hooks = pipeline.hooks.over(self.workspace.hooks)
+        hooks = pipeline.hooks.over(view.workspace.hooks)
         if not hooks:
             return
         records = {a.task: facts[a.task].record if a.task in facts else view.record(a)
@@ -218,9 +220,10 @@ class HookKeeper:
         """Decisions for every agent of the pipeline, not only the selected ones."""
         if all(a.task in decisions for a in pipeline.agents):
             return decisions
-        agents = upstream_closure(self.workspace, {a.task for a in pipeline.agents})
+        workspace = view.workspace
+        agents = upstream_closure(workspace, {a.task for a in pipeline.agents})
         facts = view.facts(agents, view.records(agents))
-        return plan(self.workspace, agents, facts, view.external_signals(),
+        return plan(workspace, agents, facts, view.external_signals(),
                     now=view.clock(), spent=view.spent(), rate_limited=view.rate_limits())
 
     def _is_new(self, event_id: str) -> bool:

@@ -8,6 +8,12 @@ as it ends a wrapper; SIGTERM ends it with 143 unless it `ignores_term`
 (a hung CLI). Every signal is kept with the clock's time, so a test can say
 exactly what a stop sent when; `unreachable` makes it answer like a
 controller that is down.
+
+`polled=True` plays a remote executor (Slurm): the engine must ask it
+every `poll` (each question is kept in `asked`, with the clock's time), a
+run gone unclaimed is not proof that it never ran, and a run can end
+without an exit record with the executor's word on why (`finish(...,
+ended_as=)`, as Slurm says NODE_FAIL).
 """
 from __future__ import annotations
 
@@ -38,21 +44,22 @@ class FakeRun:
     pid: int
     alive: bool = True
     ignores_term: bool = False
+    ended_as: str | None = None   # the executor's word on how it ended, if it knows
     signals: list[tuple[float, int]] = field(default_factory=list)
 
 
 class FakeExecutor:
-    unclaimed_means_never_ran = True
-    polled = False
-
     def __init__(self, layout, clock: FakeClock, name: str = "local",
-                 ignores_term: bool = False):
+                 ignores_term: bool = False, polled: bool = False):
         self.layout = layout
         self.clock = clock
         self.name = name
         self.ignores_term = ignores_term
+        self.polled = polled
+        self.unclaimed_means_never_ran = not polled
         self.unreachable: str | None = None   # a message: it cannot answer now
         self.runs: dict[str, FakeRun] = {}
+        self.asked: list[float] = []          # when `observe` was called
         self.reaped = 0
 
     def submit(self, agent, run_id: str, attempt: int, log_path: Path, upstream: Path,
@@ -65,16 +72,26 @@ class FakeExecutor:
         self.runs[run_id] = run
         return Handle(pid=run.pid, create_time=self.clock())
 
-    def finish(self, run_id: str, code: int | None) -> None:
-        """The run ends; `code`: its wrapper's exit record (None: none written)."""
+    def finish(self, run_id: str, code: int | None, ended_as: str | None = None) -> None:
+        """The run ends; `code`: its wrapper's exit record (None: none
+        written); `ended_as`: what the executor will say of its end."""
         self.runs[run_id].alive = False
+        self.runs[run_id].ended_as = ended_as
         if code is not None:
             self.layout.exit_file(run_id).write_text(f"{code}\n")
 
     def observe(self, records: Iterable) -> dict[str, Observation]:
         """Unreachable, every run is taken as alive (as Slurm's are)."""
-        return {r.run_id: Observation(self.unreachable is not None or self._alive(r.run_id))
-                for r in records}
+        self.asked.append(self.clock())
+        if self.unreachable is not None:
+            return {r.run_id: Observation(True) for r in records}
+        return {r.run_id: self._observation(r.run_id) for r in records}
+
+    def _observation(self, run_id: str) -> Observation:
+        run = self.runs.get(run_id)
+        if run is None:
+            return Observation(False)
+        return Observation(run.alive, None if run.alive else run.ended_as)
 
     def track(self, record) -> tuple:
         return ()
