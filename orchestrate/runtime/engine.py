@@ -269,8 +269,8 @@ class Engine:
         """A done agent's declared outputs that name no file now (a stat per
         plain path, a glob per pattern: the price of its inputs); only a
         done agent asks, as only its verdict can change by it."""
-        if record is None or record.state != "done" or not agent.outputs:
-            return ()
+        if record is None or record.state != "done" or not agent.outputs or agent.gate:
+            return ()   # a fan-out's own row: its instances have the outputs
         return tuple(expand_patterns(output_root(self.layout, agent), agent.outputs)[1])
 
     def watched(self) -> None:
