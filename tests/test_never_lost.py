@@ -17,8 +17,8 @@ def start_long(ws, pipeline: str, name: str = "long", **keys) -> int:
     return ws.status(pipeline, name)["pid"]
 
 
-def test_a_deleted_files_agent_is_shown_keeps_its_timeout_and_ends_removed(ws):
-    pid = start_long(ws, "gone", timeout="3s", kill_grace="0.3s")
+def test_a_deleted_files_agent_is_shown_and_its_log_read(ws):
+    pid = start_long(ws, "gone")
     (ws.root / "pipelines" / "gone.toml").unlink()
     status = ws.doit("status", check_rc=0)
     assert "gone:long" in status.stdout and "no longer declared" in status.stdout
@@ -26,7 +26,16 @@ def test_a_deleted_files_agent_is_shown_keeps_its_timeout_and_ends_removed(ws):
     assert "no longer declared" in named.stdout
     logs = ws.doit("logs", "gone:long", check_rc=0)
     assert "started long" in logs.stdout
-    # nobody runs a command: its advancer still stops it at its launch's timeout
+    assert group_alive(pid)                           # looking stopped nothing
+    ws.doit("cancel", check_rc=0)
+    assert not group_alive(pid)
+
+
+def test_a_deleted_files_agent_keeps_its_timeout_and_ends_removed(ws):
+    """Nobody runs a command: its advancer still stops it at its launch's
+    timeout (no command in between, so no race with the 3 s)."""
+    pid = start_long(ws, "gone", timeout="3s", kill_grace="0.3s")
+    (ws.root / "pipelines" / "gone.toml").unlink()
     ws.wait_state("gone", "long", "removed", timeout=30)
     record = ws.status("gone", "long")
     assert record["reason"] == "removed: no longer declared; it ended: timeout after 3s"
