@@ -109,7 +109,7 @@ def test_after_any_says_which_upstream_it_uses_now_when_the_old_one_failed():
              "p:b": AgentFacts(done_record(b), "sig-b"),
              "p:c": AgentFacts(done_record(C, {"a": "sig-a"}), "sig-c")}
     decision = run_plan(ws, facts)["p:c"]
-    assert decision.state == "launch" and decision.upstream_used == "b"
+    assert decision.launch and decision.upstream_used == "b"
     assert decision.reason == "uses upstream b now (a is failed)"   # not "a has a new result"
 
 

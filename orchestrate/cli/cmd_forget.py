@@ -70,5 +70,8 @@ class Forget(DoitForget):
             remove_all()
 
         deps.remove, deps.remove_all = forget_then_remove, forget_all_then_remove
-        with SchedulingLock(forgetter.engine.layout):
-            return super()._execute(forget_sub, forget_disable_default, forget_all)
+        try:
+            with SchedulingLock(forgetter.engine.layout):
+                return super()._execute(forget_sub, forget_disable_default, forget_all)
+        except UserError as err:   # a read-only state folder, a corrupt file: one line
+            raise InvalidCommand(str(err)) from None
