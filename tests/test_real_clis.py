@@ -180,14 +180,14 @@ def test_bad_request_fails_with_the_api_error(ws, api, home, preset):
 @pytest.mark.parametrize("preset", PRESETS)
 def test_server_error_fails_and_is_not_a_rate_limit(ws, api, home, preset):
     # aider retries a 500 for over a minute: its timeout stops it mid-retry
-    keys = {"timeout": "15s", "kill_grace": "1s"} if preset == "aider" else {}
+    keys = {"timeout": "30s", "kill_grace": "1s"} if preset == "aider" else {}
     record = run(ws, preset, api, home, "err500", check_rc=1, retries=1, **keys)
     result = record["result"]
     assert record["state"] == "failed" and result["is_error"] and not result["rate_limited"]
     expected = {"claude": "exit 1: API Error: 500 Internal server error (mock)",
                 "codex": "exit 1: We’re currently experiencing high demand",
                 "gemini": "exit 244: [API Error: {\"error\":{\"code\":500,",
-                "aider": "timeout after 15s"}[preset]
+                "aider": "timeout after 30s"}[preset]
     assert record["reason"].startswith(expected), record["reason"]
     if preset == "aider":
         assert result["error"].startswith("litellm.InternalServerError")
@@ -217,7 +217,7 @@ def test_stopped_while_the_cli_retries_a_rate_limit_is_still_rate_limited(
         ws, api, home, preset, scenario):
     """The CLIs retry 429/529/503 on their own for minutes: an agent stopped by
     its timeout meanwhile is rested and relaunched, not failed."""
-    timeout = {"claude": "6s", "codex": "6s", "gemini": "9s", "aider": "15s"}[preset]
+    timeout = {"claude": "6s", "codex": "6s", "gemini": "9s", "aider": "30s"}[preset]
     seen = first_failure(ws, preset, api, home, scenario, retries=8, timeout=timeout,
                          kill_grace="1s")
     event, record = seen["event"], seen["record"]
