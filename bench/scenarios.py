@@ -350,9 +350,9 @@ def _memory_once(n: int) -> float:
     with workspace({"bench": pipeline(agents)}) as root:
         doit(root)
         deadline = time.monotonic() + 30
-        while len(_wrapper_pids("orchestrate:bench:")) < n and time.monotonic() < deadline:
+        while len(_wrapper_pids("orchestrate:bench:", root)) < n and time.monotonic() < deadline:
             time.sleep(0.05)
-        wrappers = _wrapper_pids("orchestrate:bench:")
+        wrappers = _wrapper_pids("orchestrate:bench:", root)
         owned = sum(_rss_kb(p) for p in wrappers + advancer_pids(root))
         _kill_groups(wrappers)
     return owned / 1024 / n
@@ -376,7 +376,7 @@ def _idle_once(seconds: float) -> float:
         before = cpu_of(pid)
         time.sleep(seconds)
         used = cpu_of(pid) - before
-        _kill_groups(_wrapper_pids("orchestrate:bench:"))
+        _kill_groups(_wrapper_pids("orchestrate:bench:", root))
     return used / seconds * 100
 
 
