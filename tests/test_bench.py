@@ -20,6 +20,7 @@ def test_bench_smoke_runs_every_scenario(tmp_path):
         assert any(s == scenario for s, _ in figures), scenario
     # issue 10: ratios to doit's own floor measured in the same run, idle with agents running
     assert ("no-op", "doit / doit list --all") in figures
+    assert ("caller block", "doit / doit list --all") in figures   # issue 20: speed stays
     assert ("status", "doit status / doit list --all") in figures
     assert ("idle", "advancer CPU % of one core") in figures
     rows = result["results"]
