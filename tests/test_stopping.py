@@ -11,24 +11,13 @@ import time
 
 import pytest
 from conftest import wait_until
+from test_control import group_alive
 
 
 def agent_toml(ws, name: str, *args: str, **keys) -> str:
     lines = [f"[agents.{name}]", f"command = {json.dumps(ws.agent_cmd(*args))}"]
     lines += [f"{k} = {json.dumps(v)}" for k, v in keys.items()]
     return "\n".join(lines) + "\n"
-
-
-def group_alive(pgid: int) -> bool:
-    for entry in os.scandir("/proc"):
-        if entry.name.isdigit():
-            try:
-                fields = open(f"/proc/{entry.name}/stat").read().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[2]) == pgid and fields[0] != "Z":
-                return True
-    return False
 
 
 def test_cancel_kills_an_agent_that_ignores_sigterm_and_returns(ws):

@@ -6,7 +6,6 @@ the events log, log tails) and runs Graphviz's `dot` where it is installed.
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
@@ -18,7 +17,7 @@ from urllib.parse import quote
 from ..core import checks, graph, report, timeline
 from ..core.errors import UserError
 from ..core.scheduler import Decision
-from ..runtime.state import Layout, StatusRecord, write_atomic
+from ..runtime.state import Layout, StatusRecord, event_objects, write_atomic
 from .cmd_base import OrchestrateCommand, budgets, opt_expand, opt_format, opt_output
 from .cmd_status import status
 from .ui import elapsed, pipeline_totals, state_counts, totals_lines, usage_cells
@@ -213,18 +212,9 @@ def tail(path: Path, lines: int = TAIL_LINES) -> list[str]:
 def read_events(path: Path) -> list[dict]:
     """The events log's objects; a torn or foreign line is skipped."""
     try:
-        raw = path.read_bytes()
+        return event_objects(path.read_bytes())
     except FileNotFoundError:
         return []
-    found = []
-    for line in raw.splitlines():
-        try:
-            item = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(item, dict):
-            found.append(item)
-    return found
 
 class Graph(OrchestrateCommand):
     name = "graph"

@@ -9,7 +9,6 @@ caller draws them.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Iterable
 
@@ -17,7 +16,7 @@ from ..core.records import clock_text
 from ..core.scheduler import Decision
 from ..core.table import columns
 from ..runtime.causes import last_line
-from ..runtime.state import Layout
+from ..runtime.state import Layout, event_objects
 from .reporter import Reporter
 from .ui import (
     STYLES,
@@ -112,15 +111,7 @@ class EventTail:
             return []
         end = chunk.rfind(b"\n") + 1
         self.offset += end
-        found = []
-        for line in chunk[:end].splitlines():
-            try:
-                item = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(item, dict):
-                found.append(item)
-        return found
+        return event_objects(chunk[:end])
 
 
 def event_line(item: dict) -> str | None:

@@ -435,3 +435,16 @@ def file_digest(path: Path) -> str:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def event_objects(data: bytes) -> list[dict[str, Any]]:
+    """The objects of events.jsonl lines; a torn or foreign line is skipped."""
+    found = []
+    for line in data.splitlines():
+        try:
+            item = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(item, dict):
+            found.append(item)
+    return found
