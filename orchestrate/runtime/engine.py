@@ -68,7 +68,11 @@ def read_signal_digest(path: Path) -> str | None:
         return None
 
 
-LIVENESS_INTERVAL = 1.0   # seconds between liveness checks of running agents in a loop
+# Seconds between liveness checks of running agents in a loop: the fallback
+# for an end nothing reported (the wrapper's exit record and its pidfd wake
+# the advancer at once). ORCHESTRATE_LIVENESS_INTERVAL is for tests that
+# must tell a pidfd's wake from this fallback's.
+LIVENESS_INTERVAL = float(os.environ.get("ORCHESTRATE_LIVENESS_INTERVAL") or 1.0)
 
 
 def keep_previous_log(layout: Layout, agent: Agent, number: int) -> None:
