@@ -41,6 +41,22 @@ def wait_until(predicate, timeout: float = 20.0, what: str = "condition"):
         time.sleep(0.01)
 
 
+def process_stats():
+    """(pid, the fields of /proc/PID/stat after the command name) for every process."""
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                with open(f"/proc/{entry.name}/stat") as handle:
+                    yield int(entry.name), handle.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+
+
+def group_alive(pgid: int) -> bool:
+    """A process of the group that is not a zombie (its parent may reap it later)."""
+    return any(int(fields[2]) == pgid and fields[0] != "Z" for _, fields in process_stats())
+
+
 class Workspace:
     def __init__(self, root: Path):
         self.root = root

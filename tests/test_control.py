@@ -8,7 +8,7 @@ import sys
 import time
 
 import pytest
-from conftest import wait_until
+from conftest import group_alive, wait_until
 
 
 def agent_toml(ws, name: str, *args: str, **keys) -> str:
@@ -23,18 +23,6 @@ def pid_alive(pid: int) -> bool:
             return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return False
-
-
-def group_alive(pgid: int) -> bool:
-    for entry in os.scandir("/proc"):
-        if entry.name.isdigit():
-            try:
-                fields = open(f"/proc/{entry.name}/stat").read().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[2]) == pgid and fields[0] != "Z":
-                return True
-    return False
 
 
 def test_timeout_kills_the_whole_group_and_fails_with_reason(ws):

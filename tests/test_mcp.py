@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import Workspace, wait_until
+from conftest import Workspace, group_alive, wait_until
 
 from orchestrate.runtime.state import Layout
 
@@ -80,19 +80,6 @@ def server_pids(root: Path) -> list[int]:
             if argv[1:5] == wanted:
                 found.append(int(entry.name))
     return found
-
-
-def group_alive(pgid: int) -> bool:
-    """A process of the group that is not a zombie (its parent may reap it later)."""
-    for entry in os.scandir("/proc"):
-        if entry.name.isdigit():
-            try:
-                fields = Path(f"/proc/{entry.name}/stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[2]) == pgid and fields[0] != "Z":
-                return True
-    return False
 
 
 @pytest.fixture

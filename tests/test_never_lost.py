@@ -5,8 +5,8 @@ never relaunched, and (no longer declared) ends `removed`. Real doit, real
 processes."""
 import os
 
-from conftest import wait_until
-from test_control import agent_toml, group_alive
+from conftest import group_alive, wait_until
+from test_control import agent_toml
 
 
 def start_long(ws, pipeline: str, name: str = "long", **keys) -> int:

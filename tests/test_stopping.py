@@ -10,8 +10,7 @@ import sys
 import time
 
 import pytest
-from conftest import wait_until
-from test_control import group_alive
+from conftest import group_alive, process_stats, wait_until
 
 
 def agent_toml(ws, name: str, *args: str, **keys) -> str:
@@ -95,16 +94,8 @@ def test_cancel_with_slurm_unreachable_is_bounded_and_says_so(ws, tmp_path, how)
 
 def zombie_children(pid: int) -> list[int]:
     """Children of `pid` that have exited and were not reaped."""
-    found = []
-    for entry in os.scandir("/proc"):
-        if entry.name.isdigit():
-            try:
-                fields = open(f"/proc/{entry.name}/stat").read().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == pid and fields[0] == "Z":
-                found.append(int(entry.name))
-    return found
+    return [child for child, fields in process_stats()
+            if int(fields[1]) == pid and fields[0] == "Z"]
 
 
 def test_doit_wait_reaps_the_agents_it_launches(ws, tmp_path):
