@@ -120,7 +120,11 @@ def launched_on_slurm(tmp_path):
 
 def test_a_polled_executor_is_asked_every_poll_and_only_then_settles(tmp_path):
     engine, slurm, clock, agents = launched_on_slurm(tmp_path)
-    began = clock()
+    launched = clock()
+    engine.run_pass(agents)
+    assert slurm.asked == []                   # just launched: first asked one poll later
+    assert engine.next_wake == launched + POLL
+    clock.now = began = launched + POLL
     engine.run_pass(agents)
     assert slurm.asked == [began]
     assert engine.next_wake == began + POLL    # the advancer sleeps until the next poll

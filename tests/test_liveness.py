@@ -37,6 +37,50 @@ after = ["victim"]
     assert ws.state_of("p", "other") == "cancelled"
 
 
+def _waiting_for_flock(pid: int) -> bool:
+    """`pid` is blocked on an flock (a "->" line of /proc/locks)."""
+    return any(line.split()[1] == "->" and line.split()[5] == str(pid)
+               for line in open("/proc/locks").read().splitlines())
+
+
+def test_a_wrapper_ending_while_the_advancer_waits_for_the_lock_is_settled_at_once(ws):
+    """The pidfd's news read at the start of a pass (not between passes)
+    must still make that pass ask the executors: dropped, the ended agent
+    would wait for the idle timeout (minutes with pidfds; here 600 s)."""
+    import fcntl
+    ws.write_pipeline("p", '''
+[agents.victim]
+command = "sleep 600"
+''')
+    ws.doit(check_rc=0, env={"ORCHESTRATE_LIVENESS_INTERVAL": "600"})
+    ws.wait_state("p", "victim", "running")
+    advancer = wait_until(ws.advancer_pids, what="the advancer")[0]
+    record = ws.status("p", "victim")
+    lock = os.open(ws.state / "lock", os.O_RDWR)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)       # the advancer's next pass waits for us
+        (ws.root / "pipelines" / "notes.txt").write_text("wake up")   # ... and starts
+        wait_until(lambda: _waiting_for_flock(advancer), what="the advancer to wait for the lock")
+        os.kill(record["pid"], signal.SIGKILL)
+        wait_until(lambda: not _is_running(record["pid"]), what="the wrapper to end")
+    finally:
+        fcntl.flock(lock, fcntl.LOCK_UN)
+        os.close(lock)
+    ws.wait_state("p", "victim", "failed", timeout=20)
+    assert "woken by a wrapper that ended without an exit record (pidfd)" in \
+        (ws.state / "advancer.log").read_text()
+    os.killpg(record["pid"], signal.SIGKILL)       # the sleep left in the victim's group
+    ws.wait_idle()
+
+
+def _is_running(pid: int) -> bool:
+    """Not yet ended (a zombie has ended: its pidfd is readable)."""
+    try:
+        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
 def test_pidwatch_reports_an_ended_process_and_ignores_a_reused_pid():
     import subprocess
     from orchestrate.runtime.executors.pidwatch import PidWatch

@@ -221,7 +221,7 @@ class Advancer:
         with self.lock:
             # Changes another process made before we got the lock are queued
             # in inotify now: take them in, or the trusted caches would be stale.
-            self.engine.notice(self.watcher.wait(0))
+            self.take_in(self.watcher.wait(0), self.watcher.vanished)
             result = self.engine.run_pass(self.agents)
             self.agents = result.agents
             if not self.invalid:
@@ -260,14 +260,23 @@ class Advancer:
                 return True
             if changed and not self.reload_if_changed():
                 return False
-            # every event read must reach the caches, also when an agent's end
-            # wakes us: a cache trusted past a change would launch twice
-            news = self.engine.notice(changed)
-            if ended:   # settle it now: ask the executors in this pass
-                self.log("woken by a wrapper that ended without an exit record (pidfd)")
-                self.engine.look_now()
-            if news or ended:
+            if self.take_in(changed, ended):
                 return True
+
+    def take_in(self, changed: list[Path], ended: bool) -> bool:
+        """Hand what the watcher read to the engine; True if it can matter.
+
+        Every event read must reach the caches, also when an agent's end
+        wakes us: a cache trusted past a change would launch twice. A wrapper
+        that ended without an exit record is settled in the next pass (the
+        executors are asked then), whichever read took its pidfd's news: the
+        wait between passes or the one at the start of a pass. Dropped there,
+        it would wait for the idle timeout (minutes, with pidfds)."""
+        news = self.engine.notice(changed)
+        if ended:
+            self.log("woken by a wrapper that ended without an exit record (pidfd)")
+            self.engine.look_now()
+        return bool(news) or ended
 
 
 def _detach_stdio(layout: Layout) -> Callable[[str], None]:

@@ -374,6 +374,14 @@ class Engine:
                 self.next_wake = min(self.next_wake, self.last_asked[name] + every)
         return seen
 
+    def _just_launched(self, executor: str) -> None:
+        """A run just launched is alive: its first liveness question is due
+        one interval from now, as every later one. An executor never asked
+        had no running run at this pass (the pass asks before it launches),
+        so no older run's question is put off."""
+        if self.last_asked[executor] == float("-inf"):
+            self.last_asked[executor] = self.clock()
+
     def look_now(self) -> None:
         """Ask every executor at the next pass (a pidfd said a wrapper ended)."""
         for name in self.last_asked:
@@ -569,6 +577,7 @@ class Engine:
             return self.effects.apply(agent, record, t.SubmitFailed(
                 reason, retried=isinstance(err, SubmitError)), events)
         crash_point("launch-spawned")
+        self._just_launched(self.executor_for(agent).name)
         return self.effects.apply(agent, record, t.Submitted(
             started, checks.running_reason(previous, record)), events)
 
