@@ -102,6 +102,8 @@ class StatusRecord:
     limits: dict[str, Any] = field(default_factory=dict)
     checking: bool = False              # the agent exited 0 and its check runs
     retry_requested: bool = False       # `doit retry` asked for a fresh launch
+    preset: str | None = None           # the CLI preset the run launched with (a fallback's?)
+    via: str | None = None              # why a fallback preset ran: "via codex: claude ..."
 
     @property
     def active(self) -> bool:

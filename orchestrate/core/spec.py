@@ -17,6 +17,7 @@ from typing import Any, Callable
 
 from .causes import suggestion
 from .errors import UserError
+from .fallback import DEFAULT_AFTER, FallbackPreset, check_after, check_fallback
 from .foreach import ForEach, check_foreach, fanout_problems, placeholder_problems
 from .settings import SlurmSettings, check_executor, check_resources, parse_slurm_table
 
@@ -27,7 +28,7 @@ _DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
 PRESETS = ("claude", "codex", "gemini", "aider")
 # Keys that only mean something with `agent = "<preset>"`.
 PRESET_ONLY_KEYS = ("prompt", "prompt_file", "model", "extra_args", "executable",
-                    "allowed_tools", "permission_mode")
+                    "allowed_tools", "permission_mode", "fallback", "fallback_after")
 
 
 class PipelineError(UserError):
@@ -69,6 +70,8 @@ class Agent:
     executable: str | None = None
     allowed_tools: tuple[str, ...] = ()
     permission_mode: str | None = None
+    fallback: tuple[FallbackPreset, ...] = ()   # presets to use while its own is rate limited
+    fallback_after: float = DEFAULT_AFTER
     check: str | tuple[str, ...] | None = None   # decides whether an exit-0 run is done
     check_timeout: float = 600.0
     check_retries: int = 2
@@ -349,6 +352,8 @@ AGENT_KEYS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "executable": ("executable", _check_str),
     "allowed_tools": ("allowed_tools", _check_str_list),
     "permission_mode": ("permission_mode", _check_str),
+    "fallback": ("fallback", check_fallback),
+    "fallback_after": ("fallback_after", lambda value: check_after(value, parse_duration)),
     "check": ("check", _check_command),
     "check_timeout": ("check_timeout", _check_positive_duration),
     "check_retries": ("check_retries", _check_int),
@@ -421,6 +426,9 @@ def _check_how_it_runs(path: str, agent: str, fields: dict[str, Any],
                      "or prompt_file")
     if fields.get("permission_mode") and fields["preset"] != "claude":
         problems.add(path, agent, "permission_mode", "only the claude preset has it")
+    if any(entry.agent == fields["preset"] for entry in fields.get("fallback", ())):
+        problems.add(path, agent, "fallback", f"lists the agent's own preset "
+                     f"{fields['preset']!r} (rate limits are per preset)")
 
 
 def _check_dependencies(path: str, agents: dict[str, dict[str, Any]],

@@ -30,6 +30,7 @@ from enum import Enum
 from typing import Any
 
 from . import checks, standin
+from .fallback import as_ran, ends_in_fallback
 from .fingerprint import digest_text
 from .policy import SIGKILL, SIGTERM, StopKind, backoff, limit_exceeded, next_limit, should_retry
 from .scheduler import RETRY_REQUESTED, Decision
@@ -213,10 +214,12 @@ class WriteFeedback(Value):
 
 @dataclass(eq=False, repr=False)
 class HoldPreset(Value):
-    """The preset's agents wait until then (ratelimits/<preset>.json)."""
+    """The preset's agents wait until then (ratelimits/<preset>.json);
+    `reset_known`: the CLI said when (else `until` is a backoff's guess)."""
     preset: str
     until: float
     by: str
+    reset_known: bool = True
 
 
 @dataclass(eq=False, repr=False)
@@ -257,6 +260,7 @@ Effects = list[Effect]
 # -- the function -------------------------------------------------------------
 def transition(record: StatusRecord, agent: Agent, seen: Observation, now: float
                ) -> tuple[StatusRecord, Effects]:
+    agent = as_ran(agent, record)   # a fallback's run is settled as the preset that ran
     if agent.stand_in is None:
         return _transition(record, agent, seen, now)
     return _undeclared(record, agent, seen, now)
@@ -319,13 +323,20 @@ def _attached(record: StatusRecord, handle: Handle, reason: str) -> StatusRecord
 def _started(record: StatusRecord, agent: Agent, seen: Submitted) -> tuple[StatusRecord, Effects]:
     handle = seen.handle
     why = record.reason   # the scheduler's reason to launch it
-    record = _attached(record, handle, seen.running_reason)
+    running = seen.running_reason
+    if record.via:   # a fallback preset runs it: the reason says which, and why
+        running = record.via if running == "running" else f"{running}; {record.via}"
+    record = _attached(record, handle, running)
     extra = {"job_id": handle.job_id} if handle.job_id else {}
     # a job id is the only way back to a job: on disk before anything else
-    return record, [Save(durable=handle.job_id is not None),
-                    Event("launch", {"task": agent.task, "run_id": record.run_id,
-                                     "pid": handle.pid, "attempt": record.attempt,
-                                     "reason": why, **extra})]
+    effects: Effects = [Save(durable=handle.job_id is not None),
+                        Event("launch", {"task": agent.task, "run_id": record.run_id,
+                                         "pid": handle.pid, "attempt": record.attempt,
+                                         "reason": why, **extra})]
+    if record.via:
+        effects.append(Event("fallback", {"task": agent.task, "run_id": record.run_id,
+                                          "preset": record.preset, "reason": record.via}))
+    return record, effects
 
 
 def _submit_failed(record: StatusRecord, agent: Agent, seen: SubmitFailed, now: float
@@ -474,7 +485,8 @@ def _outcome(record: StatusRecord, agent: Agent, ended: Ended, now: float
         if not passed:
             return record, effects
     text = ended.signal_text or ""
-    record = replace(record, state=RunState.DONE, exit_code=0, ended_at=ended_at, reason="done",
+    record = replace(record, state=RunState.DONE, exit_code=0, ended_at=ended_at,
+                     reason=record.via or "done",
                      signal_digest=digest_text(text))
     return record, effects + [WriteSignal(text)]
 
@@ -492,6 +504,14 @@ def _rest_after_rate_limit(agent: Agent, record: StatusRecord, now: float
     spending one of `retries`, and hold the preset's other agents till then."""
     hits = record.rate_limit_hits + 1
     hold = _hold(agent, record, hits, now)
+    limited = (f"rate limited until {clock_text(hold.until)}" if hold.reset_known
+               else "rate limited (reset unknown)")
+    if ends_in_fallback(agent, hold.reset_known, hold.until, now):
+        # the next launch, at once, takes the first fallback that is not limited
+        record = replace(record, state=RunState.WAITING, retry_at=now,
+                         attempt=record.attempt - 1, rate_limit_hits=hits,
+                         reason=f"{agent.preset} {limited}; relaunching with a fallback preset")
+        return record, hold
     record = replace(record, state=RunState.WAITING, retry_at=hold.until, attempt=record.attempt - 1,
                      rate_limit_hits=hits,
                      reason=f"rate limited until {clock_text(hold.until)}; retrying "
@@ -502,8 +522,9 @@ def _rest_after_rate_limit(agent: Agent, record: StatusRecord, now: float
 def _hold(agent: Agent, record: StatusRecord, hits: int, now: float) -> HoldPreset:
     """Until when the preset's agents wait: the CLI's reset time, else backoff."""
     reset = record.result.get("reset_at")
-    until = float(reset) if reset and reset > now else now + backoff(agent, hits)
-    return HoldPreset(agent.preset or "", until, agent.task)
+    known = bool(reset and reset > now)
+    until = float(reset) if known else now + backoff(agent, hits)
+    return HoldPreset(agent.preset or "", until, agent.task, known)
 
 
 def _owe_attempt(record: StatusRecord, now: float) -> tuple[StatusRecord, Effects]:
@@ -542,7 +563,9 @@ def launching(decision: Decision, previous: StatusRecord | None, run_id: str,
         spent_usd=previous.spent_usd if previous else 0.0,
         rate_limit_hits=previous.rate_limit_hits if previous else 0,
         executor=agent.executor, limits=standin.launch_limits(agent),
-        **checks.carried(previous))
+        preset=agent.preset, via=decision.via, **checks.carried(previous))
+    if previous is not None and previous.preset not in (None, agent.preset):
+        record = replace(record, resume_session=None)   # a session never moves between CLIs
     return record, [Save(durable=False)]
 
 

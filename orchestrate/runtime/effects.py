@@ -109,7 +109,8 @@ class EffectRunner:
             directory = layout.ratelimits_dir
             directory.mkdir(exist_ok=True)
             write_json(directory / f"{effect.preset}.json",
-                       {"until": effect.until, "by": effect.by})
+                       {"until": effect.until, "by": effect.by,
+                        "reset_known": effect.reset_known})
         elif isinstance(effect, t.RemoveRunFiles):
             remove_run_files(layout, effect.run_id)
         elif isinstance(effect, t.Crash):

@@ -346,7 +346,8 @@ class Engine:
         facts = self.facts(agents, records)
         decisions = plan(self.workspace, agents, facts, self.external_signals(),
                          self.running_elsewhere(agents), now=self.clock(),
-                         spent=self.spent(), rate_limited=self.rate_limits())
+                         spent=self.spent(), rate_limited=self.rate_limits(),
+                         unknown_reset=self.unknown_resets())
         for decision in decisions.values():
             if decision.timed and decision.wake_at is not None:
                 self.next_wake = min(self.next_wake, decision.wake_at)
@@ -523,6 +524,14 @@ class Engine:
             if isinstance(data.get("until"), (int, float)):
                 limits[path.stem] = float(data["until"])
         return limits
+
+    def unknown_resets(self) -> frozenset[str]:
+        """Presets whose CLI did not say when its limit resets: their `until`
+        is a backoff's guess, and a fallback does not wait for it."""
+        directory = self.layout.ratelimits_dir
+        return frozenset(path.stem for path in directory.glob("*.json")
+                         if (read_json(path) or {}).get("reset_known") is False
+                         ) if directory.is_dir() else frozenset()
 
     def running_elsewhere(self, agents: list[Agent]) -> tuple[Agent, ...]:
         """Running agents outside the selection, read only when shared caps exist."""

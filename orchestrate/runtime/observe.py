@@ -17,6 +17,7 @@ from .causes import exit_reason
 from .checkrun import read_verdict
 from .executors import Executor, Observation, Unavailable
 from ..agents.results import parse as parse_result
+from ..core.fallback import as_ran
 from ..core.spec import Agent
 from .state import Layout, StatusRecord, expand_patterns
 from ..core.transitions import (
@@ -36,6 +37,7 @@ def observe_run(layout: Layout, agent: Agent, record: StatusRecord, executor: Ex
                 seen: Observation | None) -> Fact | None:
     """The fact about a running record (None: nothing can be said yet).
     `seen`: what the executor said at this pass (None: it was not asked)."""
+    agent = as_ran(agent, record)   # a fallback's run: its log is that preset's
     if unanswered(record):
         return recovered(layout, agent, record, executor)
     exit_path = layout.exit_file(record.run_id or "")
