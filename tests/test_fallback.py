@@ -88,3 +88,160 @@ def test_fallback_is_validated(ws):
     assert "agent 'e': key 'fallback_after': expected a duration" in out
     assert "Traceback" not in out
     assert not (ws.state / "status").exists() or not list((ws.state / "status").rglob("*.json"))
+
+
+def test_a_check_relaunch_after_a_fallback_resumes_the_fallbacks_session(ws, fake_bins):
+    """The check fails once: the relaunch goes back to codex (claude is still
+    limited), resuming codex's own thread, never claude's session."""
+    env = {**fake_bins, "FAKE_CLI_LIMITED": "claude", "FAKE_CLI_RESET_IN": "3600"}
+    check = "test -f checked || { touch checked; echo not yet; exit 1; }"
+    ws.write_pipeline("p", preset_toml("a", "claude", "Write a plan.", check=check, **CHAIN))
+    ws.doit("wait", "--timeout", "60", check_rc=0, env=env)
+    presets = [(c["preset"], c["argv"][:2]) for c in calls(ws)]
+    assert presets == [("claude", ["-p", "--output-format"]), ("codex", ["exec", "--json"]),
+                       ("codex", ["exec", "resume"])], presets
+    record = ws.status("p", "a")
+    assert record["state"] == "done" and record["preset"] == "codex"
+
+
+# -- the real engine, a fake executor and a fake clock ------------------------
+HOUR = 3600.0
+
+
+def claude_limited_log(session: str, reset_at: float | None) -> str:
+    """What claude prints when it is limited (tests/fake_cli.py's shapes,
+    from cli-transcripts/claude/ratelimit*): a rejected rate_limit_event
+    with its reset (a subscription), then a 429 result."""
+    lines = []
+    if reset_at is not None:
+        lines.append({"type": "rate_limit_event", "session_id": session, "rate_limit_info": {
+            "status": "rejected", "resetsAt": int(reset_at), "rateLimitType": "five_hour"}})
+    lines.append({"type": "result", "subtype": "success", "is_error": True,
+                  "api_error_status": 429, "result": "API Error: Request rejected (429)",
+                  "session_id": session, "total_cost_usd": 0, "modelUsage": {}})
+    return "".join(json.dumps(line) + "\n" for line in lines)
+
+
+def codex_success_log() -> str:
+    """cli-transcripts/codex/success/stdout.txt, shortened."""
+    return ('{"type":"thread.started","thread_id":"01a2171e-0af0-7261-b65e-f0a0c62fe77b"}\n'
+            '{"type":"turn.started"}\n'
+            '{"type":"item.completed","item":{"id":"item_1","type":"agent_message",'
+            '"text":"PLAN: hello"}}\n'
+            '{"type":"turn.completed","usage":{"input_tokens":1234,"cached_input_tokens":200,'
+            '"output_tokens":56}}\n')
+
+
+def claude_success_log() -> str:
+    return ('{"type":"result","subtype":"success","is_error":false,"result":"PLAN: hello",'
+            '"session_id":"s-1","total_cost_usd":0.01,"usage":{"input_tokens":10,'
+            '"output_tokens":5}}\n')
+
+
+ENGINE_PIPELINE = '''
+[agents.a]
+agent = "claude"
+prompt = "Write a plan."
+inputs = ["notes.md"]
+fallback = ["codex"]
+'''
+
+
+@pytest.fixture
+def engine_setup(tmp_path):
+    from test_engine import fake_engine
+    from orchestrate.core.selection import select
+    (tmp_path / "notes.md").write_text("v1")
+    engine, local, _, clock = fake_engine(tmp_path, ENGINE_PIPELINE)
+    return engine, local, clock, select(engine.workspace, [])
+
+
+def _end(engine, local, agents, log_text: str, code: int):
+    record = engine.records(agents)["p:a"]
+    (engine.layout.root / record.log).write_text(log_text)
+    local.finish(record.run_id, code)
+    result = engine.run_pass(agents)
+    return engine.records(agents)["p:a"], result
+
+
+def test_a_reset_closer_than_fallback_after_waits_for_it(engine_setup):
+    engine, local, clock, agents = engine_setup
+    assert engine.launch_all(engine.run_pass(agents)) == ["p:a"]
+    reset = clock() + 120                             # two minutes: less than 5m
+    record, result = _end(engine, local, agents, claude_limited_log("s-1", reset), 1)
+    assert record.state == "waiting" and record.retry_at == int(reset)
+    assert engine.launch_all(result) == []
+    clock.now = int(reset) + 1
+    assert engine.launch_all(engine.run_pass(agents)) == ["p:a"]
+    record = engine.records(agents)["p:a"]
+    assert record.preset == "claude" and record.via is None
+
+
+def test_the_primary_is_used_again_once_its_reset_has_passed(engine_setup, tmp_path):
+    engine, local, clock, agents = engine_setup
+    engine.launch_all(engine.run_pass(agents))
+    reset = int(clock() + HOUR)
+    record, result = _end(engine, local, agents, claude_limited_log("s-1", reset), 1)
+    assert record.state == "waiting" and record.retry_at == clock()   # no hour's rest
+    assert engine.launch_all(result) == ["p:a"]
+    record = engine.records(agents)["p:a"]
+    assert (record.preset, record.reason) == (
+        "codex", f"via codex: claude rate limited until {time.strftime('%H:%M:%S', time.gmtime(reset))} UTC")
+    record, result = _end(engine, local, agents, codex_success_log(), 0)
+    assert record.state == "done" and record.reason.startswith("via codex: ")
+    assert record.result["final_message"] == "PLAN: hello"     # read as codex's log
+    (tmp_path / "notes.md").write_text("v2")                  # stale within the hour: codex
+    engine.launch_all(engine.run_pass(agents))
+    assert engine.records(agents)["p:a"].preset == "codex"
+    _end(engine, local, agents, codex_success_log(), 0)
+    clock.now = reset + 1                                     # the reset has passed
+    (tmp_path / "notes.md").write_text("v3")
+    assert engine.launch_all(engine.run_pass(agents)) == ["p:a"]
+    record = engine.records(agents)["p:a"]
+    assert (record.preset, record.via, record.reason) == ("claude", None, "running")
+    record, _ = _end(engine, local, agents, claude_success_log(), 0)
+    assert (record.state, record.reason) == ("done", "done")
+
+
+CHECKED_PIPELINE = ENGINE_PIPELINE + 'check = "true"\n'
+CODEX_THREAD = "01a2171e-0af0-7261-b65e-f0a0c62fe77b"
+
+
+def _failed_check_after_codex(tmp_path):
+    """claude limited for an hour, codex ran, its check said no."""
+    from test_engine import fake_engine
+    from orchestrate.core.selection import select
+    (tmp_path / "notes.md").write_text("v1")
+    engine, local, _, clock = fake_engine(tmp_path, CHECKED_PIPELINE)
+    agents = select(engine.workspace, [])
+    engine.launch_all(engine.run_pass(agents))
+    reset = int(clock() + HOUR)
+    _end(engine, local, agents, claude_limited_log("s-1", reset), 1)
+    engine.launch_all(engine.run_pass(agents))
+    record = engine.records(agents)["p:a"]
+    assert record.preset == "codex"
+    engine.layout.check_verdict(record.run_id).write_text(json.dumps(
+        {"command": "true", "exit_code": 1, "last_line": "not yet"}))
+    record, _ = _end(engine, local, agents, codex_success_log(), 0)
+    assert record.state == "waiting" and record.resume_session == CODEX_THREAD
+    return engine, clock, agents, reset
+
+
+def test_a_check_relaunch_stays_with_the_cli_that_holds_its_session(tmp_path):
+    engine, clock, agents, reset = _failed_check_after_codex(tmp_path)
+    clock.now = reset + 1                          # claude is back, but the session is codex's
+    assert engine.launch_all(engine.run_pass(agents)) == ["p:a"]
+    record = engine.records(agents)["p:a"]
+    assert (record.preset, record.resume_session) == ("codex", CODEX_THREAD)
+    assert "via codex: resuming its session" in record.reason
+
+
+def test_a_session_never_moves_to_another_cli(tmp_path):
+    engine, clock, agents, reset = _failed_check_after_codex(tmp_path)
+    clock.now = reset + 1
+    (engine.layout.ratelimits_dir / "codex.json").write_text(json.dumps(
+        {"until": clock() + HOUR, "by": "p:other", "reset_known": True}))
+    assert engine.launch_all(engine.run_pass(agents)) == ["p:a"]
+    record = engine.records(agents)["p:a"]
+    assert (record.preset, record.resume_session) == ("claude", None)   # fresh, with feedback
+    assert record.feedback is not None
