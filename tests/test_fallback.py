@@ -7,7 +7,6 @@ clock to pass (a reset close by, the primary's return) through the real
 engine with a fake executor and a fake clock (as tests/test_engine.py)."""
 import json
 import time
-from pathlib import Path
 
 import pytest
 

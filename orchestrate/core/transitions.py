@@ -426,6 +426,7 @@ def _finish(record: StatusRecord, agent: Agent, ended: Ended | None, now: float,
     kind = {RunState.DONE: "finish", RunState.CANCELLED: "cancel"}.get(record.state, "fail")
     details: dict[str, Any] = {"task": agent.task, "run_id": record.run_id, "exit_code": code,
                                "reason": record.reason, "attempt": record.attempt}
+    details.update(_spend(agent, record, ended, now))
     if record.state == RunState.CANCELLED and rate_limited:   # the wall is real
         effects.append(_hold(agent, record, record.rate_limit_hits + 1, now))
     if (record.state == RunState.FAILED and rate_limited
@@ -443,6 +444,20 @@ def _finish(record: StatusRecord, agent: Agent, ended: Ended | None, now: float,
         effects.append(Event(*checks.verdict_event(agent, record)))
     effects += [Event(kind, details), RemoveRunFiles(record.run_id)]
     return record, effects
+
+
+def _spend(agent: Agent, record: StatusRecord, ended: Ended | None, now: float
+           ) -> dict[str, Any]:
+    """What a run took, in its end's event: the history `doit plan` forecasts
+    from and `doit status` adds up per preset (seconds; a preset's dollars)."""
+    spend: dict[str, Any] = {}
+    if record.started_epoch is not None:
+        spend["duration_s"] = round(max(now - record.started_epoch, 0.0), 3)
+    if agent.preset:
+        reported = ended.reported if ended is not None else None
+        spend.update(preset=agent.preset, model=agent.model,
+                     cost_usd=reported.cost_usd if reported is not None else None)
+    return spend
 
 
 def _stopped_state(record: StatusRecord) -> RunState:
@@ -522,9 +537,9 @@ def _rest_after_rate_limit(agent: Agent, record: StatusRecord, now: float
 def _hold(agent: Agent, record: StatusRecord, hits: int, now: float) -> HoldPreset:
     """Until when the preset's agents wait: the CLI's reset time, else backoff."""
     reset = record.result.get("reset_at")
-    known = bool(reset and reset > now)
-    until = float(reset) if known else now + backoff(agent, hits)
-    return HoldPreset(agent.preset or "", until, agent.task, known)
+    if isinstance(reset, (int, float)) and reset > now:
+        return HoldPreset(agent.preset or "", float(reset), agent.task, True)
+    return HoldPreset(agent.preset or "", now + backoff(agent, hits), agent.task, False)
 
 
 def _owe_attempt(record: StatusRecord, now: float) -> tuple[StatusRecord, Effects]:

@@ -209,18 +209,20 @@ class Engine:
     def __init__(self, workspace: Workspace, launcher: Launcher | None = None,
                  liveness_interval: float = 0.0, clock: Callable[[], float] = time.time,
                  executors: dict[str, Executor] | None = None,
-                 sleep: Callable[[float], None] = time.sleep):
+                 sleep: Callable[[float], None] = time.sleep, make_dirs: bool = True):
         """`liveness_interval`: for an engine that runs pass after pass, the
         least seconds between two questions to an executor that wakes us
         (local; a polled one is asked every `poll`); 0: every executor is
         asked at every pass (one-shot commands); `executors`: name -> executor (default:
         local and slurm on this machine); `clock`: epoch seconds and `sleep`
-        (waiting for a stop), fake ones in tests."""
+        (waiting for a stop), fake ones in tests; `make_dirs`: False for a
+        look that must write nothing (`doit plan`)."""
         self.workspace = workspace
         self.layout = Layout(workspace.root)
         self.launcher = launcher or Launcher(self.layout)
         self.deadline: float | None = None   # executor calls end by then (see bound_stops)
-        self.layout.make_dirs([p.name for p in workspace.pipelines])
+        if make_dirs:
+            self.layout.make_dirs([p.name for p in workspace.pipelines])
         self.status_cache: FileCache[StatusRecord] = FileCache(parse_status)
         self.signal_cache: FileCache[str] = FileCache(read_signal_digest)
         self.liveness_interval = liveness_interval
@@ -321,6 +323,15 @@ class Engine:
         records = self.records(agents)
         return plan(self.workspace, agents, self.facts(agents, records),
                     self.external_signals(), now=self.clock())
+
+    def preview(self, agents: list[Agent]) -> dict[str, Decision]:
+        """What a pass would decide now, budgets and rate limits included,
+        without settling a run or writing anything (`doit plan`)."""
+        records = self.records(agents)
+        return plan(self.workspace, agents, self.facts(agents, records),
+                    self.external_signals(), self.running_elsewhere(agents), now=self.clock(),
+                    spent=self.spent(), rate_limited=self.rate_limits(),
+                    unknown_reset=self.unknown_resets())
 
     # -- the pass ----------------------------------------------------------
     def run_pass(self, agents: list[Agent]) -> PassResult:
