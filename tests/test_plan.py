@@ -4,6 +4,7 @@ Real doit, the fake CLIs (tests/fake_cli.py: claude costs $0.0123 a run)."""
 import hashlib
 import json
 import os
+import time
 
 import pytest
 
@@ -131,3 +132,23 @@ def test_spend_by_preset_counts_only_the_window():
             run("p:c", cost=4, ended=10_000 - 7200, preset="codex")]
     assert spend_by_preset(runs, 10_000, 1) == {"claude": 3}
     assert spend_by_preset(runs, 10_000, 5) == {"claude": 3, "codex": 4}
+
+
+def test_status_shows_spend_per_preset_for_the_last_hour_and_five(ws, fake_bins):
+    """Two claude runs and a codex run now; a gemini run three hours ago
+    (its end event, as the engine writes it)."""
+    ws.write_pipeline("p", preset_toml("a", "claude", "one") + preset_toml("b", "claude", "two")
+                      + preset_toml("c", "codex", "three"))
+    ws.doit("wait", check_rc=0, env=fake_bins)
+    old = time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime(time.time() - 3 * 3600))
+    with open(ws.state / "events.jsonl", "a") as handle:
+        handle.write(json.dumps({"ts": old, "event": "finish", "task": "q:x", "run_id": "r",
+                                 "preset": "gemini", "model": None, "cost_usd": 0.5,
+                                 "duration_s": 60}) + "\n")
+    out = ws.doit("status", check_rc=0).stdout
+    assert "claude: $0.0246 in the last hour, $0.0246 in the last 5 hours" in out
+    assert "gemini: $0.0000 in the last hour, $0.5000 in the last 5 hours" in out
+    assert "codex: $0.0000 in the last hour" in out     # the fake codex reports no cost
+    data = json.loads(ws.doit("status", "--json", check_rc=0).stdout)
+    assert data["presets"]["claude"] == {"last_hour_usd": 0.0246, "last_5h_usd": 0.0246}
+    assert data["presets"]["gemini"] == {"last_hour_usd": 0.0, "last_5h_usd": 0.5}

@@ -5,7 +5,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..core.forecast import Plan as Forecast, Planned, make_plan, past_runs
+from ..core.forecast import (
+    PastRun,
+    Plan as Forecast,
+    Planned,
+    make_plan,
+    past_runs,
+    spend_by_preset,
+)
 from ..core.exitcodes import ExitCode
 from ..runtime.engine import Engine
 from ..runtime.inflight import with_stand_ins
@@ -16,13 +23,39 @@ from .reporter import Reporter
 from .tasks import workspace_at
 
 
-def history(layout: Layout) -> list:
-    """Every ended run in events.jsonl (read only)."""
+def history(layout: Layout, last_bytes: int | None = None) -> list[PastRun]:
+    """Every ended run in events.jsonl (read only); `last_bytes`: only the
+    runs in that much of its end (the first, cut line is skipped)."""
     try:
-        data = layout.events_path.read_bytes()
+        with open(layout.events_path, "rb") as handle:
+            size = handle.seek(0, 2)
+            start = 0 if last_bytes is None else max(size - last_bytes, 0)
+            handle.seek(start)
+            data = handle.read()
     except FileNotFoundError:
         return []
+    if start:
+        data = data[data.find(b"\n") + 1:]
     return past_runs(event_objects(data))
+
+
+BURN_WINDOWS = ((1, "last hour"), (5, "last 5 hours"))
+BURN_TAIL = 16 << 20   # bytes of events.jsonl read for it: hours of a busy workspace
+
+
+def burn(layout: Layout, now: float) -> dict[str, dict[str, float]]:
+    """Per preset: dollars spent by the runs that ended in the last hour and
+    the last five hours (`doit status`)."""
+    runs = history(layout, BURN_TAIL)
+    windows = {hours: spend_by_preset(runs, now, hours) for hours, _ in BURN_WINDOWS}
+    presets = sorted(set().union(*windows.values()))
+    return {p: {"last_hour_usd": round(windows[1].get(p, 0.0), 6),
+                "last_5h_usd": round(windows[5].get(p, 0.0), 6)} for p in presets}
+
+
+def burn_lines(spend: dict[str, dict[str, float]]) -> list[str]:
+    return [f"{preset}: ${s['last_hour_usd']:.4f} in the last hour, "
+            f"${s['last_5h_usd']:.4f} in the last 5 hours" for preset, s in spend.items()]
 
 
 def plan_of(root: Path, names: list[str]) -> Forecast:
