@@ -5,6 +5,7 @@ import hashlib
 import json
 import os
 import time
+from pathlib import Path
 
 import pytest
 
@@ -152,3 +153,16 @@ def test_status_shows_spend_per_preset_for_the_last_hour_and_five(ws, fake_bins)
     data = json.loads(ws.doit("status", "--json", check_rc=0).stdout)
     assert data["presets"]["claude"] == {"last_hour_usd": 0.0246, "last_5h_usd": 0.0246}
     assert data["presets"]["gemini"] == {"last_hour_usd": 0.0, "last_5h_usd": 0.5}
+
+
+def test_the_readmes_recipe_is_a_valid_pipeline_that_plan_answers(ws, fake_bins):
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    recipe = readme.split("### Recipe: claude first, codex while claude is limited")[1]
+    toml = recipe.split("```toml\n")[1].split("```")[0]
+    (ws.root / "prompts").mkdir()
+    for name in ("research", "implement"):
+        (ws.root / "prompts" / f"{name}.md").write_text(f"{name} please")
+    ws.write_pipeline("review", toml)
+    out = ws.doit("plan", "review", check_rc=0, env=fake_bins).stdout
+    assert "review:research  launch: never run  [claude (sonnet)]  forecast unknown" in out
+    assert "pipeline review: forecast $0.00, $5.00 of $5.00 left" in out
