@@ -40,14 +40,16 @@ def ran_once(ws, fake_bins, budget: float | None = None):
 
 def test_plan_launches_and_changes_nothing(ws, fake_bins):
     ran_once(ws, fake_bins)
+    ws.write_pipeline("q", preset_toml("x", "codex", "never run"))   # no state of its own yet
     before = tree(ws.state)
     text = ws.doit("plan", check_rc=0, env=fake_bins).stdout
     data = json.loads(ws.doit("plan", "--json", check_rc=0, env=fake_bins).stdout)
     assert tree(ws.state) == before
     assert len(calls(ws)) == 1                                   # nothing launched
     assert [(a["task"], a["action"]) for a in data["agents"]] == [
-        ("p:a", "launch"), ("p:b", "waits"), ("p:c", "waits")]
-    [a, b, c] = data["agents"]
+        ("p:a", "launch"), ("p:b", "waits"), ("p:c", "waits"), ("q:x", "launch")]
+    [a, b, c, x] = data["agents"]
+    assert x["reason"] == "never run"
     stale = "command, env, cwd or outputs changed"
     assert a["reason"] == stale                                  # as doit info says it
     assert f"stale: {stale}" in ws.doit("info", "p:a", env=fake_bins).stdout
