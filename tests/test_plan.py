@@ -168,3 +168,17 @@ def test_the_readmes_recipe_is_a_valid_pipeline_that_plan_answers(ws, fake_bins)
     out = ws.doit("plan", "review", check_rc=0, env=fake_bins).stdout
     assert "review:research  launch: never run  [claude (sonnet)]  forecast unknown" in out
     assert "pipeline review: forecast $0.00, $5.00 of $5.00 left" in out
+
+
+def test_plan_names_the_fallback_preset_while_claude_is_limited(ws):
+    ws.write_pipeline("p", preset_toml("a", "claude", "one", fallback=["codex"])
+                      + preset_toml("b", "claude", "two", after=["a"], fallback=["codex"])
+                      + preset_toml("c", "claude", "three", after=["a"]))
+    (ws.state / "ratelimits").mkdir(parents=True)
+    (ws.state / "ratelimits" / "claude.json").write_text(json.dumps(
+        {"until": time.time() + 3600, "by": "q:x", "reset_known": True}))
+    data = json.loads(ws.doit("plan", "--json", check_rc=0).stdout)
+    rows = {a["task"]: (a["action"], a["preset"]) for a in data["agents"]}
+    assert rows == {"p:a": ("launch", "codex"), "p:b": ("waits", "codex"),
+                    "p:c": ("waits", "claude")}
+    assert data["agents"][0]["via"].startswith("via codex: claude rate limited until ")

@@ -14,6 +14,8 @@ from ..core.forecast import (
     spend_by_preset,
 )
 from ..core.exitcodes import ExitCode
+from ..core.fallback import route
+from ..core.spec import Agent
 from ..runtime.engine import Engine
 from ..runtime.inflight import with_stand_ins
 from ..runtime.state import Layout, event_objects
@@ -64,7 +66,11 @@ def plan_of(root: Path, names: list[str]) -> Forecast:
     workspace = with_stand_ins(workspace_at(root, lenient=False))
     engine = Engine(workspace, make_dirs=False)
     decisions = engine.preview(select(workspace, names))
-    return make_plan(workspace, decisions, history(engine.layout), engine.spent())
+    limits, unknown, now = engine.rate_limits(), engine.unknown_resets(), engine.clock()
+
+    def launch_as(agent: Agent) -> Agent:
+        return route(agent, None, limits, unknown, now).agent
+    return make_plan(workspace, decisions, history(engine.layout), engine.spent(), launch_as)
 
 
 def duration_text(seconds: float | None) -> str:

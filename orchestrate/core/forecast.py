@@ -10,13 +10,13 @@ last hours per preset (burn rate).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from statistics import median
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from .scheduler import Decision
-from .spec import Workspace
+from .spec import Agent, Workspace
 
 LAST_RUNS = 5
 ENDS = ("finish", "fail", "cancel")
@@ -192,9 +192,12 @@ def _action(decision: Decision, decided: dict[str, str]) -> str | None:
 
 
 def make_plan(workspace: Workspace, decisions: dict[str, Decision], runs: list[PastRun],
-              spent: dict[str, float]) -> Plan:
+              spent: dict[str, float],
+              launch_as: Callable[[Agent], Agent] = lambda agent: agent) -> Plan:
     """What `doit` would run of `decisions` (upstream first), forecast, and
-    the totals against each budget (pipeline, workspace) that applies."""
+    the totals against each budget (pipeline, workspace) that applies.
+    `launch_as`: the agent as it would launch now (a fallback's preset while
+    its own is rate limited), for those the scheduler has not routed yet."""
     plan = Plan()
     decided: dict[str, str] = {}
     for task, decision in decisions.items():
@@ -202,6 +205,8 @@ def make_plan(workspace: Workspace, decisions: dict[str, Decision], runs: list[P
         if action is None:
             continue
         decided[task] = action
+        if not decision.launch:
+            decision = replace(decision, agent=launch_as(decision.agent))
         agent = decision.agent
         plan.agents.append(Planned(decision, action,
                                    forecast(task, agent.preset, agent.model, runs)))
