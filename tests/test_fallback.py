@@ -244,3 +244,14 @@ def test_a_session_never_moves_to_another_cli(tmp_path):
     record = engine.records(agents)["p:a"]
     assert (record.preset, record.resume_session) == ("claude", None)   # fresh, with feedback
     assert record.feedback is not None
+
+
+def test_doit_says_which_preset_it_launched_with(ws, fake_bins):
+    ws.write_pipeline("p", preset_toml("a", "claude", "Write a plan.", **CHAIN))
+    (ws.state / "ratelimits").mkdir(parents=True)
+    (ws.state / "ratelimits" / "claude.json").write_text(json.dumps(
+        {"until": time.time() + HOUR, "by": "q:x", "reset_known": True}))
+    out = ws.doit(check_rc=0, env=fake_bins).stdout
+    assert "launched  p:a  (never run; via codex: claude rate limited until " in out, out
+    ws.wait_state("p", "a", "done")
+    assert [c["preset"] for c in calls(ws)] == ["codex"]     # claude was spared the launch
