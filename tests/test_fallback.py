@@ -255,3 +255,14 @@ def test_doit_says_which_preset_it_launched_with(ws, fake_bins):
     assert "launched  p:a  (never run; via codex: claude rate limited until " in out, out
     ws.wait_state("p", "a", "done")
     assert [c["preset"] for c in calls(ws)] == ["codex"]     # claude was spared the launch
+
+
+def test_a_chain_in_defaults_leaves_out_each_agents_own_preset(tmp_path):
+    from orchestrate.runtime.workspace import load_workspace
+    (tmp_path / "pipelines").mkdir()
+    (tmp_path / "pipelines" / "p.toml").write_text(
+        '[defaults]\nfallback = ["codex", { agent = "claude", model = "sonnet" }]\n'
+        + preset_toml("a", "claude", "x") + preset_toml("b", "codex", "y"))
+    agents = load_workspace(tmp_path).agents_by_task
+    assert [(e.agent, e.model) for e in agents["p:a"].fallback] == [("codex", None)]
+    assert [(e.agent, e.model) for e in agents["p:b"].fallback] == [("claude", "sonnet")]

@@ -426,9 +426,22 @@ def _check_how_it_runs(path: str, agent: str, fields: dict[str, Any],
                      "or prompt_file")
     if fields.get("permission_mode") and fields["preset"] != "claude":
         problems.add(path, agent, "permission_mode", "only the claude preset has it")
-    if any(entry.agent == fields["preset"] for entry in fields.get("fallback", ())):
+    _own_preset_in_chain(path, agent, fields, problems, "fallback" in given)
+
+
+def _own_preset_in_chain(path: str, agent: str, fields: dict[str, Any], problems: Problems,
+                         own_key: bool) -> None:
+    """An agent's own preset in its fallback chain: a mistake in its own
+    table; from [defaults] (one chain for claude and codex agents alike) it
+    is left out of that agent's chain."""
+    chain = fields.get("fallback", ())
+    if not any(entry.agent == fields["preset"] for entry in chain):
+        return
+    if own_key:
         problems.add(path, agent, "fallback", f"lists the agent's own preset "
                      f"{fields['preset']!r} (rate limits are per preset)")
+    else:
+        fields["fallback"] = tuple(e for e in chain if e.agent != fields["preset"])
 
 
 def _check_dependencies(path: str, agents: dict[str, dict[str, Any]],
