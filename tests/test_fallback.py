@@ -82,7 +82,7 @@ def test_fallback_is_validated(ws):
     out = proc.stdout + proc.stderr
     assert "agent 'a': key 'fallback': entry 1: unknown preset 'codx' (did you mean 'codex'?)" in out
     assert "agent 'b': key 'fallback': entry 1: key 'modle': unknown key (did you mean 'model'?)" in out
-    assert "agent 'c': key 'fallback': lists the agent's own preset 'claude'" in out
+    assert "agent 'c': key 'fallback': lists the agent's own preset 'claude' (give another" in out
     assert "agent 'd': key 'fallback': only applies with agent = \"<preset>\"" in out
     assert "agent 'e': key 'fallback_after': expected a duration" in out
     assert "Traceback" not in out
@@ -262,7 +262,52 @@ def test_a_chain_in_defaults_leaves_out_each_agents_own_preset(tmp_path):
     (tmp_path / "pipelines").mkdir()
     (tmp_path / "pipelines" / "p.toml").write_text(
         '[defaults]\nfallback = ["codex", { agent = "claude", model = "sonnet" }]\n'
-        + preset_toml("a", "claude", "x") + preset_toml("b", "codex", "y"))
+        + preset_toml("a", "claude", "x", model="sonnet") + preset_toml("b", "codex", "y")
+        + preset_toml("c", "claude", "z", model="opus"))
     agents = load_workspace(tmp_path).agents_by_task
     assert [(e.agent, e.model) for e in agents["p:a"].fallback] == [("codex", None)]
     assert [(e.agent, e.model) for e in agents["p:b"].fallback] == [("claude", "sonnet")]
+    assert [(e.agent, e.model) for e in agents["p:c"].fallback] == [("codex", None),
+                                                                    ("claude", "sonnet")]
+
+
+FAMILY_PIPELINE = '''
+[agents.a]
+agent = "claude"
+model = "claude-opus-4-8"
+prompt = "Write a plan."
+fallback = [{ agent = "claude", model = "claude-sonnet-4-6" }, "codex"]
+[agents.b]
+agent = "claude"
+model = "claude-sonnet-4-6"
+prompt = "Review it."
+after = ["a"]
+'''
+
+
+def test_a_limit_of_one_model_family_falls_back_to_another_model_of_the_cli(tmp_path):
+    """claude says the weekly limit is Opus's (rateLimitType seven_day_opus,
+    as Claude Code reports a subscription's per-model limit): Sonnet is not
+    limited, for this agent's chain and for the workspace's other agents."""
+    from test_engine import fake_engine
+    from orchestrate.core.selection import select
+    engine, local, _, clock = fake_engine(tmp_path, FAMILY_PIPELINE)
+    agents = select(engine.workspace, [])
+    engine.launch_all(engine.run_pass(agents))
+    reset = int(clock() + 24 * HOUR)
+    event = {"type": "rate_limit_event", "session_id": "s-1", "rate_limit_info": {
+        "status": "rejected", "resetsAt": reset, "rateLimitType": "seven_day_opus"}}
+    log = json.dumps(event) + "\n" + claude_limited_log("s-1", None)
+    record, result = _end(engine, local, agents, log, 1)
+    limits = sorted(p.name for p in engine.layout.ratelimits_dir.iterdir())
+    assert limits == ["claude@opus.json"]
+    assert engine.launch_all(result) == ["p:a"]
+    record = engine.records(agents)["p:a"]
+    assert (record.preset, record.limits["model"]) == ("claude", "claude-sonnet-4-6")
+    assert record.reason.startswith("via claude (claude-sonnet-4-6): claude (opus) rate "
+                                    "limited until "), record.reason
+    record, result = _end(engine, local, agents, claude_success_log(), 0)
+    assert record.state == "done"
+    assert engine.launch_all(result) == ["p:b"]      # its own model is not limited
+    record = engine.records(agents)["p:b"]
+    assert (record.preset, record.via) == ("claude", None)

@@ -42,10 +42,11 @@ def check_fallback(value: Any) -> tuple[FallbackPreset, ...]:
         raise ValueError('expected a non-empty list of presets, e.g. ["codex", '
                          '{ agent = "gemini", model = "gemini-2.5-pro" }]')
     chain = tuple(_entry(item, number) for number, item in enumerate(value, 1))
-    names = [entry.agent for entry in chain]
-    for name in names:
-        if names.count(name) > 1:
-            raise ValueError(f"lists preset {name!r} twice (rate limits are per preset)")
+    seen = [(entry.agent, entry.model) for entry in chain]
+    for name, model in seen:
+        if seen.count((name, model)) > 1:
+            raise ValueError(f"lists preset {name!r}" + (f" with model {model!r}" if model else "")
+                             + " twice")
     return chain
 
 
@@ -94,14 +95,40 @@ def variant(agent: Agent, entry: FallbackPreset) -> Agent:
 
 def as_ran(agent: Agent, record: StatusRecord | None) -> Agent:
     """The agent as its recorded run was launched: a fallback run is watched,
-    parsed and rested as the preset that ran (`record.preset`)."""
+    parsed and rested as the preset (and model) that ran (`record.preset`,
+    and the model its launch limits kept)."""
     ran = record.preset if record is not None else None
-    if ran is None or ran == agent.preset or agent.stand_in is not None:
+    if ran is None or agent.stand_in is not None or record is None:
         return agent
-    for entry in agent.fallback:
-        if entry.agent == ran:
-            return variant(agent, entry)
-    return agent
+    model = record.limits.get("model", agent.model if ran == agent.preset else None)
+    if (ran, model) == (agent.preset, agent.model):
+        return agent
+    entries = [e for e in agent.fallback if e.agent == ran]
+    exact = [e for e in entries if e.model == model]
+    chosen = exact or entries
+    return variant(agent, chosen[0]) if chosen else agent
+
+
+def limit_key(preset: str, family: str | None) -> str:
+    """The name of a rate limit (ratelimits/<key>.json): the preset's, or
+    `preset@family` when the CLI said it is for one model family only."""
+    return f"{preset}@{family}" if family else preset
+
+
+def limit_until(preset: str | None, model: str | None, limited: dict[str, float]
+                ) -> tuple[float | None, str]:
+    """Until when `preset` with `model` is rate limited (None: it is not
+    known to be), and the key of that limit. A model family's limit applies
+    to a model that names it, and to no model given (the CLI's default may be it)."""
+    if preset is None:
+        return None, ""
+    found: tuple[float | None, str] = (limited.get(preset), preset)
+    for key, until in limited.items():
+        name, _, family = key.partition("@")
+        if name == preset and family and (model is None or family in model.lower()):
+            if found[0] is None or until > found[0]:
+                found = (until, key)
+    return found
 
 
 @dataclass(frozen=True)
@@ -123,34 +150,48 @@ def route(agent: Agent, record: StatusRecord | None, limited: dict[str, float],
     resumed = _resumed(agent, record, limited, now)
     if resumed is not None:
         return resumed
-    until = limited.get(primary or "")
+    until, key = limit_until(primary, agent.model, limited)
     if primary is None or until is None or until <= now:
         return Route(agent)
-    far = primary in unknown_reset or until - now > agent.fallback_after
+    far = key in unknown_reset or until - now > agent.fallback_after
+    chain = [(entry, limit_until(entry.agent, entry.model, limited)[0] or 0.0)
+             for entry in agent.fallback]
     if far:
-        for entry in agent.fallback:
-            if limited.get(entry.agent, 0.0) <= now:
+        for entry, entry_until in chain:
+            if entry_until <= now:
                 return Route(variant(agent, entry),
-                             via=f"via {entry.agent}: {primary} rate limited "
-                                 + ("(reset unknown)" if primary in unknown_reset
-                                    else f"until {clock_text(until)}"))
-    if agent.fallback and far:   # the whole chain is limited: wait for the first reset
-        chain = [until] + [limited[e.agent] for e in agent.fallback]
-        first = min(chain)
-        return Route(agent, held=f"rate limited until {clock_text(first)} ({primary} and "
-                     f"its fallback {', '.join(e.agent for e in agent.fallback)})", until=first)
-    return Route(agent, held=f"rate limited until {clock_text(until)} ({primary})", until=until)
+                             via=f"via {_named(entry, primary)}: {_limit_named(key)} rate "
+                                 "limited " + ("(reset unknown)" if key in unknown_reset
+                                               else f"until {clock_text(until)}"))
+    if chain and far:   # the whole chain is limited: wait for the first reset
+        first = min([until] + [entry_until for _, entry_until in chain])
+        return Route(agent, held=f"rate limited until {clock_text(first)} ({_limit_named(key)} "
+                     f"and its fallback {', '.join(_named(e, primary) for e, _ in chain)})",
+                     until=first)
+    return Route(agent, held=f"rate limited until {clock_text(until)} ({_limit_named(key)})",
+                 until=until)
+
+
+def _named(entry: FallbackPreset, primary: str) -> str:
+    """A fallback as a reason names it: `codex`; `claude (sonnet)` for
+    another model of the agent's own preset."""
+    return entry.agent + (f" ({entry.model})" if entry.agent == primary and entry.model else "")
+
+
+def _limit_named(key: str) -> str:
+    """`claude`, or `claude (opus)` for a limit of one model family."""
+    preset, _, family = key.partition("@")
+    return f"{preset} ({family})" if family else preset
 
 
 def _resumed(agent: Agent, record: StatusRecord | None, limited: dict[str, float],
              now: float) -> Route | None:
     """A relaunch that resumes a session stays with the CLI that holds it
     (a fallback preset), while that one is not limited."""
-    if (record is None or record.state != RunState.WAITING or not record.resume_session
-            or record.preset in (None, agent.preset)):
+    if record is None or record.state != RunState.WAITING or not record.resume_session:
         return None
     ran = as_ran(agent, record)
-    if ran is agent or limited.get(ran.preset or "", 0.0) > now:
+    if ran is agent or (limit_until(ran.preset, ran.model, limited)[0] or 0.0) > now:
         return None
     return Route(ran, via=f"via {ran.preset}: resuming its session")
 

@@ -53,6 +53,7 @@ class AgentResult:
     error: str | None = None
     rate_limited: bool = False       # the CLI hit a rate limit or an overload
     reset_at: float | None = None    # when it said the limit resets (epoch seconds)
+    limit_model: str | None = None   # the model family the limit is for ("opus"), if it said
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

@@ -431,17 +431,19 @@ def _check_how_it_runs(path: str, agent: str, fields: dict[str, Any],
 
 def _own_preset_in_chain(path: str, agent: str, fields: dict[str, Any], problems: Problems,
                          own_key: bool) -> None:
-    """An agent's own preset in its fallback chain: a mistake in its own
-    table; from [defaults] (one chain for claude and codex agents alike) it
-    is left out of that agent's chain."""
+    """An agent's own preset and model in its fallback chain: a mistake in
+    its own table; from [defaults] (one chain for claude and codex agents
+    alike) it is left out of that agent's chain."""
     chain = fields.get("fallback", ())
-    if not any(entry.agent == fields["preset"] for entry in chain):
+    own = (fields["preset"], fields.get("model"))
+    if not any((entry.agent, entry.model) == own for entry in chain):
         return
     if own_key:
         problems.add(path, agent, "fallback", f"lists the agent's own preset "
-                     f"{fields['preset']!r} (rate limits are per preset)")
+                     f"{fields['preset']!r}" + (f" and model {own[1]!r}" if own[1] else "")
+                     + " (give another preset, or another model of it)")
     else:
-        fields["fallback"] = tuple(e for e in chain if e.agent != fields["preset"])
+        fields["fallback"] = tuple(e for e in chain if (e.agent, e.model) != own)
 
 
 def _check_dependencies(path: str, agents: dict[str, dict[str, Any]],

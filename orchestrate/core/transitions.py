@@ -220,6 +220,7 @@ class HoldPreset(Value):
     until: float
     by: str
     reset_known: bool = True
+    model: str | None = None   # the CLI said the limit is for this model family only
 
 
 @dataclass(eq=False, repr=False)
@@ -537,9 +538,11 @@ def _rest_after_rate_limit(agent: Agent, record: StatusRecord, now: float
 def _hold(agent: Agent, record: StatusRecord, hits: int, now: float) -> HoldPreset:
     """Until when the preset's agents wait: the CLI's reset time, else backoff."""
     reset = record.result.get("reset_at")
+    family = record.result.get("limit_model")
+    family = family if isinstance(family, str) and family.isalnum() else None
     if isinstance(reset, (int, float)) and reset > now:
-        return HoldPreset(agent.preset or "", float(reset), agent.task, True)
-    return HoldPreset(agent.preset or "", now + backoff(agent, hits), agent.task, False)
+        return HoldPreset(agent.preset or "", float(reset), agent.task, True, family)
+    return HoldPreset(agent.preset or "", now + backoff(agent, hits), agent.task, False, family)
 
 
 def _owe_attempt(record: StatusRecord, now: float) -> tuple[StatusRecord, Effects]:

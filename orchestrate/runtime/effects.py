@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Callable
 
 from ..core import transitions as t
+from ..core.fallback import limit_key
 from ..core.spec import Agent
 from .executors import Executor
 from .faults import crash_point
@@ -108,7 +109,7 @@ class EffectRunner:
         elif isinstance(effect, t.HoldPreset):
             directory = layout.ratelimits_dir
             directory.mkdir(exist_ok=True)
-            write_json(directory / f"{effect.preset}.json",
+            write_json(directory / f"{limit_key(effect.preset, effect.model)}.json",
                        {"until": effect.until, "by": effect.by,
                         "reset_known": effect.reset_known})
         elif isinstance(effect, t.RemoveRunFiles):
