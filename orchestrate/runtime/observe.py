@@ -15,6 +15,7 @@ import os
 
 from .causes import exit_reason
 from .checkrun import read_verdict
+from ..core.checks import last_line
 from .executors import Executor, Observation, Unavailable
 from ..agents.results import parse as parse_result
 from ..core.spec import Agent
@@ -100,6 +101,9 @@ def ended(layout: Layout, agent: Agent, record: StatusRecord, code: int,
         reported = parse_result(agent.preset, text, code)
     if record.stop_kind is not None:   # it ends with its stop reason: nothing else matters
         return Ended(code, ended_at, executor_said=executor_said, reported=reported)
+    if code != 0 and layout.setup_failed(record.run_id or "").exists():
+        said = f"setup failed: {setup_last_line(layout, agent)}"
+        return Ended(code, ended_at, said, executor_said, reported)
     if code != 0:
         said = exit_reason(code, describe_exit(code), layout.root / record.log)
         return Ended(code, ended_at, said, executor_said, reported)
@@ -109,6 +113,16 @@ def ended(layout: Layout, agent: Agent, record: StatusRecord, code: int,
         else None
     text = None if missing else signal_content(root, agent, outputs, record.run_id or "")
     return Ended(code, ended_at, "", executor_said, reported, tuple(missing), text, verdict)
+
+
+def setup_last_line(layout: Layout, agent: Agent) -> str:
+    """The set-up log's last line: why the worktree's set-up failed."""
+    try:
+        with open(layout.setup_log(agent.pipeline, agent.name), "rb") as handle:
+            handle.seek(max(0, handle.seek(0, os.SEEK_END) - 64 * 1024))
+            return last_line(handle.read().decode(errors="replace").splitlines())
+    except OSError:
+        return "(no setup log)"
 
 
 def last_output(layout: Layout, agent: Agent, record: StatusRecord) -> float | None:

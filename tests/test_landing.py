@@ -1,0 +1,89 @@
+"""Landing the work, with real git: a worktree's set-up, the commit of what an
+agent left, `doit diff`, `doit retry --feedback`, and the merge queue."""
+import json
+import subprocess
+
+import pytest
+
+
+def git(root, *args: str, check: bool = True) -> str:
+    return subprocess.run(["git", "-C", str(root), *args], check=check, capture_output=True,
+                          text=True).stdout
+
+
+@pytest.fixture
+def repo(ws):
+    git(ws.root, "init", "-q", "-b", "main")
+    git(ws.root, "config", "user.email", "t@example.invalid")
+    git(ws.root, "config", "user.name", "test")
+    (ws.root / "README.md").write_text("main checkout\n")
+    (ws.root / ".gitignore").write_text(".orchestrate/\n*.ignored\n")
+    git(ws.root, "add", "-A")
+    git(ws.root, "commit", "-qm", "initial")
+    return ws
+
+
+def tree(ws, agent: str, pipeline: str = "p"):
+    return ws.state / "worktrees" / pipeline / agent
+
+
+def pipeline(**agents: dict) -> str:
+    """A pipeline file from agent tables (values as TOML via json)."""
+    lines = []
+    for name, keys in agents.items():
+        lines.append(f"[agents.{name}]")
+        lines += [f"{key} = {json.dumps(value)}" for key, value in keys.items()]
+    return "\n".join(lines) + "\n"
+
+
+# -- set-up --------------------------------------------------------------------
+def test_setup_runs_once_per_fresh_worktree_with_its_own_log(repo):
+    ws = repo
+    ws.write_pipeline("p", pipeline(a={
+        "command": "cat configured.txt > seen.txt", "isolation": "worktree",
+        "setup": "echo set up >> configured.txt; echo \"root $ORCHESTRATE_ROOT\"",
+        "outputs": ["seen.txt"]}))
+    ws.doit("wait", check_rc=0)
+    assert (tree(ws, "a") / "seen.txt").read_text() == "set up\n"
+    log = ws.state / "logs" / "p" / "a.setup.log"
+    assert log.read_text() == f"root {ws.root}\n"
+    ws.doit("retry", "p:a", "--feedback", "README.md", check_rc=0)   # a second run there
+    ws.wait_state("p", "a", "done")
+    ws.wait_idle()
+    assert ws.status("p", "a")["launches"] == 2
+    assert (tree(ws, "a") / "configured.txt").read_text() == "set up\n"   # not again
+    ws.doit("clean", "p:a", check_rc=0)                  # the worktree goes: a fresh one
+    ws.doit("wait", check_rc=0)
+    assert (tree(ws, "a") / "configured.txt").read_text() == "set up\n"
+    assert ws.status("p", "a")["state"] == "done"
+
+
+def test_a_failing_setup_fails_the_agent_with_its_last_line(repo):
+    ws = repo
+    ws.write_pipeline("p", pipeline(a={
+        "command": "touch ran.txt", "isolation": "worktree",
+        "setup": "echo installing; echo 'npm ERR! no package.json' >&2; exit 3"}))
+    ws.doit("wait", check_rc=1)
+    record = ws.status("p", "a")
+    assert record["state"] == "failed"
+    assert record["reason"] == "setup failed: npm ERR! no package.json"
+    assert not (tree(ws, "a") / "ran.txt").exists()      # the agent never ran
+
+
+# -- the commit of what an agent left ----------------------------------------------
+def test_what_an_agent_leaves_uncommitted_is_committed_on_its_branch(repo):
+    ws = repo
+    ws.write_pipeline("p", pipeline(a={
+        "command": "echo new > new.txt; echo changed >> README.md; echo x > junk.ignored",
+        "isolation": "worktree"}))
+    before = git(ws.root, "status", "--porcelain"), git(ws.root, "rev-parse", "HEAD")
+    ws.doit("wait", check_rc=0)
+    run_id = ws.status("p", "a")["run_id"]
+    log = git(ws.root, "log", "--format=%s", "main..orchestrate/p/a")
+    assert log.splitlines() == [f"orchestrate: p:a run {run_id}"]
+    files = git(ws.root, "show", "--name-only", "--format=", "orchestrate/p/a").split()
+    assert sorted(files) == ["README.md", "new.txt"]     # ignored files stay out
+    assert git(tree(ws, "a"), "status", "--porcelain") == ""
+    assert (tree(ws, "a") / "junk.ignored").exists()
+    assert (git(ws.root, "status", "--porcelain"), git(ws.root, "rev-parse", "HEAD")) == before
+    assert (ws.root / "README.md").read_text() == "main checkout\n"
