@@ -87,3 +87,28 @@ def test_what_an_agent_leaves_uncommitted_is_committed_on_its_branch(repo):
     assert (tree(ws, "a") / "junk.ignored").exists()
     assert (git(ws.root, "status", "--porcelain"), git(ws.root, "rev-parse", "HEAD")) == before
     assert (ws.root / "README.md").read_text() == "main checkout\n"
+
+
+# -- doit diff -------------------------------------------------------------------
+def test_diff_shows_the_agents_changes_against_its_base(repo):
+    ws = repo
+    ws.write_pipeline("p", pipeline(
+        a={"command": "echo from a > a.txt", "isolation": "worktree"},
+        b={"command": "echo from b > b.txt", "isolation": "worktree", "after": ["a"],
+           "base": "a"},
+        plain={"command": "true"}))
+    assert ws.doit("diff", "p:a", check_rc=0).stdout == "p:a has no branch yet (it has not run)\n"
+    ws.doit("wait", check_rc=0)
+    (ws.root / "later.txt").write_text("the user goes on\n")   # HEAD moves on: not a's change
+    git(ws.root, "add", "later.txt")
+    git(ws.root, "commit", "-qm", "later")
+    out = ws.doit("diff", "p:a", check_rc=0).stdout
+    assert "+++ b/a.txt" in out and "+from a" in out and "later.txt" not in out
+    out = ws.doit("diff", "p:b", check_rc=0).stdout    # against a's branch, its base
+    assert "+++ b/b.txt" in out and "a.txt" not in out
+    stat = ws.doit("diff", "p:a", "--stat", check_rc=0).stdout
+    assert "a.txt | 1 +" in stat and "1 file changed" in stat and "+from a" not in stat
+    proc = ws.doit("diff", "p:plain", check_rc=3)
+    assert 'isolation = "worktree"' in proc.stderr and "Traceback" not in proc.stderr
+    proc = ws.doit("diff", "p:nope", check_rc=3)
+    assert "'p:nope' is not an agent" in proc.stderr

@@ -134,3 +134,27 @@ def commit_line(agent: Agent, run_id: str, worktree: Path) -> str:
             f"{at} var GIT_COMMITTER_IDENT > /dev/null 2>&1 || export {IDENTITY}; "
             f"{at} commit -q --no-verify -m {message}; }}; }}; }} "
             '|| { rc=$?; echo "orchestrate: auto-commit failed (exit $rc)" >&2; }')
+
+
+# -- what the agent changed ------------------------------------------------------
+def base_ref(agent: Agent) -> str:
+    """Where the agent's branch starts: its base agent's branch, else HEAD."""
+    return f"orchestrate/{agent.pipeline}/{agent.base}" if agent.base else "HEAD"
+
+
+def has_branch(root: Path, name: str) -> bool:
+    return _git(root, "rev-parse", "--verify", "--quiet", f"refs/heads/{name}",
+                check=False).returncode == 0
+
+
+def fork_point(root: Path, agent: Agent) -> str:
+    """The commit the agent's changes are measured from: the merge-base of
+    its branch and its base (so commits made on the base since do not show)."""
+    return _git(root, "merge-base", branch(agent), base_ref(agent)).stdout.strip()
+
+
+def diff(root: Path, agent: Agent, stat: bool = False) -> str:
+    """What is committed on the agent's branch since its fork point."""
+    args = ["diff", "--no-color", "--no-ext-diff", *(["--stat"] if stat else []),
+            fork_point(root, agent), branch(agent)]
+    return _git(root, *args).stdout
