@@ -112,3 +112,27 @@ def test_diff_shows_the_agents_changes_against_its_base(repo):
     assert 'isolation = "worktree"' in proc.stderr and "Traceback" not in proc.stderr
     proc = ws.doit("diff", "p:nope", check_rc=3)
     assert "'p:nope' is not an agent" in proc.stderr
+
+
+# -- a person's review goes back to the agent ------------------------------------------
+def cli_calls(ws) -> list[dict]:
+    path = ws.root / "cli-calls.jsonl"
+    return [json.loads(l) for l in path.read_text().splitlines()] if path.exists() else []
+
+
+def test_retry_with_feedback_resumes_a_done_agents_session_in_its_worktree(repo, fake_bins):
+    ws = repo
+    ws.write_pipeline("p", pipeline(a={"agent": "claude", "prompt": "Write the parser.",
+                                       "isolation": "worktree"}))
+    ws.doit("wait", env=fake_bins, check_rc=0)
+    session = ws.status("p", "a")["result"]["session_id"]
+    (ws.root / "review.md").write_text("Rename parse() to parse_line().\n")
+    out = ws.doit("retry", "p:a", "--feedback", "review.md", env=fake_bins, check_rc=0).stdout
+    assert "retrying  p:a  (was done; with your feedback)" in out
+    ws.doit("wait", env=fake_bins, check_rc=0)
+    first, second = cli_calls(ws)
+    assert second["argv"][-2:] == ["--resume", session]     # its own conversation
+    assert second["prompt"].strip() == "Rename parse() to parse_line()."
+    assert "Write the parser." not in second["prompt"]      # the session holds it
+    record = ws.status("p", "a")
+    assert record["state"] == "done" and record["launches"] == 2

@@ -102,6 +102,10 @@ class StatusRecord:
     limits: dict[str, Any] = field(default_factory=dict)
     checking: bool = False              # the agent exited 0 and its check runs
     retry_requested: bool = False       # `doit retry` asked for a fresh launch
+    # the next launch is a relaunch with feedback that resumes the session:
+    # "review" (`doit retry --feedback`) or "merge" (a merge sent back)
+    relaunch: str | None = None
+    merge: dict[str, Any] = field(default_factory=dict)   # its landing (core/landing.py)
 
     @property
     def active(self) -> bool:

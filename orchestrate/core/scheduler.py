@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from .checks import is_check_relaunch
+from .checks import is_feedback_relaunch
 from .fanout_gate import gate_decision
 from .fingerprint import Fingerprint, config_digest, stale_reason
 from .spec import Agent, Workspace
@@ -187,7 +187,7 @@ def decide(agent: Agent, facts: AgentFacts, decided: dict[str, Decision],
                             wake_at=current.retry_at, attempt=current.attempt + 1)
         attempt = current.attempt + 1
         reason = f"attempt {attempt} of {agent.retries + 1}"
-        if is_check_relaunch(current):   # its reason says which check failed, and why
+        if is_feedback_relaunch(current):   # its reason says what failed, and why
             reason = current.reason
     if hold := capacity.held(agent):
         reason, blocked, wake_at = hold

@@ -582,13 +582,17 @@ def feedback_given(record: StatusRecord | None, task: str, text: str, feedback_f
                    ) -> tuple[StatusRecord, Effects] | None:
     """`doit retry TASK --feedback FILE`: an agent that ran (done, failed or
     cancelled) is relaunched as after a failed check, the feedback file
-    named in its record so that the launch carries it (`checks.carried`);
-    a fresh session, attempts start over. None for any other."""
+    named in its record so that the launch carries it (`checks.carried`),
+    in the session its CLI reported last (resumed where the CLI can);
+    attempts start over. None for any other."""
     if record is None or record.state not in (RunState.DONE, *ENDED_BADLY):
         return None
+    session = record.result.get("session_id") or record.resume_session
     waiting = replace(record, state=RunState.WAITING, retry_at=0.0, fingerprint=None,
-                      attempt=0, reason=RETRY_REQUESTED, retry_requested=True,
-                      check_attempts=0, resume_session=None, feedback=feedback_file)
+                      attempt=0, reason=RETRY_REQUESTED,
+                      retry_requested=True, check_attempts=0, relaunch="review",
+                      resume_session=session if isinstance(session, str) else None,
+                      feedback=feedback_file, merge={})
     return waiting, [WriteFeedback(text), Save(),
                      Event("retry", {"task": task, "was": record.state, "feedback": True})]
 
