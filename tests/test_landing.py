@@ -136,3 +136,42 @@ def test_retry_with_feedback_resumes_a_done_agents_session_in_its_worktree(repo,
     assert "Write the parser." not in second["prompt"]      # the session holds it
     record = ws.status("p", "a")
     assert record["state"] == "done" and record["launches"] == 2
+
+
+# -- the merge queue -------------------------------------------------------------
+def events(ws, kind: str) -> list[dict]:
+    lines = (ws.state / "events.jsonl").read_text().splitlines()
+    return [e for e in map(json.loads, lines) if e.get("event", e.get("kind")) == kind]
+
+
+def user_view(ws) -> tuple[str, str, str]:
+    """What the person sees of their own checkout: branch, HEAD, status."""
+    return (git(ws.root, "branch", "--show-current"), git(ws.root, "rev-parse", "HEAD"),
+            git(ws.root, "status", "--porcelain"))
+
+
+def test_two_agents_on_different_files_are_both_merged(repo):
+    ws = repo
+    ws.write_pipeline("p", pipeline(
+        a={"command": "echo a > a.txt", "isolation": "worktree", "merge": True,
+           "merge_check": "test -f a.txt && echo checked $(ls *.txt | tr '\\n' ' ')"},
+        b={"command": "echo b > b.txt", "isolation": "worktree", "merge": True,
+           "merge_check": "test -f b.txt"}))
+    before = user_view(ws)
+    ws.doit("wait", check_rc=0)
+    target = "orchestrate-merged/p"
+    files = git(ws.root, "ls-tree", "--name-only", target).split()
+    assert {"a.txt", "b.txt", "README.md"} <= set(files)
+    for name in ("a", "b"):
+        record = ws.status("p", name)
+        assert record["state"] == "done"
+        sha = git(ws.root, "rev-parse", target)[:12]
+        assert record["reason"].startswith(f"merged into {target} at ")
+        assert ws.signal("p", name).exists()
+    merged = events(ws, "merged")
+    assert sorted(e["task"] for e in merged) == ["p:a", "p:b"]
+    assert merged[-1]["sha"] == git(ws.root, "rev-parse", target).strip()
+    assert user_view(ws) == before                       # the user's tree and HEAD untouched
+    assert not (ws.root / "a.txt").exists()
+    log = (ws.state / "logs" / "p" / "a.merge.log").read_text()
+    assert "# merge check: test -f a.txt" in log

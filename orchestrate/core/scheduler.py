@@ -11,6 +11,7 @@ from typing import Any
 
 from .checks import is_feedback_relaunch
 from .fanout_gate import gate_decision
+from .landing import MERGE_POLL, merge_pending
 from .fingerprint import Fingerprint, config_digest, stale_reason
 from .spec import Agent, Workspace
 from .records import ACTIVE, RunState, StatusRecord, clock_text
@@ -179,6 +180,9 @@ def decide(agent: Agent, facts: AgentFacts, decided: dict[str, Decision],
         return Decision(agent, RunState.DONE, current.reason or "done", fingerprint, used)
     if current and current.state in (RunState.FAILED, RunState.CANCELLED):
         return Decision(agent, current.state, current.reason, fingerprint, used)
+    if current is not None and merge_pending(current):   # done, not landed yet: queued
+        return Decision(agent, RunState.WAITING, current.reason, fingerprint, used, timed=True,
+                        wake_at=now + MERGE_POLL)
     attempt = 1
     reason = _why_stale(record, facts, fingerprint, _upstream_states(agent, record, decided))
     if current and current.state == RunState.WAITING and current.retry_at is not None:

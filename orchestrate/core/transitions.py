@@ -29,7 +29,7 @@ from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import Any
 
-from . import checks, standin
+from . import checks, landing, standin
 from .fingerprint import digest_text
 from .policy import SIGKILL, SIGTERM, StopKind, backoff, limit_exceeded, next_limit, should_retry
 from .scheduler import RETRY_REQUESTED, Decision
@@ -412,9 +412,13 @@ def _finish(record: StatusRecord, agent: Agent, ended: Ended | None, now: float,
         record.result.get("rate_limited"))
     if not (record.state == RunState.FAILED and rate_limited):
         record = replace(record, rate_limit_hits=0)   # the row of rate limits is broken
-    kind = {RunState.DONE: "finish", RunState.CANCELLED: "cancel"}.get(record.state, "fail")
+    queued = landing.merge_pending(record)
+    kind = "finish" if queued else {RunState.DONE: "finish",
+                                    RunState.CANCELLED: "cancel"}.get(record.state, "fail")
     details: dict[str, Any] = {"task": agent.task, "run_id": record.run_id, "exit_code": code,
                                "reason": record.reason, "attempt": record.attempt}
+    if queued:
+        details["merge"] = "queued"
     if record.state == RunState.CANCELLED and rate_limited:   # the wall is real
         effects.append(_hold(agent, record, record.rate_limit_hits + 1, now))
     if (record.state == RunState.FAILED and rate_limited
@@ -422,7 +426,7 @@ def _finish(record: StatusRecord, agent: Agent, ended: Ended | None, now: float,
         record, hold = _rest_after_rate_limit(agent, record, now)
         effects.append(hold)
         details["retry_at"] = record.retry_at
-    elif record.state == RunState.WAITING:   # a check's relaunch
+    elif record.state == RunState.WAITING and not queued:   # a check's relaunch
         details["retry_at"] = record.retry_at
     elif should_retry(agent, record, stopped) and not check_failed:
         record = _retry_later(record, agent, now)
@@ -474,6 +478,8 @@ def _outcome(record: StatusRecord, agent: Agent, ended: Ended, now: float
         if not passed:
             return record, effects
     text = ended.signal_text or ""
+    if agent.merge:   # done means merged: the signal waits for its branch to land
+        return landing.queued(record, agent, text, ended_at, now), effects
     record = replace(record, state=RunState.DONE, exit_code=0, ended_at=ended_at, reason="done",
                      signal_digest=digest_text(text))
     return record, effects + [WriteSignal(text)]
