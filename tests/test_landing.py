@@ -1,9 +1,17 @@
 """Landing the work, with real git: a worktree's set-up, the commit of what an
 agent left, `doit diff`, `doit retry --feedback`, and the merge queue."""
 import json
+import os
+import random
+import signal
 import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
+from conftest import wait_until
 
 
 def git(root, *args: str, check: bool = True) -> str:
@@ -175,3 +183,200 @@ def test_two_agents_on_different_files_are_both_merged(repo):
     assert not (ws.root / "a.txt").exists()
     log = (ws.state / "logs" / "p" / "a.merge.log").read_text()
     assert "# merge check: test -f a.txt" in log
+
+
+RESOLVER = """
+if [ -n "$ORCHESTRATE_FEEDBACK" ]; then
+  cp "$ORCHESTRATE_FEEDBACK" "$ORCHESTRATE_ROOT/.orchestrate/told-$ORCHESTRATE_AGENT.md"
+  git merge -q orchestrate-merged/p > /dev/null 2>&1
+  printf 'line from a\\nline from b\\n' > shared.txt
+else
+  printf 'line from %s\\n' "$ORCHESTRATE_AGENT" > shared.txt
+fi
+"""
+
+
+def test_a_conflict_goes_back_to_the_agent_which_resolves_it(repo):
+    ws = repo
+    ws.write_pipeline("p", pipeline(
+        a={"command": RESOLVER, "isolation": "worktree", "merge": True},
+        b={"command": RESOLVER, "isolation": "worktree", "merge": True, "after": ["a"]}))
+    before = user_view(ws)
+    ws.doit("wait", check_rc=0)
+    target = "orchestrate-merged/p"
+    assert git(ws.root, "show", f"{target}:shared.txt") == "line from a\nline from b\n"
+    conflict = events(ws, "merge_conflict")
+    assert [(e["task"], e["files"], e["attempt"]) for e in conflict] == [
+        ("p:b", ["shared.txt"], 1)]
+    told = (ws.state / "told-b.md").read_text()
+    assert "Merge 1 of 2 sent back: conflict" in told and "- shared.txt" in told
+    assert f"git merge {target}" in told
+    record = ws.status("p", "b")
+    assert record["state"] == "done" and record["merge"]["attempts"] == 1
+    assert record["reason"].startswith(f"merged into {target} at ")
+    launches = [e["task"] for e in events(ws, "launch")]
+    assert launches == ["p:a", "p:b", "p:b"]        # b relaunched once, a never again
+    # b started only once a had landed: done means merged
+    order = [(e["event"], e["task"]) for e in map(json.loads, (
+        ws.state / "events.jsonl").read_text().splitlines()) if e.get("task")]
+    assert order.index(("merged", "p:a")) < order.index(("launch", "p:b"))
+    assert user_view(ws) == before
+
+
+def test_a_failing_merge_check_is_sent_back_then_fixed(repo):
+    ws = repo
+    fixer = ('if [ -n "$ORCHESTRATE_FEEDBACK" ]; then echo ok > a.txt; '
+             'cp "$ORCHESTRATE_FEEDBACK" "$ORCHESTRATE_ROOT/.orchestrate/told.md"; '
+             'else echo broken > a.txt; fi')
+    ws.write_pipeline("p", pipeline(a={
+        "command": fixer, "isolation": "worktree", "merge": True, "merge_into": "feature",
+        "merge_check": "echo checking a.txt; grep -qx ok a.txt || { echo 'a.txt is not ok'; exit 1; }"}))
+    ws.doit("wait", check_rc=0)
+    assert git(ws.root, "show", "feature:a.txt") == "ok\n"
+    failed = events(ws, "merge_check_failed")
+    assert [(e["task"], e["last_line"]) for e in failed] == [("p:a", "a.txt is not ok")]
+    told = (ws.state / "told.md").read_text()
+    assert "the merge check failed" in told and "a.txt is not ok" in told
+    record = ws.status("p", "a")
+    assert record["state"] == "done" and record["reason"].startswith("merged into feature at ")
+    assert len(events(ws, "launch")) == 2
+
+
+def test_merge_retries_spent_fail_the_agent_saying_why(repo):
+    ws = repo
+    ws.write_pipeline("p", pipeline(a={
+        "command": "echo broken > a.txt", "isolation": "worktree", "merge": True,
+        "merge_retries": 1, "merge_check": "echo still broken; exit 1"}))
+    before = git(ws.root, "branch", "--list", "orchestrate-merged/p")
+    ws.doit("wait", check_rc=1)
+    record = ws.status("p", "a")
+    assert record["state"] == "failed"
+    assert record["reason"] == "merge check failed: still broken"
+    assert len(events(ws, "launch")) == 2 and not ws.signal("p", "a").exists()
+    assert git(ws.root, "branch", "--list", "orchestrate-merged/p") == before == ""
+
+
+def test_a_merge_into_the_branch_checked_out_in_the_users_tree_is_refused(repo):
+    ws = repo
+    ws.write_pipeline("p", pipeline(a={
+        "command": "echo a > a.txt", "isolation": "worktree", "merge": True,
+        "merge_into": "main"}))
+    before = user_view(ws)
+    ws.doit("wait", check_rc=1)
+    record = ws.status("p", "a")
+    assert record["state"] == "failed"
+    assert record["reason"].startswith(
+        f"merge_into main is checked out in your working tree ({ws.root})")
+    assert user_view(ws) == before and not ws.signal("p", "a").exists()
+
+
+def test_landing_keys_need_a_worktree_and_a_branch_name(ws):
+    ws.write_pipeline("p", pipeline(
+        a={"command": "true", "merge": True},
+        b={"command": "true", "isolation": "worktree", "merge_into": "no good"},
+        c={"command": "true", "isolation": "worktree", "merge": "yes"}))
+    proc = ws.doit(check_rc=3)
+    assert "Traceback" not in proc.stderr
+    assert ("pipelines/p.toml: agent 'a': key 'merge': only applies with "
+            'isolation = "worktree"') in proc.stderr
+    assert ("pipelines/p.toml: agent 'b': key 'merge_into': 'no good' is not a valid git "
+            "branch name") in proc.stderr
+    assert "agent 'c': key 'merge': expected true or false, got 'yes'" in proc.stderr
+    assert not list((ws.state / "status").rglob("*.json"))   # nothing launched
+
+
+# -- crash safety ------------------------------------------------------------------
+def merge_runner_pids(ws) -> list[int]:
+    """The detached merge runners of this workspace (`runtime/merger.py`)."""
+    found = []
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                argv = Path(f"/proc/{entry.name}/cmdline").read_bytes().split(b"\0")
+                env = Path(f"/proc/{entry.name}/environ").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if any(a.startswith(b"orchestrate-merge:") for a in argv) and \
+                    f"ORCHESTRATE_ROOT={ws.root}".encode() in env:
+                found.append(int(entry.name))
+    return found
+
+
+def kill_every_orchestrator_process(ws) -> None:
+    """kill -9 of every orchestrator process: callers, advancers, merge runners."""
+    ws.kill_orchestrators()
+    for pid in merge_runner_pids(ws):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def two_merging_agents(ws, name: str, check: str = "sleep 0.3; ls") -> None:
+    ws.write_pipeline(name, pipeline(**{f"a{i}": {
+        "command": f"echo {i} > a{i}.txt", "isolation": "worktree", "merge": True,
+        "merge_check": check} for i in range(2)}))
+
+
+def landed_exactly_once(ws, name: str, callers: int = 1) -> None:
+    """`doit wait` (`callers` of them at once) brings every branch in, each
+    merged once, the target moved only by whole merges (its first-parent
+    history: one merge commit each)."""
+    with ThreadPoolExecutor(callers) as pool:
+        procs = list(pool.map(lambda _: ws.doit("wait", name, timeout=90), range(callers)))
+    assert all(p.returncode == 0 for p in procs), [(p.stdout, p.stderr) for p in procs]
+    target = f"orchestrate-merged/{name}"
+    merges = git(ws.root, "log", "--first-parent", "--format=%s", target).splitlines()
+    assert sorted(m for m in merges if m.startswith("orchestrate: merge ")) == [
+        f"orchestrate: merge {name}:a{i} into {target}" for i in range(2)], merges
+    assert {"a0.txt", "a1.txt"} <= set(git(ws.root, "ls-tree", "--name-only", target).split())
+    merged = [e["task"] for e in events(ws, "merged") if e["task"].startswith(f"{name}:")]
+    assert sorted(merged) == [f"{name}:a0", f"{name}:a1"], merged
+    assert all(ws.state_of(name, f"a{i}") == "done" for i in range(2))
+    assert git(ws.root, "status", "--porcelain", "--untracked-files=no") == ""
+
+
+def test_a_crash_after_the_branch_moved_finishes_that_merge_once(repo):
+    """Killed between moving merge_into and saving the agent's record: the
+    next pass finds the branch at the merged commit and only finishes."""
+    ws = repo
+    two_merging_agents(ws, "moved", check="true")
+    ws.doit("wait", "moved", env={"ORCHESTRATE_CRASH_AT": "merge-advanced:1"}, timeout=90)
+    kill_every_orchestrator_process(ws)
+    ws.wait_idle()
+    target = "orchestrate-merged/moved"
+    assert git(ws.root, "log", "--first-parent", "--format=%s", target).count(
+        "orchestrate: merge ") == 1                  # moved by the crashed pass...
+    assert events(ws, "merged") == []                # ...which never saved it
+    landed_exactly_once(ws, "moved")
+
+
+def test_a_crash_after_the_merge_is_recorded_redoes_it_once(repo):
+    ws = repo
+    two_merging_agents(ws, "recorded", check="true")
+    ws.doit("wait", "recorded", env={"ORCHESTRATE_CRASH_AT": "merge-recorded:1"}, timeout=90)
+    kill_every_orchestrator_process(ws)
+    ws.wait_idle()
+    assert json.loads((ws.state / "merges" / "current.json").read_text())["task"] in (
+        "recorded:a0", "recorded:a1")                # recorded, never started
+    assert not merge_runner_pids(ws)
+    assert git(ws.root, "branch", "--list", "orchestrate-merged/recorded") == ""
+    landed_exactly_once(ws, "recorded")
+
+
+def test_kill_9_of_everything_during_a_merge_check_redoes_the_merge(repo):
+    """Seeded moments while a merge runner works (its merge, its check):
+    kill -9 of every orchestrator process, the runner included."""
+    ws = repo
+    rng = random.Random(int(os.environ.get("CHAOS_SEED", "20261202")))
+    for trial in range(2):
+        name = f"kill{trial}"
+        two_merging_agents(ws, name)
+        proc = subprocess.Popen([sys.executable, "-m", "doit", name], cwd=ws.root,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_until(lambda: merge_runner_pids(ws), 60, "a merge to be under way")
+        time.sleep(rng.uniform(0.0, 0.4))           # a seeded moment, not a synchronisation
+        kill_every_orchestrator_process(ws)
+        proc.wait(10)
+        landed_exactly_once(ws, name, callers=3)   # two doit calls never merge twice
+        wait_until(lambda: not merge_runner_pids(ws), 10, "merge runners to exit")
