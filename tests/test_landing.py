@@ -170,15 +170,17 @@ def test_two_agents_on_different_files_are_both_merged(repo):
     target = "orchestrate-merged/p"
     files = git(ws.root, "ls-tree", "--name-only", target).split()
     assert {"a.txt", "b.txt", "README.md"} <= set(files)
+    merged = {e["task"]: e for e in events(ws, "merged")}
+    assert sorted(merged) == ["p:a", "p:b"]
     for name in ("a", "b"):
         record = ws.status("p", name)
+        sha = merged[f"p:{name}"]["sha"]
         assert record["state"] == "done"
-        sha = git(ws.root, "rev-parse", target)[:12]
-        assert record["reason"].startswith(f"merged into {target} at ")
+        assert record["reason"] == f"merged into {target} at {sha[:12]}"
+        assert record["merge"]["state"] == "merged" and record["merge"]["sha"] == sha
         assert ws.signal("p", name).exists()
-    merged = events(ws, "merged")
-    assert sorted(e["task"] for e in merged) == ["p:a", "p:b"]
-    assert merged[-1]["sha"] == git(ws.root, "rev-parse", target).strip()
+    last = max(merged.values(), key=lambda e: e["ts"])
+    assert last["sha"] == git(ws.root, "rev-parse", target).strip()
     assert user_view(ws) == before                       # the user's tree and HEAD untouched
     assert not (ws.root / "a.txt").exists()
     log = (ws.state / "logs" / "p" / "a.merge.log").read_text()

@@ -108,8 +108,8 @@ def carried(previous: StatusRecord | None) -> dict[str, Any]:
     # a resumed run that failed on its own is retried in a fresh session
     # (the CLI may have lost the session), with the feedback in its prompt
     session = previous.resume_session if is_feedback_relaunch(previous) else None
-    kept = {"check_attempts": previous.check_attempts, "feedback": previous.feedback,
-            "resume_session": session}
+    kept: dict[str, Any] = {"check_attempts": previous.check_attempts,
+                            "feedback": previous.feedback, "resume_session": session}
     if previous.merge:   # a merge sent back, or a crash of its relaunch
         kept["merge"] = {"attempts": previous.merge.get("attempts", 0)}
     return kept
