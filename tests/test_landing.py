@@ -223,6 +223,13 @@ def test_a_conflict_goes_back_to_the_agent_which_resolves_it(repo):
         ws.state / "events.jsonl").read_text().splitlines()) if e.get("task")]
     assert order.index(("merged", "p:a")) < order.index(("launch", "p:b"))
     assert user_view(ws) == before
+    ws.doit("report", "-o", "report.html", check_rc=0)       # the report shows the merges
+    page = (ws.root / "report.html").read_text()
+    merges = page[page.index('<section id="merges">'):]
+    row = merges[merges.index('<tr data-task="p:b">'):]
+    assert row.startswith(f'<tr data-task="p:b"><td>p:b</td><td>{target}</td><td>merged</td>')
+    assert '<td class="num">1</td>' in row[:row.index("</tr>")]   # sent back once
+    (ws.root / "report.html").unlink()
 
 
 def test_a_failing_merge_check_is_sent_back_then_fixed(repo):
