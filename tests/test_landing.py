@@ -389,3 +389,56 @@ def test_kill_9_of_everything_during_a_merge_check_redoes_the_merge(repo):
         proc.wait(10)
         landed_exactly_once(ws, name, callers=3)   # two doit calls never merge twice
         wait_until(lambda: not merge_runner_pids(ws), 10, "merge runners to exit")
+
+
+def test_a_target_moved_by_someone_else_during_the_merge_gets_the_merge_redone(repo):
+    """Someone commits to merge_into while its merge is checked: the branch is
+    not overwritten (compare-and-swap); the merge is redone on the new commit."""
+    ws = repo
+    git(ws.root, "branch", "feature")
+    outside = ('git -C "$ORCHESTRATE_ROOT" update-ref refs/heads/feature "$(git -C '
+               '"$ORCHESTRATE_ROOT" commit-tree -p feature -m "someone else" "feature^{tree}")"')
+    check = (f'if [ ! -e "$ORCHESTRATE_ROOT/.orchestrate/moved" ]; then '
+             f'touch "$ORCHESTRATE_ROOT/.orchestrate/moved"; {outside}; fi')
+    ws.write_pipeline("p", pipeline(a={
+        "command": "echo a > a.txt", "isolation": "worktree", "merge": True,
+        "merge_into": "feature", "merge_check": check}))
+    ws.doit("wait", check_rc=0)
+    history = git(ws.root, "log", "--first-parent", "--format=%s", "feature").splitlines()
+    assert history == ["orchestrate: merge p:a into feature", "someone else", "initial"]
+    assert len(events(ws, "merged")) == 1
+
+
+# -- the pure parts --------------------------------------------------------------
+def test_a_merge_sent_back_relaunches_in_its_session_then_fails_for_good():
+    from orchestrate.core import landing, merging, transitions as t
+    from orchestrate.core.checks import carried
+    from orchestrate.core.records import RunState, StatusRecord
+    from orchestrate.core.spec import Agent
+    agent = Agent("p", "a", command="true", isolation="worktree", merge=True, merge_retries=1)
+    done = StatusRecord(state=RunState.RUNNING, pipeline="p", agent="a", task="p:a", attempt=1,
+                        run_id="r1", result={"session_id": "s-1"})
+    record = landing.queued(done, agent, '{"signal": 1}\n', "2026-12-02T00:00:00Z", 5.0)
+    assert landing.merge_pending(record) and record.reason == \
+        "waiting to merge into orchestrate-merged/p"
+    conflict = {"outcome": "conflict", "files": ["a.py", "b.py"]}
+    again, effects = merging.sent_back(record, agent, "orchestrate/p/a", conflict, 6.0)
+    assert again.state == RunState.WAITING and again.retry_at == 6.0 and again.attempt == 0
+    assert again.reason == "merge 1 of 1 sent back: merge conflict in a.py, b.py"
+    assert again.resume_session == "s-1" and again.relaunch == "merge"
+    kinds = [e.kind for e in effects if isinstance(e, t.Event)]
+    assert kinds == ["merge_conflict"]
+    feedback = next(e.text for e in effects if isinstance(e, t.WriteFeedback))
+    assert "- a.py\n- b.py" in feedback and "git merge orchestrate-merged/p" in feedback
+    kept = carried(again)            # the relaunch resumes the session, counts the merge
+    assert kept["resume_session"] == "s-1" and kept["merge"] == {"attempts": 1}
+    relaunched = landing.queued(StatusRecord(state=RunState.RUNNING, pipeline="p", agent="a",
+                                             task="p:a", run_id="r2", **kept),
+                                agent, "x\n", "2026-12-02T00:00:01Z", 7.0)
+    failed, effects = merging.sent_back(relaunched, agent, "orchestrate/p/a", conflict, 8.0)
+    assert failed.state == RunState.FAILED and failed.reason == "merge conflict in a.py, b.py"
+    assert [e.kind for e in effects if isinstance(e, t.Event)] == ["merge_conflict", "fail"]
+    landed, effects = merging.landed(relaunched, agent, "f" * 40, 9.0)
+    assert landed.state == RunState.DONE and landed.reason == \
+        f"merged into orchestrate-merged/p at {'f' * 12}"
+    assert t.WriteSignal("x\n") in effects and "signal" not in landed.merge
