@@ -93,7 +93,7 @@ def checked_out(root: Path, into: str, ours: Path) -> str | None:
         if line.startswith("worktree "):
             where = Path(line[len("worktree "):])
         elif line == f"branch refs/heads/{into}" and where is not None \
-                and not where.is_relative_to(ours):
+                and not where.resolve().is_relative_to(ours.resolve()):
             if where == root.resolve():
                 return (f"merge_into {into} is checked out in your working tree ({where}); "
                         "orchestrate never touches it (check out another branch there, or "
@@ -201,7 +201,10 @@ class MergeQueue:
         changed = False
         for _, agent, record in sorted(waiting, key=lambda w: w[0]):
             refusal = checked_out(self.layout.root, record.merge["into"], self.folder)
-            current = None if refusal else self._plan(agent, record)
+            try:
+                current = None if refusal else self._plan(agent, record)
+            except worktree.WorktreeError as err:   # its base's branch is gone, say
+                current, refusal = None, f"merge failed: {err}"
             if current is None:
                 why = refusal or f"merge failed: {agent.task}'s branch is gone"
                 host.apply_change(*merging.refused(record, agent, why, host.clock()))
@@ -243,7 +246,7 @@ class MergeQueue:
         command = agent.merge_command
         spec = {**current, "root": str(self.layout.root),
                 "command": list(command) if isinstance(command, tuple) else command,
-                "timeout": agent.check_timeout, "grace": agent.kill_grace,
+                "timeout": agent.check_timeout, "grace": agent.kill_grace, "cwd": agent.cwd,
                 "verdict": str(self.verdict_path(current["run_id"])),
                 "check_pid": str(self.folder / "check.pid")}
         code = (f"import sys; sys.path.insert(0, {PACKAGE_PARENT!r}); "

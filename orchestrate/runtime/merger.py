@@ -101,7 +101,8 @@ def kill_leftover_check(pid_file: Path) -> None:
 def run_check(tree: Path, spec: dict[str, Any]) -> Verdict:
     command = spec["command"] if isinstance(spec["command"], str) else tuple(spec["command"])
     print(f"# merge check: {command_text(command)}", flush=True)
-    process = subprocess.Popen(command, shell=isinstance(command, str), cwd=tree,
+    process = subprocess.Popen(command, shell=isinstance(command, str),
+                               cwd=tree / spec.get("cwd", "."),
                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, process_group=0)
     pid_file = Path(spec["check_pid"])
