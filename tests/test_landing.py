@@ -164,10 +164,16 @@ def test_two_agents_on_different_files_are_both_merged(repo):
         a={"command": "echo a > a.txt", "isolation": "worktree", "merge": True,
            "merge_check": "test -f a.txt && echo checked $(ls *.txt | tr '\\n' ' ')"},
         b={"command": "echo b > b.txt", "isolation": "worktree", "merge": True,
-           "merge_check": "test -f b.txt"}))
+           "merge_check": "test -f b.txt"},
+        # downstream: starts once both landed, and sees them on the target branch
+        c={"command": "git ls-tree --name-only orchestrate-merged/p > .orchestrate/seen.txt",
+           "after": ["a", "b"]}))
     before = user_view(ws)
-    ws.doit("wait", check_rc=0)
+    out = ws.doit("wait", check_rc=0).stdout
     target = "orchestrate-merged/p"
+    assert {"a.txt", "b.txt"} <= set((ws.state / "seen.txt").read_text().split())
+    assert "to merge  p:a  (waiting to merge into orchestrate-merged/p)" in out
+    assert f"merged    p:a  (into {target} at " in out
     files = git(ws.root, "ls-tree", "--name-only", target).split()
     assert {"a.txt", "b.txt", "README.md"} <= set(files)
     merged = {e["task"]: e for e in events(ws, "merged")}
@@ -179,6 +185,10 @@ def test_two_agents_on_different_files_are_both_merged(repo):
         assert record["reason"] == f"merged into {target} at {sha[:12]}"
         assert record["merge"]["state"] == "merged" and record["merge"]["sha"] == sha
         assert ws.signal("p", name).exists()
+    table = ws.doit("status", "p:a", check_rc=0).stdout
+    assert f"merged into {target} at {merged['p:a']['sha'][:12]}" in table
+    shown = json.loads(ws.doit("status", "p:b", "--json", check_rc=0).stdout)["agents"]
+    assert shown[-1]["merge"]["sha"] == merged["p:b"]["sha"]
     last = max(merged.values(), key=lambda e: e["ts"])
     assert last["sha"] == git(ws.root, "rev-parse", target).strip()
     assert user_view(ws) == before                       # the user's tree and HEAD untouched
@@ -204,8 +214,9 @@ def test_a_conflict_goes_back_to_the_agent_which_resolves_it(repo):
         a={"command": RESOLVER, "isolation": "worktree", "merge": True},
         b={"command": RESOLVER, "isolation": "worktree", "merge": True, "after": ["a"]}))
     before = user_view(ws)
-    ws.doit("wait", check_rc=0)
+    out = ws.doit("wait", check_rc=0).stdout
     target = "orchestrate-merged/p"
+    assert f"conflict  p:b  (merging into {target}: shared.txt)" in out
     assert git(ws.root, "show", f"{target}:shared.txt") == "line from a\nline from b\n"
     conflict = events(ws, "merge_conflict")
     assert [(e["task"], e["files"], e["attempt"]) for e in conflict] == [
@@ -240,7 +251,9 @@ def test_a_failing_merge_check_is_sent_back_then_fixed(repo):
     ws.write_pipeline("p", pipeline(a={
         "command": fixer, "isolation": "worktree", "merge": True, "merge_into": "feature",
         "merge_check": "echo checking a.txt; grep -qx ok a.txt || { echo 'a.txt is not ok'; exit 1; }"}))
-    ws.doit("wait", check_rc=0)
+    out = ws.doit("wait", check_rc=0).stdout
+    assert ("rejected  p:a  (merged into feature, the merge check failed: a.txt is not ok)"
+            in out)
     assert git(ws.root, "show", "feature:a.txt") == "ok\n"
     failed = events(ws, "merge_check_failed")
     assert [(e["task"], e["last_line"]) for e in failed] == [("p:a", "a.txt is not ok")]

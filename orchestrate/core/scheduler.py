@@ -180,7 +180,7 @@ def decide(agent: Agent, facts: AgentFacts, decided: dict[str, Decision],
         return Decision(agent, RunState.DONE, current.reason or "done", fingerprint, used)
     if current and current.state in (RunState.FAILED, RunState.CANCELLED):
         return Decision(agent, current.state, current.reason, fingerprint, used)
-    if current is not None and merge_pending(current):   # done, not landed yet: queued
+    if current is not None and agent.merge and merge_pending(current):   # done, not landed
         return Decision(agent, RunState.WAITING, current.reason, fingerprint, used, timed=True,
                         wake_at=now + MERGE_POLL)
     attempt = 1
