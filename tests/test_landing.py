@@ -455,3 +455,44 @@ def test_a_merge_sent_back_relaunches_in_its_session_then_fails_for_good():
     assert landed.state == RunState.DONE and landed.reason == \
         f"merged into orchestrate-merged/p at {'f' * 12}"
     assert t.WriteSignal("x\n") in effects and "signal" not in landed.merge
+
+
+NO_IDENTITY = {"GIT_CONFIG_GLOBAL": "/dev/null", "GIT_CONFIG_NOSYSTEM": "1",
+               "GIT_CONFIG_COUNT": "1", "GIT_CONFIG_KEY_0": "user.useConfigOnly",
+               "GIT_CONFIG_VALUE_0": "true"}   # git may not guess a name: it has none
+
+
+def test_without_a_git_identity_orchestrate_commits_and_merges_as_itself(repo):
+    ws = repo
+    git(ws.root, "config", "--unset", "user.name")
+    git(ws.root, "config", "--unset", "user.email")
+    ws.write_pipeline("p", pipeline(a={"command": "echo a > a.txt", "isolation": "worktree",
+                                       "merge": True}))
+    ws.doit("wait", env=NO_IDENTITY, check_rc=0)
+    authors = git(ws.root, "log", "--format=%an <%ae> %s", "-2", "orchestrate-merged/p")
+    assert authors.splitlines() == [
+        "orchestrate <orchestrate@localhost> orchestrate: merge p:a into orchestrate-merged/p",
+        f"orchestrate <orchestrate@localhost> orchestrate: p:a run {ws.status('p', 'a')['run_id']}"]
+
+
+def test_a_target_checked_out_in_another_worktree_is_refused(repo):
+    ws = repo
+    elsewhere = ws.root.parent / "elsewhere"
+    git(ws.root, "worktree", "add", "-q", "-b", "release", str(elsewhere))
+    ws.write_pipeline("p", pipeline(a={"command": "echo a > a.txt", "isolation": "worktree",
+                                       "merge": True, "merge_into": "release"}))
+    ws.doit("wait", check_rc=1)
+    assert ws.status("p", "a")["reason"].startswith(
+        f"merge_into release is checked out in the worktree {elsewhere}")
+    assert git(elsewhere, "status", "--porcelain") == "" and not (elsewhere / "a.txt").exists()
+
+
+def test_a_commit_that_fails_fails_the_run_with_gits_words(repo):
+    ws = repo
+    ws.write_pipeline("p", pipeline(a={"command": "echo a > a.txt", "isolation": "worktree"}))
+    ws.doit("wait", env={"GIT_AUTHOR_DATE": "not a date"}, check_rc=1)
+    record = ws.status("p", "a")
+    assert record["state"] == "failed"
+    assert record["reason"] == "auto-commit failed: fatal: invalid date format: not a date"
+    log = (ws.root / record["log"]).read_text()
+    assert "orchestrate: auto-commit failed (exit 128)" in log

@@ -68,7 +68,7 @@ class Launcher:
         check = runner_command(self.layout, agent, run_id, root) if agent.check else None
         before = after = None
         if agent.isolation == "worktree":   # its worktree exists by now (`worktree.ensure`)
-            after = commit_line(agent, run_id, root)
+            after = commit_line(agent, run_id, root, self.layout.commit_failed(run_id))
             if agent.setup is not None:
                 before = setup_line(agent, root, self.layout.setup_log(agent.pipeline, agent.name),
                                     self.layout.setup_failed(run_id))

@@ -12,6 +12,7 @@ writes, since looking and then acting would race with a late wrapper.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from .causes import exit_reason
 from .checkrun import read_verdict
@@ -102,7 +103,10 @@ def ended(layout: Layout, agent: Agent, record: StatusRecord, code: int,
     if record.stop_kind is not None:   # it ends with its stop reason: nothing else matters
         return Ended(code, ended_at, executor_said=executor_said, reported=reported)
     if code != 0 and layout.setup_failed(record.run_id or "").exists():
-        said = f"setup failed: {setup_last_line(layout, agent)}"
+        said = f"setup failed: {last_line_of(layout.setup_log(agent.pipeline, agent.name))}"
+        return Ended(code, ended_at, said, executor_said, reported)
+    if code != 0 and layout.commit_failed(record.run_id or "").exists():
+        said = f"auto-commit failed: {last_line_of(layout.commit_failed(record.run_id or ''))}"
         return Ended(code, ended_at, said, executor_said, reported)
     if code != 0:
         said = exit_reason(code, describe_exit(code), layout.root / record.log)
@@ -115,14 +119,14 @@ def ended(layout: Layout, agent: Agent, record: StatusRecord, code: int,
     return Ended(code, ended_at, "", executor_said, reported, tuple(missing), text, verdict)
 
 
-def setup_last_line(layout: Layout, agent: Agent) -> str:
-    """The set-up log's last line: why the worktree's set-up failed."""
+def last_line_of(path: Path) -> str:
+    """A file's last line (of its last 64 KiB): why a set-up or a commit failed."""
     try:
-        with open(layout.setup_log(agent.pipeline, agent.name), "rb") as handle:
+        with open(path, "rb") as handle:
             handle.seek(max(0, handle.seek(0, os.SEEK_END) - 64 * 1024))
             return last_line(handle.read().decode(errors="replace").splitlines())
     except OSError:
-        return "(no setup log)"
+        return "(no output)"
 
 
 def last_output(layout: Layout, agent: Agent, record: StatusRecord) -> float | None:

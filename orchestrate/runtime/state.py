@@ -131,6 +131,11 @@ class Layout:
         """Exists when the run's worktree set-up failed (the wrapper writes it)."""
         return self.runs_dir / f"{run_id}.setup-failed"
 
+    def commit_failed(self, run_id: str) -> Path:
+        """git's errors while the wrapper committed what the agent left; kept
+        only when the commit failed."""
+        return self.runs_dir / f"{run_id}.commit-failed"
+
     def merge_log(self, pipeline: str, agent: str) -> Path:
         """The last merge of the agent's branch and its merge check's output."""
         return self.base / "logs" / pipeline / f"{agent}.merge.log"

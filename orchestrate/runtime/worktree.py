@@ -123,17 +123,20 @@ def setup_line(agent: Agent, worktree: Path, log: Path, failed: Path) -> str:
             f": > {marker}\nfi\n")
 
 
-def commit_line(agent: Agent, run_id: str, worktree: Path) -> str:
+def commit_line(agent: Agent, run_id: str, worktree: Path, failed: Path) -> str:
     """Commit whatever the agent left (untracked too, ignored files not) on
     its branch. Without a git identity, orchestrate's own is used. A failed
-    commit fails the run: its work must not live only in the worktree."""
+    commit fails the run (git's error stays in `failed`, for its reason):
+    its work must not live only in the worktree."""
     at = f"git -C {shlex.quote(str(worktree))}"
     message = shlex.quote(f"orchestrate: {agent.task} run {run_id}")
+    errors = shlex.quote(str(failed))
     return (f"{{ {at} add -A && {{ {{ {at} diff --cached --quiet && "
             f"! {at} rev-parse -q --verify MERGE_HEAD > /dev/null; }} || {{ "
             f"{at} var GIT_COMMITTER_IDENT > /dev/null 2>&1 || export {IDENTITY}; "
-            f"{at} commit -q --no-verify -m {message}; }}; }}; }} "
-            '|| { rc=$?; echo "orchestrate: auto-commit failed (exit $rc)" >&2; }')
+            f"{at} commit -q --no-verify -m {message}; }}; }}; }} 2> {errors} "
+            f'|| {{ rc=$?; cat {errors} >&2; echo "orchestrate: auto-commit failed (exit $rc)" >&2; }}'
+            f'; [ "$rc" -ne 0 ] || rm -f {errors}')
 
 
 # -- what the agent changed ------------------------------------------------------

@@ -107,6 +107,7 @@ def remove_run_files(layout: Layout, run_id: str | None) -> None:
     exit_path = layout.exit_file(run_id or "")
     for path in (exit_path, claim_path(exit_path), layout.upstream_file(run_id or ""),
                  layout.prompt_file(run_id or ""), layout.setup_failed(run_id or ""),
+                 layout.commit_failed(run_id or ""),
                  *layout.check_files(run_id or "")):
         path.unlink(missing_ok=True)
 
