@@ -496,3 +496,18 @@ def test_a_commit_that_fails_fails_the_run_with_gits_words(repo):
     assert record["reason"] == "auto-commit failed: fatal: invalid date format: not a date"
     log = (ws.root / record["log"]).read_text()
     assert "orchestrate: auto-commit failed (exit 128)" in log
+
+
+def test_a_cancel_during_its_merge_check_stops_the_check_and_leaves_the_target(repo):
+    ws = repo
+    ws.write_pipeline("p", pipeline(a={
+        "command": "echo a > a.txt", "isolation": "worktree", "merge": True,
+        "merge_check": 'touch "$ORCHESTRATE_ROOT/.orchestrate/checking"; sleep 300'}))
+    ws.doit(check_rc=0)
+    wait_until(lambda: (ws.state / "checking").exists(), 60, "the merge check to run")
+    ws.doit("cancel", "p:a", check_rc=0)
+    assert ws.state_of("p", "a") == "cancelled"
+    wait_until(lambda: not merge_runner_pids(ws) and not ws.agent_pids(), 30,
+               "the runner and its check to be gone")
+    assert git(ws.root, "branch", "--list", "orchestrate-merged/p") == ""
+    ws.wait_idle()

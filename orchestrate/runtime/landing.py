@@ -19,6 +19,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -33,6 +34,7 @@ from . import worktree
 from .checkrun import PACKAGE_PARENT
 from .faults import crash_point
 from .state import Layout, read_json, write_json
+from .stopping import killpg
 
 ZERO = "0" * 40   # update-ref's "the branch must not exist yet"
 RUNNER_EXIT_WAIT = 1.0   # seconds a redo waits for the previous runner to be gone
@@ -141,6 +143,8 @@ class MergeQueue:
                 and record.run_id == current["run_id"])
         verdict = read_json(self.verdict_path(current["run_id"]))
         if verdict is None and self.runner_alive(current["run_id"]):
+            if not ours:   # cancelled, forgotten: its merge is abandoned, its check stopped
+                self._stop_runner(current["run_id"])
             return False, False
         if not ours or agent is None or record is None:   # cancelled, relaunched, forgotten
             self._clear(current)
@@ -172,6 +176,19 @@ class MergeQueue:
         self.verdict_path(current["run_id"]).unlink(missing_ok=True)
         self.current_path.unlink(missing_ok=True)
         self.lock_path(current["run_id"]).unlink(missing_ok=True)
+        self.pid_path(current["run_id"]).unlink(missing_ok=True)
+
+    def pid_path(self, run_id: str) -> Path:
+        return self.folder / f"{run_id}.pid"
+
+    def _stop_runner(self, run_id: str) -> None:
+        """SIGTERM to the runner (alive: it holds its lock, so the pid it
+        wrote is its own); it stops its check's group and exits."""
+        try:
+            pid = int(self.pid_path(run_id).read_text())
+        except (OSError, ValueError):
+            return   # not started far enough to have a check: it ends by itself
+        killpg(pid, signal.SIGTERM)
 
     def lock_path(self, run_id: str) -> Path:
         """Held (flock) by the runner of the merge of run `run_id` while it lives."""
@@ -248,7 +265,8 @@ class MergeQueue:
                 "command": list(command) if isinstance(command, tuple) else command,
                 "timeout": agent.check_timeout, "grace": agent.kill_grace, "cwd": agent.cwd,
                 "verdict": str(self.verdict_path(current["run_id"])),
-                "check_pid": str(self.folder / "check.pid")}
+                "check_pid": str(self.folder / "check.pid"),
+                "runner_pid": str(self.pid_path(current["run_id"]))}
         code = (f"import sys; sys.path.insert(0, {PACKAGE_PARENT!r}); "
                 "from orchestrate.runtime.merger import main; main(sys.argv[1])")
         env = {**os.environ, "ORCHESTRATE_ROOT": str(self.layout.root),

@@ -98,6 +98,16 @@ def kill_leftover_check(pid_file: Path) -> None:
     pid_file.unlink(missing_ok=True)
 
 
+def stop_on_signal(process: subprocess.Popen, grace: float) -> None:
+    """The merge is abandoned (its agent was cancelled): the check's group
+    goes with the runner, within the agent's kill_grace."""
+    def on_signal(number: int, _frame: Any) -> None:
+        stop_group(process, StopPolicy(grace))
+        sys.exit(128 + number)
+    for number in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(number, on_signal)
+
+
 def run_check(tree: Path, spec: dict[str, Any]) -> Verdict:
     command = spec["command"] if isinstance(spec["command"], str) else tuple(spec["command"])
     print(f"# merge check: {command_text(command)}", flush=True)
@@ -105,6 +115,7 @@ def run_check(tree: Path, spec: dict[str, Any]) -> Verdict:
                                cwd=tree / spec.get("cwd", "."),
                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, process_group=0)
+    stop_on_signal(process, spec["grace"])
     pid_file = Path(spec["check_pid"])
     write_atomic(pid_file, f"{process.pid}\n", durable=False)
     timed_out = False
@@ -146,6 +157,7 @@ def attempt(spec: dict[str, Any]) -> dict[str, Any]:
 def main(spec_json: str) -> None:
     """Merge, check, record the outcome durably (a git failure is an outcome too)."""
     spec = json.loads(spec_json)
+    write_atomic(Path(spec["runner_pid"]), f"{os.getpid()}\n", durable=False)
     print(f"# merge {spec['task']} ({spec['head'][:12]}) into {spec['into']} "
           f"(at {spec['start'][:12]})", flush=True)
     try:
