@@ -70,7 +70,7 @@ def test_a_failing_setup_fails_the_agent_with_its_last_line(repo):
     ws = repo
     ws.write_pipeline("p", pipeline(a={
         "command": "touch ran.txt", "isolation": "worktree",
-        "setup": "echo installing; echo 'npm ERR! no package.json' >&2; exit 3"}))
+        "setup": ["sh", "-c", "echo installing; echo 'npm ERR! no package.json' >&2; exit 3"]}))
     ws.doit("wait", check_rc=1)
     record = ws.status("p", "a")
     assert record["state"] == "failed"
@@ -162,9 +162,9 @@ def test_two_agents_on_different_files_are_both_merged(repo):
     ws = repo
     ws.write_pipeline("p", pipeline(
         a={"command": "echo a > a.txt", "isolation": "worktree", "merge": True,
-           "merge_check": "test -f a.txt && echo checked $(ls *.txt | tr '\\n' ' ')"},
+           "merge_check": "test -f a.txt && echo checked into $ORCHESTRATE_MERGE_INTO"},
         b={"command": "echo b > b.txt", "isolation": "worktree", "merge": True,
-           "merge_check": "test -f b.txt"},
+           "check": "test -f b.txt"},             # its check checks the merge too
         # downstream: starts once both landed, and sees them on the target branch
         c={"command": "git ls-tree --name-only orchestrate-merged/p > .orchestrate/seen.txt",
            "after": ["a", "b"]}))
@@ -194,7 +194,9 @@ def test_two_agents_on_different_files_are_both_merged(repo):
     assert user_view(ws) == before                       # the user's tree and HEAD untouched
     assert not (ws.root / "a.txt").exists()
     log = (ws.state / "logs" / "p" / "a.merge.log").read_text()
-    assert "# merge check: test -f a.txt" in log
+    assert "# merge check: test -f a.txt" in log and f"checked into {target}" in log
+    log = (ws.state / "logs" / "p" / "b.merge.log").read_text()
+    assert "# merge check: test -f b.txt" in log
 
 
 RESOLVER = """
