@@ -513,3 +513,25 @@ def test_a_cancel_during_its_merge_check_stops_the_check_and_leaves_the_target(r
                "the runner and its check to be gone")
     assert git(ws.root, "branch", "--list", "orchestrate-merged/p") == ""
     ws.wait_idle()
+
+
+def test_merges_go_one_at_a_time_in_the_order_agents_became_done(repo):
+    """a is being merged (its check held); then c and then b become done: they
+    land after a, c before b, whatever their declaration order."""
+    ws = repo
+    gate = 'while [ ! -e "$ORCHESTRATE_ROOT/.orchestrate/{0}" ]; do sleep 0.02; done; '
+    check = ('touch "$ORCHESTRATE_ROOT/.orchestrate/checking-$ORCHESTRATE_AGENT"; '
+             + gate.format("release"))
+    ws.write_pipeline("p", pipeline(**{name: {
+        "command": (gate.format(f"go-{name}") if name != "a" else "") + f"echo {name} > {name}.txt",
+        "isolation": "worktree", "merge": True, "merge_check": check} for name in "abc"}))
+    ws.doit(check_rc=0)
+    wait_until(lambda: (ws.state / "checking-a").exists(), 60, "a's merge check")
+    for name in "cb":
+        (ws.state / f"go-{name}").touch()
+        wait_until(lambda: (ws.status("p", name) or {}).get("merge", {}).get("state") == "queued",
+                   60, f"{name} in the queue")
+    assert not (ws.state / "checking-b").exists() and not (ws.state / "checking-c").exists()
+    (ws.state / "release").touch()
+    ws.doit("wait", check_rc=0)
+    assert [e["task"] for e in events(ws, "merged")] == ["p:a", "p:c", "p:b"]
