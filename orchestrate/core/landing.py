@@ -9,6 +9,8 @@ into BRANCH") with its `merge` field saying where it is in the queue:
     merged    landed: the record is `done` and its signal written
     conflict, check_failed
               sent back to the agent with feedback, or failed for good
+    refused   failed without a merge (its target is checked out in a working
+              tree orchestrate does not own, or its branch is gone)
 
 Its signal (kept in `merge["signal"]` meanwhile) is written only once the
 branch landed, so downstream agents wait for the merge. The changes of the
