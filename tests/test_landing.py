@@ -535,3 +535,17 @@ def test_merges_go_one_at_a_time_in_the_order_agents_became_done(repo):
     (ws.state / "release").touch()
     ws.doit("wait", check_rc=0)
     assert [e["task"] for e in events(ws, "merged")] == ["p:a", "p:c", "p:b"]
+
+
+def test_a_git_failure_in_a_merge_fails_the_agent_without_a_merge_event():
+    from orchestrate.core import landing, merging, transitions as t
+    from orchestrate.core.records import RunState, StatusRecord
+    from orchestrate.core.spec import Agent
+    agent = Agent("p", "a", command="true", isolation="worktree", merge=True)
+    record = landing.queued(StatusRecord(state=RunState.RUNNING, pipeline="p", agent="a",
+                                         task="p:a", run_id="r1"), agent, "", "", 1.0)
+    failed, effects = merging.sent_back(record, agent, "orchestrate/p/a",
+                                        {"outcome": "error", "detail": "git merge: disk full"},
+                                        2.0)
+    assert failed.state == RunState.FAILED and failed.reason == "merge failed: git merge: disk full"
+    assert [e.kind for e in effects if isinstance(e, t.Event)] == ["fail"]

@@ -54,17 +54,19 @@ def sent_back(record: StatusRecord, agent: Agent, branch: str, outcome: dict[str
         details["files"] = list(outcome.get("files") or ())
     elif kind == landing.CHECK_FAILED:
         details["last_line"] = (outcome.get("check") or {}).get("last_line")
-    event = Event("merge_conflict" if kind == landing.CONFLICT else "merge_check_failed",
-                  details)
+    events: Effects = []   # a git failure is neither: the agent just fails, saying so
+    if kind in (landing.CONFLICT, landing.CHECK_FAILED):
+        events.append(Event("merge_conflict" if kind == landing.CONFLICT
+                            else "merge_check_failed", details))
     merge = {k: v for k, v in record.merge.items() if k != "signal"}
     merge.update(state=kind, attempts=number)
     why = landing.failed_reason(outcome)
     if kind not in (landing.CONFLICT, landing.CHECK_FAILED) or number > of:
         failed = replace(record, state=RunState.FAILED, merge=merge, reason=why,
                          ended_at=iso(now), relaunch=None)
-        return failed, [Save(), event, Event("fail", {"task": agent.task,
-                                                       "run_id": record.run_id,
-                                                       "reason": why})]
+        return failed, [Save(), *events, Event("fail", {"task": agent.task,
+                                                         "run_id": record.run_id,
+                                                         "reason": why})]
     session = record.result.get("session_id") or record.resume_session
     again = replace(record, state=RunState.WAITING, retry_at=now, attempt=record.attempt - 1,
                     merge=merge, relaunch="merge", feedback=feedback_relpath(
@@ -72,7 +74,7 @@ def sent_back(record: StatusRecord, agent: Agent, branch: str, outcome: dict[str
                     resume_session=session if isinstance(session, str) else None,
                     reason=f"merge {number} of {of} sent back: {why}")
     text = landing.feedback_text(agent, branch, outcome, number, of)
-    return again, [WriteFeedback(text), Save(), event]
+    return again, [WriteFeedback(text), Save(), *events]
 
 
 def refused(record: StatusRecord, agent: Agent, why: str, now: float
