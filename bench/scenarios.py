@@ -63,12 +63,14 @@ class Sizes:
     hook_events: int = 20
     report_agents: int = 1000     # each runs 3 attempts
     fanout_items: int = 1000
+    merge_agents: int = 20
+    merge_check_seconds: float = 1.0
 
 
 SMOKE = Sizes(runs=1, scale=0.1, caller_agents=5, throughput_agents=10, chain_length=5,
               layers=2, layer_width=3, layer_seconds=0.2, noop_sizes=(20,), status_agents=20,
               idle_running=(3,), memory_agents=5, idle_seconds=1.0, hook_events=3, report_agents=20,
-              fanout_items=20)
+              fanout_items=20, merge_agents=3, merge_check_seconds=0.2)
 
 
 def _wall_to_last_signal(agents: dict[str, dict]) -> float:
@@ -626,8 +628,22 @@ def slurm(sizes: Sizes) -> list[Row]:
                 "<= 0.01", "%", note="poll 2s: one squeue for all jobs")]
 
 
+def merge_queue(sizes: Sizes) -> list[Row]:
+    """N agents' branches merged into one, each checked (bench/landing.py)."""
+    from .landing import merge_queue_ratio
+    values, notes = [], []
+    for _ in range(sizes.runs):
+        ratio, total, checks = merge_queue_ratio(sizes.merge_agents, sizes.merge_check_seconds)
+        values.append(ratio)
+        notes.append(f"{total:.1f} s for {checks:.1f} s of checks")
+    return [Row(f"merge queue: {sizes.merge_agents} agents into one branch",
+                "first done to last merged / sum of merge_check s", values, "<= 1.50",
+                note="; ".join(notes))]
+
+
 ALL = [critical_path_scenarios, caller_block, launch_throughput, signal_to_launch, scale,
-       noop, status_ratio, memory, idle, idle_running, hooks, report_size, fanout, slurm]
+       noop, status_ratio, memory, idle, idle_running, hooks, report_size, fanout, merge_queue,
+       slurm]
 
 
 def run_all(sizes: Sizes, report, only: str | None = None) -> list[Row]:

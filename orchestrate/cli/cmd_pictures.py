@@ -16,6 +16,7 @@ from urllib.parse import quote
 
 from ..core import checks, graph, report, timeline
 from ..core.errors import UserError
+from ..core.landing import CHECK_FAILED, CONFLICT
 from ..core.scheduler import Decision
 from ..runtime.state import Layout, StatusRecord, event_objects, write_atomic
 from .cmd_base import OrchestrateCommand, budgets, opt_expand, opt_format, opt_output
@@ -119,7 +120,21 @@ def collect(root: Path, names: list[str], report_dir: Path) -> report.ReportData
         output_tokens=int(sum(t["output_tokens"] for t in totals.values())),
         failures=[_failure(root, t, d, records.get(t)) for t, d in decisions.items()
                   if d.state == "failed"],
+        merges=merge_rows(decisions, records),
         generated=time.time(), counts=agent_counts(decisions))
+
+
+def merge_rows(decisions: dict[str, Decision], records: dict) -> list[report.MergeRow]:
+    """The landing of each selected agent that has one, in the queue's order."""
+    rows = []
+    for task in decisions:
+        record = records.get(task)
+        merge = record.merge if record is not None else {}
+        if merge.get("state"):
+            rows.append((merge.get("queued_at") or 0.0, report.MergeRow(
+                task, str(merge.get("into", "")), str(merge["state"]), str(merge.get("sha", "")),
+                int(merge.get("attempts", 0)))))
+    return [row for _, row in sorted(rows, key=lambda r: (r[0], r[1].task))]
 
 
 def agent_counts(decisions: dict[str, Decision]) -> dict[str, int]:
@@ -189,6 +204,8 @@ def _failure(root: Path, task: str, decision: Decision,
     if record is not None and checks.check_said_no(record):   # show what said no
         log = os.path.relpath(Layout(root).check_log(record.pipeline, record.agent),
                               root)
+    elif record is not None and record.merge.get("state") in (CONFLICT, CHECK_FAILED):
+        log = os.path.relpath(Layout(root).merge_log(record.pipeline, record.agent), root)
     return report.Failure(task, decision.reason, log, tail(root / log) if log else [])
 
 

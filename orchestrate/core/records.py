@@ -105,6 +105,10 @@ class StatusRecord:
     retry_requested: bool = False       # `doit retry` asked for a fresh launch
     preset: str | None = None           # the CLI preset the run launched with (a fallback's?)
     via: str | None = None              # why a fallback preset ran: "via codex: claude ..."
+    # the next launch is a relaunch with feedback that resumes the session:
+    # "review" (`doit retry --feedback`) or "merge" (a merge sent back)
+    relaunch: str | None = None
+    merge: dict[str, Any] = field(default_factory=dict)   # its landing (core/landing.py)
 
     @property
     def active(self) -> bool:

@@ -42,6 +42,16 @@ class AgentRow:
 
 
 @dataclass
+class MergeRow:
+    """An agent's landing (`merge = true`): where, how far, how often sent back."""
+    task: str
+    into: str
+    state: str                  # queued, merging, merged, conflict, check_failed, refused
+    sha: str = ""
+    sent_back: int = 0
+
+
+@dataclass
 class Failure:
     task: str
     reason: str
@@ -62,6 +72,7 @@ class ReportData:
     input_tokens: int = 0
     output_tokens: int = 0
     failures: list[Failure] = field(default_factory=list)
+    merges: list[MergeRow] = field(default_factory=list)
     generated: float = 0.0           # when it was made (epoch seconds): the caller's clock
     # agents per state, as `doit status` counts them (fan-out rows are not
     # agents); None: count the rows
@@ -70,7 +81,7 @@ class ReportData:
 
 def render(data: ReportData) -> str:
     return "".join([_head(data), _summary(data), _dag(data), _timeline(data), _table(data),
-                    _failures(data), "</main></body></html>\n"])
+                    _merges(data), _failures(data), "</main></body></html>\n"])
 
 
 def _utc(epoch: float) -> str:
@@ -231,6 +242,17 @@ def _table(data: ReportData) -> str:
                     f'<td class="reason">{e(row.reason)}</td><td>{log}</td></tr>')
     return (f'<section id="agents"><h2>Agents</h2><table class="agents"><thead><tr>{head}'
             f'</tr></thead><tbody>{"".join(body)}</tbody></table></section>')
+
+
+def _merges(data: ReportData) -> str:
+    if not data.merges:
+        return ""
+    head = "".join(f"<th>{h}</th>" for h in ("agent", "into", "merge", "commit", "sent back"))
+    body = "".join(f'<tr data-task="{e(m.task)}"><td>{e(m.task)}</td><td>{e(m.into)}</td>'
+                   f"<td>{e(m.state.replace('_', ' '))}</td><td><code>{e(m.sha[:12])}</code>"
+                   f'</td><td class="num">{m.sent_back or ""}</td></tr>' for m in data.merges)
+    return (f'<section id="merges"><h2>Merges</h2><table class="agents"><thead><tr>{head}'
+            f"</tr></thead><tbody>{body}</tbody></table></section>")
 
 
 def _failures(data: ReportData) -> str:

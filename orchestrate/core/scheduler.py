@@ -9,9 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from .checks import is_check_relaunch
+from .checks import is_feedback_relaunch
 from .fallback import Route, route
 from .fanout_gate import gate_decision
+from .landing import MERGE_POLL, merge_pending
 from .fingerprint import Fingerprint, config_digest, stale_reason
 from .spec import Agent, Workspace
 from .records import ACTIVE, RunState, StatusRecord
@@ -189,6 +190,9 @@ def decide(agent: Agent, facts: AgentFacts, decided: dict[str, Decision],
         return Decision(agent, RunState.DONE, current.reason or "done", fingerprint, used)
     if current and current.state in (RunState.FAILED, RunState.CANCELLED):
         return Decision(agent, current.state, current.reason, fingerprint, used)
+    if current is not None and agent.merge and merge_pending(current):   # done, not landed
+        return Decision(agent, RunState.WAITING, current.reason, fingerprint, used, timed=True,
+                        wake_at=now + MERGE_POLL)
     attempt = 1
     reason = _why_stale(record, facts, fingerprint, _upstream_states(agent, record, decided))
     if current and current.state == RunState.WAITING and current.retry_at is not None:
@@ -197,7 +201,7 @@ def decide(agent: Agent, facts: AgentFacts, decided: dict[str, Decision],
                             wake_at=current.retry_at, attempt=current.attempt + 1)
         attempt = current.attempt + 1
         reason = f"attempt {attempt} of {agent.retries + 1}"
-        if is_check_relaunch(current):   # its reason says which check failed, and why
+        if is_feedback_relaunch(current):   # its reason says what failed, and why
             reason = current.reason
     if hold := capacity.held(agent, current):
         reason, blocked, wake_at = hold

@@ -75,6 +75,11 @@ class Agent:
     check: str | tuple[str, ...] | None = None   # decides whether an exit-0 run is done
     check_timeout: float = 600.0
     check_retries: int = 2
+    setup: str | tuple[str, ...] | None = None   # runs once in a fresh worktree
+    merge: bool = False                 # land its branch once done (see `landing`)
+    merge_into: str | None = None       # default orchestrate-merged/<pipeline>
+    merge_check: str | tuple[str, ...] | None = None   # default: `check`
+    merge_retries: int = 2
     foreach: ForEach | None = None      # a fan-out declaration (a template, never run)
     fanout: str | None = None           # instances and gate rows: the declaration's name
     key: str | None = None              # an instance's key
@@ -95,6 +100,16 @@ class Agent:
     def upstream(self) -> tuple[str, ...]:
         named = self.after + tuple(u for u in self.after_any if u not in self.after)
         return named + tuple(u for u in self.awaits if u not in named)
+
+    @property
+    def merge_target(self) -> str:
+        """The branch `merge = true` lands this agent's branch on."""
+        return self.merge_into or f"orchestrate-merged/{self.pipeline}"
+
+    @property
+    def merge_command(self) -> str | tuple[str, ...] | None:
+        """What checks a merged tree: `merge_check`, else the agent's `check`."""
+        return self.merge_check if self.merge_check is not None else self.check
 
     def config_identity(self) -> dict[str, Any]:
         """What, when changed, makes the agent stale (doit's config_changed).
@@ -318,11 +333,32 @@ def _check_preset(value: Any) -> str:
     return str(value)
 
 
+def _check_bool(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"expected true or false, got {value!r}")
+    return value
+
+
+def _check_branch(value: Any) -> str:
+    """A branch name git accepts (the rules of git check-ref-format, in short)."""
+    text = _check_str(value)
+    bad = (not text or text.startswith(("-", "/")) or text.endswith(("/", ".", ".lock"))
+           or ".." in text or "//" in text or "@{" in text or text == "@"
+           or any(c in text for c in " ~^:?*[\\") or any(ord(c) < 32 or ord(c) == 127 for c in text)
+           or any(part.startswith(".") for part in text.split("/")))
+    if bad:
+        raise ValueError(f"{text!r} is not a valid git branch name")
+    return text
+
+
 def _check_isolation(value: Any) -> str:
     if value != "worktree":
         raise ValueError('expected "worktree"')
     return str(value)
 
+
+# keys of an isolated agent's worktree and branch (README "Landing the work")
+LANDING_KEYS = ("setup", "merge", "merge_into", "merge_check", "merge_retries")
 
 AGENT_KEYS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "command": ("command", _check_command),
@@ -357,6 +393,11 @@ AGENT_KEYS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "check": ("check", _check_command),
     "check_timeout": ("check_timeout", _check_positive_duration),
     "check_retries": ("check_retries", _check_int),
+    "setup": ("setup", _check_command),
+    "merge": ("merge", _check_bool),
+    "merge_into": ("merge_into", _check_branch),
+    "merge_check": ("merge_check", _check_command),
+    "merge_retries": ("merge_retries", _check_int),
     "foreach": ("foreach", check_foreach),
     "executor": ("executor", check_executor),
     "resources": ("resources", lambda value: check_resources(value, parse_duration)),
@@ -468,6 +509,9 @@ def _check_dependencies(path: str, agents: dict[str, dict[str, Any]],
                              '(it needs isolation = "worktree")')
             if fields.get("isolation") != "worktree":
                 problems.add(path, name, "base", 'only applies with isolation = "worktree"')
+        for key in LANDING_KEYS:
+            if key in fields and fields.get("isolation") != "worktree":
+                problems.add(path, name, key, 'only applies with isolation = "worktree"')
         pool = fields.get("pool")
         if pool is not None and pools is not None and pool not in pools:
             problems.add(path, name, "pool", f"unknown pool '{pool}' (declare it in "

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import Any
 
-from . import checks, standin
+from . import checks, landing, standin
 from .fallback import as_ran, ends_in_fallback
 from .fingerprint import digest_text
 from .policy import SIGKILL, SIGTERM, StopKind, backoff, limit_exceeded, next_limit, should_retry
@@ -424,10 +424,14 @@ def _finish(record: StatusRecord, agent: Agent, ended: Ended | None, now: float,
         record.result.get("rate_limited"))
     if not (record.state == RunState.FAILED and rate_limited):
         record = replace(record, rate_limit_hits=0)   # the row of rate limits is broken
-    kind = {RunState.DONE: "finish", RunState.CANCELLED: "cancel"}.get(record.state, "fail")
+    queued = landing.merge_pending(record)
+    kind = "finish" if queued else {RunState.DONE: "finish",
+                                    RunState.CANCELLED: "cancel"}.get(record.state, "fail")
     details: dict[str, Any] = {"task": agent.task, "run_id": record.run_id, "exit_code": code,
                                "reason": record.reason, "attempt": record.attempt}
     details.update(_spend(agent, record, ended, now))
+    if queued:
+        details["merge"] = "queued"
     if record.state == RunState.CANCELLED and rate_limited:   # the wall is real
         effects.append(_hold(agent, record, record.rate_limit_hits + 1, now))
     if (record.state == RunState.FAILED and rate_limited
@@ -435,7 +439,7 @@ def _finish(record: StatusRecord, agent: Agent, ended: Ended | None, now: float,
         record, hold = _rest_after_rate_limit(agent, record, now)
         effects.append(hold)
         details["retry_at"] = record.retry_at
-    elif record.state == RunState.WAITING:   # a check's relaunch
+    elif record.state == RunState.WAITING and not queued:   # a check's relaunch
         details["retry_at"] = record.retry_at
     elif should_retry(agent, record, stopped) and not check_failed:
         record = _retry_later(record, agent, now)
@@ -501,6 +505,8 @@ def _outcome(record: StatusRecord, agent: Agent, ended: Ended, now: float
         if not passed:
             return record, effects
     text = ended.signal_text or ""
+    if agent.merge:   # done means merged: the signal waits for its branch to land
+        return landing.queued(record, agent, text, ended_at, now), effects
     record = replace(record, state=RunState.DONE, exit_code=0, ended_at=ended_at,
                      reason=record.via or "done",
                      signal_digest=digest_text(text))
@@ -623,13 +629,17 @@ def feedback_given(record: StatusRecord | None, task: str, text: str, feedback_f
                    ) -> tuple[StatusRecord, Effects] | None:
     """`doit retry TASK --feedback FILE`: an agent that ran (done, failed or
     cancelled) is relaunched as after a failed check, the feedback file
-    named in its record so that the launch carries it (`checks.carried`);
-    a fresh session, attempts start over. None for any other."""
+    named in its record so that the launch carries it (`checks.carried`),
+    in the session its CLI reported last (resumed where the CLI can);
+    attempts start over. None for any other."""
     if record is None or record.state not in (RunState.DONE, *ENDED_BADLY):
         return None
+    session = record.result.get("session_id") or record.resume_session
     waiting = replace(record, state=RunState.WAITING, retry_at=0.0, fingerprint=None,
-                      attempt=0, reason=RETRY_REQUESTED, retry_requested=True,
-                      check_attempts=0, resume_session=None, feedback=feedback_file)
+                      attempt=0, reason=RETRY_REQUESTED,
+                      retry_requested=True, check_attempts=0, relaunch="review",
+                      resume_session=session if isinstance(session, str) else None,
+                      feedback=feedback_file, merge={})
     return waiting, [WriteFeedback(text), Save(),
                      Event("retry", {"task": task, "was": record.state, "feedback": True})]
 

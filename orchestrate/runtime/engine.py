@@ -23,6 +23,7 @@ from .effects import EffectRunner
 from .faults import crash_point
 from ..core.fingerprint import digest_text
 from .hooks import HookKeeper
+from .landing import MergeQueue
 from .launcher import Launcher
 from .observe import observe_run
 from ..core.policy import StopKind
@@ -151,6 +152,14 @@ class FanoutRequests(StateView):
         self._engine.workspace = workspace
 
 
+class MergeRequests(StateView):
+    """The merge queue's side of the engine (`landing.MergeHost`): the
+    read-only view, and the changes of records it decides (`core/merging.py`)."""
+
+    def apply_change(self, record: StatusRecord, effects: t.Effects) -> None:
+        self._engine.effects.run(record, effects)
+
+
 class _RunsBeingStopped:
     """The batch `stopping.drive` asks: runs by run id, one question per
     executor per round; `why`: why an executor cannot tell, since it last could."""
@@ -231,12 +240,14 @@ class Engine:
         self.next_wake = float("inf")   # the earliest timeout, kill, retry or poll ahead
         self.hooks = HookKeeper(workspace, self.layout)
         self.fanouts = FanoutKeeper(self.layout)
+        self.merges = MergeQueue(self.layout)
         self.executors: dict[str, Executor] = executors or {
             "local": LocalExecutor(self.launcher),
             "slurm": SlurmExecutor(self.layout, workspace.slurm, self.launcher, self.time_left)}
         self.last_asked = {name: float("-inf") for name in self.executors}
         self.view = StateView(self)   # what keepers may read (hooks)
         self.fanout_requests = FanoutRequests(self)   # and what the fan-out step may ask
+        self.merge_requests = MergeRequests(self)     # and the merge queue
         self.effects = EffectRunner(self.layout, self.status_cache, self.signal_cache,
                                     self.executor_of, clock, self.wake_by)
 
@@ -306,7 +317,7 @@ class Engine:
         if name.startswith("."):       # our temporary files
             return False
         if path.parent == self.layout.runs_dir:
-            return name.endswith((".exit", ".checking"))
+            return name.endswith((".exit", ".checking", ".merged"))
         if path.parent.parent == self.layout.status_dir:
             self.status_cache.mark_dirty(path)
             return self.status_cache.changed(path)
@@ -353,6 +364,8 @@ class Engine:
         expanded = self.fanouts.step(self.fanout_requests, agents)
         if expanded is not None:   # a planner's list became instances (or changed)
             agents = expanded
+            records = self.records(agents)
+        if self.merges.step(self.merge_requests):   # a branch landed, or was sent back
             records = self.records(agents)
         facts = self.facts(agents, records)
         decisions = plan(self.workspace, agents, facts, self.external_signals(),

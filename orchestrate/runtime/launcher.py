@@ -18,7 +18,7 @@ from ..core.checks import Followup, prompt_with_feedback
 from ..agents.presets import RESUMABLE, Place, executable, invocation
 from ..core.spec import Agent
 from .state import Layout
-from .worktree import output_root
+from .worktree import commit_line, output_root, setup_line
 from .wrapper import wrapper_argv
 
 
@@ -66,7 +66,14 @@ class Launcher:
         command, stdin_path = self._command(agent, run_id, env, followup)
         root = output_root(self.layout, agent)
         check = runner_command(self.layout, agent, run_id, root) if agent.check else None
-        argv = wrapper_argv(agent.task, command, self.layout.exit_file(run_id), check)
+        before = after = None
+        if agent.isolation == "worktree":   # its worktree exists by now (`worktree.ensure`)
+            after = commit_line(agent, run_id, root, self.layout.commit_failed(run_id))
+            if agent.setup is not None:
+                before = setup_line(agent, root, self.layout.setup_log(agent.pipeline, agent.name),
+                                    self.layout.setup_failed(run_id))
+        argv = wrapper_argv(agent.task, command, self.layout.exit_file(run_id), check,
+                            before, after)
         return argv, stdin_path, env
 
     def launch(self, agent: Agent, run_id: str, attempt: int, log_path: Path,
