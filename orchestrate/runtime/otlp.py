@@ -11,7 +11,7 @@ import logging
 from typing import Any
 
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.resources import OTELResourceDetector, Resource
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExportResult
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
@@ -65,7 +65,11 @@ class Exporter:
     def __init__(self, endpoint: str, service_name: str):
         # headers: the exporter reads OTEL_EXPORTER_OTLP_(TRACES_)HEADERS itself
         self.endpoint = endpoint
-        self.resource = Resource.create({"service.name": service_name})
+        # not Resource.create: its detectors run in a thread pool, which a
+        # process that sends while it exits can no longer start
+        self.resource = OTELResourceDetector().detect().merge(Resource({
+            "service.name": service_name, "telemetry.sdk.language": "python",
+            "telemetry.sdk.name": "opentelemetry"}))
         self.exporters: dict[float, OTLPSpanExporter] = {}
 
     def _exporter(self, timeout: float) -> OTLPSpanExporter:

@@ -286,8 +286,8 @@ class Sender:
                 self.wakes.get_nowait()
             try:
                 ok = self.send_owed(self.clock() + THREAD_TIMEOUT)
-            except OSError as err:   # a full disk: said, and tried again later
-                self.owed.failed(0, self.config.endpoint, f"state folder: {err}")
+            except Exception as err:   # a full disk, a broken install: said, tried again later
+                self.owed.failed(0, self.config.endpoint, f"{type(err).__name__}: {err}")
                 ok = False
             failures = 0 if ok else failures + 1
 

@@ -278,5 +278,5 @@ def send_before_exit(seconds: float = EXIT_SECONDS) -> None:
         if owed.owed_names() and not owed.receiver_down(time.time()):
             try:
                 sender.send_owed(deadline, wait_for_others=True)
-            except OSError as err:   # nothing may fail a command at its exit
-                owed.failed(0, sender.config.endpoint, f"state folder: {err}")
+            except Exception as err:   # nothing may fail a command at its exit
+                owed.failed(0, sender.config.endpoint, f"{type(err).__name__}: {err}")
