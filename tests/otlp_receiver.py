@@ -2,9 +2,13 @@
 each request decoded with the official `opentelemetry-proto` messages."""
 from __future__ import annotations
 
+import base64
+import gzip
+import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from google.protobuf import json_format
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
@@ -24,24 +28,42 @@ class Receiver:
         self.spans: list[dict] = []
         self.headers: list[dict] = []
         self.requests = 0
+        self.paths: list[str] = []      # every request's path (/v1/traces, /v1/logs, ...)
+        self.raw: list[tuple[str, bytes]] = []
         self.status = status
         self.lock = threading.Lock()
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self):
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                body = self._body()
                 with receiver.lock:
                     receiver.requests += 1
                     receiver.headers.append(dict(self.headers))
+                    receiver.paths.append(self.path)
+                    receiver.raw.append((self.path, body))
                     if receiver.status == 200 and self.path == "/v1/traces":
-                        receiver._take(body)
-                self.send_response(receiver.status if self.path == "/v1/traces" else 404)
+                        receiver._take(body, self.headers.get("Content-Type", ""))
+                self.send_response(receiver.status)
                 reply = ExportTraceServiceResponse().SerializeToString()
                 self.send_header("Content-Type", "application/x-protobuf")
                 self.send_header("Content-Length", str(len(reply)))
                 self.end_headers()
                 self.wfile.write(reply)
+
+            def _body(self) -> bytes:
+                """The request's body: sized or chunked (Node's exporters), maybe gzipped."""
+                if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+                    body = b""
+                    while size := int(self.rfile.readline().split(b";")[0].strip() or b"0", 16):
+                        body += self.rfile.read(size)
+                        self.rfile.readline()
+                    self.rfile.readline()
+                else:
+                    body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                if self.headers.get("Content-Encoding", "").lower() == "gzip":
+                    body = gzip.decompress(body)
+                return body
 
             def log_message(self, *args):
                 pass
@@ -53,9 +75,19 @@ class Receiver:
     def endpoint(self) -> str:
         return f"http://127.0.0.1:{self.server.server_address[1]}"
 
-    def _take(self, body: bytes) -> None:
+    def _take(self, body: bytes, content_type: str) -> None:
         request = ExportTraceServiceRequest()
-        request.ParseFromString(body)
+        if "json" in content_type:   # OTLP/JSON (gemini's exporter): ids are hex there
+            data = json.loads(body)
+            for resource_spans in data.get("resourceSpans", []):
+                for scope_spans in resource_spans.get("scopeSpans", []):
+                    for span in scope_spans.get("spans", []):
+                        for key in ("traceId", "spanId", "parentSpanId"):
+                            if span.get(key):
+                                span[key] = base64.b64encode(bytes.fromhex(span[key])).decode()
+            json_format.ParseDict(data, request, ignore_unknown_fields=True)
+        else:
+            request.ParseFromString(body)
         for resource_spans in request.resource_spans:
             resource = {a.key: _value(a.value) for a in resource_spans.resource.attributes}
             for scope_spans in resource_spans.scope_spans:

@@ -1,15 +1,16 @@
 """Spans owed to the trace receiver: recorded durably, sent once, off the
 scheduling path.
 
-    telemetry/owed/<span id>.json   spans recorded, not yet sent (fsynced)
+    telemetry/owed/<span id>.json   spans recorded, not yet sent
     telemetry/sent/<span id>.json   sent; kept only while the run could be
                                     settled again (see below), then removed
     telemetry.log                   one line per failed export
 
 Exactly once, across any number of orchestrator processes and kill -9:
 
-- An attempt's spans are recorded (`owe`, fsynced) under the scheduling
-  lock before its settled status record is written. A crash in between has
+- An attempt's spans are recorded (`owe`) under the scheduling lock before
+  its settled status record is written (fsynced by the sender before it
+  sends, not on the way to the next launch: see `owe`). A crash in between has
   the run settled again by the next pass, which finds `owed/` or `sent/`
   already holding that span id and records nothing: `sent/` markers are kept
   while the run's status record still shows it running (the only case in
@@ -47,6 +48,7 @@ from .state import Layout, utc_now, write_json
 BATCH = 256              # spans per export request
 DOWN_SECONDS = 30.0      # after a failed export, processes exiting do not try for this long
 QUEUE_SIZE = 1024        # wakes queued for the sender thread; past it, the folder says it
+GATHER = 1.0             # seconds the thread waits after a wake, to send in batches
 THREAD_TIMEOUT = 5.0     # seconds the thread gives one round of sending
 BACKOFF = (1.0, 2.0, 5.0, 10.0, 30.0)   # the sender thread's waits after failures
 
@@ -68,19 +70,28 @@ class OwedSpans:
         self.sent_dir = self.base / "sent"
         self.log_path = layout.base / "telemetry.log"
         self.down_path = self.base / "down"
+        self.made = False
 
     # -- recording (under the scheduling lock) ---------------------------------
     def owe(self, span_id: str, spans: list[dict[str, Any]], guard: dict[str, str]) -> bool:
         """Record `spans` (one attempt's, or a pipeline run's) as owed, once:
         False when `span_id` is owed or was sent already. `guard`: what must
-        still be true for the run to be settled again (see `_may_forget`)."""
+        still be true for the run to be settled again (see `_may_forget`).
+
+        Written atomically but not fsynced here: this is on the path from an
+        agent's end to its downstream's launch, and an fsync costs ~5 ms.
+        The file is in the page cache before the settled record is written,
+        which is all that kill -9 of every process needs; the sender fsyncs
+        it before sending, so only a power cut in between loses it."""
         owed = self.owed_dir / f"{span_id}.json"
         # owed first: a sender moves owed -> sent at any moment, so an id seen
         # in neither, in this order, was never recorded
         if owed.exists() or (self.sent_dir / f"{span_id}.json").exists():
             return False
-        self.owed_dir.mkdir(parents=True, exist_ok=True)
-        write_json(owed, {"spans": spans, "guard": guard}, durable=True)
+        if not self.made:
+            self.owed_dir.mkdir(parents=True, exist_ok=True)
+            self.made = True
+        write_json(owed, {"spans": spans, "guard": guard}, durable=False)
         return True
 
     def owed_names(self) -> list[str]:
@@ -93,7 +104,9 @@ class OwedSpans:
     # -- sending (any thread, any process) -------------------------------------
     def claim(self, name: str) -> tuple[int, dict[str, Any]] | None:
         """(locked fd, content) of an owed file no other sender holds; None
-        if another holds it or it was sent meanwhile."""
+        if another holds it or it was sent meanwhile. A file that is not
+        JSON (a power cut before the page cache reached the disk) is moved
+        to `telemetry/corrupt/` with a line in telemetry.log."""
         path = self.owed_dir / name
         try:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
@@ -105,10 +118,21 @@ class OwedSpans:
                 raise FileNotFoundError(path)   # renamed to sent/ before we locked it
             with os.fdopen(os.dup(fd), "rb") as handle:
                 data = json.loads(handle.read())
-        except (BlockingIOError, FileNotFoundError, ValueError):
+            os.fsync(fd)   # on disk before it counts as sent (see `owe`)
+        except (BlockingIOError, FileNotFoundError):
+            os.close(fd)
+            return None
+        except ValueError as err:
+            self._set_aside(path, str(err))
             os.close(fd)
             return None
         return fd, data
+
+    def _set_aside(self, path: Path, why: str) -> None:
+        corrupt = self.base / "corrupt"
+        corrupt.mkdir(parents=True, exist_ok=True)
+        os.replace(path, corrupt / path.name)
+        self.note(f"{path.name}: not a span record ({why}); moved to {corrupt}")
 
     def mark_sent(self, claimed: dict[str, int]) -> None:
         """owed -> sent for each claimed file (still locked), durably; then
@@ -158,15 +182,18 @@ class OwedSpans:
     # -- saying what went wrong ------------------------------------------------
     def failed(self, count: int, endpoint: str, why: str) -> None:
         """One line in telemetry.log, and the receiver marked down for a while."""
-        line = f"{utc_now()} [{os.getpid()}] export of {count} span(s) to {endpoint} " \
-               f"failed: {' '.join(why.split())[:300]}; kept, sent later\n"
+        self.note(f"export of {count} span(s) to {endpoint} failed: "
+                  f"{' '.join(why.split())[:300]}; kept, sent later")
+        self.down_path.touch()
+
+    def note(self, text: str) -> None:
+        """One line in telemetry.log (one O_APPEND write)."""
         self.base.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         try:
-            os.write(fd, line.encode())
+            os.write(fd, f"{utc_now()} [{os.getpid()}] {text}\n".encode())
         finally:
             os.close(fd)
-        self.down_path.touch()
 
     def receiver_down(self, now: float) -> bool:
         try:
@@ -281,7 +308,7 @@ class Sender:
                 self.wakes.get(timeout=timeout)
             except queue.Empty:
                 pass
-            time.sleep(0.05)   # let the pass settle its other runs: one request for all
+            time.sleep(GATHER)   # the spans of the next moments go in the same request
             while not self.wakes.empty():
                 self.wakes.get_nowait()
             try:
