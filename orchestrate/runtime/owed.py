@@ -38,12 +38,14 @@ import os
 import queue
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from .faults import crash_point
 from .state import Layout, utc_now, write_json
+
+if TYPE_CHECKING:
+    from .telemetry import ExportConfig
 
 BATCH = 256              # spans per export request
 DOWN_SECONDS = 30.0      # after a failed export, processes exiting do not try for this long
@@ -51,13 +53,6 @@ QUEUE_SIZE = 1024        # wakes queued for the sender thread; past it, the fold
 GATHER = 1.0             # seconds the thread waits after a wake, to send in batches
 THREAD_TIMEOUT = 5.0     # seconds the thread gives one round of sending
 BACKOFF = (1.0, 2.0, 5.0, 10.0, 30.0)   # the sender thread's waits after failures
-
-
-@dataclass(frozen=True)
-class ExportConfig:
-    """Where spans go: the traces URL (…/v1/traces) and the service's name."""
-    endpoint: str
-    service_name: str
 
 
 class OwedSpans:
@@ -214,7 +209,7 @@ class Sender:
     """Sends what is owed for one workspace from this process: `send_owed`
     now (bounded), or `start` a thread that sends whenever `wake` is called."""
 
-    def __init__(self, owed: OwedSpans, config: ExportConfig,
+    def __init__(self, owed: OwedSpans, config: "ExportConfig",
                  clock: Callable[[], float] = time.monotonic):
         self.owed = owed
         self.config = config

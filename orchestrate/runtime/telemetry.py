@@ -24,7 +24,7 @@ import os
 import secrets
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping, NamedTuple
 
 from ..core import tracing
 from ..core.records import ACTIVE, RunState
@@ -32,14 +32,20 @@ from ..core.scheduler import Decision
 from ..core.settings import TelemetrySettings
 from ..core.spec import Agent, Workspace
 from .faults import crash_point
-from .owed import ExportConfig, OwedSpans, Sender
 from .state import FileCache, Layout, StatusRecord, write_json
 
 if TYPE_CHECKING:
     from .engine import StateView
+    from .owed import OwedSpans, Sender
 
 EXIT_SECONDS = 3.0   # what a process exiting gives to sending what is owed
 SERVICE_NAME = "orchestrate"
+
+
+class ExportConfig(NamedTuple):
+    """Where spans go: the traces URL (.../v1/traces) and the service's name."""
+    endpoint: str
+    service_name: str
 
 
 def export_config(settings: TelemetrySettings, environ: Mapping[str, str]) -> ExportConfig | None:
@@ -99,8 +105,12 @@ class Telemetry:
                                     os.environ if environ is None else environ)
         self.traces_dir = layout.base / "telemetry" / "traces"
         self.traces: FileCache[dict[str, Any]] = FileCache(_read_trace)
-        self.owed = OwedSpans(layout) if self.config else None
-        self.sender = sender_for(layout, self.config) if self.config else None
+        self.owed: OwedSpans | None = None
+        self.sender: Sender | None = None
+        if self.config is not None:   # the sending side is imported only now
+            from .owed import OwedSpans
+            self.owed = OwedSpans(layout)
+            self.sender = sender_for(layout, self.config)
 
     def trace_path(self, pipeline: str) -> Path:
         return self.traces_dir / f"{pipeline}.json"
@@ -243,6 +253,7 @@ _EXIT = {"registered": False, "advancer_sends": False}
 def sender_for(layout: Layout, config: ExportConfig) -> Sender:
     """One sender per workspace per process (engines come and go: the
     advancer makes a new one when pipeline files change)."""
+    from .owed import OwedSpans, Sender
     sender = _SENDERS.get(layout.root)
     if sender is None or sender.config != config:
         sender = _SENDERS[layout.root] = Sender(OwedSpans(layout), config)
