@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 from pathlib import Path
 
 import pytest
@@ -103,7 +104,8 @@ def test_each_attempt_is_a_span_of_the_pipeline_runs_trace(ws, receiver):
                            f'[agents.b]\ncommand = "{flaky}"\nafter = ["a"]\nretries = 1\n'
                            'retry_backoff = "0s"\n')
     env = otel(receiver.endpoint, OTEL_EXPORTER_OTLP_HEADERS="x-team=agents",
-               OTEL_SERVICE_NAME="ci-pipelines")
+               OTEL_SERVICE_NAME="ci-pipelines",
+               OTEL_RESOURCE_ATTRIBUTES="deployment.environment=ci")
     ws.doit("wait", check_rc=0, env=env)
     # doit wait sends what is owed before it exits: nothing is left for later
     spans = by_span_id(receiver.spans)
@@ -129,7 +131,8 @@ def test_each_attempt_is_a_span_of_the_pipeline_runs_trace(ws, receiver):
     assert (second["attributes"]["orchestrate.attempt"],
             second["attributes"]["orchestrate.state"]) == (2, "done")
     assert second["status"] != ERROR and first["end_ns"] <= second["start_ns"]
-    assert all(s["resource"]["service.name"] == "ci-pipelines" for s in spans.values())
+    assert all(s["resource"]["service.name"] == "ci-pipelines" and
+               s["resource"]["deployment.environment"] == "ci" for s in spans.values())
     assert all(h.get("x-team") == "agents" for h in receiver.headers)
     assert ws.status("p", "b")["trace_id"] == root["trace_id"]
 
@@ -232,3 +235,25 @@ def test_without_export_agents_still_get_a_traceparent_and_nothing_is_owed(ws):
     assert not (ws.state / "telemetry" / "owed").exists() and not out.exists()
     assert not list((ws.state / "telemetry" / "traces").glob("*.json"))   # the run closed
     assert json.loads((ws.state / "status" / "p" / "a.json").read_text())["state"] == "done"
+
+
+def test_without_the_sdk_installed_an_export_is_one_line_in_telemetry_log(tmp_path,
+                                                                          monkeypatch):
+    """The extra missing: sending fails as a dead receiver does, never raises."""
+    import sys
+    from orchestrate.runtime.owed import OwedSpans, Sender
+    from orchestrate.runtime.state import Layout
+    from orchestrate.runtime.telemetry import ExportConfig
+    layout = Layout(tmp_path)
+    (tmp_path / ".orchestrate").mkdir()
+    owed_spans = OwedSpans(layout)
+    owed_spans.owe("1" * 16, [{"name": "p:a"}], {})
+    monkeypatch.setitem(sys.modules, "orchestrate.runtime.otlp", None)   # import fails
+    sender = Sender(owed_spans, ExportConfig("http://127.0.0.1:9/v1/traces", "orchestrate"))
+    try:
+        sender.send_owed(time.monotonic() + 5)
+    except ImportError:
+        pytest.fail("a missing SDK must be a line in telemetry.log, not an exception")
+    line = (tmp_path / ".orchestrate" / "telemetry.log").read_text()
+    assert "ModuleNotFoundError" in line or "ImportError" in line
+    assert owed_spans.owed_names() == ["1" * 16 + ".json"]

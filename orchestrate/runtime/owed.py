@@ -222,7 +222,10 @@ class Sender:
 
     def _export(self, spans: list[dict[str, Any]], timeout: float) -> str | None:
         if self.exporter is None:
-            from .otlp import Exporter   # the SDK's import: only now
+            try:
+                from .otlp import Exporter   # the SDK's import: only now
+            except ImportError as err:       # the extra is not installed
+                return f"{type(err).__name__}: {err} (pip install 'orchestrate[otel]')"
             self.exporter = Exporter(self.config.endpoint, self.config.service_name)
         return self.exporter.send(spans, timeout)
 
