@@ -207,8 +207,11 @@ def test_kill_9_of_every_orchestrator_while_spans_are_owed_sends_each_once_later
 
 def test_a_crash_between_recording_a_span_and_settling_its_run_sends_it_once(ws, receiver):
     """The advancer is killed right after it recorded an attempt's span,
-    before the record that settles the run: the next process settles the
-    run again and finds the span recorded already."""
+    before the record that settles the run; another process sends the span;
+    the next pass settles the run again and finds the span sent already."""
+    from orchestrate.runtime.owed import OwedSpans, Sender
+    from orchestrate.runtime.state import Layout
+    from orchestrate.runtime.telemetry import ExportConfig
     gate = ws.root / "gate"
     ws.write_pipeline("p", f'[agents.a]\ncommand = "{ws.agent_cmd("--gate", str(gate))}"\n')
     env = otel(receiver.endpoint, ORCHESTRATE_CRASH_AT="telemetry-recorded:1")
@@ -218,10 +221,15 @@ def test_a_crash_between_recording_a_span_and_settling_its_run_sends_it_once(ws,
     wait_until(lambda: owed(ws), what="the span recorded")
     ws.wait_idle()
     assert ws.state_of("p", "a") == "running"   # the crash came before the settled record
+    sender = Sender(OwedSpans(Layout(ws.root)),
+                    ExportConfig(f"{receiver.endpoint}/v1/traces", "orchestrate"))
+    assert sender.send_owed(time.monotonic() + 10)
+    assert [s["name"] for s in receiver.spans] == ["p:a"]
     ws.doit("wait", check_rc=0, env=otel(receiver.endpoint))
     spans = by_span_id(receiver.spans)
     assert sorted(s["name"] for s in spans.values()) == ["p", "p:a"]
     assert not owed(ws)
+    assert not list((ws.state / "telemetry" / "sent").iterdir())   # the run is settled now
 
 
 def test_without_export_agents_still_get_a_traceparent_and_nothing_is_owed(ws):
