@@ -177,15 +177,20 @@ class Telemetry:
 
     # -- after each pass (under the lock) -------------------------------------------
     def observe(self, view: "StateView", decisions: dict[str, Decision]) -> None:
-        """Close the trace of each pipeline the pass touched that has nothing
-        left to run."""
-        pipelines: dict[str, bool] = {}
+        """Close the trace of each pipeline with an open trace that has
+        nothing left to run. Most passes find every open trace's pipeline
+        moving within its first decisions, so the scan stops early."""
+        undecided = {p.name for p in view.workspace.pipelines
+                     if self.traces.get(self.trace_path(p.name)) is not None}
+        if not undecided:
+            return
         for decision in decisions.values():
             name = decision.agent.pipeline
-            pipelines[name] = pipelines.get(name, False) or _moves(decision)
-        for name, moving in pipelines.items():
-            if moving:
-                continue
+            if name in undecided and _moves(decision):
+                undecided.discard(name)
+                if not undecided:
+                    return
+        for name in undecided:
             trace = self.traces.get(self.trace_path(name))
             if trace is not None and not self._others_move(view, name, decisions):
                 self._close(view, name, trace, decisions)
