@@ -169,8 +169,8 @@ def test_a_dead_receiver_changes_nothing_but_a_line_in_telemetry_log(ws, receive
     ws.doit("wait", check_rc=0, env=otel(dead_endpoint()))
     ws.wait_idle()
     assert ws.state_of("p", "a") == ws.state_of("p", "b") == "done"
-    lines = (ws.state / "telemetry.log").read_text().splitlines()
-    assert lines and all("failed" in line and "kept, sent later" in line for line in lines)
+    [line] = (ws.state / "telemetry.log").read_text().splitlines()   # however many tries
+    assert "failed" in line and "kept, sent later" in line
     assert len(owed(ws)) == 3
     (ws.state / "telemetry" / "down").unlink()   # as if the receiver's outage were long past
     ws.doit("status", check_rc=0, env=otel(receiver.endpoint))

@@ -176,10 +176,26 @@ class OwedSpans:
 
     # -- saying what went wrong ------------------------------------------------
     def failed(self, count: int, endpoint: str, why: str) -> None:
-        """One line in telemetry.log, and the receiver marked down for a while."""
-        self.note(f"export of {count} span(s) to {endpoint} failed: "
-                  f"{' '.join(why.split())[:300]}; kept, sent later")
-        self.down_path.touch()
+        """One line in telemetry.log, and the receiver marked down: for
+        DOWN_SECONDS no process exiting tries, and further failures (the
+        advancer's retries, other processes) add no line, so a receiver
+        that stays down costs one line per DOWN_SECONDS, not one per try."""
+        if self._mark_down():
+            self.note(f"export of {count} span(s) to {endpoint} failed: "
+                      f"{' '.join(why.split())[:300]}; kept, sent later")
+
+    def _mark_down(self) -> bool:
+        """Mark the receiver down; False if it was already, moments ago (by
+        any process: O_EXCL, so of two failing at once one says it)."""
+        self.base.mkdir(parents=True, exist_ok=True)
+        try:
+            os.close(os.open(self.down_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+            return True
+        except FileExistsError:
+            if self.receiver_down(time.time()):
+                return False
+            os.utime(self.down_path)   # an old outage's mark: this is a new one
+            return True
 
     def note(self, text: str) -> None:
         """One line in telemetry.log (one O_APPEND write)."""
