@@ -291,7 +291,7 @@ def send_before_exit(seconds: float = EXIT_SECONDS) -> None:
     deadline = time.monotonic() + seconds
     for sender in list(_SENDERS.values()):
         owed = sender.owed
-        if owed.owed_names() and not owed.receiver_down(time.time()):
+        if owed.anything_owed() and not owed.receiver_down(time.time()):
             try:
                 sender.send_owed(deadline, wait_for_others=True)
             except Exception as err:   # nothing may fail a command at its exit
