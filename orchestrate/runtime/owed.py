@@ -35,7 +35,7 @@ Exactly once, across any number of orchestrator processes and kill -9:
 Sending never blocks a pass: the advancer and `doit wait` send from a
 thread (its queue of wakes is bounded; the log is the real queue); every
 process sends what is owed when it exits, for a few seconds at most, and
-not at all while another process found the receiver down in the last
+only briefly while another process found the receiver down in the last
 `DOWN_SECONDS`.
 """
 from __future__ import annotations
@@ -56,7 +56,7 @@ if TYPE_CHECKING:
     from .telemetry import ExportConfig
 
 BATCH = 256              # spans per export request
-DOWN_SECONDS = 30.0      # after a failed export, processes exiting do not try for this long
+DOWN_SECONDS = 30.0      # after a failed export: one line per this long, short tries at exit
 QUEUE_SIZE = 1024        # wakes queued for the sender thread; past it, the log says it
 GATHER = 1.0             # seconds the thread waits after a wake, to send in batches
 THREAD_TIMEOUT = 5.0     # seconds the thread gives one round of sending
@@ -235,9 +235,10 @@ class OwedSpans:
     # -- saying what went wrong ------------------------------------------------
     def failed(self, count: int, endpoint: str, why: str) -> None:
         """One line in telemetry.log, and the receiver marked down: for
-        DOWN_SECONDS no process exiting tries, and further failures (the
-        advancer's retries, other processes) add no line, so a receiver
-        that stays down costs one line per DOWN_SECONDS, not one per try."""
+        DOWN_SECONDS processes exiting try only briefly, and further
+        failures (the advancer's retries, other processes) add no line, so
+        a receiver that stays down costs one line per DOWN_SECONDS, not one
+        per try."""
         if self._mark_down():
             self.note(f"export of {count} span(s) to {endpoint} failed: "
                       f"{' '.join(why.split())[:300]}; kept, sent later")

@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from .owed import OwedSpans, Sender
 
 EXIT_SECONDS = 3.0   # what a process exiting gives to sending what is owed
+DOWN_TRY = 0.5       # ... when the receiver was found down moments ago
 SERVICE_NAME = "orchestrate"
 
 
@@ -286,13 +287,17 @@ def _at_exit() -> None:
 
 def send_before_exit(seconds: float = EXIT_SECONDS) -> None:
     """Send what is owed, for `seconds` at most, also what another process
-    is sending right now (waited for), unless a process found the receiver
-    down moments ago (its thread, or the next process, sends it later)."""
-    deadline = time.monotonic() + seconds
+    is sending right now (waited for). Moments after a process found the
+    receiver down, only a short try (`DOWN_TRY`): a refused connection
+    costs milliseconds, a receiver that does not answer no more than that."""
+    started = time.monotonic()
     for sender in list(_SENDERS.values()):
         owed = sender.owed
-        if owed.anything_owed() and not owed.receiver_down(time.time()):
-            try:
-                sender.send_owed(deadline, wait_for_others=True)
-            except Exception as err:   # nothing may fail a command at its exit
-                owed.failed(0, sender.config.endpoint, f"{type(err).__name__}: {err}")
+        if not owed.anything_owed():
+            continue
+        limit = DOWN_TRY if owed.receiver_down(time.time()) else seconds
+        try:
+            sender.send_owed(min(started + seconds, time.monotonic() + limit),
+                             wait_for_others=True)
+        except Exception as err:   # nothing may fail a command at its exit
+            owed.failed(0, sender.config.endpoint, f"{type(err).__name__}: {err}")
