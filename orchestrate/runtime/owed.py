@@ -138,6 +138,7 @@ class OwedSpans:
         self.log_path = layout.base / "telemetry.log"
         self.down_path = self.base / "down"
         self.made = False
+        self.forgettable: set[str] = set()   # ids whose run can no longer be settled again
 
     # -- recording (under the scheduling lock) ---------------------------------
     def owe(self, span_id: str, spans: list[dict[str, Any]], guard: dict[str, str]) -> bool:
@@ -204,9 +205,15 @@ class OwedSpans:
         try:
             owed = self.owed.refresh()
             sent = self.sent.refresh()
-            if not owed or any(span_id not in sent for span_id in owed) or not all(
-                    self._may_forget(e.get("guard") or {}) for e in owed.values()):
+            if not owed or any(span_id not in sent for span_id in owed):
                 return
+            for span_id, entry in owed.items():
+                # once forgettable, always: a settled run never runs again
+                if span_id not in self.forgettable:
+                    if not self._may_forget(entry.get("guard") or {}):
+                        return
+                    self.forgettable.add(span_id)
+            self.forgettable.clear()
             for log in (self.owed, self.sent):   # owed first: an id sent but not owed is harmless
                 empty = log.path.with_name(f".{log.path.name}.{os.getpid()}.tmp")
                 os.close(os.open(empty, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644))
