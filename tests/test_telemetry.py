@@ -263,3 +263,26 @@ def test_without_the_sdk_installed_an_export_is_one_line_in_telemetry_log(tmp_pa
     line = (tmp_path / ".orchestrate" / "telemetry.log").read_text()
     assert "ModuleNotFoundError" in line or "ImportError" in line
     assert [e["id"] for e in owed_spans.unsent()] == ["1" * 16]
+
+
+def test_a_merge_is_owed_as_a_child_span_of_its_attempt_once(tmp_path):
+    """The hook the merge queue calls (`Telemetry.merge_ended`)."""
+    from orchestrate.core.spec import Workspace
+    from orchestrate.runtime.state import Layout
+    from orchestrate.runtime.telemetry import Telemetry
+    (tmp_path / ".orchestrate").mkdir()
+    telemetry = Telemetry(Workspace(tmp_path, ()), Layout(tmp_path), time.time,
+                          {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9"})
+    record = StatusRecord(state=RunState.DONE, pipeline="p", agent="a", run_id="p.a.1.ab",
+                          trace_id="2" * 32)
+    for _ in range(2):
+        telemetry.merge_ended("p:a", record, 1, 10.0, 12.0, "merge conflict in a.py",
+                              **{"orchestrate.merge.into": "main"})
+    [entry] = telemetry.owed.unsent()
+    [span] = entry["spans"]
+    assert (span["name"], span["trace_id"], span["parent_span_id"]) == (
+        "p:a merge", "2" * 32, tracing.attempt_span_id("p.a.1.ab"))
+    assert span["error"] == "merge conflict in a.py"
+    assert span["attributes"]["orchestrate.merge.into"] == "main"
+    from orchestrate.runtime import telemetry as module
+    module._SENDERS.pop(tmp_path)   # nothing for this test process to send at its exit

@@ -7,7 +7,7 @@ the `TRACEPARENT` an agent gets at launch names the span exported when it
 ends, and a span sent twice (a crash between "sent" and "marked sent") is
 the same span, which most backends keep once.
 
-A span here is a dict (JSON in `.orchestrate/telemetry/owed/`), turned into
+A span here is a dict (a line of `.orchestrate/telemetry/owed.jsonl`), turned into
 the SDK's spans only by the sender (`runtime/otlp.py`), so nothing on the
 scheduling path imports the SDK.
 """
