@@ -74,6 +74,7 @@ class StatusRecord:
     log: str = ""
     task: str = ""
     run_id: str | None = None
+    trace_id: str | None = None         # the pipeline run's trace this run belongs to (telemetry)
     launches: int = 0
     pid_create_time: float | None = None
     fingerprint: str | None = None

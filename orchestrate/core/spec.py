@@ -19,7 +19,8 @@ from .causes import suggestion
 from .errors import UserError
 from .fallback import DEFAULT_AFTER, FallbackPreset, check_after, check_fallback
 from .foreach import ForEach, check_foreach, fanout_problems, placeholder_problems
-from .settings import SlurmSettings, check_executor, check_resources, parse_slurm_table
+from .settings import (SlurmSettings, TelemetrySettings, check_executor, check_resources,
+                       parse_slurm_table, parse_telemetry_table)
 
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 _DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
@@ -178,6 +179,7 @@ class Workspace:
     hooks: Hooks = Hooks()
     executor: str = "local"
     slurm: SlurmSettings = SlurmSettings()
+    telemetry: TelemetrySettings = TelemetrySettings()
     agents_by_task: dict[str, Agent] = field(default_factory=dict, compare=False,
                                              repr=False)
     # Only from `load_workspace(root, lenient=True)`: what is wrong, and the
@@ -404,7 +406,8 @@ AGENT_KEYS: dict[str, tuple[str, Callable[[Any], Any]]] = {
 }
 PIPELINE_KEYS = ("description", "max_parallel", "budget_usd", "defaults", "agents", "hooks",
                  "executor")
-WORKSPACE_KEYS = ("max_parallel", "pools", "budget_usd", "hooks", "executor", "slurm")
+WORKSPACE_KEYS = ("max_parallel", "pools", "budget_usd", "hooks", "executor", "slurm",
+                  "telemetry")
 
 
 def parse_hooks(path: str, key: str, table: Any, problems: "Problems") -> Hooks:
@@ -696,4 +699,7 @@ def parse_workspace_config(path: str, data: dict[str, Any], problems: Problems) 
     if "slurm" in table:
         config["slurm"] = parse_slurm_table(table["slurm"], parse_duration,
                                             lambda key, message: problems.add(path, None, key, message))
+    if "telemetry" in table:
+        config["telemetry"] = parse_telemetry_table(
+            table["telemetry"], lambda key, message: problems.add(path, None, key, message))
     return config

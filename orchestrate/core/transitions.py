@@ -569,16 +569,18 @@ def launch_number(previous: StatusRecord | None) -> int:
 
 
 def launching(decision: Decision, previous: StatusRecord | None, run_id: str,
-              inputs: dict[str, list[Any]], log: str, now: float
-              ) -> tuple[StatusRecord, Effects]:
+              inputs: dict[str, list[Any]], log: str, now: float,
+              trace_id: str | None = None) -> tuple[StatusRecord, Effects]:
     """The record of a launch, before the executor is asked: a crash after
     it is recovered by its run id (`Found`, `NeverStarted`). It keeps what a
     relaunch must not forget (money spent, rate limits in a row, a check
-    series) and the limits of this launch (`standin`)."""
+    series) and the limits of this launch (`standin`); `trace_id`: the
+    pipeline run's trace (telemetry)."""
     agent, fingerprint = decision.agent, decision.fingerprint
     record = StatusRecord(
         state=RunState.LAUNCHING, pipeline=agent.pipeline, agent=agent.name, task=agent.task,
-        attempt=decision.attempt, run_id=run_id, launches=launch_number(previous),
+        attempt=decision.attempt, run_id=run_id, trace_id=trace_id,
+        launches=launch_number(previous),
         started_at=iso(now), started_epoch=now, reason=decision.reason, log=log,
         fingerprint=fingerprint.digest if fingerprint else None,
         config_digest=fingerprint.config if fingerprint else None,

@@ -25,6 +25,7 @@ from ..core.fingerprint import digest_text
 from .hooks import HookKeeper
 from .landing import MergeQueue
 from .launcher import Launcher
+from .telemetry import Telemetry
 from .observe import observe_run
 from ..core.policy import StopKind
 from ..core.stopping import SETTLE, SIGTERM, StopPolicy
@@ -248,8 +249,10 @@ class Engine:
         self.view = StateView(self)   # what keepers may read (hooks)
         self.fanout_requests = FanoutRequests(self)   # and what the fan-out step may ask
         self.merge_requests = MergeRequests(self)     # and the merge queue
+        self.telemetry = Telemetry(workspace, self.layout, clock)
         self.effects = EffectRunner(self.layout, self.status_cache, self.signal_cache,
-                                    self.executor_of, clock, self.wake_by)
+                                    self.executor_of, clock, self.wake_by,
+                                    self.telemetry.attempt_ended)
 
     def wake_by(self, at: float) -> None:
         """A pass is due by `at` (a timeout, a kill, a retry, a poll)."""
@@ -376,6 +379,7 @@ class Engine:
             if decision.timed and decision.wake_at is not None:
                 self.next_wake = min(self.next_wake, decision.wake_at)
         self.hooks.observe(self.view, decisions, facts)
+        self.telemetry.observe(self.view, decisions)
         return PassResult(decisions, facts, agents)
 
     def ask_executors(self, running: list[StatusRecord], now: float) -> dict[str, Observation]:
@@ -592,8 +596,10 @@ class Engine:
         self.signal_cache.forget(layout.signal(agent.pipeline, agent.name))
         fingerprint = decision.fingerprint
         log = layout.log(agent.pipeline, agent.name)
+        trace_id = self.telemetry.trace_of(agent.pipeline)
         record = self.effects.run(*t.launching(decision, previous, run_id, inputs,
-                                       layout.relative(log), self.clock()))
+                                               layout.relative(log), self.clock(), trace_id))
+        self.launcher.traceparents[run_id] = self.telemetry.traceparent(trace_id, run_id)
         crash_point("launch-recorded")
         upstream = self._write_upstream_file(agent, run_id,
                                              fingerprint.upstream if fingerprint else {})
@@ -605,11 +611,13 @@ class Engine:
             started = self.executor_for(agent).submit(agent, run_id, decision.attempt, log,
                                                       upstream, checks.followup(layout.root, record))
         except OSError as err:
+            self.launcher.traceparents.pop(run_id, None)
             from .causes import start_failure
             reason = start_failure(err, output_root(layout, agent) / agent.cwd, layout.root)
             return self.effects.apply(agent, record, t.SubmitFailed(
                 reason, retried=isinstance(err, SubmitError)), events)
         crash_point("launch-spawned")
+        self.launcher.traceparents.pop(run_id, None)   # an executor that did not ask
         self._just_launched(self.executor_for(agent).name)
         return self.effects.apply(agent, record, t.Submitted(
             started, checks.running_reason(previous, record)), events)

@@ -54,6 +54,8 @@ class Launcher:
         self.popen = popen
         self.base_env = dict(os.environ)   # decoded once, not once per launch
         self.children: set[int] = set()    # wrappers started here, not yet reaped
+        # run id -> its TRACEPARENT, set by the engine just before it submits the run
+        self.traceparents: dict[str, str] = {}
 
     def wrapped(self, agent: Agent, run_id: str, attempt: int, upstream: Path,
                 followup: Followup | None = None
@@ -63,6 +65,8 @@ class Launcher:
         env = agent_environment(self.layout, agent, run_id, attempt, upstream, self.base_env)
         if followup is not None:
             env["ORCHESTRATE_FEEDBACK"] = str(followup.feedback)
+        if run_id in self.traceparents:   # W3C trace context: the attempt's span
+            env["TRACEPARENT"] = self.traceparents.pop(run_id)
         command, stdin_path = self._command(agent, run_id, env, followup)
         root = output_root(self.layout, agent)
         check = runner_command(self.layout, agent, run_id, root) if agent.check else None
