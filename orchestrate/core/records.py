@@ -102,6 +102,8 @@ class StatusRecord:
     limits: dict[str, Any] = field(default_factory=dict)
     checking: bool = False              # the agent exited 0 and its check runs
     retry_requested: bool = False       # `doit retry` asked for a fresh launch
+    candidate_of: str | None = None     # a best_of candidate: the task it competes for
+    winner: str | None = None           # a best_of agent's row: the candidate task that won
 
     @property
     def active(self) -> bool:

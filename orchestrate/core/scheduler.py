@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from .bestof import contest_decision, mark_losers
 from .checks import is_check_relaunch
 from .fanout_gate import gate_decision
 from .fingerprint import Fingerprint, config_digest, stale_reason
@@ -46,10 +47,13 @@ class Decision:
     blocked_by: str | None = None   # the failed or cancelled task this one waits behind
     launch: bool = False       # ready: the pass launches it (its state is pending)
     signal: str | None = None  # the external signal it waits on (`doit signal NAME`)
+    lost: bool = False         # a best_of candidate that ended badly once its contest was over
 
     @property
     def cause(self) -> str | None:
         """The failed or cancelled task that this dead end goes back to."""
+        if self.lost:   # not a dead end: its agent's row says how the contest went
+            return None
         if self.state in (RunState.FAILED, RunState.CANCELLED):
             return self.agent.task
         return self.blocked_by
@@ -161,6 +165,10 @@ def decide(agent: Agent, facts: AgentFacts, decided: dict[str, Decision],
     if agent.gate:
         gated: Decision = gate_decision(agent, record, decided, signals)
         return gated
+    if agent.candidates:
+        contest: Decision = contest_decision(agent, record, decided, facts.signal_digest,
+                                             facts.missing_outputs)
+        return contest
     if record and record.state in ACTIVE:
         return Decision(agent, RunState.RUNNING, record.reason or "running")
     if record and record.state == RunState.CANCELLED and record.fingerprint is None:
@@ -275,4 +283,6 @@ def plan(workspace: Workspace, agents: list[Agent], facts: dict[str, AgentFacts]
     for agent in agents:
         decided[agent.task] = decide(agent, facts[agent.task], decided, signals,
                                      present_signals, capacity, now)
+        if agent.candidates:
+            mark_losers(agent, decided)
     return decided

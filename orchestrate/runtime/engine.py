@@ -18,6 +18,7 @@ from . import worktree
 from .executors import Executor, Observation, SubmitError, Unavailable
 from .executors.local import LocalExecutor
 from .executors.slurm import SlurmExecutor
+from .bestof import ContestKeeper
 from .fanout import FanoutKeeper, move_outputs_aside
 from .effects import EffectRunner
 from .faults import crash_point
@@ -151,6 +152,19 @@ class FanoutRequests(StateView):
         self._engine.workspace = workspace
 
 
+class ContestRequests(StateView):
+    """The best-of step's side of the engine (`bestof.ContestHost`): the
+    read-only view, a pure constructor's change recorded, a candidate cancelled."""
+
+    def apply_change(self, record: StatusRecord | None, effects: t.Effects) -> None:
+        self._engine.effects.run(record, effects)
+
+    def stop(self, agent: Agent, record: StatusRecord, reason: str) -> None:
+        engine = self._engine
+        agent = engine.workspace.agents_by_task.get(agent.task, agent)
+        engine.stop(agent, record, StopKind.CANCEL, reason)
+
+
 class _RunsBeingStopped:
     """The batch `stopping.drive` asks: runs by run id, one question per
     executor per round; `why`: why an executor cannot tell, since it last could."""
@@ -235,6 +249,8 @@ class Engine:
         self.last_asked = {name: float("-inf") for name in self.executors}
         self.view = StateView(self)   # what keepers may read (hooks)
         self.fanout_requests = FanoutRequests(self)   # and what the fan-out step may ask
+        self.contests = ContestKeeper(self.layout)
+        self.contest_requests = ContestRequests(self)  # and the best-of step
         self.effects = EffectRunner(self.layout, self.status_cache, self.signal_cache,
                                     self.executor_of, clock, self.wake_by)
 
@@ -273,8 +289,11 @@ class Engine:
         """A done agent's declared outputs that name no file now (a stat per
         plain path, a glob per pattern: the price of its inputs); only a
         done agent asks, as only its verdict can change by it."""
-        if record is None or record.state != "done" or not agent.outputs or agent.gate:
-            return ()   # a fan-out's own row: its instances have the outputs
+        if record is None or record.state != "done" or not agent.outputs or agent.gate \
+                or agent.candidate_of:
+            # a fan-out's own row: its instances have the outputs; a best_of
+            # candidate's worktree may now be its agent's (or gone: it lost)
+            return ()
         return tuple(expand_patterns(output_root(self.layout, agent), agent.outputs)[1])
 
     def watched(self) -> None:
@@ -342,6 +361,8 @@ class Engine:
         expanded = self.fanouts.step(self.fanout_requests, agents)
         if expanded is not None:   # a planner's list became instances (or changed)
             agents = expanded
+        if expanded is not None or any(a.candidates for a in agents):
+            self.contests.step(self.contest_requests, agents)   # best_of: a winner chosen?
             records = self.records(agents)
         facts = self.facts(agents, records)
         decisions = plan(self.workspace, agents, facts, self.external_signals(),
