@@ -626,8 +626,14 @@ def slurm(sizes: Sizes) -> list[Row]:
                 "<= 0.01", "%", note="poll 2s: one squeue for all jobs")]
 
 
+def best_of(sizes: Sizes) -> list[Row]:
+    from .best_of import best_of as scenario
+    return scenario(sizes)
+
+
 ALL = [critical_path_scenarios, caller_block, launch_throughput, signal_to_launch, scale,
-       noop, status_ratio, memory, idle, idle_running, hooks, report_size, fanout, slurm]
+       noop, status_ratio, memory, idle, idle_running, hooks, report_size, fanout, slurm,
+       best_of]
 
 
 def run_all(sizes: Sizes, report, only: str | None = None) -> list[Row]:

@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -70,9 +71,14 @@ def repo(ws):
     return ws
 
 
-def pipeline(ws, plan: dict, best_of: int = 3, judge: bool = False, extra: str = "") -> None:
+REPO = Path(__file__).resolve().parent.parent
+
+
+def pipeline(ws, plan: dict, best_of: int = 3, judge: bool | str = False, extra: str = ""
+             ) -> None:
     (ws.root / "plan.json").write_text(json.dumps(plan))
     py = json.dumps(sys.executable)
+    script = judge if isinstance(judge, str) else "judge.py"
     ws.write_pipeline("p", f'''
 [agents.a]
 command = [{py}, "{ws.root}/cand.py"]
@@ -81,7 +87,7 @@ outputs = ["out.txt"]
 best_of = {best_of}
 check = [{py}, "{ws.root}/check.py"]
 check_retries = 1
-{f'judge = [{py}, "judge.py"]' if judge else ""}
+{f'judge = [{py}, "{script}"]' if judge else ""}
 {extra}
 [agents.b]
 command = "cat \\"$ORCHESTRATE_UPSTREAM\\" > upstream.json"
@@ -189,6 +195,44 @@ def test_a_failing_check_sends_only_that_candidate_back(repo):
     assert sorted(e["task"] for e in events if e["event"] == "check_passed") == \
         ["p:a@1", "p:a@2", "p:a@3"]
     assert ws.status("p", "a")["reason"] == "winner p:a@2 of 3, chosen by judge"
+
+
+def test_the_shipped_judge_prefers_the_smallest_diff_that_passes(repo):
+    ws = repo
+    pipeline(ws, {"1": {"text": "a\nb\nc\nd"}, "2": {"text": "small"}, "3": {"text": "a\nb"},
+                  "4": {"text": "", "check": "fail"}},          # smaller still, but fails
+             best_of=4, judge=str(REPO / "agents" / "judge_smallest_diff.py"))
+    ws.doit("wait", check_rc=0)
+    assert ws.status("p", "a")["reason"] == "winner p:a@2 of 4, chosen by judge"
+    log = ws.doit("logs", "p:a", check_rc=0).stdout
+    assert "p:a@1: 4 lines changed" in log and "p:a@4" not in log
+
+
+def test_one_candidate_per_preset_and_every_candidates_cost_counts(repo, fake_bins):
+    """The claude candidate costs $0.0123 (its fake CLI says so), the codex
+    winner nothing: the budget is spent all the same, so b is held."""
+    ws = repo
+    ws.write_pipeline("p", """
+budget_usd = 0.01
+[agents.a]
+best_of = ["claude", "codex", "gemini"]
+isolation = "worktree"
+prompt = "Make the tests pass."
+judge = "echo p:a@codex"
+[agents.b]
+agent = "claude"
+prompt = "Review."
+after = ["a"]
+""")
+    proc = ws.doit("wait", check_rc=1, env=fake_bins)
+    calls = [json.loads(line) for line in (ws.root / "cli-calls.jsonl").read_text().splitlines()]
+    assert sorted((c["agent"], c["preset"]) for c in calls) == [
+        ("a@claude", "claude"), ("a@codex", "codex"), ("a@gemini", "gemini")]
+    assert all("Make the tests pass." in c["prompt"] for c in calls)
+    assert ws.status("p", "a")["reason"] == "winner p:a@codex of 3, chosen by judge"
+    assert ws.status("p", "a@claude")["spent_usd"] == 0.0123
+    assert ws.state_of("p", "b") is None
+    assert "budget reached: $0.01 of $0.01 (pipeline)" in proc.stdout
 
 
 def test_killed_between_the_judges_answer_and_the_winners_signal(repo):

@@ -136,3 +136,4 @@ def diff_stat(layout: Layout, agent: Agent) -> str:
         proc = subprocess.run(["git", "-C", str(target), "diff", "--cached", "--stat", start],
                               env=env, capture_output=True, text=True)
     return proc.stdout.strip()
+
