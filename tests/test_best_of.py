@@ -187,7 +187,11 @@ def test_no_good_candidate_fails_the_agent(repo):
 def test_a_failing_check_sends_only_that_candidate_back(repo):
     ws = repo
     (ws.root / "winner.txt").write_text("a@2\n")
-    pipeline(ws, {"1": {}, "2": {"check": "fail_once"}, "3": {}}, judge=True)
+    pipeline(ws, {"1": {}, "2": {"check": "fail_once", "slow": True}, "3": {}}, judge=True)
+    ws.doit(check_rc=0)
+    ws.wait_state("p", "a@1", "done")
+    ws.wait_state("p", "a@3", "done")
+    (ws.root / "release").touch()   # a@2 ends last, and is sent back: the others have ended
     ws.doit("wait", check_rc=0)
     assert launches(ws) == {"a@1": 1, "a@2": 2, "a@3": 1}
     events = [json.loads(line) for line in (ws.state / "events.jsonl").read_text().splitlines()]
@@ -195,6 +199,7 @@ def test_a_failing_check_sends_only_that_candidate_back(repo):
     assert sorted(e["task"] for e in events if e["event"] == "check_passed") == \
         ["p:a@1", "p:a@2", "p:a@3"]
     assert ws.status("p", "a")["reason"] == "winner p:a@2 of 3, chosen by judge"
+    assert (ws.root / "judge_ledger.txt").read_text() == "judged\n"   # once, when all had ended
 
 
 def test_the_shipped_judge_prefers_the_smallest_diff_that_passes(repo):
