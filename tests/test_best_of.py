@@ -240,6 +240,21 @@ after = ["a"]
     assert "budget reached: $0.01 of $0.01 (pipeline)" in proc.stdout
 
 
+@pytest.mark.parametrize("judge, reason", [
+    ("echo thinking; echo nobody", "judge named no good candidate: 'nobody' (expected one of"),
+    ("echo tests are flaky; exit 2", "judge failed: exit 2: tests are flaky"),
+    ("echo $$ > judge.pid; sleep 60", "judge failed: timed out: (no output)"),
+])
+def test_a_judge_that_fails_or_names_nobody_fails_the_agent(repo, judge, reason):
+    ws = repo
+    pipeline(ws, {}, best_of=2, extra=f'timeout = "2s"\njudge = {json.dumps(judge)}')
+    ws.doit("wait", check_rc=1)
+    row = ws.status("p", "a")
+    assert row["state"] == "failed" and row["reason"].startswith(reason), row["reason"]
+    if (ws.root / "judge.pid").exists():                 # stopped at the agent's timeout
+        assert not alive(int((ws.root / "judge.pid").read_text()))
+
+
 def test_killed_between_the_judges_answer_and_the_winners_signal(repo):
     ws = repo
     (ws.root / "winner.txt").write_text("p:a@1\n")
@@ -278,6 +293,8 @@ def test_selection_names_the_agent_with_its_candidates_or_one_candidate(repo):
     assert table.count("(winner)") == 1
     assert 'data-task="p:a@1"><td class="instance" style="padding-left:24px">p:a@1 <span ' \
         'class="winner">(winner)</span>' in table
+    ws.doit("forget", "p:a", check_rc=0)                 # forgets the candidates too
+    assert [ws.status("p", n) for n in ("a", "a@1", "a@2", "a@3")] == [None] * 4
 
 
 def test_cancel_of_the_agent_reaches_its_candidates_and_retry_holds_a_new_contest(repo):
@@ -302,6 +319,9 @@ def test_cancel_of_the_agent_reaches_its_candidates_and_retry_holds_a_new_contes
     ('best_of = 17\nisolation = "worktree"', "got 17"),
     ('best_of = ["claude", "cursor"]\nisolation = "worktree"', "unknown preset 'cursor'"),
     ('judge = "python judge.py"', "key 'judge': only applies with best_of"),
+    ('best_of = ["claude", "claude"]\nisolation = "worktree"', "lists a preset twice"),
+    ('best_of = ["claude", "codex"]\nisolation = "worktree"',
+     "a list of presets needs prompt or prompt_file instead of command"),
 ])
 def test_bad_best_of_is_one_clear_line(ws, table, expected):
     ws.write_pipeline("p", f'[agents.a]\ncommand = "true"\n{table}\n')
@@ -322,3 +342,53 @@ def test_a_preset_list_makes_one_candidate_per_preset(ws):
     assert agents["a@claude"].model == "opus" and agents["a@codex"].model is None
     assert agents["a"].candidates == ("a@claude", "a@codex", "a@gemini")
     assert all(agents[f"a@{p}"].prompt == "fix it" for p in ("claude", "codex", "gemini"))
+
+
+# -- the pure parts -------------------------------------------------------------
+def _record(name: str, state: str, ended_at: str = "", run_id: str = "r"):
+    from orchestrate.core.records import RunState, StatusRecord
+    return StatusRecord(state=RunState(state), pipeline="p", agent=name, ended_at=ended_at,
+                        run_id=run_id)
+
+
+def _contest(ws, judge: bool):
+    ws.write_pipeline("p", '[agents.a]\ncommand = "true"\nisolation = "worktree"\nbest_of = 3\n'
+                      + ('judge = "true"\n' if judge else ""))
+    return load_workspace(ws.root).pipeline("p").agent("a")
+
+
+def test_the_outcome_of_a_contest_from_its_candidates_records(ws):
+    from orchestrate.core.bestof import outcome
+    first = _contest(ws, judge=False)
+    running = {"a@1": _record("a@1", "running"), "a@2": _record("a@2", "done", "T2"),
+               "a@3": _record("a@3", "done", "T1")}
+    assert outcome(first, running).winner == "a@3"             # the first to pass, at once
+    judged = _contest(ws, judge=True)
+    assert outcome(judged, running) is None                    # a judge waits for every end
+    retrying = {**running, "a@1": _record("a@1", "waiting")}   # a check's relaunch to come
+    assert outcome(judged, retrying) is None
+    ended = {**running, "a@1": _record("a@1", "failed")}
+    assert outcome(judged, ended).good == ("a@3", "a@2") and outcome(judged, ended).needs_judge
+    one = {**ended, "a@2": _record("a@2", "failed")}
+    assert (outcome(judged, one).winner, outcome(judged, one).how) == ("a@3",
+                                                                       "the only one to pass")
+    none = {n: _record(n, "failed") for n in running}
+    assert outcome(judged, none).reason == "no candidate passed"
+
+
+def test_a_judge_may_name_the_winner_by_task_name_or_label(ws):
+    from orchestrate.core.bestof import named_candidate
+    agent = _contest(ws, judge=True)
+    good = ("a@1", "a@3")
+    assert [named_candidate(agent, text, good) for text in
+            ("p:a@3", "a@3", " 3 ", "p:a@2", "a@2", "q:a@3", "")] == \
+        ["a@3", "a@3", "a@3", None, None, None, None]
+
+
+def test_a_loser_is_no_dead_end_for_hooks(ws):
+    from orchestrate.core.scheduler import Decision
+    from orchestrate.runtime.hooks import standing
+    agent = _contest(ws, judge=False)
+    assert standing(Decision(agent, "cancelled", "cancelled: p:a@1 won", lost=True), {}, 0) \
+        == "done"
+    assert standing(Decision(agent, "cancelled", "cancelled by user"), {}, 0) == "stuck"
