@@ -181,7 +181,7 @@ def candidate_rows(rows: list[report.AgentRow], decisions: dict[str, Decision],
     under: dict[str, list[report.AgentRow]] = {}
     for row in rows:
         if (group := contest(row)) is not None:
-            won = (records.get(group) or _NO_WINNER).winner == row.task
+            won = getattr(records.get(group), "winner", None) == row.task
             under.setdefault(group, []).append(replace(row, under=group, winner=won))
     result: list[report.AgentRow] = []
     for row in rows:
@@ -189,13 +189,6 @@ def candidate_rows(rows: list[report.AgentRow], decisions: dict[str, Decision],
             result.append(row)
             result.extend(under.pop(row.task, []))
     return result + [r for group in under.values() for r in group]
-
-
-class _NoWinner:
-    winner = None
-
-
-_NO_WINNER = _NoWinner()
 
 
 def _row(root: Path, decision: Decision, record: StatusRecord | None,
