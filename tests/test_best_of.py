@@ -42,11 +42,14 @@ CHECK = textwrap.dedent("""\
     """)
 # The judge: keeps what it was given, talks a little, names `winner.txt`'s task last.
 JUDGE = textwrap.dedent("""\
-    import json, os, pathlib, shutil
+    import json, os, pathlib, shutil, time
     root = pathlib.Path(os.environ["ORCHESTRATE_ROOT"])
     shutil.copy(os.environ["ORCHESTRATE_CANDIDATES"], root / "judged.json")
     with open(root / "judge_ledger.txt", "a") as ledger:
         ledger.write("judged\\n")
+    (root / "judge.pid").write_text(str(os.getpid()))
+    while (root / "hold_judge").exists():   # a slow judge, until the test lets it answer
+        time.sleep(0.05)
     print("comparing candidates...")
     print((root / "winner.txt").read_text().strip())
     """)
@@ -246,13 +249,49 @@ after = ["a"]
     ("echo $$ > judge.pid; sleep 60", "judge failed: timed out: (no output)"),
 ])
 def test_a_judge_that_fails_or_names_nobody_fails_the_agent(repo, judge, reason):
+    """`timeout` limits the judge as it limits each candidate's attempt (the
+    candidates need less than 6 s even on a loaded machine)."""
     ws = repo
-    pipeline(ws, {}, best_of=2, extra=f'timeout = "2s"\njudge = {json.dumps(judge)}')
+    pipeline(ws, {}, best_of=2, extra=f'timeout = "6s"\njudge = {json.dumps(judge)}')
     ws.doit("wait", check_rc=1)
     row = ws.status("p", "a")
     assert row["state"] == "failed" and row["reason"].startswith(reason), row["reason"]
     if (ws.root / "judge.pid").exists():                 # stopped at the agent's timeout
         assert not alive(int((ws.root / "judge.pid").read_text()))
+
+
+def test_the_judge_runs_detached_and_a_cancel_stops_it(repo):
+    ws = repo
+    (ws.root / "winner.txt").write_text("p:a@1\n")
+    (ws.root / "hold_judge").touch()
+    pipeline(ws, {"1": {}, "2": {}, "3": {}}, judge=True)
+    ws.doit(check_rc=0)
+    judge_pid = ws.root / "judge.pid"
+    wait_until(judge_pid.exists, what="the judge to start")
+    assert ws.status("p", "a")["state"] == "waiting"
+    table = ws.doit("status", check_rc=0).stdout      # returns while the judge runs
+    assert "judging 3 candidates that passed" in table
+    ws.doit("cancel", "p:a", check_rc=0)
+    assert not alive(int(judge_pid.read_text()))         # stopped with the cancel
+    assert ws.status("p", "a")["state"] == "cancelled"
+    assert not ws.signal("p", "a").exists()
+
+
+def test_killed_while_the_judge_runs_its_answer_is_used_once(repo):
+    ws = repo
+    (ws.root / "winner.txt").write_text("p:a@3\n")
+    (ws.root / "hold_judge").touch()
+    pipeline(ws, {"1": {}, "2": {}, "3": {}}, judge=True)
+    ws.doit(check_rc=0)
+    wait_until((ws.root / "judge.pid").exists, what="the judge to start")
+    ws.kill_orchestrators()
+    wait_until(lambda: not ws.orchestrator_pids(), what="every orchestrator gone")
+    assert alive(int((ws.root / "judge.pid").read_text()))   # the judge outlives them
+    (ws.root / "hold_judge").unlink()
+    ws.doit("wait", check_rc=0)
+    assert ws.status("p", "a")["reason"] == "winner p:a@3 of 3, chosen by judge"
+    assert (ws.root / "judge_ledger.txt").read_text() == "judged\n"
+    assert launches(ws) == {"a@1": 1, "a@2": 1, "a@3": 1}
 
 
 def test_killed_between_the_judges_answer_and_the_winners_signal(repo):

@@ -152,8 +152,12 @@ def named_candidate(agent: Any, answer: str, good: tuple[str, ...]) -> str | Non
     return None
 
 
+JUDGE_POLL = 0.5   # seconds between a judging row's looks for the judge's answer
+
+
 def contest_decision(agent: Any, record: StatusRecord | None, decided: dict[str, Any],
-                     signal_digest: str | None, missing_outputs: tuple[str, ...]) -> Any:
+                     signal_digest: str | None, missing_outputs: tuple[str, ...],
+                     now: float) -> Any:
     """The agent's own row: done or failed as its contest came out, else
     waiting on its candidates. A candidate about to (re)launch opens a new
     contest: the old winner no longer stands for the agent."""
@@ -166,6 +170,9 @@ def contest_decision(agent: Any, record: StatusRecord | None, decided: dict[str,
             return Decision(agent, RunState.DONE, record.reason)
         if record.state in (RunState.FAILED, RunState.CANCELLED):
             return Decision(agent, record.state, record.reason)
+        if record.checking:   # its judge runs (detached): look for the answer soon
+            return Decision(agent, RunState.WAITING, record.reason, timed=True,
+                            wake_at=now + JUDGE_POLL)
     if candidates and all(d.blocked for d in candidates):
         first = candidates[0]
         return Decision(agent, RunState.WAITING, f"waiting on {first.agent.name} (blocked)",

@@ -167,7 +167,7 @@ def decide(agent: Agent, facts: AgentFacts, decided: dict[str, Decision],
         return gated
     if agent.candidates:
         contest: Decision = contest_decision(agent, record, decided, facts.signal_digest,
-                                             facts.missing_outputs)
+                                             facts.missing_outputs, now)
         return contest
     if record and record.state in ACTIVE:
         return Decision(agent, RunState.RUNNING, record.reason or "running")

@@ -653,8 +653,20 @@ def contest_reopened(agent: Agent, previous: StatusRecord, now: float
                      ) -> tuple[StatusRecord, Effects]:
     """A candidate ran again: the old winner no longer stands for the agent."""
     row = replace(previous, state=RunState.WAITING, reason="waiting on candidates",
-                  started_at=iso(now), ended_at=None, winner=None, retry_requested=False)
+                  started_at=iso(now), ended_at=None, winner=None, retry_requested=False,
+                  checking=False)
     return row, [Save()]
+
+
+def contest_judging(agent: Agent, previous: StatusRecord | None, reason: str, log: str,
+                    now: float) -> tuple[StatusRecord, Effects]:
+    """Every candidate has ended and several passed: the judge runs (the
+    row's `checking`: its contest is being decided)."""
+    base = previous or StatusRecord(state=RunState.WAITING, pipeline=agent.pipeline,
+                                    agent=agent.name, task=agent.task)
+    row = replace(base, state=RunState.WAITING, reason=reason, log=log, checking=True,
+                  started_at=iso(now), ended_at=None, winner=None, retry_requested=False)
+    return row, [Save(), Event("judge", {"task": agent.task, "reason": reason})]
 
 
 def candidate_withdrawn(previous: StatusRecord | None, pipeline: str, name: str,

@@ -14,14 +14,16 @@ the winner is picked once and the judge asked once.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any, Protocol
 
 from ..core import transitions as t
 from ..core.bestof import (
+    JUDGE_POLL,
     Outcome,
     contest_key,
     named_candidate,
@@ -31,11 +33,13 @@ from ..core.bestof import (
 from ..core.checks import last_line
 from ..core.records import ACTIVE, RunState
 from ..core.spec import Agent, Workspace
-from ..core.stopping import StopPolicy
+from ..core.stopping import SETTLE
 from . import worktree
+from .checkrun import PACKAGE_PARENT
+from .executors.processes import create_time, is_alive
 from .faults import crash_point
 from .state import Layout, StatusRecord, expand_patterns, read_json, write_atomic, write_json
-from .stopping import killpg, stop_group
+from .stopping import killpg
 from .wrapper import signal_content
 
 JUDGE_TIMEOUT = 600.0   # a judge without the agent's own `timeout`
@@ -48,6 +52,13 @@ def choice_path(layout: Layout, pipeline: str, agent: str) -> Path:
 
 def candidates_path(layout: Layout, pipeline: str, agent: str) -> Path:
     return layout.base / "bestof" / pipeline / f"{agent}.candidates.json"
+
+
+def contest_files(layout: Layout, pipeline: str, agent: str) -> list[Path]:
+    """What a contest leaves in the state folder (`doit clean` removes it)."""
+    folder = layout.base / "bestof" / pipeline
+    return [choice_path(layout, pipeline, agent)] + [
+        folder / f"{agent}.{what}.json" for what in ("candidates", "judging", "answer", "spec")]
 
 
 class ContestHost(Protocol):
@@ -66,12 +77,16 @@ class ContestHost(Protocol):
     def stop(self, agent: Agent, record: StatusRecord, reason: str) -> None:
         """Cancel a running candidate with the one stop policy."""
 
+    def wake_by(self, at: float) -> None:
+        """A pass is due by `at` (a judge's answer to look for)."""
+
 
 class ContestKeeper:
     """The engine's best-of step (see the module's docstring)."""
 
     def __init__(self, layout: Layout):
         self.layout = layout
+        self.judges = Judges(layout)
 
     def step(self, host: ContestHost, agents: list[Agent]) -> None:
         for agent in agents:
@@ -83,7 +98,8 @@ class ContestKeeper:
         key = contest_key(records)
         row = host.record_at(agent.pipeline, agent.name)
         if row is not None and row.state == RunState.CANCELLED:
-            return   # cancelled by a user: until `doit retry`
+            self.judges.stop(agent)   # cancelled by a user: until `doit retry`
+            return
         path = choice_path(self.layout, agent.pipeline, agent.name)
         if row is not None and row.state in (RunState.DONE, RunState.FAILED):
             if row.upstream == key:
@@ -98,43 +114,36 @@ class ContestKeeper:
             found = outcome(agent, records)
             if found is None:
                 return
-            choice = self.choose(agent, found, records, key)
+            answer = None
+            if found.needs_judge:
+                # liveness first, then the answer: a judge found gone has answered by then
+                judging = self.judges.running(agent, key)
+                answer = self.judges.answer(agent, key)
+                if answer is None:
+                    self.judges.keep_running(host, agent, key, judging, self.described(
+                        agent, found.good, records))
+                    return
+            choice = self.choose(agent, found, answer, key)
             path.parent.mkdir(parents=True, exist_ok=True)
             write_json(path, choice)     # durable before anything is done about it
             crash_point("bestof-chosen")
         self.settle(host, agent, choice, records, key)
 
     # -- choosing -------------------------------------------------------------
-    def choose(self, agent: Agent, found: Outcome, records: dict[str, StatusRecord | None],
+    def choose(self, agent: Agent, found: Outcome, answer: dict[str, Any] | None,
                key: dict[str, str]) -> dict[str, Any]:
         """The choice as recorded: the winner (or none) and why."""
         winner, how, reason = found.winner, found.how, found.reason
-        if found.needs_judge:
-            winner, reason = self.ask_judge(agent, found.good, records)
+        if found.needs_judge and answer is not None:
+            winner, reason = judged(agent, found.good, answer)
             how = "chosen by judge"
         if winner is not None:
             reason = winner_reason(agent, winner, how)
         return {"key": key, "winner": winner, "how": how, "reason": reason}
 
-    def ask_judge(self, agent: Agent, good: tuple[str, ...],
-                  records: dict[str, StatusRecord | None]) -> tuple[str | None, str]:
-        """Run the judge in the workspace root with ORCHESTRATE_CANDIDATES;
-        (the candidate its last line names, else None and why)."""
-        layout = self.layout
-        listing = candidates_path(layout, agent.pipeline, agent.name)
-        listing.parent.mkdir(parents=True, exist_ok=True)
-        described = [self.describe(agent, name, records[name]) for name in good]
-        write_atomic(listing, json.dumps(described, indent=1) + "\n")
-        log = layout.log(agent.pipeline, agent.name)
-        code, output = run_judge(agent, layout.root, listing, log)
-        line = last_line(output.splitlines())
-        if code != 0:
-            return None, f"judge failed: {'exit ' + str(code) if code else 'timed out'}: {line}"
-        winner = named_candidate(agent, line, good)
-        if winner is None:
-            tasks = ", ".join(f"{agent.pipeline}:{n}" for n in good)
-            return None, f"judge named no good candidate: {line[:120]!r} (expected one of {tasks})"
-        return winner, ""
+    def described(self, agent: Agent, good: tuple[str, ...],
+                  records: dict[str, StatusRecord | None]) -> list[dict[str, Any]]:
+        return [self.describe(agent, name, records[name]) for name in good]
 
     def describe(self, agent: Agent, name: str, record: StatusRecord | None) -> dict[str, Any]:
         """One good candidate as the judge sees it."""
@@ -209,28 +218,109 @@ class ContestKeeper:
         return candidate
 
 
-def run_judge(agent: Agent, root: Path, listing: Path, log: Path) -> tuple[int | None, str]:
-    """(exit code, None past its limit; its standard output). Its output and
-    errors go to the agent's log; it is stopped by the one stop policy."""
-    command = agent.judge or ""
-    argv = ["/bin/sh", "-c", command] if isinstance(command, str) else list(command)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ORCHESTRATE_")}
-    env.update({"ORCHESTRATE_CANDIDATES": str(listing), "ORCHESTRATE_ROOT": str(root),
-                "ORCHESTRATE_PIPELINE": agent.pipeline, "ORCHESTRATE_AGENT": agent.name})
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "ab") as errors:
-        try:
-            process = subprocess.Popen(argv, cwd=root, env=env, stdout=subprocess.PIPE,
-                                       stderr=errors, stdin=subprocess.DEVNULL,
-                                       start_new_session=True)
-        except OSError as err:
-            return 127, f"could not start: {err.strerror or err}: {argv[0]}"
-        try:
-            out, _ = process.communicate(timeout=agent.timeout or JUDGE_TIMEOUT)
-            code: int | None = process.returncode
-            killpg(process.pid, signal.SIGKILL)   # what it left in its group ends with it
-        except subprocess.TimeoutExpired:
-            stop_group(process, StopPolicy(JUDGE_GRACE))
-            out, code = b"", None
-        errors.write(out)
-    return code, out.decode(errors="replace")
+def judged(agent: Agent, good: tuple[str, ...], answer: dict[str, Any]
+           ) -> tuple[str | None, str]:
+    """(the good candidate the judge's last line names, else None and why)."""
+    code = answer.get("exit_code")
+    line = last_line(str(answer.get("output") or "").splitlines())
+    if code != 0:
+        said = f"exit {code}" if code is not None else "timed out"
+        return None, f"judge failed: {said}: {line}"
+    winner = named_candidate(agent, line, good)
+    if winner is None:
+        tasks = ", ".join(f"{agent.pipeline}:{n}" for n in good)
+        return None, f"judge named no good candidate: {line[:120]!r} (expected one of {tasks})"
+    return winner, ""
+
+
+class Judges:
+    """Judges run detached (`judgerun`), so a pass never waits for one: a
+    pass starts the judge, later passes look for its answer. Its process is
+    recorded (`<agent>.judging.json`: pid and start time) so that any
+    orchestrator process knows it runs, and a cancel can stop it."""
+
+    def __init__(self, layout: Layout):
+        self.layout = layout
+        self.started: dict[str, subprocess.Popen] = {}   # ours, reaped as they end
+
+    def _path(self, agent: Agent, what: str) -> Path:
+        return self.layout.base / "bestof" / agent.pipeline / f"{agent.name}.{what}.json"
+
+    def answer(self, agent: Agent, key: dict[str, str]) -> dict[str, Any] | None:
+        """The judge's answer for this contest, once it has given one."""
+        self._reap()
+        found = read_json(self._path(agent, "answer"))
+        return found if found is not None and found.get("key") == key else None
+
+    def running(self, agent: Agent, key: dict[str, str] | None = None) -> dict[str, Any] | None:
+        """The record of the agent's judge while its process lives (for `key`, if given)."""
+        self._reap()
+        judging = read_json(self._path(agent, "judging"))
+        if judging is None or (key is not None and judging.get("key") != key):
+            return None
+        return judging if is_alive(judging.get("pid"), judging.get("started")) else None
+
+    def keep_running(self, host: ContestHost, agent: Agent, key: dict[str, str],
+                     judging: dict[str, Any] | None, candidates: list[dict[str, Any]]) -> None:
+        """Start the judge unless it runs already (`judging`: its record, if its
+        process lives); the agent's row says judging."""
+        if judging is None:
+            self.start(agent, key, candidates)
+            previous = host.record_at(agent.pipeline, agent.name)
+            host.apply_change(*t.contest_judging(
+                agent, previous, f"judging {len(candidates)} candidates that passed",
+                self.layout.relative(self.layout.log(agent.pipeline, agent.name)),
+                host.clock()))
+        host.wake_by(host.clock() + JUDGE_POLL)
+
+    def start(self, agent: Agent, key: dict[str, str], candidates: list[dict[str, Any]]) -> None:
+        layout = self.layout
+        listing = candidates_path(layout, agent.pipeline, agent.name)
+        listing.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(listing, json.dumps(candidates, indent=1) + "\n")
+        self._path(agent, "answer").unlink(missing_ok=True)
+        log = layout.log(agent.pipeline, agent.name)
+        log.parent.mkdir(parents=True, exist_ok=True)
+        spec = {"command": list(agent.judge) if isinstance(agent.judge, tuple) else agent.judge,
+                "root": str(layout.root), "log": str(log), "key": key,
+                "answer": str(self._path(agent, "answer")),
+                "timeout": agent.timeout or JUDGE_TIMEOUT, "grace": JUDGE_GRACE,
+                "env": {"ORCHESTRATE_CANDIDATES": str(listing),
+                        "ORCHESTRATE_ROOT": str(layout.root),
+                        "ORCHESTRATE_PIPELINE": agent.pipeline,
+                        "ORCHESTRATE_AGENT": agent.name}}
+        spec_path = self._path(agent, "spec")
+        write_atomic(spec_path, json.dumps(spec) + "\n", durable=False)
+        with open(log, "ab") as errors:   # the supervisor's own trouble, if any, in the log
+            process = subprocess.Popen(
+                [sys.executable, "-c", SUPERVISOR, str(spec_path)], cwd=layout.root,
+                stdin=subprocess.DEVNULL, stdout=errors, stderr=errors, start_new_session=True)
+        self.started[agent.task] = process
+        write_json(self._path(agent, "judging"),
+                   {"key": key, "pid": process.pid, "started": create_time(process.pid)})
+
+    def stop(self, agent: Agent) -> None:
+        """A cancelled contest's judge ends (SIGTERM: it stops the judge's
+        group; SIGKILL past the grace), bounded."""
+        judging = self.running(agent)
+        if judging is None:
+            return
+        pid = int(judging["pid"])
+        killpg(pid, signal.SIGTERM)
+        deadline = time.monotonic() + JUDGE_GRACE + SETTLE
+        while is_alive(pid, judging.get("started")) and time.monotonic() < deadline:
+            self._reap()
+            time.sleep(0.02)
+        killpg(pid, signal.SIGKILL)
+        self._reap()
+
+    def _reap(self) -> None:
+        for task, process in list(self.started.items()):
+            if process.poll() is not None:
+                del self.started[task]
+
+
+# The supervisor's command line: run by the interpreter orchestrate runs
+# under, finding this package wherever it is installed.
+SUPERVISOR = (f"import sys; sys.path.insert(0, {PACKAGE_PARENT!r}); "
+              "from orchestrate.runtime.judgerun import main; sys.exit(main(sys.argv[1]))")

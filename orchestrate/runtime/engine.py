@@ -164,6 +164,9 @@ class ContestRequests(StateView):
         agent = engine.workspace.agents_by_task.get(agent.task, agent)
         engine.stop(agent, record, StopKind.CANCEL, reason)
 
+    def wake_by(self, at: float) -> None:
+        self._engine.wake_by(at)
+
 
 class _RunsBeingStopped:
     """The batch `stopping.drive` asks: runs by run id, one question per
