@@ -148,6 +148,9 @@ def test_the_first_good_candidate_wins_and_the_slow_ones_are_cancelled(repo):
     assert launches(ws) == {"a@1": 1, "a@2": 1, "a@3": 1}
     ws.doit("wait", check_rc=0)                                        # nothing runs again
     assert launches(ws) == {"a@1": 1, "a@2": 1, "a@3": 1}
+    ws.doit("clean", "p:b", "p:a", "p:a@1", check_rc=0)             # a loser's branch goes
+    assert "orchestrate/p/a@1" not in branches(ws) and "orchestrate/p/a@3" in branches(ws)
+    assert not tree.exists() and not (ws.state / "bestof" / "p" / "a.json").exists()
 
 
 def test_a_judge_picks_among_three_good_candidates_and_downstream_reads_the_winner(repo):
