@@ -326,7 +326,7 @@ class Engine:
         if name.startswith("."):       # our temporary files
             return False
         if path.parent == self.layout.runs_dir:
-            return name.endswith((".exit", ".checking"))
+            return name.endswith((".exit", ".checking", ".judged"))   # .judged: bestof.py
         if path.parent.parent == self.layout.status_dir:
             self.status_cache.mark_dirty(path)
             return self.status_cache.changed(path)

@@ -6,7 +6,9 @@ process group, in the workspace root, with ORCHESTRATE_CANDIDATES; sends the
 judge's output to the agent's log; stops the judge at its time limit with
 the one stop policy; and writes the answer (the judge's exit code and
 output) atomically, fsynced, for whichever orchestrator process passes next
-(`runtime/bestof.py`). A SIGTERM (a cancel) stops the judge the same way.
+(`runtime/bestof.py`), then touches `runs/<pipeline>.<agent>.judged` so that
+a waiting advancer looks at once. A SIGTERM (a cancel) stops the judge the
+same way.
 """
 from __future__ import annotations
 
@@ -58,12 +60,28 @@ def run(spec: dict[str, Any]) -> tuple[int | None, str]:
     return code, out.decode(errors="replace")
 
 
+def write_durably(path: Path, text: str) -> None:
+    """tmp + fsync + rename + fsync of the folder (as `state.write_atomic`,
+    whose module costs this short-lived process ten times its own start)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+    folder = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(folder)
+    finally:
+        os.close(folder)
+
+
 def main(spec_path: str) -> int:
-    from .state import write_atomic
     spec = json.loads(Path(spec_path).read_text())
     code, output = run(spec)
     answer = {"key": spec["key"], "exit_code": code, "output": output[-OUTPUT_KEPT:]}
-    write_atomic(Path(spec["answer"]), json.dumps(answer) + "\n")
+    write_durably(Path(spec["answer"]), json.dumps(answer) + "\n")
+    Path(spec["wake"]).touch()   # an advancer watching the runs folder looks now
     return 0
 
 
