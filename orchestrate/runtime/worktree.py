@@ -93,10 +93,12 @@ def remove(layout: Layout, agent: Agent) -> None:
 def discard(layout: Layout, agent: Agent) -> None:
     """A best_of loser's worktree goes; its branch stays (until `doit clean`)."""
     target = path(layout, agent)
-    if target.exists() and is_inside(layout.root, target):
-        _git(layout.root, "worktree", "remove", "--force", str(target), check=False)
+    if not target.exists() or not is_inside(layout.root, target):
+        return
+    if _git(layout.root, "worktree", "remove", "--force", str(target),
+            check=False).returncode != 0:   # not a worktree git knows: plain files
         shutil.rmtree(target, ignore_errors=True)
-    _git(layout.root, "worktree", "prune", check=False)
+        _git(layout.root, "worktree", "prune", check=False)
 
 
 def adopt(layout: Layout, agent: Agent, candidate: Agent) -> Path:
