@@ -187,6 +187,8 @@ def test_no_good_candidate_fails_the_agent(repo):
     assert (row["state"], row["reason"]) == ("failed", "no candidate passed")
     assert not ws.signal("p", "a").exists()
     assert ws.status("p", "b") is None                  # downstream never ran
+    for name in ("a@1", "a@2", "a@3"):                   # no winner: every worktree kept
+        assert (ws.state / "worktrees" / "p" / name).is_dir()
     assert "no candidate passed" in proc.stdout
 
 
@@ -295,6 +297,20 @@ def test_killed_while_the_judge_runs_its_answer_is_used_once(repo):
     assert ws.status("p", "a")["reason"] == "winner p:a@3 of 3, chosen by judge"
     assert (ws.root / "judge_ledger.txt").read_text() == "judged\n"
     assert launches(ws) == {"a@1": 1, "a@2": 1, "a@3": 1}
+
+
+def test_retry_of_the_agent_asks_its_judge_again(repo):
+    ws = repo
+    (ws.root / "winner.txt").write_text("nobody\n")
+    pipeline(ws, {"1": {}, "2": {}}, best_of=2, judge=True)
+    ws.doit("wait", check_rc=1)
+    assert ws.status("p", "a")["reason"].startswith("judge named no good candidate: 'nobody'")
+    (ws.root / "winner.txt").write_text("a@2\n")
+    ws.doit("retry", "p:a", check_rc=0)
+    ws.doit("wait", check_rc=0)
+    assert ws.status("p", "a")["reason"] == "winner p:a@2 of 2, chosen by judge"
+    assert (ws.root / "judge_ledger.txt").read_text() == "judged\njudged\n"
+    assert launches(ws) == {"a@1": 1, "a@2": 1}          # the candidates stay as they were
 
 
 def test_killed_between_the_judges_answer_and_the_winners_signal(repo):

@@ -100,34 +100,54 @@ class ContestKeeper:
         if row is not None and row.state == RunState.CANCELLED:
             self.judges.stop(agent)   # cancelled by a user: until `doit retry`
             return
-        path = choice_path(self.layout, agent.pipeline, agent.name)
+        if self.still_stands(host, agent, row, key, records):
+            return
+        choice = self.choice(host, agent, key, records)
+        if choice is not None:
+            self.settle(host, agent, choice, records, key)
+
+    def still_stands(self, host: ContestHost, agent: Agent, row: StatusRecord | None,
+                     key: dict[str, str], records: dict[str, StatusRecord | None]) -> bool:
+        """True if the row says how this very contest came out (its losers'
+        worktrees are tidied); else the row is reopened if it spoke of an
+        earlier contest, and forgets its choice if `doit retry` asked so."""
         if row is not None and row.state in (RunState.DONE, RunState.FAILED):
             if row.upstream == key:
                 self.tidy(host, agent, row, records)
-                return
+                return True
             host.apply_change(*t.contest_reopened(agent, row, host.clock()))
-        if row is not None and row.retry_requested:   # `doit retry`: a contest anew
-            path.unlink(missing_ok=True)
+        elif row is not None and row.retry_requested:   # a contest anew, its judge asked again
+            choice_path(self.layout, agent.pipeline, agent.name).unlink(missing_ok=True)
+            self.judges.forget(agent)
             host.apply_change(*t.contest_reopened(agent, row, host.clock()))
+        return False
+
+    def choice(self, host: ContestHost, agent: Agent, key: dict[str, str],
+               records: dict[str, StatusRecord | None]) -> dict[str, Any] | None:
+        """The choice recorded for this contest, else made and recorded now
+        (durably, before anything is done about it); None while it is open
+        or its judge runs."""
+        path = choice_path(self.layout, agent.pipeline, agent.name)
         choice = read_json(path)
-        if choice is None or choice.get("key") != key:
-            found = outcome(agent, records)
-            if found is None:
-                return
-            answer = None
-            if found.needs_judge:
-                # liveness first, then the answer: a judge found gone has answered by then
-                judging = self.judges.running(agent, key)
-                answer = self.judges.answer(agent, key)
-                if answer is None:
-                    self.judges.keep_running(host, agent, key, judging, self.described(
-                        agent, found.good, records))
-                    return
-            choice = self.choose(agent, found, answer, key)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            write_json(path, choice)     # durable before anything is done about it
-            crash_point("bestof-chosen")
-        self.settle(host, agent, choice, records, key)
+        if choice is not None and choice.get("key") == key:
+            return choice
+        found = outcome(agent, records)
+        if found is None:
+            return None
+        answer = None
+        if found.needs_judge:
+            # liveness first, then the answer: a judge found gone has answered by then
+            judging = self.judges.running(agent, key)
+            answer = self.judges.answer(agent, key)
+            if answer is None:
+                self.judges.keep_running(host, agent, key, judging,
+                                         self.described(agent, found.good, records))
+                return None
+        choice = self.choose(agent, found, answer, key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_json(path, choice)
+        crash_point("bestof-chosen")
+        return choice
 
     # -- choosing -------------------------------------------------------------
     def choose(self, agent: Agent, found: Outcome, answer: dict[str, Any] | None,
@@ -200,7 +220,11 @@ class ContestKeeper:
 
     def tidy(self, host: ContestHost, agent: Agent, row: StatusRecord,
              records: dict[str, StatusRecord | None]) -> None:
-        """Losers' worktrees go once their runs have ended (their branches stay)."""
+        """Losers' worktrees go once their runs have ended (their branches
+        stay). A contest without a winner keeps them all: a person looks
+        at them, a `doit retry` asks the judge again."""
+        if row.winner is None:
+            return
         for name, record in records.items():
             if row.winner == f"{agent.pipeline}:{name}":
                 continue
@@ -251,6 +275,10 @@ class Judges:
         self._reap()
         found = read_json(self._path(agent, "answer"))
         return found if found is not None and found.get("key") == key else None
+
+    def forget(self, agent: Agent) -> None:
+        """`doit retry` of the agent: its judge's last answer no longer counts."""
+        self._path(agent, "answer").unlink(missing_ok=True)
 
     def running(self, agent: Agent, key: dict[str, str] | None = None) -> dict[str, Any] | None:
         """The record of the agent's judge while its process lives (for `key`, if given)."""
