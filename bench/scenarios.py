@@ -765,9 +765,14 @@ def telemetry(sizes: Sizes) -> list[Row]:
                 extra={"ratio": noop})]
 
 
+def best_of(sizes: Sizes) -> list[Row]:
+    from .best_of import best_of as scenario
+    return scenario(sizes)
+
+
 ALL = [critical_path_scenarios, caller_block, launch_throughput, signal_to_launch, scale,
        noop, status_ratio, memory, idle, idle_running, hooks, report_size, fanout, merge_queue,
-       slurm, telemetry]
+       slurm, telemetry, best_of]
 
 
 def run_all(sizes: Sizes, report, only: str | None = None) -> list[Row]:

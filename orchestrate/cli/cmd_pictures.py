@@ -107,8 +107,9 @@ def collect(root: Path, names: list[str], report_dir: Path) -> report.ReportData
     layout = Layout(root)
     tasks = set(decisions)
     attempts = timeline.build(read_events(layout.events_path), tasks, records)
-    rows = fanout_rows([_row(root, d, records.get(t), report_dir)
-                        for t, d in decisions.items()], decisions)
+    rows = candidate_rows(fanout_rows([_row(root, d, records.get(t), report_dir)
+                                       for t, d in decisions.items()], decisions),
+                          decisions, records)
     totals = pipeline_totals(records.values())
     svg, source = dag_svg(dag)
     return report.ReportData(
@@ -183,6 +184,26 @@ def fanout_rows(rows: list[report.AgentRow], decisions: dict[str, Decision]
                                           reason=f"fan-out: {len(states)} instances"))
         result.append(replace(row, under=group))
     return result
+
+
+def candidate_rows(rows: list[report.AgentRow], decisions: dict[str, Decision],
+                   records: dict[str, StatusRecord | None]) -> list[report.AgentRow]:
+    """A best_of agent's candidates listed under its row, the winner marked."""
+    def contest(row: report.AgentRow) -> str | None:
+        decision = decisions.get(row.task)   # a fan-out's made-up row has none
+        agent = decision.agent if decision else None
+        return f"{agent.pipeline}:{agent.candidate_of}" if agent and agent.candidate_of else None
+    under: dict[str, list[report.AgentRow]] = {}
+    for row in rows:
+        if (group := contest(row)) is not None:
+            won = getattr(records.get(group), "winner", None) == row.task
+            under.setdefault(group, []).append(replace(row, under=group, winner=won))
+    result: list[report.AgentRow] = []
+    for row in rows:
+        if contest(row) is None:
+            result.append(row)
+            result.extend(under.pop(row.task, []))
+    return result + [r for group in under.values() for r in group]
 
 
 def _row(root: Path, decision: Decision, record: StatusRecord | None,

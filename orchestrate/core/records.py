@@ -110,6 +110,8 @@ class StatusRecord:
     # "review" (`doit retry --feedback`) or "merge" (a merge sent back)
     relaunch: str | None = None
     merge: dict[str, Any] = field(default_factory=dict)   # its landing (core/landing.py)
+    candidate_of: str | None = None     # a best_of candidate: the task it competes for
+    winner: str | None = None           # a best_of agent's row: the candidate task that won
 
     @property
     def active(self) -> bool:

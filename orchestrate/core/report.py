@@ -39,6 +39,7 @@ class AgentRow:
     log: str = ""               # as written in the status record (workspace-relative)
     log_href: str | None = None  # relative to the report's folder
     under: str | None = None    # a fan-out instance: the fan-out's task
+    winner: bool = False        # a best_of candidate that won its contest
 
 
 @dataclass
@@ -233,8 +234,9 @@ def _table(data: ReportData) -> str:
     for row in data.rows:
         log = (f'<a href="{e(row.log_href)}">{e(row.log)}</a>' if row.log_href and row.log
                else e(row.log))
-        name = (f'<td class="instance" style="padding-left:24px">{e(row.task)}</td>'
-                if row.under else f"<td>{e(row.task)}</td>")
+        mark = ' <span class="winner">(winner)</span>' if row.winner else ""
+        name = (f'<td class="instance" style="padding-left:24px">{e(row.task)}{mark}</td>'
+                if row.under else f"<td>{e(row.task)}{mark}</td>")
         body.append(f'<tr data-task="{e(row.task)}">{name}'
                     f"<td>{_chip(row.state, row.state)}</td>"
                     f'<td class="num">{row.attempts or ""}</td><td class="num">{e(row.elapsed)}</td>'

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from .bestof import contest_decision, mark_losers
 from .checks import is_feedback_relaunch
 from .fallback import Route, route
 from .fanout_gate import gate_decision
@@ -49,10 +50,13 @@ class Decision:
     launch: bool = False       # ready: the pass launches it (its state is pending)
     signal: str | None = None  # the external signal it waits on (`doit signal NAME`)
     via: str | None = None     # a fallback preset launches it (`agent` is that variant): why
+    lost: bool = False         # a best_of candidate that ended badly once its contest was over
 
     @property
     def cause(self) -> str | None:
         """The failed or cancelled task that this dead end goes back to."""
+        if self.lost:   # not a dead end: its agent's row says how the contest went
+            return None
         if self.state in (RunState.FAILED, RunState.CANCELLED):
             return self.agent.task
         return self.blocked_by
@@ -172,6 +176,10 @@ def decide(agent: Agent, facts: AgentFacts, decided: dict[str, Decision],
     if agent.gate:
         gated: Decision = gate_decision(agent, record, decided, signals)
         return gated
+    if agent.candidates:
+        contest: Decision = contest_decision(agent, record, decided, facts.signal_digest,
+                                             facts.missing_outputs, now)
+        return contest
     if record and record.state in ACTIVE:
         return Decision(agent, RunState.RUNNING, record.reason or "running")
     if record and record.state == RunState.CANCELLED and record.fingerprint is None:
@@ -292,4 +300,6 @@ def plan(workspace: Workspace, agents: list[Agent], facts: dict[str, AgentFacts]
     for agent in agents:
         decided[agent.task] = decide(agent, facts[agent.task], decided, signals,
                                      present_signals, capacity, now)
+        if agent.candidates:
+            mark_losers(agent, decided)
     return decided

@@ -15,6 +15,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, Callable
 
+from .bestof import best_of_problems, check_best_of, expand_candidates
 from .causes import suggestion
 from .errors import UserError
 from .fallback import DEFAULT_AFTER, FallbackPreset, check_after, check_fallback
@@ -92,6 +93,10 @@ class Agent:
     resources: tuple[tuple[str, Any], ...] = ()   # cpus, mem, gpus, time
     # A run in flight whose declaration is gone (see `standin`): why, else None
     stand_in: str | None = None
+    best_of: tuple[str, ...] = ()       # the candidates' labels ("1".."N" or presets)
+    judge: str | tuple[str, ...] | None = None
+    candidate_of: str | None = None     # a candidate: the name of the agent it competes for
+    candidates: tuple[str, ...] = ()    # the agent's own row of a best_of: its candidates
 
     @cached_property
     def task(self) -> str:
@@ -401,6 +406,8 @@ AGENT_KEYS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "merge_check": ("merge_check", _check_command),
     "merge_retries": ("merge_retries", _check_int),
     "foreach": ("foreach", check_foreach),
+    "best_of": ("best_of", lambda value: check_best_of(value, PRESETS)),
+    "judge": ("judge", _check_command),
     "executor": ("executor", check_executor),
     "resources": ("resources", lambda value: check_resources(value, parse_duration)),
 }
@@ -602,6 +609,11 @@ def parse_pipeline(name: str, path: str, data: dict[str, Any], problems: Problem
                          "(expected [A-Za-z0-9][A-Za-z0-9_-]*)")
         fields = {"executor": own_executor or executor,
                   **default_fields, **_agent_fields(path, agent_name, table, problems)}
+        if fields.get("best_of") and not fields["best_of"][0].isdigit() \
+                and "preset" not in fields and "command" not in fields:
+            fields["preset"] = fields["best_of"][0]   # each candidate gets its own preset
+        for key, message in best_of_problems(fields):
+            problems.add(path, agent_name, key, message)
         if isinstance(table, dict):
             _check_how_it_runs(path, agent_name, fields, problems, frozenset(table))
             for key, message in placeholder_problems({**defaults, **table}
@@ -619,9 +631,9 @@ def parse_pipeline(name: str, path: str, data: dict[str, Any], problems: Problem
     if len(problems.lines) > before:
         return None
     agents = tuple(Agent(pipeline=name, name=n, **f) for n, f in fields_by_agent.items())
-    return Pipeline(name=name, path=path, agents=agents, description=description,
-                    max_parallel=max_parallel, budget_usd=budget, hooks=hooks,
-                    declared=agents, executor=own_executor)
+    return Pipeline(name=name, path=path, agents=expand_candidates(agents),
+                    description=description, max_parallel=max_parallel, budget_usd=budget,
+                    hooks=hooks, declared=agents, executor=own_executor)
 
 
 def output_clashes(fields_by_agent: dict[str, dict[str, Any]], owners: dict[str, str],

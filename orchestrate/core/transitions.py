@@ -589,7 +589,9 @@ def launching(decision: Decision, previous: StatusRecord | None, run_id: str,
         spent_usd=previous.spent_usd if previous else 0.0,
         rate_limit_hits=previous.rate_limit_hits if previous else 0,
         executor=agent.executor, limits=standin.launch_limits(agent),
-        preset=agent.preset, via=decision.via, **checks.carried(previous))
+        preset=agent.preset, via=decision.via,
+        candidate_of=f"{agent.pipeline}:{agent.candidate_of}" if agent.candidate_of else None,
+        **checks.carried(previous))
     if previous is not None and previous.preset not in (None, agent.preset):
         record = replace(record, resume_session=None)   # a session never moves between CLIs
     return record, [Save(durable=False)]
@@ -674,3 +676,62 @@ def forgotten(record: StatusRecord | None, pipeline: str, name: str, verb: str =
     if record is not None and record.state in ACTIVE:
         return f"{task} is running; not {verb} (doit cancel {task} first)", []
     return None, [Forget(pipeline, name)]
+
+
+# -- best of N: a contest's rows (see core/bestof.py, runtime/bestof.py) ----------
+def contest_decided(agent: Agent, previous: StatusRecord | None, key: dict[str, str],
+                    winner: str | None, reason: str, signal_text: str | None, log: str,
+                    now: float) -> tuple[StatusRecord, Effects]:
+    """A best_of agent's row once its contest is over: done from the winner
+    (its signal written from the winner's outputs), or failed; `key`: the
+    candidates' runs it was decided on (a relaunch of any is a new contest)."""
+    done = winner is not None and signal_text is not None
+    digest = digest_text(signal_text) if done and signal_text is not None else None
+    state = RunState.DONE if done else (
+        RunState.CANCELLED if reason.startswith("cancelled") else RunState.FAILED)
+    row = StatusRecord(
+        state=state, pipeline=agent.pipeline,
+        agent=agent.name, task=agent.task, reason=reason, log=log,
+        started_at=previous.started_at if previous and previous.started_at else iso(now),
+        ended_at=iso(now), upstream=dict(key), signal_digest=digest,
+        winner=f"{agent.pipeline}:{winner}" if winner else None)
+    effects: Effects = [WriteSignal(signal_text)] if done and signal_text is not None else []
+    details: dict[str, Any] = {"task": agent.task, "reason": reason}
+    if row.winner:
+        details["winner"] = row.winner
+    kind = {RunState.DONE: "finish", RunState.CANCELLED: "cancel"}.get(state, "fail")
+    return row, effects + [RememberSignal(digest), Save(), Event(kind, details)]
+
+
+def contest_reopened(agent: Agent, previous: StatusRecord, now: float
+                     ) -> tuple[StatusRecord, Effects]:
+    """A candidate ran again: the old winner no longer stands for the agent."""
+    row = replace(previous, state=RunState.WAITING, reason="waiting on candidates",
+                  started_at=iso(now), ended_at=None, winner=None, retry_requested=False,
+                  checking=False)
+    return row, [Save()]
+
+
+def contest_judging(agent: Agent, previous: StatusRecord | None, reason: str, log: str,
+                    now: float) -> tuple[StatusRecord, Effects]:
+    """Every candidate has ended and several passed: the judge runs (the
+    row's `checking`: its contest is being decided)."""
+    base = previous or StatusRecord(state=RunState.WAITING, pipeline=agent.pipeline,
+                                    agent=agent.name, task=agent.task)
+    row = replace(base, state=RunState.WAITING, reason=reason, log=log, checking=True,
+                  started_at=iso(now), ended_at=None, winner=None, retry_requested=False)
+    return row, [Save(), Event("judge", {"task": agent.task, "reason": reason})]
+
+
+def candidate_withdrawn(previous: StatusRecord | None, pipeline: str, name: str,
+                        agent_name: str, reason: str, now: float
+                        ) -> tuple[StatusRecord, Effects]:
+    """A candidate that had not started (queued, waiting to retry) when its
+    contest was won: cancelled, as a cancel before start leaves it."""
+    task = f"{pipeline}:{name}"
+    base = previous or StatusRecord(state=RunState.CANCELLED, pipeline=pipeline, agent=name,
+                                    task=task)
+    record = replace(base, state=RunState.CANCELLED, reason=reason, ended_at=iso(now),
+                     pid=None, retry_at=None, retry_requested=False, checking=False,
+                     fingerprint=None, candidate_of=f"{pipeline}:{agent_name}")
+    return record, [Save(), Event("cancel", {"task": task, "reason": reason})]

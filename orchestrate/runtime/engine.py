@@ -18,6 +18,7 @@ from . import worktree
 from .executors import Executor, Observation, SubmitError, Unavailable
 from .executors.local import LocalExecutor
 from .executors.slurm import SlurmExecutor
+from .bestof import ContestKeeper
 from .fanout import FanoutKeeper, move_outputs_aside
 from .effects import EffectRunner
 from .faults import crash_point
@@ -160,6 +161,21 @@ class MergeRequests(StateView):
     def apply_change(self, record: StatusRecord, effects: t.Effects) -> None:
         self._engine.effects.run(record, effects)
 
+class ContestRequests(StateView):
+    """The best-of step's side of the engine (`bestof.ContestHost`): the
+    read-only view, a pure constructor's change recorded, a candidate cancelled."""
+
+    def apply_change(self, record: StatusRecord | None, effects: t.Effects) -> None:
+        self._engine.effects.run(record, effects)
+
+    def stop(self, agent: Agent, record: StatusRecord, reason: str) -> None:
+        engine = self._engine
+        agent = engine.workspace.agents_by_task.get(agent.task, agent)
+        engine.stop(agent, record, StopKind.CANCEL, reason)
+
+    def wake_by(self, at: float) -> None:
+        self._engine.wake_by(at)
+
 
 class _RunsBeingStopped:
     """The batch `stopping.drive` asks: runs by run id, one question per
@@ -250,6 +266,8 @@ class Engine:
         self.fanout_requests = FanoutRequests(self)   # and what the fan-out step may ask
         self.merge_requests = MergeRequests(self)     # and the merge queue
         self.telemetry = Telemetry(workspace, self.layout, clock)
+        self.contests = ContestKeeper(self.layout)
+        self.contest_requests = ContestRequests(self)  # and the best-of step
         self.effects = EffectRunner(self.layout, self.status_cache, self.signal_cache,
                                     self.executor_of, clock, self.wake_by,
                                     self.telemetry.attempt_ended)
@@ -289,8 +307,11 @@ class Engine:
         """A done agent's declared outputs that name no file now (a stat per
         plain path, a glob per pattern: the price of its inputs); only a
         done agent asks, as only its verdict can change by it."""
-        if record is None or record.state != "done" or not agent.outputs or agent.gate:
-            return ()   # a fan-out's own row: its instances have the outputs
+        if record is None or record.state != "done" or not agent.outputs or agent.gate \
+                or agent.candidate_of:
+            # a fan-out's own row: its instances have the outputs; a best_of
+            # candidate's worktree may now be its agent's (or gone: it lost)
+            return ()
         return tuple(expand_patterns(output_root(self.layout, agent), agent.outputs)[1])
 
     def watched(self) -> None:
@@ -320,7 +341,7 @@ class Engine:
         if name.startswith("."):       # our temporary files
             return False
         if path.parent == self.layout.runs_dir:
-            return name.endswith((".exit", ".checking", ".merged"))
+            return name.endswith((".exit", ".checking", ".merged", ".judged"))   # .judged: bestof.py
         if path.parent.parent == self.layout.status_dir:
             self.status_cache.mark_dirty(path)
             return self.status_cache.changed(path)
@@ -367,6 +388,8 @@ class Engine:
         expanded = self.fanouts.step(self.fanout_requests, agents)
         if expanded is not None:   # a planner's list became instances (or changed)
             agents = expanded
+        if expanded is not None or any(a.candidates for a in agents):
+            self.contests.step(self.contest_requests, agents)   # best_of: a winner chosen?
             records = self.records(agents)
         if self.merges.step(self.merge_requests):   # a branch landed, or was sent back
             records = self.records(agents)

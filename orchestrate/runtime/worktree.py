@@ -161,3 +161,54 @@ def diff(root: Path, agent: Agent, stat: bool = False) -> str:
     args = ["diff", "--no-color", "--no-ext-diff", *(["--stat"] if stat else []),
             fork_point(root, agent), branch(agent)]
     return _git(root, *args).stdout
+
+
+def discard(layout: Layout, agent: Agent) -> None:
+    """A best_of loser's worktree goes; its branch stays (until `doit clean`)."""
+    target = path(layout, agent)
+    if not target.exists() or not is_inside(layout.root, target):
+        return
+    if _git(layout.root, "worktree", "remove", "--force", str(target),
+            check=False).returncode != 0:   # not a worktree git knows: plain files
+        shutil.rmtree(target, ignore_errors=True)
+        _git(layout.root, "worktree", "prune", check=False)
+
+
+def adopt(layout: Layout, agent: Agent, candidate: Agent) -> Path:
+    """A best_of winner's worktree and work become the agent's: moved to the
+    agent's path, on the agent's branch (`orchestrate/<pipeline>/<agent>`,
+    at the winner's commit; the candidate's branch is kept). Each step can
+    be done again: a crash in between finishes it next time."""
+    root = layout.root
+    target, source = path(layout, agent), path(layout, candidate)
+    if not is_inside(root, target.parent):
+        raise WorktreeError(f"{target.parent} resolves outside the workspace; not touched")
+    if source.is_dir():   # still where the candidate ran: the agent's older one goes
+        if target.exists() or target.resolve() in _registered(root):
+            _git(root, "worktree", "remove", "--force", str(target), check=False)
+            shutil.rmtree(target, ignore_errors=True)
+            _git(root, "worktree", "prune")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        _git(root, "worktree", "move", str(source), str(target))
+    if not target.is_dir():   # the candidate's worktree is gone: its branch is not
+        _git(root, "worktree", "prune")
+        _git(root, "worktree", "add", "-B", branch(agent), str(target), branch(candidate))
+    _git(target, "checkout", "-B", branch(agent))
+    return target
+
+
+def diff_stat(layout: Layout, agent: Agent) -> str:
+    """`git diff --stat` of the worktree (committed and not, new files
+    included) against where its branch started, without touching its index."""
+    import os
+    import tempfile
+    target = path(layout, agent)
+    start = _git(target, "merge-base", "HEAD", _git(layout.root, "rev-parse", "HEAD")
+                 .stdout.strip(), check=False).stdout.strip() or "HEAD"
+    with tempfile.TemporaryDirectory() as scratch:
+        env = {**os.environ, "GIT_INDEX_FILE": os.path.join(scratch, "index")}
+        subprocess.run(["git", "-C", str(target), "add", "-A"], env=env, capture_output=True)
+        proc = subprocess.run(["git", "-C", str(target), "diff", "--cached", "--stat", start],
+                              env=env, capture_output=True, text=True)
+    return proc.stdout.strip()
+
