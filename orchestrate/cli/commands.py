@@ -7,6 +7,7 @@ name `orchestrate.commands`, which re-exports these.
 """
 from .cmd_base import OrchestrateCommand, interrupted
 from .cmd_cancel import Cancel
+from .cmd_diff import Diff
 from .cmd_forget import Forget
 from .cmd_info import Info
 from .cmd_logs import Logs
@@ -18,4 +19,4 @@ from .cmd_status import Status
 from .cmd_wait import Wait
 
 __all__ = ["OrchestrateCommand", "interrupted", "Run", "Retry", "Wait", "Status", "Logs",
-           "Signal", "Cancel", "Forget", "Info", "Graph", "Report", "Plan"]
+           "Signal", "Cancel", "Forget", "Info", "Graph", "Report", "Plan", "Diff"]

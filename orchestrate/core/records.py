@@ -74,6 +74,7 @@ class StatusRecord:
     log: str = ""
     task: str = ""
     run_id: str | None = None
+    trace_id: str | None = None         # the pipeline run's trace this run belongs to (telemetry)
     launches: int = 0
     pid_create_time: float | None = None
     fingerprint: str | None = None
@@ -105,6 +106,12 @@ class StatusRecord:
     retry_requested: bool = False       # `doit retry` asked for a fresh launch
     preset: str | None = None           # the CLI preset the run launched with (a fallback's?)
     via: str | None = None              # why a fallback preset ran: "via codex: claude ..."
+    # the next launch is a relaunch with feedback that resumes the session:
+    # "review" (`doit retry --feedback`) or "merge" (a merge sent back)
+    relaunch: str | None = None
+    merge: dict[str, Any] = field(default_factory=dict)   # its landing (core/landing.py)
+    candidate_of: str | None = None     # a best_of candidate: the task it competes for
+    winner: str | None = None           # a best_of agent's row: the candidate task that won
 
     @property
     def active(self) -> bool:

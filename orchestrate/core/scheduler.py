@@ -9,9 +9,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from .checks import is_check_relaunch
+from .bestof import contest_decision, mark_losers
+from .checks import is_feedback_relaunch
 from .fallback import Route, route
 from .fanout_gate import gate_decision
+from .landing import MERGE_POLL, merge_pending
 from .fingerprint import Fingerprint, config_digest, stale_reason
 from .spec import Agent, Workspace
 from .records import ACTIVE, RunState, StatusRecord
@@ -48,10 +50,13 @@ class Decision:
     launch: bool = False       # ready: the pass launches it (its state is pending)
     signal: str | None = None  # the external signal it waits on (`doit signal NAME`)
     via: str | None = None     # a fallback preset launches it (`agent` is that variant): why
+    lost: bool = False         # a best_of candidate that ended badly once its contest was over
 
     @property
     def cause(self) -> str | None:
         """The failed or cancelled task that this dead end goes back to."""
+        if self.lost:   # not a dead end: its agent's row says how the contest went
+            return None
         if self.state in (RunState.FAILED, RunState.CANCELLED):
             return self.agent.task
         return self.blocked_by
@@ -171,6 +176,10 @@ def decide(agent: Agent, facts: AgentFacts, decided: dict[str, Decision],
     if agent.gate:
         gated: Decision = gate_decision(agent, record, decided, signals)
         return gated
+    if agent.candidates:
+        contest: Decision = contest_decision(agent, record, decided, facts.signal_digest,
+                                             facts.missing_outputs, now)
+        return contest
     if record and record.state in ACTIVE:
         return Decision(agent, RunState.RUNNING, record.reason or "running")
     if record and record.state == RunState.CANCELLED and record.fingerprint is None:
@@ -189,6 +198,9 @@ def decide(agent: Agent, facts: AgentFacts, decided: dict[str, Decision],
         return Decision(agent, RunState.DONE, current.reason or "done", fingerprint, used)
     if current and current.state in (RunState.FAILED, RunState.CANCELLED):
         return Decision(agent, current.state, current.reason, fingerprint, used)
+    if current is not None and agent.merge and merge_pending(current):   # done, not landed
+        return Decision(agent, RunState.WAITING, current.reason, fingerprint, used, timed=True,
+                        wake_at=now + MERGE_POLL)
     attempt = 1
     reason = _why_stale(record, facts, fingerprint, _upstream_states(agent, record, decided))
     if current and current.state == RunState.WAITING and current.retry_at is not None:
@@ -197,7 +209,7 @@ def decide(agent: Agent, facts: AgentFacts, decided: dict[str, Decision],
                             wake_at=current.retry_at, attempt=current.attempt + 1)
         attempt = current.attempt + 1
         reason = f"attempt {attempt} of {agent.retries + 1}"
-        if is_check_relaunch(current):   # its reason says which check failed, and why
+        if is_feedback_relaunch(current):   # its reason says what failed, and why
             reason = current.reason
     if hold := capacity.held(agent, current):
         reason, blocked, wake_at = hold
@@ -288,4 +300,6 @@ def plan(workspace: Workspace, agents: list[Agent], facts: dict[str, AgentFacts]
     for agent in agents:
         decided[agent.task] = decide(agent, facts[agent.task], decided, signals,
                                      present_signals, capacity, now)
+        if agent.candidates:
+            mark_losers(agent, decided)
     return decided

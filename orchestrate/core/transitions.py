@@ -29,7 +29,7 @@ from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import Any
 
-from . import checks, standin
+from . import checks, landing, standin
 from .fallback import as_ran, ends_in_fallback
 from .fingerprint import digest_text
 from .policy import SIGKILL, SIGTERM, StopKind, backoff, limit_exceeded, next_limit, should_retry
@@ -424,10 +424,14 @@ def _finish(record: StatusRecord, agent: Agent, ended: Ended | None, now: float,
         record.result.get("rate_limited"))
     if not (record.state == RunState.FAILED and rate_limited):
         record = replace(record, rate_limit_hits=0)   # the row of rate limits is broken
-    kind = {RunState.DONE: "finish", RunState.CANCELLED: "cancel"}.get(record.state, "fail")
+    queued = landing.merge_pending(record)
+    kind = "finish" if queued else {RunState.DONE: "finish",
+                                    RunState.CANCELLED: "cancel"}.get(record.state, "fail")
     details: dict[str, Any] = {"task": agent.task, "run_id": record.run_id, "exit_code": code,
                                "reason": record.reason, "attempt": record.attempt}
     details.update(_spend(agent, record, ended, now))
+    if queued:
+        details["merge"] = "queued"
     if record.state == RunState.CANCELLED and rate_limited:   # the wall is real
         effects.append(_hold(agent, record, record.rate_limit_hits + 1, now))
     if (record.state == RunState.FAILED and rate_limited
@@ -435,7 +439,7 @@ def _finish(record: StatusRecord, agent: Agent, ended: Ended | None, now: float,
         record, hold = _rest_after_rate_limit(agent, record, now)
         effects.append(hold)
         details["retry_at"] = record.retry_at
-    elif record.state == RunState.WAITING:   # a check's relaunch
+    elif record.state == RunState.WAITING and not queued:   # a check's relaunch
         details["retry_at"] = record.retry_at
     elif should_retry(agent, record, stopped) and not check_failed:
         record = _retry_later(record, agent, now)
@@ -501,6 +505,8 @@ def _outcome(record: StatusRecord, agent: Agent, ended: Ended, now: float
         if not passed:
             return record, effects
     text = ended.signal_text or ""
+    if agent.merge:   # done means merged: the signal waits for its branch to land
+        return landing.queued(record, agent, text, ended_at, now), effects
     record = replace(record, state=RunState.DONE, exit_code=0, ended_at=ended_at,
                      reason=record.via or "done",
                      signal_digest=digest_text(text))
@@ -563,16 +569,18 @@ def launch_number(previous: StatusRecord | None) -> int:
 
 
 def launching(decision: Decision, previous: StatusRecord | None, run_id: str,
-              inputs: dict[str, list[Any]], log: str, now: float
-              ) -> tuple[StatusRecord, Effects]:
+              inputs: dict[str, list[Any]], log: str, now: float,
+              trace_id: str | None = None) -> tuple[StatusRecord, Effects]:
     """The record of a launch, before the executor is asked: a crash after
     it is recovered by its run id (`Found`, `NeverStarted`). It keeps what a
     relaunch must not forget (money spent, rate limits in a row, a check
-    series) and the limits of this launch (`standin`)."""
+    series) and the limits of this launch (`standin`); `trace_id`: the
+    pipeline run's trace (telemetry)."""
     agent, fingerprint = decision.agent, decision.fingerprint
     record = StatusRecord(
         state=RunState.LAUNCHING, pipeline=agent.pipeline, agent=agent.name, task=agent.task,
-        attempt=decision.attempt, run_id=run_id, launches=launch_number(previous),
+        attempt=decision.attempt, run_id=run_id, trace_id=trace_id,
+        launches=launch_number(previous),
         started_at=iso(now), started_epoch=now, reason=decision.reason, log=log,
         fingerprint=fingerprint.digest if fingerprint else None,
         config_digest=fingerprint.config if fingerprint else None,
@@ -581,7 +589,9 @@ def launching(decision: Decision, previous: StatusRecord | None, run_id: str,
         spent_usd=previous.spent_usd if previous else 0.0,
         rate_limit_hits=previous.rate_limit_hits if previous else 0,
         executor=agent.executor, limits=standin.launch_limits(agent),
-        preset=agent.preset, via=decision.via, **checks.carried(previous))
+        preset=agent.preset, via=decision.via,
+        candidate_of=f"{agent.pipeline}:{agent.candidate_of}" if agent.candidate_of else None,
+        **checks.carried(previous))
     if previous is not None and previous.preset not in (None, agent.preset):
         record = replace(record, resume_session=None)   # a session never moves between CLIs
     return record, [Save(durable=False)]
@@ -623,13 +633,17 @@ def feedback_given(record: StatusRecord | None, task: str, text: str, feedback_f
                    ) -> tuple[StatusRecord, Effects] | None:
     """`doit retry TASK --feedback FILE`: an agent that ran (done, failed or
     cancelled) is relaunched as after a failed check, the feedback file
-    named in its record so that the launch carries it (`checks.carried`);
-    a fresh session, attempts start over. None for any other."""
+    named in its record so that the launch carries it (`checks.carried`),
+    in the session its CLI reported last (resumed where the CLI can);
+    attempts start over. None for any other."""
     if record is None or record.state not in (RunState.DONE, *ENDED_BADLY):
         return None
+    session = record.result.get("session_id") or record.resume_session
     waiting = replace(record, state=RunState.WAITING, retry_at=0.0, fingerprint=None,
-                      attempt=0, reason=RETRY_REQUESTED, retry_requested=True,
-                      check_attempts=0, resume_session=None, feedback=feedback_file)
+                      attempt=0, reason=RETRY_REQUESTED,
+                      retry_requested=True, check_attempts=0, relaunch="review",
+                      resume_session=session if isinstance(session, str) else None,
+                      feedback=feedback_file, merge={})
     return waiting, [WriteFeedback(text), Save(),
                      Event("retry", {"task": task, "was": record.state, "feedback": True})]
 
@@ -662,3 +676,62 @@ def forgotten(record: StatusRecord | None, pipeline: str, name: str, verb: str =
     if record is not None and record.state in ACTIVE:
         return f"{task} is running; not {verb} (doit cancel {task} first)", []
     return None, [Forget(pipeline, name)]
+
+
+# -- best of N: a contest's rows (see core/bestof.py, runtime/bestof.py) ----------
+def contest_decided(agent: Agent, previous: StatusRecord | None, key: dict[str, str],
+                    winner: str | None, reason: str, signal_text: str | None, log: str,
+                    now: float) -> tuple[StatusRecord, Effects]:
+    """A best_of agent's row once its contest is over: done from the winner
+    (its signal written from the winner's outputs), or failed; `key`: the
+    candidates' runs it was decided on (a relaunch of any is a new contest)."""
+    done = winner is not None and signal_text is not None
+    digest = digest_text(signal_text) if done and signal_text is not None else None
+    state = RunState.DONE if done else (
+        RunState.CANCELLED if reason.startswith("cancelled") else RunState.FAILED)
+    row = StatusRecord(
+        state=state, pipeline=agent.pipeline,
+        agent=agent.name, task=agent.task, reason=reason, log=log,
+        started_at=previous.started_at if previous and previous.started_at else iso(now),
+        ended_at=iso(now), upstream=dict(key), signal_digest=digest,
+        winner=f"{agent.pipeline}:{winner}" if winner else None)
+    effects: Effects = [WriteSignal(signal_text)] if done and signal_text is not None else []
+    details: dict[str, Any] = {"task": agent.task, "reason": reason}
+    if row.winner:
+        details["winner"] = row.winner
+    kind = {RunState.DONE: "finish", RunState.CANCELLED: "cancel"}.get(state, "fail")
+    return row, effects + [RememberSignal(digest), Save(), Event(kind, details)]
+
+
+def contest_reopened(agent: Agent, previous: StatusRecord, now: float
+                     ) -> tuple[StatusRecord, Effects]:
+    """A candidate ran again: the old winner no longer stands for the agent."""
+    row = replace(previous, state=RunState.WAITING, reason="waiting on candidates",
+                  started_at=iso(now), ended_at=None, winner=None, retry_requested=False,
+                  checking=False)
+    return row, [Save()]
+
+
+def contest_judging(agent: Agent, previous: StatusRecord | None, reason: str, log: str,
+                    now: float) -> tuple[StatusRecord, Effects]:
+    """Every candidate has ended and several passed: the judge runs (the
+    row's `checking`: its contest is being decided)."""
+    base = previous or StatusRecord(state=RunState.WAITING, pipeline=agent.pipeline,
+                                    agent=agent.name, task=agent.task)
+    row = replace(base, state=RunState.WAITING, reason=reason, log=log, checking=True,
+                  started_at=iso(now), ended_at=None, winner=None, retry_requested=False)
+    return row, [Save(), Event("judge", {"task": agent.task, "reason": reason})]
+
+
+def candidate_withdrawn(previous: StatusRecord | None, pipeline: str, name: str,
+                        agent_name: str, reason: str, now: float
+                        ) -> tuple[StatusRecord, Effects]:
+    """A candidate that had not started (queued, waiting to retry) when its
+    contest was won: cancelled, as a cancel before start leaves it."""
+    task = f"{pipeline}:{name}"
+    base = previous or StatusRecord(state=RunState.CANCELLED, pipeline=pipeline, agent=name,
+                                    task=task)
+    record = replace(base, state=RunState.CANCELLED, reason=reason, ended_at=iso(now),
+                     pid=None, retry_at=None, retry_requested=False, checking=False,
+                     fingerprint=None, candidate_of=f"{pipeline}:{agent_name}")
+    return record, [Save(), Event("cancel", {"task": task, "reason": reason})]

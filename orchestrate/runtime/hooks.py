@@ -89,7 +89,7 @@ def standing(decision: Decision, rate_limited: dict[str, float], now: float) -> 
     """done; stuck (needs a person, or a rate limit to pass); follows (waits on
     an upstream that can still move); moving (runs, is ready, queued behind a
     cap, or waits out a retry's backoff)."""
-    if decision.state == RunState.DONE:
+    if decision.state == RunState.DONE or decision.lost:   # a best_of loser: as planned
         return "done"
     if decision.state in (RunState.FAILED, RunState.CANCELLED) or decision.blocked or decision.external:
         return "stuck"
