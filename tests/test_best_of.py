@@ -468,6 +468,7 @@ def test_with_merge_the_winner_lands_and_downstream_starts_after_the_merge(repo)
     sha = merged[0]["sha"]
     assert row["state"] == "done" and row["winner"] == "p:a@2"
     assert row["reason"] == f"merged into landed at {sha[:12]}"
+    assert row["run_id"] == ws.status("p", "a@2")["run_id"]        # its merge: that attempt's
     assert git(ws, "rev-parse", "landed").strip() == sha
     assert git(ws, "show", "landed:out.txt") == "two\n"            # the winner's change landed
     assert not any(e["task"].startswith("p:a@") for e in merged)   # no candidate merged itself
