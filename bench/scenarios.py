@@ -626,8 +626,14 @@ def slurm(sizes: Sizes) -> list[Row]:
                 "<= 0.01", "%", note="poll 2s: one squeue for all jobs")]
 
 
+def ray(sizes: Sizes) -> list[Row]:
+    """N agents as Ray jobs on the one-node test head (bench/ray_scenario.py)."""
+    from .ray_scenario import ray_scenario
+    return ray_scenario(sizes)
+
+
 ALL = [critical_path_scenarios, caller_block, launch_throughput, signal_to_launch, scale,
-       noop, status_ratio, memory, idle, idle_running, hooks, report_size, fanout, slurm]
+       noop, status_ratio, memory, idle, idle_running, hooks, report_size, fanout, slurm, ray]
 
 
 def run_all(sizes: Sizes, report, only: str | None = None) -> list[Row]:

@@ -18,7 +18,14 @@ from typing import Any, Callable
 from .causes import suggestion
 from .errors import UserError
 from .foreach import ForEach, check_foreach, fanout_problems, placeholder_problems
-from .settings import SlurmSettings, check_executor, check_resources, parse_slurm_table
+from .settings import (
+    RaySettings,
+    SlurmSettings,
+    check_executor,
+    check_resources,
+    parse_ray_table,
+    parse_slurm_table,
+)
 
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 _DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
@@ -160,6 +167,7 @@ class Workspace:
     hooks: Hooks = Hooks()
     executor: str = "local"
     slurm: SlurmSettings = SlurmSettings()
+    ray: RaySettings = RaySettings()
     agents_by_task: dict[str, Agent] = field(default_factory=dict, compare=False,
                                              repr=False)
     # Only from `load_workspace(root, lenient=True)`: what is wrong, and the
@@ -358,7 +366,7 @@ AGENT_KEYS: dict[str, tuple[str, Callable[[Any], Any]]] = {
 }
 PIPELINE_KEYS = ("description", "max_parallel", "budget_usd", "defaults", "agents", "hooks",
                  "executor")
-WORKSPACE_KEYS = ("max_parallel", "pools", "budget_usd", "hooks", "executor", "slurm")
+WORKSPACE_KEYS = ("max_parallel", "pools", "budget_usd", "hooks", "executor", "slurm", "ray")
 
 
 def parse_hooks(path: str, key: str, table: Any, problems: "Problems") -> Hooks:
@@ -629,4 +637,7 @@ def parse_workspace_config(path: str, data: dict[str, Any], problems: Problems) 
     if "slurm" in table:
         config["slurm"] = parse_slurm_table(table["slurm"], parse_duration,
                                             lambda key, message: problems.add(path, None, key, message))
+    if "ray" in table:
+        config["ray"] = parse_ray_table(table["ray"], parse_duration,
+                                        lambda key, message: problems.add(path, None, key, message))
     return config

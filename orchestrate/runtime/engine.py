@@ -17,6 +17,7 @@ from ..core import checks, transitions as t
 from . import worktree
 from .executors import Executor, Observation, SubmitError, Unavailable
 from .executors.local import LocalExecutor
+from .executors.ray import RayExecutor
 from .executors.slurm import SlurmExecutor
 from .fanout import FanoutKeeper, move_outputs_aside
 from .effects import EffectRunner
@@ -214,7 +215,7 @@ class Engine:
         least seconds between two questions to an executor that wakes us
         (local; a polled one is asked every `poll`); 0: every executor is
         asked at every pass (one-shot commands); `executors`: name -> executor (default:
-        local and slurm on this machine); `clock`: epoch seconds and `sleep`
+        local, slurm and ray); `clock`: epoch seconds and `sleep`
         (waiting for a stop), fake ones in tests."""
         self.workspace = workspace
         self.layout = Layout(workspace.root)
@@ -231,7 +232,8 @@ class Engine:
         self.fanouts = FanoutKeeper(self.layout)
         self.executors: dict[str, Executor] = executors or {
             "local": LocalExecutor(self.launcher),
-            "slurm": SlurmExecutor(self.layout, workspace.slurm, self.launcher, self.time_left)}
+            "slurm": SlurmExecutor(self.layout, workspace.slurm, self.launcher, self.time_left),
+            "ray": RayExecutor(self.layout, workspace.ray, self.launcher, self.time_left)}
         self.last_asked = {name: float("-inf") for name in self.executors}
         self.view = StateView(self)   # what keepers may read (hooks)
         self.fanout_requests = FanoutRequests(self)   # and what the fan-out step may ask
@@ -355,15 +357,16 @@ class Engine:
 
     def ask_executors(self, running: list[StatusRecord], now: float) -> dict[str, Observation]:
         """One question per executor for all of its runs, when due: local at
-        most every `liveness_interval`, Slurm every `poll` (one-shot
-        commands: now). Runs not asked count as alive until the next time."""
+        most every `liveness_interval`, Slurm and Ray every `poll` of their
+        table (one-shot commands: now). Runs not asked count as alive until
+        the next time."""
         seen: dict[str, Observation] = {}
         by_executor: dict[str, list[StatusRecord]] = {}
         for record in running:
             by_executor.setdefault(self.executor_of(record).name, []).append(record)
         for name, mine in by_executor.items():
             executor = self.executors[name]
-            every = (self.workspace.slurm.poll if executor.polled else self.liveness_interval) \
+            every = (self.poll_every(name) if executor.polled else self.liveness_interval) \
                 if self.liveness_interval else 0.0
             if now - self.last_asked[name] >= every:
                 self.last_asked[name] = now
@@ -373,6 +376,11 @@ class Engine:
             if executor.polled:
                 self.next_wake = min(self.next_wake, self.last_asked[name] + every)
         return seen
+
+    def poll_every(self, name: str) -> float:
+        """A polled executor's `poll`: its own table's (`[tool.orchestrate.ray]`
+        for ray), Slurm's for any other."""
+        return self.workspace.ray.poll if name == "ray" else self.workspace.slurm.poll
 
     def _just_launched(self, executor: str) -> None:
         """A run just launched is alive: its first liveness question is due

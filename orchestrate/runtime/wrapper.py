@@ -95,7 +95,8 @@ def signal_content(root: Path, agent: Agent, outputs: Iterable[str], run_id: str
 def remove_run_files(layout: Layout, run_id: str | None) -> None:
     exit_path = layout.exit_file(run_id or "")
     for path in (exit_path, claim_path(exit_path), layout.upstream_file(run_id or ""),
-                 layout.prompt_file(run_id or ""), *layout.check_files(run_id or "")):
+                 layout.prompt_file(run_id or ""), *layout.check_files(run_id or ""),
+                 exit_path.with_suffix(".ray.json"), exit_path.with_suffix(".unstarted")):
         path.unlink(missing_ok=True)
 
 
