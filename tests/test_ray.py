@@ -193,7 +193,9 @@ timeout = "20s"
     stubborn = rws.status("p", "stubborn")
     assert stubborn["state"] == "cancelled" and stubborn["reason"] == "cancelled by user"
     assert no_process_of(stubborn["run_id"])
-    assert job(rws.head, stubborn["job_id"])["status"] == "STOPPED"
+    stopped = job(rws.head, stubborn["job_id"])
+    assert stopped["status"] == "STOPPED"   # and Ray waited the agent's kill_grace, not its 3 s
+    assert stopped["runtime_env"]["env_vars"]["RAY_JOB_STOP_WAIT_TIME_S"] == "1"
     rws.wait_state("p", "slow", "failed", timeout=60)
     slow = rws.status("p", "slow")
     assert slow["reason"].startswith("timeout after 20s")
@@ -214,7 +216,7 @@ command = {json.dumps(rws.agent_cmd("--sleep", "120"))}
     api(rws.head, "POST", f"/api/jobs/{job_id}/stop", {})
     rws.wait_state("p", "a", "failed", timeout=60)
     reason = rws.status("p", "a")["reason"]
-    assert "ray: STOPPED Job was intentionally stopped." in reason, reason
+    assert reason == "exit 143 (SIGTERM): ray: STOPPED Job was intentionally stopped.", reason
     wait_until(lambda: no_process_of(job_id), 30, "the job's processes to end")
 
 
@@ -344,6 +346,11 @@ def test_ray_address_defaults_to_the_environment(ws):
     ws.write_pipeline("p", f'[agents.a]\ncommand = {json.dumps(ws.agent_cmd())}\n')
     ws.doit("wait", "p:a", env={"RAY_ADDRESS": f"http://127.0.0.1:{port}"}, check_rc=1)
     assert f"cannot reach the Jobs API at http://127.0.0.1:{port} (" in ws.status("p", "a")["reason"]
+    ws.doit("retry", "p:a", env={"RAY_ADDRESS": "auto"})   # Ray's own clients' word: not an URL
+    ws.doit("wait", "p:a", env={"RAY_ADDRESS": "auto"}, check_rc=1)
+    assert ws.status("p", "a")["reason"] == (
+        "could not start: ray: the Jobs API's address must be http(s)://HOST:PORT, got 'auto' "
+        "(set [tool.orchestrate.ray] address or RAY_ADDRESS)")
 
 
 @pytest.mark.parametrize("table,message", [
@@ -363,9 +370,18 @@ def test_a_bad_ray_table_is_a_pipeline_error(ws, table, message):
     assert ws.status("p", "a") is None
 
 
-def test_entrypoint_resources_and_reasons():
+def test_entrypoint_resources_reasons_and_environment():
     from orchestrate.core.settings import ray_entrypoint_resources
-    from orchestrate.runtime.executors.ray import ended_reason
+    from orchestrate.runtime.executors.ray import ended_reason, observation
+    from orchestrate.runtime.executors.ray_entry import job_environment
+    assert job_environment({"PATH": "/ours", "RAY_ADDRESS": "http://head:8265", "A": "1"},
+                           {"PATH": "/rays", "RAY_ADDRESS": "10.0.0.5:6379",
+                            "CUDA_VISIBLE_DEVICES": "1", "HOME": "/ray"}) == \
+        {"PATH": "/ours", "RAY_ADDRESS": "10.0.0.5:6379", "A": "1", "CUDA_VISIBLE_DEVICES": "1"}
+    gone = observation("p.a.1.x", {})
+    assert not gone.alive and not gone.known
+    assert gone.ended_as == "ray: job p.a.1.x is no longer known to Ray"
+    assert observation("p.a.1.x", {"p.a.1.x": ("PENDING", "")}).alive
     assert ray_entrypoint_resources((("cpus", 2), ("gpus", 1), ("mem", "4G"), ("time", 60.0))) \
         == {"entrypoint_num_cpus": 2, "entrypoint_num_gpus": 1, "entrypoint_memory": 4 << 30}
     assert ray_entrypoint_resources((("mem", "100"),)) == {"entrypoint_memory": 100 << 20}
