@@ -55,6 +55,21 @@ def _ray_table(root: Path, address: str, poll: str) -> None:
                      f'address = "{address}"\npoll = "{poll}"\n')
 
 
+def _raw_submit_rate(head, count: int) -> float:
+    """POST /api/jobs/ alone, one after the other: the ceiling of any
+    submitter. The jobs ask for a resource no node has, so Ray keeps them
+    PENDING and starts nothing (the head is stopped after the run)."""
+    import urllib.request
+    started = time.perf_counter()
+    for i in range(count):
+        body = json.dumps({"entrypoint": "true", "submission_id": f"raw{i}",
+                           "entrypoint_resources": {"nowhere": 1}}).encode()
+        request = urllib.request.Request(f"{head.address}/api/jobs/", data=body, method="POST",
+                                         headers={"Content-Type": "application/json"})
+        urllib.request.urlopen(request, timeout=60).read()
+    return count / (time.perf_counter() - started)
+
+
 def _many(head, n: int, seconds: float) -> tuple[float, float, float]:
     """(submitted per second, advancer CPU % of a core per live job, cancel seconds)."""
     text = "".join(f'[agents.a{i}]\ncommand = "sleep 600"\nresources = {{ cpus = 1 }}\n'
@@ -97,7 +112,7 @@ def ray_scenario(sizes) -> list:
         return []
     module = _ray_cluster()
     n = sizes.throughput_agents
-    rates, cpus, cancels, gaps, fast_gaps = [], [], [], [], []
+    rates, cpus, cancels, gaps, fast_gaps, raw = [], [], [], [], [], []
     for run in range(sizes.runs):
         # a fresh head each run: the jobs a cancel left PENDING are started
         # (and end at once) by Ray later, which would load the next run
@@ -113,6 +128,7 @@ def ray_scenario(sizes) -> list:
                 gaps += _end_to_downstream(head, links, "2s")
                 fast_gaps += _end_to_downstream(head, links, "200ms")
             rate, cpu, cancel = _many(head, n, max(2.0, sizes.idle_seconds))
+            raw.append(_raw_submit_rate(head, 50))
             rates.append(rate)
             cpus.append(cpu)
             cancels.append(cancel)
@@ -120,11 +136,13 @@ def ray_scenario(sizes) -> list:
             head.stop()
     name = f"ray: {n} agents on the one-node test head"
     return [Row(name, "submitted per second", rates, ">= 10", "/s",
-                note="one POST /api/jobs/ each; 8 run, the rest PENDING in Ray"),
+                note=f"one POST /api/jobs/ each; 8 run, the rest PENDING in Ray; a raw POST "
+                     f"loop: {min(raw):.1f}-{max(raw):.1f}/s",
+                extra={"raw_post_per_s": raw}),
             Row(name, "advancer CPU % of a core per live job", cpus, "<= 0.01", "%",
                 note="poll 2s: one GET /api/jobs/ for all jobs"),
             Row(name, "doit cancel of all, seconds", cancels, "<= 20", "s",
-                note="a stop POST per running job, 8 at a time; PENDING ones claimed"),
+                note="a stop POST per job, 8 threads; PENDING ones claimed"),
             Row("ray: a chain of jobs", "job end to downstream submission, poll 2s", gaps,
                 "<= 3", "s", note=f"median of {len(gaps)} links; settled at Ray's next poll"),
             Row("ray: a chain of jobs", "job end to downstream submission, poll 200ms",

@@ -49,6 +49,7 @@ DEFAULT_ADDRESS = "http://127.0.0.1:8265"
 LIVE_STATUSES = frozenset({"PENDING", "RUNNING"})
 REQUEST_TIMEOUT = 30.0
 STOP_TIMEOUT = 10.0   # a stop must not hang a pass; the next round asks again
+STOP_THREADS = 8
 ENTRY = Path(__file__).with_name("ray_entry.py")
 
 
@@ -118,6 +119,9 @@ class RayExecutor:
         self.launcher = launcher   # builds the command exactly as for a local agent
         self.time_left = time_left   # seconds its engine has left (None: no bound)
         self.address = ray_address(settings, dict(os.environ if environ is None else environ))
+        self._pool: Any = None          # the stop threads (`_stop_pool`), made when first needed
+        self._pool_pid = 0
+        self._stopping: set[str] = set()   # job ids whose stop request is in flight
 
     # -- the Jobs API ------------------------------------------------------
     def _request(self, method: str, path: str, body: dict | None = None,
@@ -223,23 +227,39 @@ class RayExecutor:
 
     def stop(self, records: list[StatusRecord], sig: int) -> None:
         """Ray's job stop for each (SIGTERM, SIGKILL after the job's grace);
-        a SIGKILL asks again (Ray has no stronger stop). What fails now is
-        asked again at the next round. Many at once: a few in parallel, so a
-        cancel of hundreds stays within its bound."""
-        jobs = [r.job_id for r in records if r.job_id]
-        if len(jobs) <= 1:
-            for job in jobs:
-                self._stop_one(job)
-            return
-        from concurrent.futures import ThreadPoolExecutor
-        with ThreadPoolExecutor(max_workers=min(8, len(jobs))) as pool:
-            list(pool.map(self._stop_one, jobs))
+        a SIGKILL asks again (Ray has no stronger stop). The requests go out
+        on a few threads of this process and `stop` returns at once: the
+        effect runner stops runs one by one, and a few hundred POSTs in a
+        row (0.1-0.3 s each on a busy head) would hold the pass, and the
+        scheduling lock, for a minute. Whoever waits for the stop asks the
+        listing (`remaining`) until Ray says the jobs ended; a request that
+        fails is made again by the next round's SIGKILL. The process waits
+        for the requests it queued when it exits, each bounded by the time
+        its engine has left."""
+        pool = self._stop_pool()
+        for job in [r.job_id for r in records if r.job_id]:
+            if job not in self._stopping:   # one request in flight per job
+                self._stopping.add(job)
+                pool.submit(self._stop_one, job)
+
+    def _stop_pool(self) -> Any:
+        """The threads that send stops, made again in a forked child (the
+        advancer), where its parent's threads do not exist."""
+        if self._pool is None or self._pool_pid != os.getpid():
+            from concurrent.futures import ThreadPoolExecutor
+            self._pool = ThreadPoolExecutor(max_workers=STOP_THREADS,
+                                            thread_name_prefix="ray-stop")
+            self._pool_pid = os.getpid()
+            self._stopping = set()
+        return self._pool
 
     def _stop_one(self, job_id: str) -> None:
         try:
             self._request("POST", f"/api/jobs/{job_id}/stop", {}, timeout=STOP_TIMEOUT)
         except (HttpError, RayUnavailable):
             pass
+        finally:
+            self._stopping.discard(job_id)
 
     def remaining(self, records: list[StatusRecord]) -> set[str]:
         """The runs whose jobs are still pending or running, from one listing;
