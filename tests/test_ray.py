@@ -163,6 +163,8 @@ resources = {{ cpus = 1 }}
     wait_until(lambda: rws.launches("hog"), 60, "the hog to start")
     rws.doit("p:small", check_rc=0)
     small = wait_until(lambda: (rws.status("p", "small") or {}).get("job_id"), 60, "a job id")
+    wait_until(lambda: "waiting for resources" in job(rws.head, small)["message"], 60,
+               "Ray to say the job waits for CPUs")
     assert job(rws.head, small)["status"] == "PENDING"
     assert rws.state_of("p", "small") == "running"
     rws.doit("cancel", "p:small", timeout=60, check_rc=0)
