@@ -431,3 +431,28 @@ def test_the_engine_asks_a_ray_executor_every_ray_poll(tmp_path):
     assert ray.asked == [began + 5.0]
     record = engine.records(agents)["p:a"]
     assert record.state == "failed" and "ray: FAILED" in record.reason, record.reason
+
+
+def test_a_pass_without_ray_agents_imports_neither_ray_nor_urllib(ws):
+    """The Ray executor costs a workspace without Ray agents nothing: a pass
+    that launches and watches a local agent imports no HTTP client (and
+    never `ray`: the Jobs API is spoken with urllib, imported on first use)."""
+    import subprocess
+    import sys
+    ws.write_pipeline("p", f'[agents.a]\ncommand = {json.dumps(ws.agent_cmd())}\n')
+    script = """
+import sys
+from pathlib import Path
+from orchestrate.core.selection import select
+from orchestrate.runtime.engine import Engine
+from orchestrate.runtime.workspace import load_workspace
+workspace = load_workspace(Path(sys.argv[1]))
+engine = Engine(workspace)
+agents = select(workspace, ["p:a"])
+engine.launch_all(engine.run_pass(agents))
+engine.run_pass(agents)
+print(sorted(m for m in ("ray", "urllib.request", "http.client") if m in sys.modules))
+"""
+    out = subprocess.run([sys.executable, "-c", script, str(ws.root)], capture_output=True,
+                         text=True, cwd=ws.root)
+    assert out.returncode == 0 and out.stdout.strip() == "[]", out.stdout + out.stderr
