@@ -81,7 +81,7 @@ class RayHead:
     def start(self, timeout: float = 90.0) -> "RayHead":
         ray = ray_binary()
         if not os.access(ray, os.X_OK):
-            raise HeadUnavailable(f"{ray} not found (install: {INSTALL})")
+            raise HeadUnavailable(f"{ray} not found")
         gcs, dashboard, manager, objects, client, agent_http, agent_grpc, metrics, \
             runtime_env = _free_ports(9)
         argv = [str(ray), "start", "--head", f"--port={gcs}",

@@ -25,7 +25,7 @@ def ray_head():
         head.start()
     except HeadUnavailable as err:
         if os.environ.get("CI") == "true":
-            pytest.fail(f"Ray test head did not start: {err}")
+            pytest.fail(f"Ray test head did not start: {err}; install: {INSTALL}")
         pytest.skip(f"no Ray test head ({err}); install: {INSTALL}")
     try:
         yield head

@@ -236,6 +236,7 @@ class RayExecutor:
         fails is made again by the next round's SIGKILL. The process waits
         for the requests it queued when it exits, each bounded by the time
         its engine has left."""
+        return
         pool = self._stop_pool()
         for job in [r.job_id for r in records if r.job_id]:
             if job not in self._stopping:   # one request in flight per job
