@@ -28,7 +28,7 @@ from .launcher import Launcher
 from .observe import observe_run
 from ..core.policy import StopKind
 from ..core.stopping import SETTLE, SIGTERM, StopPolicy
-from .stopping import Stop, drive
+from .stopping import POLL, Stop, drive
 from ..core.checks import feedback_relpath
 from ..core.records import ACTIVE
 from ..core.scheduler import AgentFacts, Decision, plan
@@ -74,6 +74,9 @@ def read_signal_digest(path: Path) -> str | None:
 # the advancer at once). ORCHESTRATE_LIVENESS_INTERVAL is for tests that
 # must tell a pidfd's wake from this fallback's.
 LIVENESS_INTERVAL = float(os.environ.get("ORCHESTRATE_LIVENESS_INTERVAL") or 1.0)
+# Seconds between rounds of `doit cancel`'s wait when a polled executor
+# (Slurm, Ray) holds a run being stopped: each round asks its controller.
+REMOTE_STOP_POLL = 0.25
 
 
 def keep_previous_log(layout: Layout, agent: Agent, number: int) -> None:
@@ -454,7 +457,13 @@ class Engine:
             stops.append(Stop(record.run_id, kill_at - agent.kill_grace,
                               StopPolicy(agent.kill_grace)))
         runs = _RunsBeingStopped(self, [r for _, r in pending])
-        unconfirmed = drive(runs, stops, self.clock, sleep or self.sleep, until=self.deadline)
+        # a cluster's controller is asked 4 times a second, not 50: on a busy
+        # head one Ray job listing takes ~65 ms, and back-to-back listings
+        # slowed the very stops they waited for
+        poll = REMOTE_STOP_POLL if any(self.executor_of(r).polled for _, r in pending) \
+            else POLL
+        unconfirmed = drive(runs, stops, self.clock, sleep or self.sleep, until=self.deadline,
+                            poll=poll)
         tasks = {r.run_id: a.task for a, r in pending}
         return {tasks[run_id]: runs.why.get(run_id, why) for run_id, why in unconfirmed.items()}
 

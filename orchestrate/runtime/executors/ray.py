@@ -236,7 +236,6 @@ class RayExecutor:
         fails is made again by the next round's SIGKILL. The process waits
         for the requests it queued when it exits, each bounded by the time
         its engine has left."""
-        return
         pool = self._stop_pool()
         for job in [r.job_id for r in records if r.job_id]:
             if job not in self._stopping:   # one request in flight per job
@@ -255,7 +254,12 @@ class RayExecutor:
         return self._pool
 
     def _stop_one(self, job_id: str) -> None:
+        """One job's stop, unless its run was found PENDING and claimed since
+        it was queued (`_never_runs`): Ray's stop would only wait in its
+        queue, and hundreds of them would delay the running jobs' stops."""
         try:
+            if self.layout.exit_file(job_id).with_suffix(".unstarted").exists():
+                return   # the submission id is the run id
             self._request("POST", f"/api/jobs/{job_id}/stop", {}, timeout=STOP_TIMEOUT)
         except (HttpError, RayUnavailable):
             pass
