@@ -770,9 +770,15 @@ def best_of(sizes: Sizes) -> list[Row]:
     return scenario(sizes)
 
 
+def ray(sizes: Sizes) -> list[Row]:
+    """N agents as Ray jobs on the one-node test head (bench/ray_scenario.py)."""
+    from .ray_scenario import ray_scenario
+    return ray_scenario(sizes)
+
+
 ALL = [critical_path_scenarios, caller_block, launch_throughput, signal_to_launch, scale,
        noop, status_ratio, memory, idle, idle_running, hooks, report_size, fanout, merge_queue,
-       slurm, telemetry, best_of]
+       slurm, telemetry, best_of, ray]
 
 
 def run_all(sizes: Sizes, report, only: str | None = None) -> list[Row]:

@@ -55,7 +55,7 @@ def test_slurm_table_and_resources_parse(tmp_path):
 
 
 @pytest.mark.parametrize("text,expected", [
-    ('executor = "k8s"', "key 'executor': expected one of \"local\", \"slurm\", got 'k8s'"),
+    ('executor = "k8s"', "key 'executor': expected one of \"local\", \"slurm\", \"ray\", got 'k8s'"),
     ('resources = { mem = "4X" }', "key 'resources': mem: expected a memory size"),
     ('resources = { cpus = 0 }', "key 'resources': cpus: expected an integer >= 1"),
     ('resources = { disk = 1 }', "key 'resources': unknown resource 'disk'"),

@@ -147,7 +147,7 @@ def status_row(decision: Decision, record: StatusRecord | None) -> tuple[str, ..
     current = decision.state in ("running", "done", "failed", "cancelled")
     attempt = str(record.attempt) if current and record and record.attempt else ""
     if record is not None and record.job_id and not decision.launch:
-        reason = f"{reason}, slurm job {record.job_id}".lstrip(", ")
+        reason = f"{reason}, {record.executor} job {record.job_id}".lstrip(", ")
     return (decision.agent.task, state, elapsed(record) if current else "", attempt, reason,
             *usage_cells(record))
 

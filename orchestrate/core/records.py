@@ -96,8 +96,8 @@ class StatusRecord:
     check_attempts: int = 0             # failed checks in this series (not retries)
     feedback: str | None = None         # the feedback file a check relaunch gets
     resume_session: str | None = None   # the CLI session a check relaunch resumes
-    executor: str = "local"             # where the run lives: "local" or "slurm"
-    job_id: str | None = None           # the Slurm job, once sbatch has answered
+    executor: str = "local"             # where the run lives: "local", "slurm" or "ray"
+    job_id: str | None = None           # the Slurm job id, or the Ray job's submission id
     # what watching and stopping the run needs, as declared at its launch
     # (timeout, stall_timeout, kill_grace, check, preset): a run whose
     # declaration is gone is still watched and stopped by these (`standin`)

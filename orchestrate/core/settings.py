@@ -1,5 +1,6 @@
-"""The executor keys, validated (pure): `executor`, agent `resources` and
-`[tool.orchestrate.slurm]`, and what they become on sbatch's command line.
+"""The executor keys, validated (pure): `executor`, agent `resources`,
+`[tool.orchestrate.slurm]` and `[tool.orchestrate.ray]`, and what they become
+on sbatch's command line and in a Ray job's entrypoint resources.
 
 Checks raise ValueError with the message `spec` puts after file, agent and
 key, like every other key's check.
@@ -10,11 +11,13 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable
 
-EXECUTORS = ("local", "slurm")
+EXECUTORS = ("local", "slurm", "ray")
 RESOURCE_KEYS = ("cpus", "mem", "gpus", "time")
 SLURM_KEYS = ("partition", "account", "qos", "sbatch_args", "poll")
+RAY_KEYS = ("address", "poll")
 DEFAULT_POLL = 2.0
 _MEMORY_RE = re.compile(r"[1-9][0-9]*[KMGT]?", re.IGNORECASE)
+_MEMORY_UNITS = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
 
 @dataclass(frozen=True)
@@ -27,9 +30,18 @@ class SlurmSettings:
     poll: float = DEFAULT_POLL
 
 
+@dataclass(frozen=True)
+class RaySettings:
+    """`[tool.orchestrate.ray]`: the cluster's Jobs API and how often it is
+    asked. `address` None: RAY_ADDRESS, else http://127.0.0.1:8265 (the
+    environment is the runtime's to read)."""
+    address: str | None = None
+    poll: float = DEFAULT_POLL
+
+
 def check_executor(value: Any) -> str:
     if value not in EXECUTORS:
-        raise ValueError(f'expected one of "local", "slurm", got {value!r}')
+        raise ValueError(f'expected one of "local", "slurm", "ray", got {value!r}')
     return str(value)
 
 
@@ -98,6 +110,66 @@ def parse_slurm_table(table: Any, parse_duration: Callable[[Any], float],
         else:
             fields[key] = item
     return SlurmSettings(**fields)
+
+
+def check_ray_address(value: Any) -> str:
+    """The Jobs API's address: the dashboard's http(s) URL (not the GCS port)."""
+    if not isinstance(value, str) or not value.startswith(("http://", "https://")) \
+            or len(value.split("://", 1)[1].strip("/")) == 0:
+        raise ValueError(f'expected the Jobs API\'s URL like "http://127.0.0.1:8265", '
+                         f'got {value!r}')
+    return value.rstrip("/")
+
+
+def _poll(item: Any, parse_duration: Callable[[Any], float]) -> float:
+    poll = parse_duration(item)
+    if poll <= 0:
+        raise ValueError("expected a duration > 0")
+    return poll
+
+
+def parse_ray_table(table: Any, parse_duration: Callable[[Any], float],
+                    add: Callable[[str, str], None]) -> RaySettings:
+    """`[tool.orchestrate.ray]`; each problem goes to `add(key, message)`."""
+    if not isinstance(table, dict):
+        add("tool.orchestrate.ray", "expected a table")
+        return RaySettings()
+    fields: dict[str, Any] = {}
+    checks: dict[str, Callable[[Any], Any]] = {
+        "address": check_ray_address, "poll": lambda item: _poll(item, parse_duration)}
+    for key, item in table.items():
+        where = f"tool.orchestrate.ray.{key}"
+        if key not in checks:
+            add(where, f"unknown key (known keys: {', '.join(sorted(RAY_KEYS))})")
+            continue
+        try:
+            fields[key] = checks[key](item)
+        except ValueError as err:
+            add(where, str(err))
+    return RaySettings(**fields)
+
+
+def memory_bytes(size: str) -> int:
+    """A checked memory size ("512M", "4G", "100") -> bytes (no suffix: megabytes)."""
+    unit = size[-1].upper()
+    if unit in _MEMORY_UNITS:
+        return int(size[:-1]) * _MEMORY_UNITS[unit]
+    return int(size) * _MEMORY_UNITS["M"]
+
+
+def ray_entrypoint_resources(resources: tuple[tuple[str, Any], ...]) -> dict[str, int]:
+    """An agent's `resources` as a Ray job's entrypoint resources: cpus ->
+    entrypoint_num_cpus, gpus -> entrypoint_num_gpus, mem -> entrypoint_memory
+    (bytes). `time` has no Ray counterpart: the agent's `timeout` limits it."""
+    wanted = dict(resources)
+    fields = {}
+    if "cpus" in wanted:
+        fields["entrypoint_num_cpus"] = wanted["cpus"]
+    if wanted.get("gpus"):
+        fields["entrypoint_num_gpus"] = wanted["gpus"]
+    if "mem" in wanted:
+        fields["entrypoint_memory"] = memory_bytes(wanted["mem"])
+    return fields
 
 
 def slurm_time(seconds: float) -> str:

@@ -20,8 +20,16 @@ from .causes import suggestion
 from .errors import UserError
 from .fallback import DEFAULT_AFTER, FallbackPreset, check_after, check_fallback
 from .foreach import ForEach, check_foreach, fanout_problems, placeholder_problems
-from .settings import (SlurmSettings, TelemetrySettings, check_executor, check_resources,
-                       parse_slurm_table, parse_telemetry_table)
+from .settings import (
+    RaySettings,
+    SlurmSettings,
+    TelemetrySettings,
+    check_executor,
+    check_resources,
+    parse_ray_table,
+    parse_slurm_table,
+    parse_telemetry_table,
+)
 
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 _DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
@@ -184,6 +192,7 @@ class Workspace:
     hooks: Hooks = Hooks()
     executor: str = "local"
     slurm: SlurmSettings = SlurmSettings()
+    ray: RaySettings = RaySettings()
     telemetry: TelemetrySettings = TelemetrySettings()
     agents_by_task: dict[str, Agent] = field(default_factory=dict, compare=False,
                                              repr=False)
@@ -413,7 +422,7 @@ AGENT_KEYS: dict[str, tuple[str, Callable[[Any], Any]]] = {
 }
 PIPELINE_KEYS = ("description", "max_parallel", "budget_usd", "defaults", "agents", "hooks",
                  "executor")
-WORKSPACE_KEYS = ("max_parallel", "pools", "budget_usd", "hooks", "executor", "slurm",
+WORKSPACE_KEYS = ("max_parallel", "pools", "budget_usd", "hooks", "executor", "slurm", "ray",
                   "telemetry")
 
 
@@ -711,6 +720,9 @@ def parse_workspace_config(path: str, data: dict[str, Any], problems: Problems) 
     if "slurm" in table:
         config["slurm"] = parse_slurm_table(table["slurm"], parse_duration,
                                             lambda key, message: problems.add(path, None, key, message))
+    if "ray" in table:
+        config["ray"] = parse_ray_table(table["ray"], parse_duration,
+                                        lambda key, message: problems.add(path, None, key, message))
     if "telemetry" in table:
         config["telemetry"] = parse_telemetry_table(
             table["telemetry"], lambda key, message: problems.add(path, None, key, message))

@@ -17,6 +17,7 @@ from ..core import checks, transitions as t
 from . import worktree
 from .executors import Executor, Observation, SubmitError, Unavailable
 from .executors.local import LocalExecutor
+from .executors.ray import RayExecutor
 from .executors.slurm import SlurmExecutor
 from .bestof import ContestKeeper
 from .fanout import FanoutKeeper, move_outputs_aside
@@ -30,7 +31,7 @@ from .telemetry import Telemetry
 from .observe import observe_run
 from ..core.policy import StopKind
 from ..core.stopping import SETTLE, SIGTERM, StopPolicy
-from .stopping import Stop, drive
+from .stopping import POLL, Stop, drive
 from ..core.checks import feedback_relpath
 from ..core.records import ACTIVE
 from ..core.scheduler import AgentFacts, Decision, plan
@@ -76,6 +77,9 @@ def read_signal_digest(path: Path) -> str | None:
 # the advancer at once). ORCHESTRATE_LIVENESS_INTERVAL is for tests that
 # must tell a pidfd's wake from this fallback's.
 LIVENESS_INTERVAL = float(os.environ.get("ORCHESTRATE_LIVENESS_INTERVAL") or 1.0)
+# Seconds between rounds of `doit cancel`'s wait when a polled executor
+# (Slurm, Ray) holds a run being stopped: each round asks its controller.
+REMOTE_STOP_POLL = 0.25
 
 
 def keep_previous_log(layout: Layout, agent: Agent, number: int) -> None:
@@ -251,7 +255,7 @@ class Engine:
         least seconds between two questions to an executor that wakes us
         (local; a polled one is asked every `poll`); 0: every executor is
         asked at every pass (one-shot commands); `executors`: name -> executor (default:
-        local and slurm on this machine); `clock`: epoch seconds and `sleep`
+        local, slurm and ray); `clock`: epoch seconds and `sleep`
         (waiting for a stop), fake ones in tests; `make_dirs`: False for a
         look that must write nothing (`doit plan`)."""
         self.workspace = workspace
@@ -271,7 +275,8 @@ class Engine:
         self.merges = MergeQueue(self.layout)
         self.executors: dict[str, Executor] = executors or {
             "local": LocalExecutor(self.launcher),
-            "slurm": SlurmExecutor(self.layout, workspace.slurm, self.launcher, self.time_left)}
+            "slurm": SlurmExecutor(self.layout, workspace.slurm, self.launcher, self.time_left),
+            "ray": RayExecutor(self.layout, workspace.ray, self.launcher, self.time_left)}
         self.last_asked = {name: float("-inf") for name in self.executors}
         self.view = StateView(self)   # what keepers may read (hooks)
         self.fanout_requests = FanoutRequests(self)   # and what the fan-out step may ask
@@ -418,15 +423,16 @@ class Engine:
 
     def ask_executors(self, running: list[StatusRecord], now: float) -> dict[str, Observation]:
         """One question per executor for all of its runs, when due: local at
-        most every `liveness_interval`, Slurm every `poll` (one-shot
-        commands: now). Runs not asked count as alive until the next time."""
+        most every `liveness_interval`, Slurm and Ray every `poll` of their
+        table (one-shot commands: now). Runs not asked count as alive until
+        the next time."""
         seen: dict[str, Observation] = {}
         by_executor: dict[str, list[StatusRecord]] = {}
         for record in running:
             by_executor.setdefault(self.executor_of(record).name, []).append(record)
         for name, mine in by_executor.items():
             executor = self.executors[name]
-            every = (self.workspace.slurm.poll if executor.polled else self.liveness_interval) \
+            every = (self.poll_every(name) if executor.polled else self.liveness_interval) \
                 if self.liveness_interval else 0.0
             if now - self.last_asked[name] >= every:
                 self.last_asked[name] = now
@@ -436,6 +442,11 @@ class Engine:
             if executor.polled:
                 self.next_wake = min(self.next_wake, self.last_asked[name] + every)
         return seen
+
+    def poll_every(self, name: str) -> float:
+        """A polled executor's `poll`: its own table's (`[tool.orchestrate.ray]`
+        for ray), Slurm's for any other."""
+        return self.workspace.ray.poll if name == "ray" else self.workspace.slurm.poll
 
     def _just_launched(self, executor: str) -> None:
         """A run just launched is alive: its first liveness question is due
@@ -509,7 +520,13 @@ class Engine:
             stops.append(Stop(record.run_id, kill_at - agent.kill_grace,
                               StopPolicy(agent.kill_grace)))
         runs = _RunsBeingStopped(self, [r for _, r in pending])
-        unconfirmed = drive(runs, stops, self.clock, sleep or self.sleep, until=self.deadline)
+        # a cluster's controller is asked 4 times a second, not 50: on a busy
+        # head one Ray job listing takes ~65 ms, and back-to-back listings
+        # slowed the very stops they waited for
+        poll = REMOTE_STOP_POLL if any(self.executor_of(r).polled for _, r in pending) \
+            else POLL
+        unconfirmed = drive(runs, stops, self.clock, sleep or self.sleep, until=self.deadline,
+                            poll=poll)
         tasks = {r.run_id: a.task for a, r in pending}
         return {tasks[run_id]: runs.why.get(run_id, why) for run_id, why in unconfirmed.items()}
 

@@ -108,7 +108,8 @@ def remove_run_files(layout: Layout, run_id: str | None) -> None:
     for path in (exit_path, claim_path(exit_path), layout.upstream_file(run_id or ""),
                  layout.prompt_file(run_id or ""), layout.setup_failed(run_id or ""),
                  layout.commit_failed(run_id or ""),
-                 *layout.check_files(run_id or "")):
+                 *layout.check_files(run_id or ""),
+                 exit_path.with_suffix(".ray.json"), exit_path.with_suffix(".unstarted")):
         path.unlink(missing_ok=True)
 
 

@@ -3,15 +3,16 @@
 An executor knows about the runs it holds, and nothing about scheduling:
 `submit` starts the wrapped agent and returns a handle that the status record
 keeps; `observe` answers for many runs in ONE call (one look at /proc
-locally, one `squeue` on Slurm); `track` says what stopping a run will need
+locally, one `squeue` on Slurm, one job listing on Ray); `track` says what stopping a run will need
 (locally its descendants) or that the record does not prove the process is
 ours; `stop` signals many runs with everything they started, and
 `remaining` says which of many stopped runs still have a process, each in
-one round (one `scancel`, one `squeue`); `find` locates a run by its run id
+one round (one `scancel`, one `squeue`; on Ray a stop per job, one listing); `find` locates a run by its run id
 alone, after a crash that lost its handle; `reap` collects the processes it
 started in this process that have exited (no zombie outlives a pass).
 `local` is this machine's process table (`processes`; the advancer sleeps
 on its wrappers' pidfds through `pidwatch`); `slurm` submits batch jobs;
+`ray` submits Ray jobs through the Jobs REST API;
 `fake` is a fake with a fake clock, for tests.
 
 Outcomes stay the wrapper's: its exit record on the (shared) filesystem.
@@ -100,4 +101,4 @@ class Executor(Protocol):
 
 def is_remote(record: "StatusRecord") -> bool:
     """Runs whose life the local process table cannot see."""
-    return record.executor == "slurm"
+    return record.executor in ("slurm", "ray")
