@@ -129,6 +129,8 @@ NOT_A_RUN = {
     ("runtime/stopping.py", "os.killpg("): "a check's or a hook's group, child of its supervisor",
     ("runtime/faults.py", "os.kill("): "a crash point kills its own process",
     ("runtime/state.py", "/proc/"): "/proc/self/fd: where a state folder really is",
+    ("runtime/bestof.py", "executors.processes"):
+        "a best_of judge's supervisor (pid and start time), not an agent's run",
 }
 PROCESS_OPERATIONS = ("psutil", "executors.processes", "executors import processes",
                       "/proc/", "os.kill(", "os.killpg(", "pidfd_open")
