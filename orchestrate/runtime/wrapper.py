@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Iterable
 
 from ..core.spec import Agent
+from .sandbox import remove_run
 from .state import Layout, file_digest
 
 SIGNAL_NAMES = {129: "SIGHUP", 130: "SIGINT", 137: "SIGKILL", 143: "SIGTERM"}
@@ -28,7 +29,8 @@ def claim_path(exit_path: Path) -> Path:
     return exit_path.with_suffix(".claim")
 
 
-def wrapper_script(command: Command, exit_path: Path, check: str | None = None) -> str:
+def wrapper_script(command: Command, exit_path: Path, check: str | None = None,
+                   body: str | None = None) -> str:
     # First the wrapper claims its run (noclobber: O_EXCL, so one of it and a
     # recovering orchestrator wins; `true` is a regular builtin, so a failed
     # redirection does not end the shell). A run whose launch was abandoned
@@ -38,9 +40,10 @@ def wrapper_script(command: Command, exit_path: Path, check: str | None = None) 
     # wrapper is stopped by SIGTERM/SIGINT/SIGHUP, after its child has gone.
     record = shlex.quote(str(exit_path))
     claim = shlex.quote(str(claim_path(exit_path)))
-    body = command if isinstance(command, str) else '"$@"'
+    shell_text = body is not None or isinstance(command, str)   # `body`: the sandbox's
+    body = body or (command if isinstance(command, str) else '"$@"')
     if check is not None:   # the agent's status is the run's; the check records its own
-        body = (f"(\n{body}\n)" if isinstance(command, str) else body) + \
+        body = (f"(\n{body}\n)" if shell_text else body) + \
             f'\nrc=$?; [ "$rc" -ne 0 ] || {check}\nexit "$rc"'
     return (f"set -C; {{ true > {claim}; }} 2>/dev/null || exit 0; set +C\n"
             f"trap 'printf \"%s\\n\" \"$?\" > {record}' EXIT\n"
@@ -59,10 +62,12 @@ def abandon_run(exit_path: Path) -> bool:
 
 
 def wrapper_argv(task: str, command: Command, exit_path: Path,
-                 check: str | None = None) -> list[str]:
+                 check: str | None = None, body: str | None = None) -> list[str]:
     """`sh -c SCRIPT orchestrate:<task> [argv...]`: `ps` shows whose wrapper it is;
-    `check`: a shell line run after the command exited 0 (see `checks`)."""
-    argv = ["/bin/sh", "-c", wrapper_script(command, exit_path, check), f"orchestrate:{task}"]
+    `check`: a shell line run after the command exited 0 (see `checks`);
+    `body`: shell text that runs the command instead (the sandbox's)."""
+    argv = ["/bin/sh", "-c", wrapper_script(command, exit_path, check, body),
+            f"orchestrate:{task}"]
     if not isinstance(command, str):
         argv.extend(command)
     return argv
@@ -97,6 +102,8 @@ def remove_run_files(layout: Layout, run_id: str | None) -> None:
     for path in (exit_path, claim_path(exit_path), layout.upstream_file(run_id or ""),
                  layout.prompt_file(run_id or ""), *layout.check_files(run_id or "")):
         path.unlink(missing_ok=True)
+    if run_id:
+        remove_run(layout, run_id)
 
 
 def exit_time(path: Path) -> str | None:

@@ -1,0 +1,250 @@
+"""`sandbox = true`: the agent and its check run under bubblewrap.
+
+The wrapper stays outside (it records the exit status); the command it runs
+becomes `bwrap <mounts> <namespaces> -- command`. The policy is
+`core.sandbox.policy`; this module places it on disk:
+
+- mounts in order of depth (a deeper mount lands on top of a shallower
+  one): `/` read-only, fresh `/dev`, `/proc` (of the new PID namespace),
+  `/tmp` and `/run` as empty tmpfs (no host Unix socket: docker, ssh-agent,
+  dbus), the user's `$HOME` replaced by the agent's private home (the
+  preset's config bound in, and read-only the toolchain folders of `PATH`
+  and Python that live in it), the workspace read-only, the writable paths
+  bound back, the protected paths read-only again, the run's own files
+  writable on top;
+- an isolated agent's git objects, its worktree's git folder and its
+  pipeline's branch folder writable, so it can commit on its own branch
+  (`.git/hooks` and `.git/config` stay read-only);
+- its own PID, network, IPC and UTS namespaces, a new session, no new
+  privileges (bwrap always sets it), dying with its parent.
+
+Network: the sandbox has only a loopback interface. When the policy allows
+hosts, the wrapper starts `sandbox_proxy` (outside, its child: it lives as
+long as the run, whatever happens to orchestrator processes) and the
+command starts through `sandbox_bridge`, which listens on 127.0.0.1:3128
+inside the sandbox and hands that socket to the proxy over a Unix socket;
+`HTTP_PROXY`/`HTTPS_PROXY`/`ALL_PROXY` point to it.
+"""
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..core import sandbox as policy_of
+from ..core.sandbox import INSTALL_LINE, Policy
+from ..core.spec import Agent
+from .state import Layout
+
+PROXY_PORT = 3128
+PROXY_URL = f"http://127.0.0.1:{PROXY_PORT}"
+PROXY_VARS = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy",
+              "all_proxy")
+HERE = Path(__file__).resolve().parent
+PACKAGE_PARENT = str(HERE.parent.parent)
+
+# Mount order at one depth: hide, then home, then read-only, writable,
+# protected, and the run's own files last (they win).
+HIDE, HOME, READ, WRITE, PROTECT, OWN = range(6)
+
+
+class SandboxUnavailable(OSError):
+    """bubblewrap is missing or cannot make namespaces here: the agent fails
+    before running anything (never a silent fallback to no sandbox)."""
+
+
+_CHECKED: dict[str, str] = {}   # bwrap path -> "" (works) or what it said
+
+
+def ensure_bubblewrap(path: str | None) -> str:
+    """The bwrap found on `path`, after one trial run (per process) that
+    makes the namespaces a sandbox needs."""
+    found = shutil.which("bwrap", path=path)
+    if found is None:
+        raise SandboxUnavailable(INSTALL_LINE)
+    if found not in _CHECKED:
+        trial = subprocess.run([found, "--ro-bind", "/", "/", "--unshare-pid", "--unshare-net",
+                                "--unshare-ipc", "--unshare-uts", "--die-with-parent", "true"],
+                               capture_output=True, text=True, timeout=30)
+        said = (trial.stderr.strip().splitlines() or [f"exit {trial.returncode}"])[-1]
+        _CHECKED[found] = "" if trial.returncode == 0 else said
+    if _CHECKED[found]:
+        raise SandboxUnavailable(f"{INSTALL_LINE}: {_CHECKED[found]}")
+    return found
+
+
+def run_dir(layout: Layout, run_id: str) -> Path:
+    """The run's own sandbox files: its TMPDIR, the proxy's socket."""
+    return layout.base / "sandbox" / "runs" / run_id
+
+
+def agent_policy(agent: Agent, environ: dict[str, str] | None = None) -> Policy:
+    """The agent's policy (its `env` and the orchestrator's for base URLs)."""
+    assert agent.sandbox is not None
+    env = {**(environ or {}), **dict(agent.env)}
+    return policy_of.policy(agent.sandbox, agent.pipeline, agent.name, agent.cwd,
+                            agent.outputs, agent.preset, env, agent.isolation == "worktree")
+
+
+@dataclass(frozen=True)
+class SandboxRun:
+    """One run's sandbox: bwrap's arguments, and what the proxy allows."""
+    bwrap: tuple[str, ...]
+    hosts: tuple[str, ...]
+    runs: Path            # where the proxy's Unix socket is made
+
+    def script(self, command: str | tuple[str, ...], name: str) -> str:
+        """sh text that runs `command` (an argv: given as "$@") in the
+        sandbox and ends with its status; `name`: the proxy's socket."""
+        inner = ["/bin/sh", "-c", command] if isinstance(command, str) else []
+        check = (f"command -v bwrap >/dev/null 2>&1 || "
+                 f"{{ echo {shlex.quote('could not start: ' + INSTALL_LINE)} >&2; exit 126; }}")
+        if not self.hosts:
+            line = shlex.join([*self.bwrap, "--", *inner])
+            return f"{check}\n{line}" + ("" if inner else ' "$@"')
+        python = [sys.executable, "-I", "-S"]
+        proxy = shlex.join([*python, str(HERE / "sandbox_proxy.py"), str(self.runs), name,
+                            PACKAGE_PARENT, *self.hosts])
+        bridge = shlex.join([*self.bwrap, "--", *python, str(HERE / "sandbox_bridge.py"),
+                             str(self.runs), name, str(PROXY_PORT), "--", *inner])
+        bridge += "" if inner else ' "$@"'
+        return (f"( {check}\n{proxy} & orchestrate_proxy=$!\n{bridge}\n"
+                "orchestrate_rc=$?; kill $orchestrate_proxy 2>/dev/null; exit $orchestrate_rc )")
+
+
+def environment(env: dict[str, str], layout: Layout, run_id: str, hosts: tuple[str, ...]
+                ) -> None:
+    """The sandboxed environment, in place: a private TMPDIR, the proxy (or
+    none), no ssh-agent, no proxy exceptions."""
+    env["TMPDIR"] = str(run_dir(layout, run_id) / "tmp")
+    for name in ("SSH_AUTH_SOCK", "NO_PROXY", "no_proxy", *PROXY_VARS):
+        env.pop(name, None)
+    if hosts:
+        env.update({name: PROXY_URL for name in PROXY_VARS})
+
+
+def prepare(layout: Layout, agent: Agent, run_id: str, env: dict[str, str],
+            cwd: Path, workdir: Path, extra_own: tuple[Path, ...] = ()) -> SandboxRun:
+    """Make the folders the policy names, set the environment, and return
+    bwrap's arguments for this run. `workdir`: the agent's worktree, or the
+    workspace root; `extra_own`: files of the run it must write (its log)."""
+    rules = agent_policy(agent, env)
+    root = Path(os.path.realpath(layout.root))
+    own = run_dir(layout, run_id)
+    (own / "tmp").mkdir(parents=True, exist_ok=True)
+    home = root / rules.home
+    home.mkdir(parents=True, exist_ok=True)
+    environment(env, layout, run_id, rules.hosts)
+    mounts: list[tuple[str, int, str, str]] = [("/", READ, "--ro-bind", "/")]
+    mounts += [(path, HIDE, "--tmpfs", path) for path in ("/tmp", "/run", "/var/tmp")
+               if os.path.isdir(path) and not os.path.islink(path)]
+    mounts += _home_mounts(env.get("HOME", ""), home, rules, root)
+    mounts.append((str(root), READ, "--ro-bind", str(root)))
+    mounts += [(str(p), WRITE, "--bind", str(p)) for p in _writable(root, rules)]
+    mounts += [(str(p), PROTECT, "--ro-bind", str(p)) for p in _protected(root, rules)]
+    mounts += [(str(p), OWN, "--bind", str(p)) for p in
+               (own, *extra_own, *_git_paths(workdir, agent), *_aider_files(layout, agent))]
+    args = ["bwrap", "--die-with-parent", "--new-session", "--unshare-pid", "--unshare-net",
+            "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try"]
+    for path, _, option, source in sorted(mounts, key=lambda m: (_depth(m[0]), m[1])):
+        args += [option, path] if option == "--tmpfs" else [option, source, path]
+        if path == "/":
+            args += ["--dev", "/dev", "--proc", "/proc"]
+    args += ["--chdir", os.path.realpath(cwd)]
+    return SandboxRun(tuple(args), rules.hosts, layout.runs_dir)
+
+
+def _depth(path: str) -> int:
+    return 0 if path == "/" else path.rstrip("/").count("/")
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
+
+
+def _home_mounts(user_home: str, private: Path, rules: Policy, root: Path
+                 ) -> list[tuple[str, int, str, str]]:
+    """The private home over the user's, the preset's files in it, and the
+    toolchains (Python, PATH folders) that live in it, read-only."""
+    if not user_home or not os.path.isdir(user_home):
+        return []
+    home = Path(os.path.realpath(user_home))
+    if home == Path("/") or home == root:
+        return []
+    found: list[tuple[str, int, str, str]] = [(str(home), HOME, "--bind", str(private))]
+    tools = {sys.prefix, sys.base_prefix, *os.environ.get("PATH", "").split(":")}
+    for tool in sorted(tools):
+        real = Path(os.path.realpath(tool)) if tool else None
+        if real and real != home and _inside(real, home) and real.is_dir():
+            found.append((str(real), READ, "--ro-bind", str(real)))
+    for name in rules.home_files:
+        path = home / name
+        if os.path.exists(path):
+            found.append((str(path), WRITE, "--bind", str(path)))
+    return found
+
+
+def _writable(root: Path, rules: Policy) -> list[Path]:
+    """The policy's writable paths, made if missing; one that symlinks take
+    outside the workspace refuses the launch."""
+    paths = []
+    for rel in rules.writable:
+        path = root / rel
+        if not path.exists():
+            path.mkdir(parents=True, exist_ok=True)
+        real = Path(os.path.realpath(path))
+        if not _inside(real, root):
+            raise SandboxUnavailable(f"sandbox: '{rel}' resolves to {real}, outside the "
+                                     "workspace")
+        paths.append(real)
+    return paths
+
+
+def _protected(root: Path, rules: Policy) -> list[Path]:
+    return [root / rel for rel in rules.protected if os.path.lexists(root / rel)]
+
+
+def _git_paths(workdir: Path, agent: Agent) -> list[Path]:
+    """What `git commit` on its own branch writes, for an isolated agent:
+    the objects, its worktree's git folder, its pipeline's branch folders."""
+    if agent.isolation != "worktree":
+        return []
+    try:
+        text = (workdir / ".git").read_text().strip()
+    except OSError:
+        return []
+    if not text.startswith("gitdir:"):
+        return []
+    gitdir = (workdir / text[len("gitdir:"):].strip()).resolve()
+    try:
+        common = (gitdir / (gitdir / "commondir").read_text().strip()).resolve()
+    except OSError:
+        common = gitdir.parent.parent
+    branches = [common / "refs" / "heads" / "orchestrate" / agent.pipeline,
+                common / "logs" / "refs" / "heads" / "orchestrate" / agent.pipeline]
+    for folder in branches:
+        folder.mkdir(parents=True, exist_ok=True)
+    return [common / "objects", gitdir, *branches]
+
+
+def _aider_files(layout: Layout, agent: Agent) -> list[Path]:
+    """aider's own history files (`.orchestrate/aider/<pipeline>/<agent>.*`)."""
+    if agent.preset != "aider":
+        return []
+    folder = layout.base / "aider" / agent.pipeline
+    folder.mkdir(parents=True, exist_ok=True)
+    files = [folder / f"{agent.name}.chat.history.md", folder / f"{agent.name}.input.history"]
+    for path in files:
+        path.touch()
+    return files
+
+
+def remove_run(layout: Layout, run_id: str) -> None:
+    """The run's TMPDIR and sockets, once the run is settled."""
+    folder = run_dir(layout, run_id)
+    if folder.is_dir() and _inside(folder.resolve(), layout.base.resolve()):
+        shutil.rmtree(folder, ignore_errors=True)
