@@ -3,44 +3,62 @@
 `python -I -S sandbox_bridge.py RUNS NAME PORT -- COMMAND...`
 
 The sandbox's network namespace has only a loopback interface. This listens
-on 127.0.0.1:PORT there, hands the listening socket to orchestrate's proxy
-(outside, waiting on the Unix socket RUNS/NAME) with SCM_RIGHTS, and execs
-the command: the proxy then accepts the sandbox's connections itself, so no
-bridge process stays behind (anthropic's sandbox-runtime runs two socat
-processes per sandbox for the same door). Standard library only: it runs
-with -I -S, before anything of the agent's.
+on 127.0.0.1:PORT there and execs the command at once; a grandchild (left
+to the sandbox's init) hands the listening socket to orchestrate's proxy,
+outside, over the Unix socket RUNS/NAME (SCM_RIGHTS), then exits. The proxy
+accepts the sandbox's connections itself, so no bridge process stays
+behind (anthropic's sandbox-runtime runs two socat processes per sandbox for
+the same door), and the agent never waits for the proxy to start: a
+connection made before then waits in the listening socket's backlog.
+Only builtin modules (`_socket`, not `socket`): this start-up is on every
+networked sandboxed launch's path.
 """
 import os
-import socket
 import sys
 import time
 
+import _socket
 
-def main(argv: list[str]) -> None:
-    runs, name, port, dashes, *command = argv
-    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    listener.bind(("127.0.0.1", int(port)))
-    listener.listen(128)
-    here = os.getcwd()
+TIMEOUT = 20.0
+
+
+def hand_over(listener: "_socket.socket", runs: str, name: str) -> None:
+    """Give the listening socket to the proxy (waiting for it to be there)."""
     os.chdir(runs)            # a relative name: socket paths are limited to 107 bytes
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + TIMEOUT
     while True:
-        door = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        door = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
         try:
             door.connect(name)
             break
         except (FileNotFoundError, ConnectionRefusedError):
             door.close()
             if time.monotonic() > deadline:
-                sys.stderr.write("sandbox: the network proxy did not start\n")
-                sys.exit(126)
+                os.write(2, b"sandbox: the network proxy did not start\n")
+                return
             time.sleep(0.005)
-    socket.send_fds(door, [b"L"], [listener.fileno()])
-    door.recv(1)              # the proxy has it: our copies can go
+    fd = listener.fileno().to_bytes(4, sys.byteorder)
+    door.sendmsg([b"L"], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, fd)])
+    door.recv(1)              # the proxy holds it now
     door.close()
+
+
+def main(argv: list) -> None:
+    runs, name, port, _dashes, *command = argv
+    listener = _socket.socket(_socket.AF_INET, _socket.SOCK_STREAM)
+    listener.setsockopt(_socket.SOL_SOCKET, _socket.SO_REUSEADDR, 1)
+    listener.bind(("127.0.0.1", int(port)))
+    listener.listen(128)
+    child = os.fork()
+    if child == 0:            # a grandchild: the sandbox's init reaps it, not the agent
+        if os.fork() == 0:
+            try:
+                hand_over(listener, runs, name)
+            finally:
+                os._exit(0)
+        os._exit(0)
+    os.waitpid(child, 0)
     listener.close()
-    os.chdir(here)
     os.execvp(command[0], command)
 
 
