@@ -130,7 +130,7 @@ def _memory_rows(n: int) -> list:
         pss = sum(_memory_kb(p)[1] for p in owned) / 1024 / n
         doit(root, "cancel")
     name = f"sandbox: {n} networked sandboxed agents running"
-    return [Row(name, "RSS MB per agent beside its command", [rss], "<= 15", "MB",
+    return [Row(name, "RSS MB per agent beside its command", [rss], "<= 8", "MB",
                 note="wrapper, subshell, bwrap x2, proxy; shared pages counted in each"),
             Row(name, "PSS MB per agent beside its command", [pss], "<= 8", "MB",
                 note="shared pages divided among the processes that map them")]

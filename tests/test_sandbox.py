@@ -484,3 +484,42 @@ def test_cancel_leaves_no_process_of_a_networked_sandbox(ws, bubblewrap):
         wait_until(lambda: not ws.agent_pids(), 15, "every process of the run to be gone")
     finally:
         server.shutdown()
+
+
+def test_a_sandboxed_agent_on_slurm_runs_in_the_same_sandbox(slurm_cluster, ws, bubblewrap):
+    """The Slurm job runs the very wrapper, so the sandbox comes with it."""
+    with open(ws.root / "pyproject.toml", "a") as handle:
+        handle.write('\n[tool.orchestrate]\nexecutor = "slurm"\n'
+                     '[tool.orchestrate.slurm]\npoll = "200ms"\npartition = "debug"\n')
+    ws.write_pipeline("p", """[agents.a]
+command = "echo made > made.txt; (echo probe-mark >> dodo.py && echo dodo-written) || echo dodo-refused; grep NoNewPrivs /proc/self/status; echo job $SLURM_JOB_ID"
+sandbox = true
+""")
+    ws.doit("wait", timeout=120, check_rc=0)
+    record = ws.status("p", "a")
+    log = (ws.root / record["log"]).read_text()
+    assert record["state"] == "done" and record["job_id"], log
+    assert (ws.root / "made.txt").exists()
+    assert "dodo-refused" in log and "dodo-written" not in log, log
+    assert "NoNewPrivs:\t1" in log and f"job {record['job_id']}" in log, log
+
+
+def test_a_node_without_bubblewrap_refuses_in_the_log(tmp_path, bubblewrap):
+    """What a Slurm job does on a node without bwrap: the wrapper itself
+    refuses (exit 126, the install line in the log) and runs nothing."""
+    from orchestrate.core.sandbox import Sandbox
+    from orchestrate.core.spec import Agent
+    from orchestrate.runtime.launcher import Launcher
+    from orchestrate.runtime.state import Layout
+    from orchestrate.runtime.wrapper import read_exit_code
+    layout = Layout(tmp_path)
+    layout.runs_dir.mkdir(parents=True)
+    marker = tmp_path / "ran.txt"
+    agent = Agent(pipeline="p", name="a", command=f"touch {marker}", sandbox=Sandbox())
+    argv, _, env = Launcher(layout).wrapped(agent, "p.a.1.x", 1, layout.no_upstream_file)
+    env["PATH"] = str(tmp_path / "no-bwrap-here")
+    done = subprocess.run(argv, env=env, cwd=tmp_path, capture_output=True, text=True)
+    assert read_exit_code(layout.exit_file("p.a.1.x")) == 126
+    assert done.stderr.strip() == ("could not start: the sandbox needs bubblewrap "
+                                   "(apt-get install bubblewrap)")
+    assert not marker.exists()

@@ -142,7 +142,7 @@ def prepare(layout: Layout, agent: Agent, run_id: str, env: dict[str, str],
     mounts: list[tuple[str, int, str, str]] = [("/", READ, "--ro-bind", "/")]
     mounts += [(path, HIDE, "--tmpfs", path) for path in ("/tmp", "/run", "/var/tmp")
                if os.path.isdir(path) and not os.path.islink(path)]
-    mounts += _home_mounts(env.get("HOME", ""), home, rules, root)
+    mounts += _home_mounts(env.get("HOME", ""), env.get("PATH", ""), home, rules, root)
     mounts.append((str(root), READ, "--ro-bind", str(root)))
     mounts += [(str(p), WRITE, "--bind", str(p)) for p in _writable(root, rules)]
     mounts += [(str(p), PROTECT, "--ro-bind", str(p)) for p in _protected(root, rules)]
@@ -166,7 +166,7 @@ def _inside(path: Path, folder: Path) -> bool:
     return path == folder or folder in path.parents
 
 
-def _home_mounts(user_home: str, private: Path, rules: Policy, root: Path
+def _home_mounts(user_home: str, path: str, private: Path, rules: Policy, root: Path
                  ) -> list[tuple[str, int, str, str]]:
     """The private home over the user's, the preset's files in it, and the
     toolchains (Python, PATH folders) that live in it, read-only."""
@@ -176,7 +176,7 @@ def _home_mounts(user_home: str, private: Path, rules: Policy, root: Path
     if home == Path("/") or home == root:
         return []
     found: list[tuple[str, int, str, str]] = [(str(home), HOME, "--bind", str(private))]
-    tools = {sys.prefix, sys.base_prefix, *os.environ.get("PATH", "").split(":")}
+    tools = {sys.prefix, sys.base_prefix, *path.split(":")}
     for tool in sorted(tools):
         real = Path(os.path.realpath(tool)) if tool else None
         if real and real != home and _inside(real, home) and real.is_dir():
