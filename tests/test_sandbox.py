@@ -138,11 +138,9 @@ def plant_home(home: Path, token: str) -> None:
 
 def make_world(base: Path, mode: str) -> World:
     token = secrets.token_hex(8)
-    home, outside = base / "home", base / "outside"
-    home.mkdir()
+    outside = base / "outside"
     outside.mkdir()
     (outside / "target.txt").write_text("untouched\n")
-    plant_home(home, token)
     root = base / "ws"
     subprocess.run([sys.executable, "-m", "orchestrate", "init", str(root)], check=True,
                    capture_output=True)
@@ -153,6 +151,14 @@ def make_world(base: Path, mode: str) -> World:
     subprocess.run([*git, "init", "-q"], check=True)
     subprocess.run([*git, "add", "-A"], check=True)
     subprocess.run([*git, "commit", "-q", "-m", "init"], check=True)
+    # The user's home inside the workspace, which is readable and writable
+    # there: only the private home hides it (a home under /tmp would be
+    # hidden by the sandbox's own /tmp already, and prove less).
+    home = root / "user-home"
+    home.mkdir()
+    plant_home(home, token)
+    with open(root / ".git" / "info" / "exclude", "a") as handle:
+        handle.write("user-home/\n")
     world = World(mode, Workspace(root.resolve()), home, outside, token,
                   Path(f"/etc/orchestrate-probe-{token}"), UnixListener(), http_server(),
                   http_server())
