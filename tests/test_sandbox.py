@@ -529,3 +529,39 @@ def test_a_node_without_bubblewrap_refuses_in_the_log(tmp_path, bubblewrap):
     assert done.stderr.strip() == ("could not start: the sandbox needs bubblewrap "
                                    "(apt-get install bubblewrap)")
     assert not marker.exists()
+
+
+def test_a_bubblewrap_that_cannot_make_namespaces_fails_the_agent(ws, tmp_path):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake = bin_dir / "bwrap"
+    fake.write_text("#!/bin/sh\necho 'bwrap: No permissions to create new namespace' >&2\n"
+                    "exit 1\n")
+    fake.chmod(0o755)
+    marker = ws.root / "ran.txt"
+    ws.write_pipeline("p", f"""[agents.a]
+command = "touch {marker}"
+sandbox = true
+env = {{ PATH = "{bin_dir}:/usr/bin:/bin" }}
+""")
+    ws.doit("wait", check_rc=1)
+    assert ws.status("p", "a")["reason"] == (
+        "could not start: the sandbox needs bubblewrap (apt-get install bubblewrap): "
+        "bwrap: No permissions to create new namespace")
+    assert not marker.exists()
+
+
+def test_the_private_home_is_kept_between_runs_and_the_run_files_go(ws, bubblewrap):
+    ws.write_pipeline("p", """[agents.a]
+command = "echo run >> $HOME/runs.txt; wc -l < $HOME/runs.txt; touch $TMPDIR/scratch"
+sandbox = { network = ["127.0.0.1:9"] }
+""")
+    ws.doit("wait", check_rc=0)
+    ws.doit("forget", "p:a")
+    ws.doit("wait", check_rc=0)
+    log = (ws.state / "logs" / "p" / "a.log").read_text()
+    assert log.strip().splitlines()[-1].strip() == "2", log
+    assert (ws.state / "sandbox" / "home" / "p" / "a" / "runs.txt").read_text() == "run\nrun\n"
+    runs = ws.state / "sandbox" / "runs"
+    wait_until(lambda: not any(runs.iterdir()), 10, "the runs' TMPDIRs to be removed")
+    assert not list((ws.state / "runs").glob("*.sock"))
