@@ -565,3 +565,11 @@ sandbox = { network = ["127.0.0.1:9"] }
     runs = ws.state / "sandbox" / "runs"
     wait_until(lambda: not any(runs.iterdir()), 10, "the runs' TMPDIRs to be removed")
     assert not list((ws.state / "runs").glob("*.sock"))
+
+
+def test_a_missing_cwd_is_reported_as_without_a_sandbox(ws):
+    ws.write_pipeline("p", '[agents.a]\ncommand = "true"\ncwd = "nowhere"\nsandbox = true\n')
+    ws.doit("wait", check_rc=1)
+    assert ws.status("p", "a")["reason"] == ("could not start: working directory nowhere "
+                                             "does not exist (key 'cwd')")
+    assert not (ws.root / "nowhere").exists()

@@ -27,6 +27,7 @@ inside the sandbox and hands that socket to the proxy over a Unix socket;
 """
 from __future__ import annotations
 
+import errno
 import os
 import shlex
 import shutil
@@ -132,6 +133,8 @@ def prepare(layout: Layout, agent: Agent, run_id: str, env: dict[str, str],
     """Make the folders the policy names, set the environment, and return
     bwrap's arguments for this run. `workdir`: the agent's worktree, or the
     workspace root; `extra_own`: files of the run it must write (its log)."""
+    if not cwd.is_dir():   # as without a sandbox: "working directory ... does not exist"
+        raise FileNotFoundError(errno.ENOENT, "no such directory", str(cwd))
     rules = agent_policy(agent, env)
     root = Path(os.path.realpath(layout.root))
     own = run_dir(layout, run_id)
