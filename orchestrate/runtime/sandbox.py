@@ -169,7 +169,7 @@ def _inside(path: Path, folder: Path) -> bool:
     return path == folder or folder in path.parents
 
 
-def _home_mounts(user_home: str, path: str, private: Path, rules: Policy, root: Path
+def _home_mounts(user_home: str, search_path: str, private: Path, rules: Policy, root: Path
                  ) -> list[tuple[str, int, str, str]]:
     """The private home over the user's, the preset's files in it, and the
     toolchains (Python, PATH folders) that live in it, read-only."""
@@ -179,15 +179,14 @@ def _home_mounts(user_home: str, path: str, private: Path, rules: Policy, root: 
     if home == Path("/") or home == root:
         return []
     found: list[tuple[str, int, str, str]] = [(str(home), HOME, "--bind", str(private))]
-    tools = {sys.prefix, sys.base_prefix, *path.split(":")}
+    tools = {sys.prefix, sys.base_prefix, *search_path.split(":")}
     for tool in sorted(tools):
         real = Path(os.path.realpath(tool)) if tool else None
         if real and real != home and _inside(real, home) and real.is_dir():
             found.append((str(real), READ, "--ro-bind", str(real)))
     for name in rules.home_files:
-        path = home / name
-        if os.path.exists(path):
-            found.append((str(path), WRITE, "--bind", str(path)))
+        if os.path.exists(home / name):
+            found.append((str(home / name), WRITE, "--bind", str(home / name)))
     return found
 
 
