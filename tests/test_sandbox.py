@@ -401,6 +401,18 @@ def test_a_preset_allows_its_api_host_and_its_base_url_host():
     assert plain.writable == (".orchestrate/worktrees/p/a/sub",)
 
 
+@pytest.mark.parametrize("host, port, allowed", [
+    ("api.example.com", 443, True), ("API.Example.com", 8443, True),
+    ("x.cdn.example.org", 443, True), ("cdn.example.org", 443, False),
+    ("evil-cdn.example.org", 443, False), ("127.0.0.1", 8080, True), ("127.0.0.1", 8081, False),
+    ("::1", 8080, True), ("::1", 80, False), ("example.com", 443, False)])
+def test_network_entries_allow_hosts_ports_and_names_under_a_domain(host, port, allowed):
+    from orchestrate.core.sandbox import check_sandbox, host_allowed
+    entries = check_sandbox({"network": ["api.example.com", "*.cdn.example.org",
+                                         "127.0.0.1:8080", "[::1]:8080"]}).network
+    assert host_allowed(host, port, entries) is allowed
+
+
 def test_info_shows_the_policy(ws):
     ws.write_pipeline("p", """[agents.a]
 agent = "codex"
