@@ -185,6 +185,9 @@ def probe_agents(world: World) -> dict[str, tuple[list[str], dict]]:
         "write_git_config": (["append", str(ws / ".git" / "config")], {}),
         "forge_signal": (["create", str(ws / ".orchestrate" / "signals" / "forged.signal")], {}),
         "forge_exit": (["create", str(ws / ".orchestrate" / "runs" / "forged.exit")], {}),
+        # a status file of its own name would be read as an agent's record: a .tmp
+        "forge_status": (["create", str(ws / ".orchestrate" / "status" / "probes"
+                                        / "forged.json.tmp")], {}),
         "symlink_escape": (["symlink", str(world.outside / "target.txt")], {}),
         "read_ssh": (["read", str(home / ".ssh" / "id_rsa")], {}),
         "read_aws": (["read", str(home / ".aws" / "credentials")], {}),
@@ -271,6 +274,7 @@ FORBIDDEN = {
     "write_git_config": lambda w: marked(w.ws.root / ".git" / "config"),
     "forge_signal": lambda w: (w.ws.state / "signals" / "forged.signal").exists(),
     "forge_exit": lambda w: (w.ws.state / "runs" / "forged.exit").exists(),
+    "forge_status": lambda w: (w.ws.state / "status" / "probes" / "forged.json.tmp").exists(),
     "symlink_escape": lambda w: "symlink" in (w.outside / "target.txt").read_text(),
     "read_ssh": lambda w: w.shows_token("read_ssh"),
     "read_aws": lambda w: w.shows_token("read_aws"),

@@ -50,7 +50,7 @@ PRESET_HOME_FILES: dict[str, tuple[str, ...]] = {
     "codex": (".codex",),
     "gemini": (".gemini",),
     "aider": (".aider", ".aider.conf.yml", ".aider.model.settings.yml",
-              ".aider.model.metadata.json", ".env"),
+              ".aider.model.metadata.json"),
 }
 
 _HOST_RE = re.compile(r"(\*\.)?[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?"
