@@ -146,6 +146,8 @@ def make_world(base: Path, mode: str) -> World:
                    capture_output=True)
     (root / "pipelines" / "example.toml").unlink()
     (root / "notes").mkdir()
+    # in the workspace: the checkout may lie in a folder the sandbox hides
+    shutil.copy(PROBE, root / PROBE.name)
     (root / "notes" / "input.txt").write_text(f"input {token}\n")
     git = ["git", "-C", str(root), "-c", "user.email=t@example.com", "-c", "user.name=t"]
     subprocess.run([*git, "init", "-q"], check=True)
@@ -218,7 +220,8 @@ def probes_pipeline(world: World) -> str:
         lines += ["[defaults]", f'sandbox = {{ network = ["127.0.0.1:{port}"] }}', ""]
     for name, (argv, keys) in probe_agents(world).items():
         lines.append(f"[agents.{name}]")
-        lines.append(f"command = {json.dumps([sys.executable, str(PROBE), *argv])}")
+        probe = str(world.ws.root / PROBE.name)
+        lines.append(f"command = {json.dumps([sys.executable, probe, *argv])}")
         lines += [f"{key} = {json.dumps(value)}" for key, value in keys.items()]
         lines.append("")
     return "\n".join(lines)
@@ -589,3 +592,23 @@ def test_a_missing_cwd_is_reported_as_without_a_sandbox(ws):
     assert ws.status("p", "a")["reason"] == ("could not start: working directory nowhere "
                                              "does not exist (key 'cwd')")
     assert not (ws.root / "nowhere").exists()
+
+
+def test_a_toolchain_in_the_hidden_home_stays_usable_read_only(ws, tmp_path, bubblewrap):
+    """A `PATH` folder in the user's home (~/.local/bin, ~/.cargo/bin) is
+    bound back read-only; the rest of that home stays hidden."""
+    home = tmp_path / "user"
+    tools = home / ".local" / "bin"
+    tools.mkdir(parents=True)
+    (tools / "mytool").write_text("#!/bin/sh\necho mytool ran\n")
+    (tools / "mytool").chmod(0o755)
+    plant_home(home, "tok3n")
+    ws.write_pipeline("p", """[agents.a]
+command = "mytool; cat $HOME/.ssh/id_rsa || echo ssh-hidden; touch $HOME/.local/bin/x || echo tools-read-only"
+sandbox = true
+""")
+    path = f"{tools}:{os.environ['PATH']}"
+    ws.doit("wait", env={"HOME": str(home), "PATH": path}, check_rc=0)
+    said = (ws.state / "logs" / "p" / "a.log").read_text()
+    assert "mytool ran" in said and "ssh-hidden" in said and "tools-read-only" in said, said
+    assert "tok3n" not in said
