@@ -612,3 +612,22 @@ sandbox = true
     said = (ws.state / "logs" / "p" / "a.log").read_text()
     assert "mytool ran" in said and "ssh-hidden" in said and "tools-read-only" in said, said
     assert "tok3n" not in said
+
+
+def test_a_stopped_sandboxed_agent_gets_its_grace(ws, bubblewrap):
+    """SIGTERM reaches the agent and bwrap outlives it, so the agent can
+    clean up within kill_grace (bwrap dying first would SIGKILL it)."""
+    script = ("trap 'sleep 0.5; echo cleaned > cleaned.txt; exit 3' TERM; echo started; "
+              "while true; do sleep 0.1; done")
+    ws.write_pipeline("p", f"""[agents.a]
+command = {json.dumps(["/bin/sh", "-c", script])}
+sandbox = {{ network = ["127.0.0.1:9"] }}
+kill_grace = "20s"
+""")
+    ws.doit(check_rc=0)
+    log = ws.state / "logs" / "p" / "a.log"
+    wait_until(lambda: log.exists() and "started" in log.read_text(), 30, "the agent to start")
+    ws.doit("cancel", "p:a", check_rc=0)
+    assert (ws.root / "cleaned.txt").read_text() == "cleaned\n"
+    assert ws.state_of("p", "a") == "cancelled"
+    wait_until(lambda: not ws.agent_pids(), 15, "every process of the run to be gone")

@@ -91,30 +91,62 @@ def agent_policy(agent: Agent, environ: dict[str, str] | None = None) -> Policy:
                             agent.outputs, agent.preset, env, agent.isolation == "worktree")
 
 
+# A stop sends SIGTERM to the wrapper's group and to every process of the
+# run. bwrap would die of it at once, and its --die-with-parent would then
+# SIGKILL the agent before its kill_grace: so bwrap starts with these
+# signals ignored (GNU env), and the command with them back to default.
+STOP_SIGNALS = "TERM,INT,HUP"
+_GRACEFUL: list[bool] = []
+
+
+def graceful_stop_possible() -> bool:
+    """Has this system's `env` --ignore-signal and --default-signal (GNU
+    coreutils 8.31+)? Without them a stopped sandboxed agent gets no grace."""
+    if not _GRACEFUL:
+        try:
+            done = subprocess.run(["env", f"--ignore-signal={STOP_SIGNALS}",
+                                   f"--default-signal={STOP_SIGNALS}", "true"],
+                                  capture_output=True, timeout=30)
+            _GRACEFUL.append(done.returncode == 0)
+        except (OSError, subprocess.TimeoutExpired):
+            _GRACEFUL.append(False)
+    return _GRACEFUL[0]
+
+
 @dataclass(frozen=True)
 class SandboxRun:
     """One run's sandbox: bwrap's arguments, and what the proxy allows."""
     bwrap: tuple[str, ...]
     hosts: tuple[str, ...]
     runs: Path            # where the proxy's Unix socket is made
+    graceful: bool = False   # bwrap outlives a SIGTERM, which the agent gets
 
     def script(self, command: str | tuple[str, ...], name: str) -> str:
         """sh text that runs `command` (an argv: given as "$@") in the
         sandbox and ends with its status; `name`: the proxy's socket."""
         inner = ["/bin/sh", "-c", command] if isinstance(command, str) else []
+        rest = "" if isinstance(command, str) else ' "$@"'   # an argv: the wrapper's
+        outer = list(self.bwrap)
+        if self.graceful:
+            outer = ["env", f"--ignore-signal={STOP_SIGNALS}", *outer]
+            inner = ["env", f"--default-signal={STOP_SIGNALS}", *inner]
         check = (f"command -v bwrap >/dev/null 2>&1 || "
                  f"{{ echo {shlex.quote('could not start: ' + INSTALL_LINE)} >&2; exit 126; }}")
         if not self.hosts:
-            line = shlex.join([*self.bwrap, "--", *inner])
-            return f"{check}\n{line}" + ("" if inner else ' "$@"')
+            line = shlex.join([*outer, "--", *inner])
+            return f"{check}\n{line}{rest}"
         python = [sys.executable, "-I", "-S"]
         proxy = shlex.join([*python, str(HERE / "sandbox_proxy.py"), str(self.runs), name,
                             PACKAGE_PARENT, *self.hosts])
-        bridge = shlex.join([*self.bwrap, "--", *python, str(HERE / "sandbox_bridge.py"),
+        bridge = shlex.join([*outer, "--", *python, str(HERE / "sandbox_bridge.py"),
                              str(self.runs), name, str(PROXY_PORT), "--", *inner])
-        bridge += "" if inner else ' "$@"'
-        return (f"( {check}\n{proxy} & orchestrate_proxy=$!\n{bridge}\n"
-                "orchestrate_rc=$?; kill $orchestrate_proxy 2>/dev/null; exit $orchestrate_rc )")
+        bridge += rest
+        # a subshell does not keep the wrapper's traps: it (and the proxy, for
+        # the agent's last requests) ignores a stop's SIGTERM as bwrap does
+        ignore = "trap '' TERM INT HUP; " if self.graceful else ""
+        return (f"( {ignore}{check}\n{proxy} & orchestrate_proxy=$!\n{bridge}\n"
+                "orchestrate_rc=$?; kill -KILL $orchestrate_proxy 2>/dev/null; "
+                "exit $orchestrate_rc )")
 
 
 def environment(env: dict[str, str], layout: Layout, run_id: str, hosts: tuple[str, ...]
@@ -158,7 +190,7 @@ def prepare(layout: Layout, agent: Agent, run_id: str, env: dict[str, str],
         if path == "/":
             args += ["--dev", "/dev", "--proc", "/proc"]
     args += ["--chdir", os.path.realpath(cwd)]
-    return SandboxRun(tuple(args), rules.hosts, layout.runs_dir)
+    return SandboxRun(tuple(args), rules.hosts, layout.runs_dir, graceful_stop_possible())
 
 
 def _depth(path: str) -> int:
