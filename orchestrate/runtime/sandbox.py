@@ -36,6 +36,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..agents.presets import executable
 from ..core import sandbox as policy_of
 from ..core.sandbox import INSTALL_LINE, Policy
 from ..core.spec import Agent
@@ -68,14 +69,22 @@ def ensure_bubblewrap(path: str | None) -> str:
     if found is None:
         raise SandboxUnavailable(INSTALL_LINE)
     if found not in _CHECKED:
-        trial = subprocess.run([found, "--ro-bind", "/", "/", "--unshare-pid", "--unshare-net",
-                                "--unshare-ipc", "--unshare-uts", "--die-with-parent", "true"],
-                               capture_output=True, text=True, timeout=30)
-        said = (trial.stderr.strip().splitlines() or [f"exit {trial.returncode}"])[-1]
-        _CHECKED[found] = "" if trial.returncode == 0 else said
+        _CHECKED[found] = _trial(found)
     if _CHECKED[found]:
         raise SandboxUnavailable(f"{INSTALL_LINE}: {_CHECKED[found]}")
     return found
+
+
+def _trial(bwrap: str) -> str:
+    """"" when bwrap makes a sandbox's namespaces here, else what it said."""
+    try:
+        trial = subprocess.run([bwrap, "--ro-bind", "/", "/", "--unshare-pid", "--unshare-net",
+                                "--unshare-ipc", "--unshare-uts", "--die-with-parent", "true"],
+                               capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as err:
+        return str(err)
+    said = (trial.stderr.strip().splitlines() or [f"exit {trial.returncode}"])[-1]
+    return "" if trial.returncode == 0 else said
 
 
 def run_dir(layout: Layout, run_id: str) -> Path:
@@ -175,9 +184,13 @@ def prepare(layout: Layout, agent: Agent, run_id: str, env: dict[str, str],
     home.mkdir(parents=True, exist_ok=True)
     environment(env, layout, run_id, rules.hosts)
     mounts: list[tuple[str, int, str, str]] = [("/", READ, "--ro-bind", "/")]
-    mounts += [(path, HIDE, "--tmpfs", path) for path in ("/tmp", "/run", "/var/tmp")
-               if os.path.isdir(path) and not os.path.islink(path)]
-    mounts += _home_mounts(env.get("HOME", ""), env.get("PATH", ""), home, rules, root)
+    hidden = [path for path in ("/tmp", "/run", "/var/tmp")
+              if os.path.isdir(path) and not os.path.islink(path)]
+    mounts += [(path, HIDE, "--tmpfs", path) for path in hidden]
+    homes = _home_mounts(env.get("HOME", ""), home, rules, root)
+    mounts += homes
+    hidden += [path for path, priority, _, _ in homes if priority == HOME]
+    mounts += _toolchains(_toolchain_paths(agent, env), hidden, root)
     mounts.append((str(root), READ, "--ro-bind", str(root)))
     mounts += [(str(p), WRITE, "--bind", str(p)) for p in _writable(root, rules)]
     mounts += [(str(p), PROTECT, "--ro-bind", str(p)) for p in _protected(root, rules)]
@@ -201,25 +214,50 @@ def _inside(path: Path, folder: Path) -> bool:
     return path == folder or folder in path.parents
 
 
-def _home_mounts(user_home: str, search_path: str, private: Path, rules: Policy, root: Path
+def _home_mounts(user_home: str, private: Path, rules: Policy, root: Path
                  ) -> list[tuple[str, int, str, str]]:
-    """The private home over the user's, the preset's files in it, and the
-    toolchains (Python, PATH folders) that live in it, read-only."""
+    """The private home over the user's, and the preset's files in it."""
     if not user_home or not os.path.isdir(user_home):
         return []
     home = Path(os.path.realpath(user_home))
     if home == Path("/") or home == root:
         return []
     found: list[tuple[str, int, str, str]] = [(str(home), HOME, "--bind", str(private))]
-    tools = {sys.prefix, sys.base_prefix, *search_path.split(":")}
-    for tool in sorted(tools):
-        real = Path(os.path.realpath(tool)) if tool else None
-        if real and real != home and _inside(real, home) and real.is_dir():
-            found.append((str(real), READ, "--ro-bind", str(real)))
     for name in rules.home_files:
         if os.path.exists(home / name):
             found.append((str(home / name), WRITE, "--bind", str(home / name)))
     return found
+
+
+def _toolchain_paths(agent: Agent, env: dict[str, str]) -> list[str]:
+    """Where the programs an agent runs live: orchestrate's Python and this
+    package (the bridge), the `PATH` folders, and its preset's CLI (a
+    node_modules tree as a whole: a CLI's package needs its dependencies)."""
+    paths = [sys.prefix, sys.base_prefix, os.path.dirname(os.path.realpath(sys.executable)),
+             str(HERE), *env.get("PATH", "").split(":")]
+    if agent.preset is not None:
+        found = shutil.which(executable(agent, env), path=env.get("PATH"))
+        for program in (found, os.path.realpath(found)) if found else ():
+            parts = Path(program).parts
+            modules = [i for i, part in enumerate(parts) if part == "node_modules"]
+            paths.append(str(Path(*parts[:modules[0] + 1])) if modules
+                         else os.path.dirname(program))
+    return paths
+
+
+def _toolchains(paths: list[str], hidden: list[str], root: Path
+                ) -> list[tuple[str, int, str, str]]:
+    """Read-only again, the toolchain folders that a hidden folder (the
+    user's home, /tmp, ...) covers; never one in the workspace (its own
+    rules apply there), one holding it, nor a hidden folder itself."""
+    found = {}
+    for path in paths:
+        real = Path(os.path.realpath(path)) if path else None
+        if real is None or _inside(real, root) or _inside(root, real) or not real.is_dir():
+            continue
+        if any(_inside(real, Path(h)) and real != Path(h) for h in hidden):
+            found[str(real)] = (str(real), READ, "--ro-bind", str(real))
+    return list(found.values())
 
 
 def _writable(root: Path, rules: Policy) -> list[Path]:
@@ -279,6 +317,8 @@ def _aider_files(layout: Layout, agent: Agent) -> list[Path]:
 
 def remove_run(layout: Layout, run_id: str) -> None:
     """The run's TMPDIR and sockets, once the run is settled."""
+    for name in (f"{run_id}.sock", f"{run_id}.check.sock"):
+        (layout.runs_dir / name).unlink(missing_ok=True)
     folder = run_dir(layout, run_id)
     if folder.is_dir() and _inside(folder.resolve(), layout.base.resolve()):
         shutil.rmtree(folder, ignore_errors=True)
