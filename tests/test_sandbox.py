@@ -614,14 +614,17 @@ sandbox = true
     assert "tok3n" not in said
 
 
-def test_a_stopped_sandboxed_agent_gets_its_grace(ws, bubblewrap):
+@pytest.mark.parametrize("keys", ['sandbox = { network = ["127.0.0.1:9"] }',
+                                  'sandbox = true\ncheck = "true"'])
+def test_a_stopped_sandboxed_agent_gets_its_grace(ws, bubblewrap, keys):
     """SIGTERM reaches the agent and bwrap outlives it, so the agent can
-    clean up within kill_grace (bwrap dying first would SIGKILL it)."""
+    clean up within kill_grace (bwrap dying first would SIGKILL it); with a
+    proxy, and with a check (each puts the sandbox in a subshell)."""
     script = ("trap 'sleep 0.5; echo cleaned > cleaned.txt; exit 3' TERM; echo started; "
               "while true; do sleep 0.1; done")
     ws.write_pipeline("p", f"""[agents.a]
 command = {json.dumps(["/bin/sh", "-c", script])}
-sandbox = {{ network = ["127.0.0.1:9"] }}
+{keys}
 kill_grace = "20s"
 """)
     ws.doit(check_rc=0)

@@ -141,18 +141,18 @@ class SandboxRun:
             inner = ["env", f"--default-signal={STOP_SIGNALS}", *inner]
         check = (f"command -v bwrap >/dev/null 2>&1 || "
                  f"{{ echo {shlex.quote('could not start: ' + INSTALL_LINE)} >&2; exit 126; }}")
+        # a subshell does not keep the wrapper's traps: it (and the proxy, for
+        # the agent's last requests) ignores a stop's SIGTERM as bwrap does
+        ignore = "trap '' TERM INT HUP; " if self.graceful else ""
         if not self.hosts:
             line = shlex.join([*outer, "--", *inner])
-            return f"{check}\n{line}{rest}"
+            return f"( {ignore}{check}\n{line}{rest} )" if ignore else f"{check}\n{line}{rest}"
         python = [sys.executable, "-I", "-S"]
         proxy = shlex.join([*python, str(HERE / "sandbox_proxy.py"), str(self.runs), name,
                             PACKAGE_PARENT, *self.hosts])
         bridge = shlex.join([*outer, "--", *python, str(HERE / "sandbox_bridge.py"),
                              str(self.runs), name, str(PROXY_PORT), "--", *inner])
         bridge += rest
-        # a subshell does not keep the wrapper's traps: it (and the proxy, for
-        # the agent's last requests) ignores a stop's SIGTERM as bwrap does
-        ignore = "trap '' TERM INT HUP; " if self.graceful else ""
         return (f"( {ignore}{check}\n{proxy} & orchestrate_proxy=$!\n{bridge}\n"
                 "orchestrate_rc=$?; kill -KILL $orchestrate_proxy 2>/dev/null; "
                 "exit $orchestrate_rc )")
