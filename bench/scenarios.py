@@ -64,12 +64,14 @@ class Sizes:
     hook_events: int = 20
     report_agents: int = 1000     # each runs 3 attempts
     fanout_items: int = 1000
+    merge_agents: int = 20
+    merge_check_seconds: float = 1.0
 
 
 SMOKE = Sizes(runs=1, scale=0.1, caller_agents=5, throughput_agents=10, chain_length=5,
               layers=2, layer_width=3, layer_seconds=0.2, noop_sizes=(20,), status_agents=20,
               idle_running=(3,), memory_agents=5, idle_seconds=1.0, hook_events=3, report_agents=20,
-              fanout_items=20)
+              fanout_items=20, merge_agents=3, merge_check_seconds=0.2)
 
 
 def _wall_to_last_signal(agents: dict[str, dict]) -> float:
@@ -627,9 +629,151 @@ def slurm(sizes: Sizes) -> list[Row]:
                 "<= 0.01", "%", note="poll 2s: one squeue for all jobs")]
 
 
+def merge_queue(sizes: Sizes) -> list[Row]:
+    """N agents' branches merged into one, each checked (bench/landing.py)."""
+    from .landing import merge_queue_ratio
+    values, notes = [], []
+    for _ in range(sizes.runs):
+        ratio, total, checks = merge_queue_ratio(sizes.merge_agents, sizes.merge_check_seconds)
+        values.append(ratio)
+        notes.append(f"{total:.1f} s for {checks:.1f} s of checks")
+    return [Row(f"merge queue: {sizes.merge_agents} agents into one branch",
+                "first done to last merged / sum of merge_check s", values, "<= 1.50",
+                note="; ".join(notes))]
+
+
+def _receiver():
+    """The tests' real OTLP/HTTP receiver (opentelemetry-proto), in this process."""
+    from pathlib import Path
+    tests = str(Path(__file__).resolve().parent.parent / "tests")
+    if tests not in sys.path:
+        sys.path.insert(0, tests)
+    from otlp_receiver import Receiver
+    return Receiver()
+
+
+def _with_env(extra: dict[str, str]):
+    """USER_ENV (what every timed doit gets) with `extra`, until the returned undo."""
+    saved = dict(USER_ENV)
+    USER_ENV.update(extra)
+
+    def undo() -> None:
+        USER_ENV.clear()
+        USER_ENV.update(saved)
+    return undo
+
+
+def _export_rounds(sizes: Sizes, measure) -> dict[str, list[float]]:
+    """`measure()` with export off and on, alternately (the machine's drift
+    hits both alike); on: to a real receiver in this process."""
+    values: dict[str, list[float]] = {"off": [], "on": []}
+    with _receiver() as receiver:
+        for _ in range(sizes.runs):
+            for mode in ("off", "on"):
+                undo = _with_env({"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint}
+                                 if mode == "on" else {})
+                try:
+                    values[mode].append(measure())
+                finally:
+                    undo()
+    return values
+
+
+def _path_cost_ms(attempts: int) -> float:
+    """What export adds to the scheduling path per attempt, in this process:
+    the launch's trace id and TRACEPARENT, and recording the attempt's span
+    when it ends (the sending is another thread's). Free of the machine's
+    other load, unlike the end-to-end figures beside it."""
+    import tempfile
+    from pathlib import Path
+
+    from orchestrate.core.records import RunState, StatusRecord
+    from orchestrate.core.spec import Agent, Workspace
+    from orchestrate.runtime.state import Layout
+    from orchestrate.runtime.telemetry import Telemetry
+    root = Path(tempfile.mkdtemp(prefix="orchestrate-bench-telemetry-"))
+    try:
+        (root / ".orchestrate").mkdir()
+        telemetry_on = Telemetry(Workspace(root, ()), Layout(root), time.time,
+                                 {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9"})
+        agent = Agent(name="a", pipeline="p", command="true")
+        began = time.perf_counter()
+        for i in range(attempts):
+            run_id = f"p.a.{i}.00000000"
+            trace_id = telemetry_on.trace_of("p")
+            telemetry_on.traceparent(trace_id, run_id)
+            running = StatusRecord(state=RunState.RUNNING, pipeline="p", agent="a", attempt=1,
+                                   run_id=run_id, trace_id=trace_id, started_epoch=time.time())
+            done = StatusRecord(state=RunState.DONE, pipeline="p", agent="a", attempt=1,
+                                run_id=run_id, ended_at="2026-01-01T00:00:00.000Z",
+                                exit_code=0, reason="done")
+            telemetry_on.attempt_ended(agent, running, done)
+        return (time.perf_counter() - began) / attempts * 1000
+    finally:
+        import shutil
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def telemetry(sizes: Sizes) -> list[Row]:
+    """Export on vs off (issue 26): the orchestrator's CPU for N trivial
+    agents (10 layers), the median signal-to-launch latency of a chain, and a
+    no-op doit, each as on / off measured alternately in the same run."""
+    n = sizes.layers * sizes.layer_width
+    agents = _layered(sizes.layers, sizes.layer_width, "true")
+
+    def cpu_ms_per_agent() -> float:
+        with workspace({"bench": pipeline(agents)}) as root:
+            before = _children_cpu()
+            doit(root)
+            caller = _children_cpu() - before
+            wait_for_signals(root, n)
+            wait_for_advancers(root, 120)
+            return (caller + advancer_cpu(root)) / n * 1000
+
+    length = sizes.chain_length
+    chain = {f"a{i}": {"command": stamp_start("true"), "after": [f"a{i - 1}"] if i else []}
+             for i in range(length)}
+
+    def signal_to_launch_ms() -> float:
+        with workspace({"bench": pipeline(chain)}) as root:
+            doit(root)
+            signals = wait_for_signals(root, length)
+            starts = start_times(root)
+            return statistics.median((starts[f"a{i}"] - signals[f"bench:a{i - 1}"]) * 1000
+                                     for i in range(1, length))
+
+    with workspace({"bench": pipeline(_chains(sizes.noop_sizes[0]))}) as root:
+        doit(root, "wait")
+
+        def noop_over_list() -> float:
+            return doit(root)[1] / doit(root, "list", "--all")[1]
+        noop = _export_rounds(sizes, noop_over_list)
+    cpu = _export_rounds(sizes, cpu_ms_per_agent)
+    latency = _export_rounds(sizes, signal_to_launch_ms)
+    on_off = [on / off for on, off in zip(cpu["on"], cpu["off"])]
+    more_ms = [on - off for on, off in zip(latency["on"], latency["off"])]
+    off_cpu, off_ms = statistics.median(cpu["off"]), statistics.median(latency["off"])
+    path = [_path_cost_ms(n) for _ in range(max(3, sizes.runs))]
+    return [Row(f"telemetry: {n} attempts, in-process", "scheduling path ms added per attempt",
+                path, "<= 1", "ms", note="trace id, TRACEPARENT, the span recorded"),
+            Row(f"telemetry: {n} trivial agents", "orchestrator CPU, export on / off", on_off,
+                "<= 1.05", note=f"off {off_cpu:.2f} ms per agent",
+                extra={"cpu_ms_per_agent": cpu}),
+            Row(f"telemetry: chain of {length}", "signal to launch median, on - off", more_ms,
+                "<= 1", "ms", note=f"off {off_ms:.2f} ms", extra={"median_ms": latency}),
+            Row(f"telemetry: no-op, {sizes.noop_sizes[0]} agents", "doit / doit list --all, on",
+                noop["on"], "<= 1.25", note=f"off {statistics.median(noop['off']):.2f}",
+                extra={"ratio": noop})]
+
+
+def best_of(sizes: Sizes) -> list[Row]:
+    from .best_of import best_of as scenario
+    return scenario(sizes)
+
+
 ALL = [critical_path_scenarios, caller_block, launch_throughput, signal_to_launch, scale,
-       noop, status_ratio, memory, idle, idle_running, hooks, report_size, fanout, slurm,
-       sandbox]
+       noop, status_ratio, memory, idle, idle_running, hooks, report_size, fanout, merge_queue,
+       slurm, telemetry, best_of, sandbox]
 
 
 def run_all(sizes: Sizes, report, only: str | None = None) -> list[Row]:
@@ -642,3 +786,4 @@ def run_all(sizes: Sizes, report, only: str | None = None) -> list[Row]:
             rows.append(row)
             report(row)
     return rows
+

@@ -6,10 +6,10 @@ The code lives in orchestrate/cli/commands.py; this module re-exports its functi
 classes. Code inside the project imports that module itself."""
 from .cli.commands import (  # noqa: F401
     interrupted, OrchestrateCommand, Run, Retry, Wait, Status, Logs, Signal, Cancel,
-    Forget, Info, Graph, Report,
+    Forget, Info, Graph, Report, Plan, Diff,
 )
 
 __all__ = [
     "interrupted", "OrchestrateCommand", "Run", "Retry", "Wait", "Status", "Logs",
-    "Signal", "Cancel", "Forget", "Info", "Graph", "Report",
+    "Signal", "Cancel", "Forget", "Info", "Graph", "Report", "Plan",
 ]

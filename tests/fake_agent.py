@@ -37,7 +37,8 @@ def main() -> int:
     parser.add_argument("--upstream-to", help="copy the ORCHESTRATE_UPSTREAM file here")
     args = parser.parse_args()
     entry = {"agent": os.environ.get("ORCHESTRATE_AGENT"), "pid": os.getpid(),
-             "run_id": os.environ.get("ORCHESTRATE_RUN_ID"), "t": time.time()}
+             "run_id": os.environ.get("ORCHESTRATE_RUN_ID"), "t": time.time(),
+             "traceparent": os.environ.get("TRACEPARENT")}
     with open(args.ledger, "a") as ledger:
         ledger.write(json.dumps(entry) + "\n")
     print(f"started {entry['agent']} run {entry['run_id']}", flush=True)

@@ -8,7 +8,10 @@ captured from Claude Code 2.1.197, codex-cli 0.169.0, gemini-cli 0.61.0 and
 aider 0.86.2 (tests/test_real_clis.py keeps the presets honest against the real
 programs). The prompt steers it: "FAIL" makes the model call fail with HTTP
 400, "ERROR0" reports an error but exits 0 (as claude can), "RATELIMIT" hits a
-rate limit once per agent, "HANG" hangs silently. Every call is appended to
+rate limit once per agent, "HANG" hangs silently. FAKE_CLI_LIMITED="claude,gemini"
+makes those presets rate limited at every call, whatever the prompt (a
+fallback chain's test); FAKE_CLI_RESET_IN="unknown" makes claude say no reset
+time, as it does with an API key (its 429 retries, then a 429 result). Every call is appended to
 $ORCHESTRATE_ROOT/cli-calls.jsonl.
 
 Sessions resume as the real CLIs do (verified with tests/test_checks.py against
@@ -54,6 +57,15 @@ def emit(event: dict) -> None:
     print(json.dumps(event), flush=True)
 
 
+def limited(preset: str, prompt: str) -> bool:
+    """Is this call rate limited: its preset listed in FAKE_CLI_LIMITED, or
+    the prompt asks for RATELIMIT (see rate_limited_once)?"""
+    listed = os.environ.get("FAKE_CLI_LIMITED")
+    if listed is not None:
+        return preset in listed.split(",")
+    return "RATELIMIT" in prompt and rate_limited_once(preset)
+
+
 def rate_limited_once(preset: str) -> bool:
     """True the first time an agent's prompt asks for RATELIMIT: then it works
     (FAKE_CLI_ALWAYS_LIMITED=1: every time)."""
@@ -67,7 +79,8 @@ def rate_limited_once(preset: str) -> bool:
     return True
 
 
-RESET_IN = float(os.environ.get("FAKE_CLI_RESET_IN", "1.5"))   # until the limit resets
+RESET_TEXT = os.environ.get("FAKE_CLI_RESET_IN", "1.5")
+RESET_IN = 1.5 if RESET_TEXT == "unknown" else float(RESET_TEXT)   # until the limit resets
 
 
 def in_git_repo() -> bool:
@@ -96,7 +109,18 @@ def claude_synthetic_error(text: str, error: str, status: int, session: str) -> 
 
 
 def claude_rate_limit(session: str) -> int:
-    """A subscription's limit (OAuth): a rejected rate_limit_event with its reset."""
+    """A subscription's limit (OAuth): a rejected rate_limit_event with its reset.
+    FAKE_CLI_RESET_IN=unknown: an API key's (cli-transcripts/claude/ratelimit-long):
+    its own retries of the 429, then a 429 result, no reset time."""
+    if RESET_TEXT == "unknown":
+        for attempt in (1, 2):
+            emit({"type": "system", "subtype": "api_retry", "attempt": attempt,
+                  "max_retries": 10, "retry_delay_ms": 30000, "error_status": 429,
+                  "error": "rate_limit", "session_id": session, "uuid": f"r-{attempt}"})
+        claude_synthetic_error("API Error: Request rejected (429) · This request would exceed "
+                               "your account's rate limit. Please try again later.",
+                               "rate_limit", 429, session)
+        return 1
     reset = int(time.time() + RESET_IN) + 1
     emit({"type": "rate_limit_event", "rate_limit_info": {
         "status": "rejected", "resetsAt": reset, "rateLimitType": "five_hour"},
@@ -134,7 +158,7 @@ def claude(argv: list[str], prompt: str) -> int:
           "tools": ["Bash", "Edit", "Read"], "mcp_servers": [], "model": model,
           "permissionMode": mode, "apiKeySource": "ANTHROPIC_API_KEY",
           "claude_code_version": "2.1.197"})
-    if "RATELIMIT" in prompt and rate_limited_once("claude"):
+    if limited("claude", prompt):
         return claude_rate_limit(SESSION)
     if "FAIL" in prompt:
         claude_synthetic_error("API Error: 400 the fake failed as asked", "unknown", 400, SESSION)
@@ -183,7 +207,7 @@ def codex(argv: list[str], prompt: str) -> int:
           "Model metadata for `gpt-5-codex` not found. Defaulting to fallback metadata; "
           "this can degrade performance and cause issues."}})
     emit({"type": "turn.started"})
-    if "RATELIMIT" in prompt and rate_limited_once("codex"):
+    if limited("codex", prompt):
         last = "exceeded retry limit, last status: 429 Too Many Requests"
         for n in range(1, 6):
             emit({"type": "error", "message": f"Reconnecting... {n}/5 ({last})"})
@@ -245,7 +269,7 @@ def gemini(argv: list[str], prompt: str) -> int:
     emit({"type": "init", "timestamp": now_stamp(), "session_id": session, "model": model})
     # gemini echoes the prompt: a parser must never read it as the CLI's word
     emit({"type": "message", "timestamp": now_stamp(), "role": "user", "content": prompt})
-    if "RATELIMIT" in prompt and rate_limited_once("gemini"):
+    if limited("gemini", prompt):
         quota = (f"You exceeded your current quota, please check your plan and billing "
                  f"details. Please retry in {RESET_IN:g}s.\nSuggested retry after {RESET_IN:g}s.")
         print(f"Attempt 1 failed: {quota}. Max attempts reached", file=sys.stderr, flush=True)
@@ -285,7 +309,7 @@ def aider(argv: list[str], prompt: str) -> int:
     if "FAIL" in prompt:     # aider exits 0 after --message-file even when the call failed
         print("litellm.BadRequestError: OpenAIException - Invalid 'input': the fake failed.\n")
         return 0
-    if "RATELIMIT" in prompt and rate_limited_once("aider"):
+    if limited("aider", prompt):
         for delay in (0.2, 0.5):
             print("litellm.RateLimitError: RateLimitError: OpenAIException - Rate limit reached. "
                   "Please try again in 30s.\nThe API provider has rate limited you. Try again "

@@ -13,6 +13,9 @@ URL (`api.base("ratelimit")` -> `http://127.0.0.1:PORT/s/ratelimit`):
     err400      HTTP 400 (a bad request: not retried by any CLI)
     err500      HTTP 500
     ratelimit   HTTP 429 with `retry-after: 1`
+    ratelimit-far  HTTP 429 whose limit resets in an hour: `retry-after: 3600`
+                and Anthropic's `anthropic-ratelimit-unified-status: rejected` with
+                its `-reset` (epoch seconds), as a subscription's limit says it
     overloaded  HTTP 529 (Anthropic) or 503 (the others)
     hang        accepts the request and never answers (until the server stops)
 
@@ -32,6 +35,7 @@ HANG_LIMIT = 300.0
 TEXT = "PLAN: hello"
 PREAMBLE = "Let me look."
 RETRY_AFTER = "1"
+FAR = 3600   # seconds until a ratelimit-far limit resets
 
 
 class MockAPI:
@@ -181,13 +185,17 @@ class _Handler(BaseHTTPRequestHandler):
             self.mock.release.wait(HANG_LIMIT)
             self.close_connection = True
             return True
-        status = {"err400": 400, "err500": 500, "ratelimit": 429,
+        status = {"err400": 400, "err500": 500, "ratelimit": 429, "ratelimit-far": 429,
                   "overloaded": 529 if api == "anthropic" else 503}.get(scenario)
         if status is None:
             return False
         maker = {"anthropic": _anthropic_error, "gemini": _gemini_error}.get(api, _openai_error)
         payload, headers = maker(status)
-        if status == 429:
+        if status == 429 and scenario == "ratelimit-far":
+            headers = {**headers, "retry-after": str(FAR),
+                       "anthropic-ratelimit-unified-status": "rejected",
+                       "anthropic-ratelimit-unified-reset": str(int(time.time()) + FAR)}
+        elif status == 429:
             headers = {**headers, "retry-after": RETRY_AFTER}
         self._json(status, payload, headers)
         return True

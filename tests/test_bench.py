@@ -16,7 +16,8 @@ def test_bench_smoke_runs_every_scenario(tmp_path):
     assert result["machine"]["cores"] >= 1 and result["machine"]["python"]
     figures = {(r["scenario"].split(":")[0], r["figure"]) for r in result["results"]}
     for scenario in ("A", "B", "C", "caller block", "launch throughput", "signal to launch",
-                     "scale", "no-op", "memory", "idle", "hooks", "report", "fan-out"):
+                     "scale", "no-op", "memory", "idle", "hooks", "report", "fan-out",
+                     "merge queue", "telemetry", "best of"):
         assert any(s == scenario for s, _ in figures), scenario
     # issue 10: ratios to doit's own floor measured in the same run, idle with agents running
     assert ("no-op", "doit / doit list --all") in figures

@@ -73,7 +73,8 @@ def crash_plan(rng: random.Random, fanout: bool = False) -> list[tuple[str, str,
     points are drawn only for a pipeline that has one (so the seeded plans
     of the other trials stay as they were)."""
     from orchestrate.runtime.faults import POINTS
-    points = [p for p in POINTS if fanout or not p.startswith("fanout-")]
+    points = [p for p in POINTS if (fanout or not p.startswith("fanout-"))
+              and not p.startswith(("merge-", "bestof-"))]   # test_landing and test_best_of have their own
     plan = []
     for _ in range(rng.randint(1, 3)):
         point = f"{rng.choice(points)}:{rng.randint(1, 6)}" if rng.random() < 0.6 else ""

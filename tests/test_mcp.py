@@ -27,7 +27,7 @@ except ImportError:
         raise
     pytest.skip("needs the mcp extra: pip install -e '.[test,mcp]'", allow_module_level=True)
 
-TOOLS = {"list", "run", "status", "wait", "logs", "signal", "cancel", "retry"}
+TOOLS = {"list", "run", "status", "wait", "logs", "signal", "cancel", "retry", "plan"}
 
 
 @contextlib.asynccontextmanager
@@ -517,3 +517,20 @@ def test_the_tool_timing_bench_runs():
     for label in ("start + initialize", "list", "run (launches)", "wait (until done)", "logs",
                   "signal", "cancel (nothing running)"):
         assert f"\n{label} " in proc.stdout, proc.stdout
+
+
+def test_the_plan_tool_answers_as_doit_plan_json_and_changes_nothing(ws, errlog):
+    ws.write_pipeline("p", f'[agents.a]\ncommand = {json.dumps(ws.agent_cmd())}\n')
+    expected = json.loads(ws.doit("plan", "--json", check_rc=0).stdout)
+    listing = sorted(str(p.relative_to(ws.root)) for p in ws.state.rglob("*"))
+
+    async def body():
+        async with connect(ws.root, errlog) as session:
+            assert await call(session, "plan") == expected
+            assert await call(session, "plan", tasks=["p:a"]) == expected
+            result = await session.call_tool("plan", {"tasks": ["p:nope"]})
+            assert result.is_error and "no pipeline or agent matches" in result.content[0].text
+    anyio.run(body)
+    assert [a["task"] for a in expected["agents"]] == ["p:a"]
+    assert sorted(str(p.relative_to(ws.root)) for p in ws.state.rglob("*")) == listing
+    assert ws.launches() == []

@@ -299,3 +299,23 @@ def test_a_bad_flag_fails_with_the_clis_message(ws, api, home, preset):
     assert "bogus-flag-xyz" in reason, reason
     assert not api.seen("success") or all(
         "bogus-flag" not in json.dumps(r["body"]) for r in api.seen("success"))
+
+
+def test_claude_limited_for_an_hour_falls_back_to_codex(ws, api, home):
+    """The real claude gets a 429 whose limit resets in an hour (it says no
+    reset time with an API key: unknown counts as far); the real codex
+    answers the same prompt."""
+    env = {**cli_env("claude", api, "ratelimit-far", home),
+           **cli_env("codex", api, "success", home)}
+    ws.write_pipeline("p", pipeline("claude", fallback=["codex"]))
+    ws.doit("wait", env=env, timeout=180, check_rc=0)
+    record = ws.status("p", "a")
+    assert record["state"] == "done" and record["preset"] == "codex", record
+    assert record["reason"] == "via codex: claude rate limited (reset unknown)"
+    assert record["result"]["final_message"] == "PLAN: hello"
+    claude_calls = [r for r in api.seen("ratelimit-far") if r["path"].startswith("/v1/messages")]
+    codex_calls = [r for r in api.seen("success") if r["path"].startswith("/v1/responses")]
+    assert claude_calls and codex_calls
+    assert "Write a plan." in json.dumps(codex_calls[-1]["body"])   # the same prompt
+    assert [e["preset"] for e in events(ws) if e["event"] == "fallback"] == ["codex"]
+    assert json.loads((ws.state / "ratelimits" / "claude.json").read_text())["until"]

@@ -580,7 +580,7 @@ def test_a_launch_is_recorded_before_the_executor_is_asked():
     assert t.unanswered(record) and record.reason == "input in.txt changed"
     assert (record.spent_usd, record.rate_limit_hits) == (0.5, 2)
     assert record.limits == {"timeout": 30.0, "stall_timeout": None, "kill_grace": 5.0,
-                             "check": False, "preset": "claude"}
+                             "check": False, "preset": "claude", "model": None}
     assert record.upstream == {"up": "s1"} and not record.retry_requested
     assert effects == [t.Save(durable=False)]
 

@@ -83,6 +83,8 @@ def _startup_failure(result: AgentResult, text: str, exit_code: int | None,
 
 _CLAUDE_USAGE_LIMIT = re.compile(r"usage limit reached\|(\d+)", re.IGNORECASE)
 _CLAUDE_LIMITED = ("rate_limit", "overloaded")
+# a subscription's weekly limit of one model family: seven_day_opus, seven_day_sonnet
+_CLAUDE_MODEL_LIMIT = re.compile(r"seven_day_([a-z]+)")
 
 
 def _claude_tokens(result: AgentResult, event: dict[str, Any]) -> None:
@@ -126,6 +128,8 @@ def parse_claude(text: str, exit_code: int | None = None) -> AgentResult:
             if info.get("status") == "rejected":
                 result.rate_limited = True
                 result.reset_at = info.get("resetsAt") or result.reset_at
+                scope = _CLAUDE_MODEL_LIMIT.fullmatch(str(info.get("rateLimitType") or ""))
+                result.limit_model = scope.group(1) if scope else None
         elif kind == "result":
             finished = True
             _claude_result(result, event)

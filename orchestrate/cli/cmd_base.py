@@ -30,8 +30,8 @@ EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_TIMEOUT, EXIT_INTERRUPTED = (
 def outcome(decisions: dict[str, Decision]) -> int:
     """0 unless an agent of the selection failed, was cancelled, or is held by
     a budget (it cannot finish without a user's action)."""
-    bad = any(d.state in ("failed", "cancelled") or (d.state == "queued" and d.blocked)
-              for d in decisions.values())
+    bad = any((d.state in ("failed", "cancelled") and not d.lost)
+              or (d.state == "queued" and d.blocked) for d in decisions.values())
     return EXIT_FAILED if bad else EXIT_OK
 
 

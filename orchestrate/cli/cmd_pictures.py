@@ -16,6 +16,7 @@ from urllib.parse import quote
 
 from ..core import checks, graph, report, timeline
 from ..core.errors import UserError
+from ..core.landing import CHECK_FAILED, CONFLICT
 from ..core.scheduler import Decision
 from ..runtime.state import Layout, StatusRecord, event_objects, write_atomic
 from .cmd_base import OrchestrateCommand, budgets, opt_expand, opt_format, opt_output
@@ -106,8 +107,9 @@ def collect(root: Path, names: list[str], report_dir: Path) -> report.ReportData
     layout = Layout(root)
     tasks = set(decisions)
     attempts = timeline.build(read_events(layout.events_path), tasks, records)
-    rows = fanout_rows([_row(root, d, records.get(t), report_dir)
-                        for t, d in decisions.items()], decisions)
+    rows = candidate_rows(fanout_rows([_row(root, d, records.get(t), report_dir)
+                                       for t, d in decisions.items()], decisions),
+                          decisions, records)
     totals = pipeline_totals(records.values())
     svg, source = dag_svg(dag)
     return report.ReportData(
@@ -119,7 +121,21 @@ def collect(root: Path, names: list[str], report_dir: Path) -> report.ReportData
         output_tokens=int(sum(t["output_tokens"] for t in totals.values())),
         failures=[_failure(root, t, d, records.get(t)) for t, d in decisions.items()
                   if d.state == "failed"],
+        merges=merge_rows(decisions, records),
         generated=time.time(), counts=agent_counts(decisions))
+
+
+def merge_rows(decisions: dict[str, Decision], records: dict) -> list[report.MergeRow]:
+    """The landing of each selected agent that has one, in the queue's order."""
+    rows = []
+    for task in decisions:
+        record = records.get(task)
+        merge = record.merge if record is not None else {}
+        if merge.get("state"):
+            rows.append((merge.get("queued_at") or 0.0, report.MergeRow(
+                task, str(merge.get("into", "")), str(merge["state"]), str(merge.get("sha", "")),
+                int(merge.get("attempts", 0)))))
+    return [row for _, row in sorted(rows, key=lambda r: (r[0], r[1].task))]
 
 
 def agent_counts(decisions: dict[str, Decision]) -> dict[str, int]:
@@ -170,6 +186,26 @@ def fanout_rows(rows: list[report.AgentRow], decisions: dict[str, Decision]
     return result
 
 
+def candidate_rows(rows: list[report.AgentRow], decisions: dict[str, Decision],
+                   records: dict[str, StatusRecord | None]) -> list[report.AgentRow]:
+    """A best_of agent's candidates listed under its row, the winner marked."""
+    def contest(row: report.AgentRow) -> str | None:
+        decision = decisions.get(row.task)   # a fan-out's made-up row has none
+        agent = decision.agent if decision else None
+        return f"{agent.pipeline}:{agent.candidate_of}" if agent and agent.candidate_of else None
+    under: dict[str, list[report.AgentRow]] = {}
+    for row in rows:
+        if (group := contest(row)) is not None:
+            won = getattr(records.get(group), "winner", None) == row.task
+            under.setdefault(group, []).append(replace(row, under=group, winner=won))
+    result: list[report.AgentRow] = []
+    for row in rows:
+        if contest(row) is None:
+            result.append(row)
+            result.extend(under.pop(row.task, []))
+    return result + [r for group in under.values() for r in group]
+
+
 def _row(root: Path, decision: Decision, record: StatusRecord | None,
          report_dir: Path) -> report.AgentRow:
     state = graph.node_state(decision.state)
@@ -189,6 +225,8 @@ def _failure(root: Path, task: str, decision: Decision,
     if record is not None and checks.check_said_no(record):   # show what said no
         log = os.path.relpath(Layout(root).check_log(record.pipeline, record.agent),
                               root)
+    elif record is not None and record.merge.get("state") in (CONFLICT, CHECK_FAILED):
+        log = os.path.relpath(Layout(root).merge_log(record.pipeline, record.agent), root)
     return report.Failure(task, decision.reason, log, tail(root / log) if log else [])
 
 

@@ -3,13 +3,16 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 
 from ..core.scheduler import Decision
 from ..runtime.state import (
+    Layout,
     SchedulingLock,
     StateFolderReadOnly,
 )
+from .cmd_plan import burn, burn_lines
 from .cmd_base import NO_PIPELINES, OrchestrateCommand, budgets, opt_json, selection_of
 from .reporter import Reporter
 from .ui import (
@@ -79,9 +82,12 @@ class Status(OrchestrateCommand):
 
     def _execute(self, pos_args, as_json):
         decisions, records = status(self.root, pos_args, self.report)
+        spend = burn(Layout(self.root), time.time())
         if as_json:
-            self.report.write(json.dumps(status_json(decisions, records),
-                                            indent=1) + "\n")
+            answer = {**status_json(decisions, records), "presets": spend}
+            self.report.write(json.dumps(answer, indent=1) + "\n")
         else:
             print_status(self.report, decisions, records, budgets(self.root))
+            if decisions:
+                self.report.lines(burn_lines(spend))
         return 0

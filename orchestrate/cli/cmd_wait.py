@@ -13,6 +13,7 @@ from ..runtime.state import (
     Layout,
     SchedulingLock,
 )
+from ..runtime.telemetry import this_process_sends
 from .cmd_base import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
@@ -95,6 +96,8 @@ def _wait(root: Path, names: list[str], timeout: float | None, out: Reporter,
         out.write(NO_PIPELINES)
         return EXIT_OK
     engine, agents = selection_of(root, names, liveness_interval=LIVENESS_INTERVAL)
+    this_process_sends()               # before it exits, and from a thread meanwhile
+    engine.telemetry.start_sending()
     lock = SchedulingLock(engine.layout)
     watcher = Watcher(engine.layout, [p.name for p in engine.workspace.pipelines])
     progress = (_LiveProgress(out, engine.workspace.root) if live

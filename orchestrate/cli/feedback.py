@@ -5,8 +5,10 @@ is the feedback file (`.orchestrate/feedback/<pipeline>/<agent>.md`), and a
 preset agent gets the text after its prompt. The record is left as a check's
 relaunch leaves it (waiting, due now, with the feedback file named), so the
 launch carries the feedback exactly as it carries a check's (core/checks.py
-`carried`). The CLI session is not resumed: the agent starts a fresh one
-with the feedback appended to its prompt.
+`carried`). The CLI session its last run reported is resumed (claude
+`--resume`, codex `exec resume`), so the agent reads the review with the
+context of the code it wrote; a CLI that cannot resume starts a fresh
+session with the feedback appended to its prompt.
 """
 from __future__ import annotations
 

@@ -124,8 +124,18 @@ def event_line(item: dict) -> str | None:
         return f"{'launched':<9} {task}" + (f"  ({reason})" if reason else "")
     if kind == "retry":
         return f"{'retrying':<9} {task}  (was {item.get('was', 'failed')}; doit retry)"
+    if kind == "finish" and item.get("merge") == "queued":   # done once merged
+        return f"{'to merge':<9} {task}  ({reason})"
     if kind == "finish":
         return f"{'done':<9} {task}" + (f"  ({reason})" if reason not in ("", "done") else "")
+    if kind == "merged":
+        return f"{'merged':<9} {task}  (into {item.get('into')} at {str(item.get('sha'))[:12]})"
+    if kind == "merge_conflict":
+        files = ", ".join(item.get("files") or ())
+        return f"{'conflict':<9} {task}  (merging into {item.get('into')}: {files})"
+    if kind == "merge_check_failed":
+        return (f"{'rejected':<9} {task}  (merged into {item.get('into')}, the merge check "
+                f"failed: {item.get('last_line')})")
     if kind in ("fail", "cancel"):
         state = "failed" if kind == "fail" else "cancelled"
         line = f"{state:<9} {task}" + (f"  ({reason})" if reason else "")

@@ -92,6 +92,15 @@ DESCRIPTIONS = {
         'every failure line means by "-> doit retry p:a". Returns {"agents": [status '
         'records]}.'
         + RECORDS),
+    "plan": (
+        'As `doit plan --json`: what run would launch and why (the staleness reason), '
+        'and the agents that would wait on them, each with a forecast of duration and '
+        'cost (the median of its last five successful runs, else of the workspace\'s '
+        'runs of the same preset and model, else unknown), and the totals against each '
+        'budget. Launches nothing and changes nothing. Returns {"agents": [{"task", '
+        '"action", "reason", "preset", "model", "forecast": {"duration_s", "cost_usd", '
+        '"basis"}}], "budgets": [{"scope", "name", "budget_usd", "left_usd", '
+        '"forecast_usd", "exceeded"}], "total", "exceeds_budget"}.'),
 }
 
 Tasks = Annotated[list[str] | None, Field(
@@ -184,6 +193,10 @@ def build_server(root: Path) -> MCPServer:
                         "run again.")] = None,
     ) -> dict[str, Any]:
         return await _call(toolbox.retry, tasks, feedback)
+
+    @server.tool(name="plan", annotations=reading, description=DESCRIPTIONS["plan"])
+    async def plan(tasks: Tasks = None) -> dict[str, Any]:
+        return await _call(toolbox.plan, tasks)
 
     @server.tool(name="cancel", annotations=ToolAnnotations(destructive_hint=True),
                  description=DESCRIPTIONS["cancel"])

@@ -35,6 +35,7 @@ from ..runtime.engine import Engine
 from ..runtime.state import Layout, read_status
 from .cmd_base import EXIT_FAILED, EXIT_OK
 from .cmd_logs import print_log
+from .cmd_plan import plan_of
 from .reporter import Reporter
 from .cmd_signal import signal_create
 from .cmd_status import status, status_json
@@ -126,6 +127,11 @@ class Toolbox:
         an invalid pipeline file is left out with a warning, as `doit status` does."""
         names = self.selection(tasks, lenient=True)
         return {**status_json(*status(self.root, names)), **self.warnings()}
+
+    def plan(self, tasks: list[str] | None = None) -> dict:
+        """As `doit plan --json`: launches and writes nothing."""
+        names = self.selection(tasks)
+        return plan_of(self.root, names).to_json()
 
     def snapshot(self, tasks: list[str] | None) -> list[dict]:
         """Status records read without the scheduling lock (nothing settled):

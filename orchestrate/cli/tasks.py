@@ -114,7 +114,11 @@ def _clean_under_lock(layout: Layout, spec: Agent, dryrun: bool, root: Path):
         outputs, _ = expand_patterns(where, spec.outputs)
         state = [layout.signal(pipeline, agent), layout.status(pipeline, agent),
                  *layout.earlier_logs(pipeline, agent), layout.check_log(pipeline, agent),
+                 layout.setup_log(pipeline, agent), layout.merge_log(pipeline, agent),
                  layout.feedback(pipeline, agent)]
+        if spec.candidates:   # a best_of agent: its contest's choice goes too
+            from ..runtime.bestof import contest_files
+            state += contest_files(layout, pipeline, agent)
         paths = [*((where, where / rel) for rel in outputs),
                  *((layout.root, path) for path in state)]
         if dryrun:

@@ -37,6 +37,8 @@ def decision_line(decision: Decision) -> str:
     reason = decision.reason
     if decision.state in ("done", "running") and reason in ("done", "running"):
         reason = ""
+    if decision.launch and decision.via:   # launched with a fallback preset: which, and why
+        reason = f"{reason}; {decision.via}"
     line = f"{label(decision):<9} {decision.agent.task}" + (f"  ({reason})" if reason else "")
     hint = way_out(decision)
     return line + (f"  -> {hint}" if hint else "")

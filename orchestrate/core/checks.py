@@ -91,22 +91,33 @@ def is_check_relaunch(record: StatusRecord | None) -> bool:
     return record is not None and record.state == RunState.WAITING and check_said_no(record)
 
 
+def is_feedback_relaunch(record: StatusRecord | None) -> bool:
+    """Is this record an agent waiting to be relaunched with feedback in its
+    own session: after a failed check, a merge sent back or a person's review?"""
+    return is_check_relaunch(record) or (
+        record is not None and record.state == RunState.WAITING and record.relaunch is not None)
+
+
 def carried(previous: StatusRecord | None) -> dict[str, Any]:
     """What a relaunch keeps of a check series: a retry (of a check or of a
     crash within the series) keeps the count, the feedback and the session
-    to resume; a fresh launch (inputs changed, `doit retry`) starts over."""
+    to resume; a fresh launch (inputs changed, `doit retry`) starts over. A
+    merge sent back keeps the count of its merge attempts."""
     if previous is None or previous.state != RunState.WAITING or previous.retry_at is None:
         return {}
     # a resumed run that failed on its own is retried in a fresh session
     # (the CLI may have lost the session), with the feedback in its prompt
-    session = previous.resume_session if is_check_relaunch(previous) else None
-    return {"check_attempts": previous.check_attempts, "feedback": previous.feedback,
-            "resume_session": session}
+    session = previous.resume_session if is_feedback_relaunch(previous) else None
+    kept: dict[str, Any] = {"check_attempts": previous.check_attempts,
+                            "feedback": previous.feedback, "resume_session": session}
+    if previous.merge:   # a merge sent back, or a crash of its relaunch
+        kept["merge"] = {"attempts": previous.merge.get("attempts", 0)}
+    return kept
 
 
 def running_reason(previous: StatusRecord | None, record: StatusRecord) -> str:
     """`running`, or what the run answers when it is a check's relaunch."""
-    if previous is not None and is_check_relaunch(previous):
+    if previous is not None and is_feedback_relaunch(previous):
         return f"running again after {previous.reason}"
     return "running"
 

@@ -316,7 +316,8 @@ def expand_agents(declared: tuple[Any, ...], static_items: dict[str, list[Item]]
                           for item in items_of[agent.name])
         except ListProblem as err:
             raise ListProblem(str(err), agent.name) from None
-    return tuple(result)
+    from .bestof import expand_candidates
+    return expand_candidates(tuple(result))
 
 
 def _items_for(name: str, by_name: dict[str, Any], static_items: dict[str, Any],

@@ -53,6 +53,7 @@ class AgentResult:
     error: str | None = None
     rate_limited: bool = False       # the CLI hit a rate limit or an overload
     reset_at: float | None = None    # when it said the limit resets (epoch seconds)
+    limit_model: str | None = None   # the model family the limit is for ("opus"), if it said
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -73,6 +74,7 @@ class StatusRecord:
     log: str = ""
     task: str = ""
     run_id: str | None = None
+    trace_id: str | None = None         # the pipeline run's trace this run belongs to (telemetry)
     launches: int = 0
     pid_create_time: float | None = None
     fingerprint: str | None = None
@@ -102,6 +104,14 @@ class StatusRecord:
     limits: dict[str, Any] = field(default_factory=dict)
     checking: bool = False              # the agent exited 0 and its check runs
     retry_requested: bool = False       # `doit retry` asked for a fresh launch
+    preset: str | None = None           # the CLI preset the run launched with (a fallback's?)
+    via: str | None = None              # why a fallback preset ran: "via codex: claude ..."
+    # the next launch is a relaunch with feedback that resumes the session:
+    # "review" (`doit retry --feedback`) or "merge" (a merge sent back)
+    relaunch: str | None = None
+    merge: dict[str, Any] = field(default_factory=dict)   # its landing (core/landing.py)
+    candidate_of: str | None = None     # a best_of candidate: the task it competes for
+    winner: str | None = None           # a best_of agent's row: the candidate task that won
 
     @property
     def active(self) -> bool:

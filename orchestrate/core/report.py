@@ -39,6 +39,17 @@ class AgentRow:
     log: str = ""               # as written in the status record (workspace-relative)
     log_href: str | None = None  # relative to the report's folder
     under: str | None = None    # a fan-out instance: the fan-out's task
+    winner: bool = False        # a best_of candidate that won its contest
+
+
+@dataclass
+class MergeRow:
+    """An agent's landing (`merge = true`): where, how far, how often sent back."""
+    task: str
+    into: str
+    state: str                  # queued, merging, merged, conflict, check_failed, refused
+    sha: str = ""
+    sent_back: int = 0
 
 
 @dataclass
@@ -62,6 +73,7 @@ class ReportData:
     input_tokens: int = 0
     output_tokens: int = 0
     failures: list[Failure] = field(default_factory=list)
+    merges: list[MergeRow] = field(default_factory=list)
     generated: float = 0.0           # when it was made (epoch seconds): the caller's clock
     # agents per state, as `doit status` counts them (fan-out rows are not
     # agents); None: count the rows
@@ -70,7 +82,7 @@ class ReportData:
 
 def render(data: ReportData) -> str:
     return "".join([_head(data), _summary(data), _dag(data), _timeline(data), _table(data),
-                    _failures(data), "</main></body></html>\n"])
+                    _merges(data), _failures(data), "</main></body></html>\n"])
 
 
 def _utc(epoch: float) -> str:
@@ -222,8 +234,9 @@ def _table(data: ReportData) -> str:
     for row in data.rows:
         log = (f'<a href="{e(row.log_href)}">{e(row.log)}</a>' if row.log_href and row.log
                else e(row.log))
-        name = (f'<td class="instance" style="padding-left:24px">{e(row.task)}</td>'
-                if row.under else f"<td>{e(row.task)}</td>")
+        mark = ' <span class="winner">(winner)</span>' if row.winner else ""
+        name = (f'<td class="instance" style="padding-left:24px">{e(row.task)}{mark}</td>'
+                if row.under else f"<td>{e(row.task)}{mark}</td>")
         body.append(f'<tr data-task="{e(row.task)}">{name}'
                     f"<td>{_chip(row.state, row.state)}</td>"
                     f'<td class="num">{row.attempts or ""}</td><td class="num">{e(row.elapsed)}</td>'
@@ -231,6 +244,17 @@ def _table(data: ReportData) -> str:
                     f'<td class="reason">{e(row.reason)}</td><td>{log}</td></tr>')
     return (f'<section id="agents"><h2>Agents</h2><table class="agents"><thead><tr>{head}'
             f'</tr></thead><tbody>{"".join(body)}</tbody></table></section>')
+
+
+def _merges(data: ReportData) -> str:
+    if not data.merges:
+        return ""
+    head = "".join(f"<th>{h}</th>" for h in ("agent", "into", "merge", "commit", "sent back"))
+    body = "".join(f'<tr data-task="{e(m.task)}"><td>{e(m.task)}</td><td>{e(m.into)}</td>'
+                   f"<td>{e(m.state.replace('_', ' '))}</td><td><code>{e(m.sha[:12])}</code>"
+                   f'</td><td class="num">{m.sent_back or ""}</td></tr>' for m in data.merges)
+    return (f'<section id="merges"><h2>Merges</h2><table class="agents"><thead><tr>{head}'
+            f"</tr></thead><tbody>{body}</tbody></table></section>")
 
 
 def _failures(data: ReportData) -> str:

@@ -9,11 +9,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from .checks import is_check_relaunch
+from .bestof import contest_decision, mark_losers
+from .checks import is_feedback_relaunch
+from .fallback import Route, route
 from .fanout_gate import gate_decision
+from .landing import MERGE_POLL, merge_pending
 from .fingerprint import Fingerprint, config_digest, stale_reason
 from .spec import Agent, Workspace
-from .records import ACTIVE, RunState, StatusRecord, clock_text
+from .records import ACTIVE, RunState, StatusRecord
 
 RETRY_REQUESTED = "retry requested (doit retry)"   # the reason shown; the record's flag decides
 
@@ -46,10 +49,14 @@ class Decision:
     blocked_by: str | None = None   # the failed or cancelled task this one waits behind
     launch: bool = False       # ready: the pass launches it (its state is pending)
     signal: str | None = None  # the external signal it waits on (`doit signal NAME`)
+    via: str | None = None     # a fallback preset launches it (`agent` is that variant): why
+    lost: bool = False         # a best_of candidate that ended badly once its contest was over
 
     @property
     def cause(self) -> str | None:
         """The failed or cancelled task that this dead end goes back to."""
+        if self.lost:   # not a dead end: its agent's row says how the contest went
+            return None
         if self.state in (RunState.FAILED, RunState.CANCELLED):
             return self.agent.task
         return self.blocked_by
@@ -69,19 +76,27 @@ class Capacity:
     spent: dict[str, float] = field(default_factory=dict)          # pipeline or "*" -> $
     rate_limited: dict[str, float] = field(default_factory=dict)   # preset -> until (epoch)
     now: float = 0.0
+    unknown_reset: frozenset[str] = frozenset()   # limited presets whose CLI said no reset
 
-    def held(self, agent: Agent) -> tuple[str, bool, float | None] | None:
-        """(reason, blocked, wake at) if a budget or a rate limit holds `agent` back."""
+    def held(self, agent: Agent, record: StatusRecord | None = None
+             ) -> tuple[str, bool, float | None] | None:
+        """(reason, blocked, wake at) if a budget or a rate limit holds `agent`
+        back (a rate limit: of its own preset and of every fallback that would
+        take over, `fallback.route`)."""
         pipeline = self.workspace.pipeline(agent.pipeline)
         for key, budget, label in ((agent.pipeline, pipeline.budget_usd, "pipeline"),
                                    ("*", self.workspace.budget_usd, "workspace")):
             if budget is not None and self.spent.get(key, 0.0) >= budget:
                 return (f"budget reached: ${self.spent.get(key, 0.0):.2f} of ${budget:.2f} "
                         f"({label})", True, None)
-        until = self.rate_limited.get(agent.preset or "")
-        if until is not None and self.now < until:
-            return f"rate limited until {clock_text(until)} ({agent.preset})", False, until
+        routed = self.route(agent, record)
+        if routed.held is not None:
+            return routed.held, False, routed.until
         return None
+
+    def route(self, agent: Agent, record: StatusRecord | None) -> Route:
+        """The preset `agent`'s launch uses now (its own, or a fallback's)."""
+        return route(agent, record, self.rate_limited, self.unknown_reset, self.now)
 
     def _limits(self, agent: Agent) -> list[tuple[str, int, str]]:
         limits = []
@@ -161,6 +176,10 @@ def decide(agent: Agent, facts: AgentFacts, decided: dict[str, Decision],
     if agent.gate:
         gated: Decision = gate_decision(agent, record, decided, signals)
         return gated
+    if agent.candidates:
+        contest: Decision = contest_decision(agent, record, decided, facts.signal_digest,
+                                             facts.missing_outputs, now)
+        return contest
     if record and record.state in ACTIVE:
         return Decision(agent, RunState.RUNNING, record.reason or "running")
     if record and record.state == RunState.CANCELLED and record.fingerprint is None:
@@ -179,6 +198,9 @@ def decide(agent: Agent, facts: AgentFacts, decided: dict[str, Decision],
         return Decision(agent, RunState.DONE, current.reason or "done", fingerprint, used)
     if current and current.state in (RunState.FAILED, RunState.CANCELLED):
         return Decision(agent, current.state, current.reason, fingerprint, used)
+    if current is not None and agent.merge and merge_pending(current):   # done, not landed
+        return Decision(agent, RunState.WAITING, current.reason, fingerprint, used, timed=True,
+                        wake_at=now + MERGE_POLL)
     attempt = 1
     reason = _why_stale(record, facts, fingerprint, _upstream_states(agent, record, decided))
     if current and current.state == RunState.WAITING and current.retry_at is not None:
@@ -187,17 +209,18 @@ def decide(agent: Agent, facts: AgentFacts, decided: dict[str, Decision],
                             wake_at=current.retry_at, attempt=current.attempt + 1)
         attempt = current.attempt + 1
         reason = f"attempt {attempt} of {agent.retries + 1}"
-        if is_check_relaunch(current):   # its reason says which check failed, and why
+        if is_feedback_relaunch(current):   # its reason says what failed, and why
             reason = current.reason
-    if hold := capacity.held(agent):
+    if hold := capacity.held(agent, current):
         reason, blocked, wake_at = hold
         return Decision(agent, RunState.QUEUED, reason, fingerprint, used, attempt=attempt,
                         blocked=blocked, timed=wake_at is not None, wake_at=wake_at)
     if full := capacity.full(agent):
         return Decision(agent, RunState.QUEUED, full, fingerprint, used, attempt=attempt)
     capacity.take(agent)
-    return Decision(agent, RunState.PENDING, reason, fingerprint, used, attempt=attempt,
-                    launch=True)
+    routed = capacity.route(agent, current)
+    return Decision(routed.agent, RunState.PENDING, reason, fingerprint, used, attempt=attempt,
+                    launch=True, via=routed.via)
 
 
 def _in_flight(agent: Agent, record: StatusRecord | None) -> Decision:
@@ -258,13 +281,15 @@ def _why_stale(record: StatusRecord | None, facts: AgentFacts, new: Fingerprint,
 def plan(workspace: Workspace, agents: list[Agent], facts: dict[str, AgentFacts],
          present_signals: set[str], running_elsewhere: tuple[Agent, ...] = (),
          now: float = 0.0, spent: dict[str, float] | None = None,
-         rate_limited: dict[str, float] | None = None) -> dict[str, Decision]:
+         rate_limited: dict[str, float] | None = None,
+         unknown_reset: frozenset[str] = frozenset()) -> dict[str, Decision]:
     """One scheduling pass over `agents` (upstream-first order) -> decisions by task.
 
     `running_elsewhere`: running agents outside the selection, which still
     count against workspace-wide caps and pools.
     """
-    capacity = Capacity(workspace, spent=spent or {}, rate_limited=rate_limited or {}, now=now)
+    capacity = Capacity(workspace, spent=spent or {}, rate_limited=rate_limited or {}, now=now,
+                        unknown_reset=unknown_reset)
     for agent in running_elsewhere:
         capacity.take(agent)
     for task, fact in facts.items():
@@ -275,4 +300,6 @@ def plan(workspace: Workspace, agents: list[Agent], facts: dict[str, AgentFacts]
     for agent in agents:
         decided[agent.task] = decide(agent, facts[agent.task], decided, signals,
                                      present_signals, capacity, now)
+        if agent.candidates:
+            mark_losers(agent, decided)
     return decided

@@ -20,7 +20,8 @@ def match(workspace: Workspace, names: list[str]) -> list[Agent]:
     """The agents task names name: `review` a pipeline, `review:plan` one agent;
     shell-style wildcards work as in doit (`review:impl_*`). None = everything.
     A fan-out's name selects all of it (`review:fix`); `review:fix.*` its
-    instances (and, for a planned list, its own `review:fix` row)."""
+    instances (and, for a planned list, its own `review:fix` row). A best_of
+    agent's name selects it and its candidates; `review:fix@2` one candidate."""
     from fnmatch import fnmatchcase
     wanted: set[str] = set()
     for name in names or [p.name for p in workspace.pipelines]:
@@ -50,12 +51,15 @@ def doit_names(names: list[str] | None, known: dict[str, Any]) -> list[str] | No
             result.extend(t for t in known if t.startswith(name + "."))
         else:
             result.append(name)
+            result.extend(t for t in known if t.startswith(name + "@"))   # best_of candidates
     return result
 
 
 def _named(agent: Agent, pattern: str, fnmatchcase: Callable[[str, str], bool]) -> bool:
     if fnmatchcase(agent.name, pattern):
         return True
+    if agent.candidate_of is not None:   # `p:a` names a best_of agent and its candidates
+        return fnmatchcase(agent.candidate_of, pattern)
     if agent.fanout is None:
         return False
     return fnmatchcase(agent.fanout, pattern) or (bool(agent.gate) and

@@ -150,3 +150,32 @@ def sbatch_options(settings: SlurmSettings, resources: tuple[tuple[str, Any], ..
     args = [f"--{key}={getattr(settings, key)}" for key in ("partition", "account", "qos")
             if getattr(settings, key)]
     return args + resource_args(resources) + list(settings.sbatch_args)
+
+
+# -- [tool.orchestrate.telemetry] ----------------------------------------------
+TELEMETRY_KEYS = ("endpoint",)
+
+
+@dataclass(frozen=True)
+class TelemetrySettings:
+    """`[tool.orchestrate.telemetry]`: where runs are exported as traces
+    (OTLP/HTTP, e.g. "http://localhost:4318"; None: only if the environment says)."""
+    endpoint: str | None = None
+
+
+def parse_telemetry_table(table: Any, add: Callable[[str, str], None]) -> TelemetrySettings:
+    """`[tool.orchestrate.telemetry]`; each problem goes to `add(key, message)`."""
+    if not isinstance(table, dict):
+        add("tool.orchestrate.telemetry", "expected a table")
+        return TelemetrySettings()
+    endpoint = None
+    for key, item in table.items():
+        where = f"tool.orchestrate.telemetry.{key}"
+        if key not in TELEMETRY_KEYS:
+            add(where, f"unknown key (known keys: {', '.join(TELEMETRY_KEYS)})")
+        elif not isinstance(item, str) or not item.startswith(("http://", "https://")):
+            add(where, f'expected an OTLP/HTTP address like "http://localhost:4318", '
+                       f'got {item!r}')
+        else:
+            endpoint = item
+    return TelemetrySettings(endpoint)

@@ -15,11 +15,14 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, Callable
 
+from .bestof import best_of_problems, check_best_of, expand_candidates
 from .causes import suggestion
 from .errors import UserError
+from .fallback import DEFAULT_AFTER, FallbackPreset, check_after, check_fallback
 from .foreach import ForEach, check_foreach, fanout_problems, placeholder_problems
 from .sandbox import Sandbox, check_sandbox
-from .settings import SlurmSettings, check_executor, check_resources, parse_slurm_table
+from .settings import (SlurmSettings, TelemetrySettings, check_executor, check_resources,
+                       parse_slurm_table, parse_telemetry_table)
 
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 _DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
@@ -28,7 +31,7 @@ _DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
 PRESETS = ("claude", "codex", "gemini", "aider")
 # Keys that only mean something with `agent = "<preset>"`.
 PRESET_ONLY_KEYS = ("prompt", "prompt_file", "model", "extra_args", "executable",
-                    "allowed_tools", "permission_mode")
+                    "allowed_tools", "permission_mode", "fallback", "fallback_after")
 
 
 class PipelineError(UserError):
@@ -70,9 +73,16 @@ class Agent:
     executable: str | None = None
     allowed_tools: tuple[str, ...] = ()
     permission_mode: str | None = None
+    fallback: tuple[FallbackPreset, ...] = ()   # presets to use while its own is rate limited
+    fallback_after: float = DEFAULT_AFTER
     check: str | tuple[str, ...] | None = None   # decides whether an exit-0 run is done
     check_timeout: float = 600.0
     check_retries: int = 2
+    setup: str | tuple[str, ...] | None = None   # runs once in a fresh worktree
+    merge: bool = False                 # land its branch once done (see `landing`)
+    merge_into: str | None = None       # default orchestrate-merged/<pipeline>
+    merge_check: str | tuple[str, ...] | None = None   # default: `check`
+    merge_retries: int = 2
     foreach: ForEach | None = None      # a fan-out declaration (a template, never run)
     fanout: str | None = None           # instances and gate rows: the declaration's name
     key: str | None = None              # an instance's key
@@ -85,6 +95,10 @@ class Agent:
     sandbox: Sandbox | None = None      # None: not sandboxed (see `core.sandbox`)
     # A run in flight whose declaration is gone (see `standin`): why, else None
     stand_in: str | None = None
+    best_of: tuple[str, ...] = ()       # the candidates' labels ("1".."N" or presets)
+    judge: str | tuple[str, ...] | None = None
+    candidate_of: str | None = None     # a candidate: the name of the agent it competes for
+    candidates: tuple[str, ...] = ()    # the agent's own row of a best_of: its candidates
 
     @cached_property
     def task(self) -> str:
@@ -94,6 +108,16 @@ class Agent:
     def upstream(self) -> tuple[str, ...]:
         named = self.after + tuple(u for u in self.after_any if u not in self.after)
         return named + tuple(u for u in self.awaits if u not in named)
+
+    @property
+    def merge_target(self) -> str:
+        """The branch `merge = true` lands this agent's branch on."""
+        return self.merge_into or f"orchestrate-merged/{self.pipeline}"
+
+    @property
+    def merge_command(self) -> str | tuple[str, ...] | None:
+        """What checks a merged tree: `merge_check`, else the agent's `check`."""
+        return self.merge_check if self.merge_check is not None else self.check
 
     def config_identity(self) -> dict[str, Any]:
         """What, when changed, makes the agent stale (doit's config_changed).
@@ -163,6 +187,7 @@ class Workspace:
     executor: str = "local"
     slurm: SlurmSettings = SlurmSettings()
     sandbox: Sandbox | None = None      # the default of every agent
+    telemetry: TelemetrySettings = TelemetrySettings()
     agents_by_task: dict[str, Agent] = field(default_factory=dict, compare=False,
                                              repr=False)
     # Only from `load_workspace(root, lenient=True)`: what is wrong, and the
@@ -318,11 +343,32 @@ def _check_preset(value: Any) -> str:
     return str(value)
 
 
+def _check_bool(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"expected true or false, got {value!r}")
+    return value
+
+
+def _check_branch(value: Any) -> str:
+    """A branch name git accepts (the rules of git check-ref-format, in short)."""
+    text = _check_str(value)
+    bad = (not text or text.startswith(("-", "/")) or text.endswith(("/", ".", ".lock"))
+           or ".." in text or "//" in text or "@{" in text or text == "@"
+           or any(c in text for c in " ~^:?*[\\") or any(ord(c) < 32 or ord(c) == 127 for c in text)
+           or any(part.startswith(".") for part in text.split("/")))
+    if bad:
+        raise ValueError(f"{text!r} is not a valid git branch name")
+    return text
+
+
 def _check_isolation(value: Any) -> str:
     if value != "worktree":
         raise ValueError('expected "worktree"')
     return str(value)
 
+
+# keys of an isolated agent's worktree and branch (README "Landing the work")
+LANDING_KEYS = ("setup", "merge", "merge_into", "merge_check", "merge_retries")
 
 AGENT_KEYS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "command": ("command", _check_command),
@@ -352,10 +398,19 @@ AGENT_KEYS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "executable": ("executable", _check_str),
     "allowed_tools": ("allowed_tools", _check_str_list),
     "permission_mode": ("permission_mode", _check_str),
+    "fallback": ("fallback", check_fallback),
+    "fallback_after": ("fallback_after", lambda value: check_after(value, parse_duration)),
     "check": ("check", _check_command),
     "check_timeout": ("check_timeout", _check_positive_duration),
     "check_retries": ("check_retries", _check_int),
+    "setup": ("setup", _check_command),
+    "merge": ("merge", _check_bool),
+    "merge_into": ("merge_into", _check_branch),
+    "merge_check": ("merge_check", _check_command),
+    "merge_retries": ("merge_retries", _check_int),
     "foreach": ("foreach", check_foreach),
+    "best_of": ("best_of", lambda value: check_best_of(value, PRESETS)),
+    "judge": ("judge", _check_command),
     "executor": ("executor", check_executor),
     "resources": ("resources", lambda value: check_resources(value, parse_duration)),
     "sandbox": ("sandbox", check_sandbox),
@@ -363,7 +418,7 @@ AGENT_KEYS: dict[str, tuple[str, Callable[[Any], Any]]] = {
 PIPELINE_KEYS = ("description", "max_parallel", "budget_usd", "defaults", "agents", "hooks",
                  "executor")
 WORKSPACE_KEYS = ("max_parallel", "pools", "budget_usd", "hooks", "executor", "slurm",
-                  "sandbox")
+                  "sandbox", "telemetry")
 
 
 def parse_hooks(path: str, key: str, table: Any, problems: "Problems") -> Hooks:
@@ -426,6 +481,24 @@ def _check_how_it_runs(path: str, agent: str, fields: dict[str, Any],
                      "or prompt_file")
     if fields.get("permission_mode") and fields["preset"] != "claude":
         problems.add(path, agent, "permission_mode", "only the claude preset has it")
+    _own_preset_in_chain(path, agent, fields, problems, "fallback" in given)
+
+
+def _own_preset_in_chain(path: str, agent: str, fields: dict[str, Any], problems: Problems,
+                         own_key: bool) -> None:
+    """An agent's own preset and model in its fallback chain: a mistake in
+    its own table; from [defaults] (one chain for claude and codex agents
+    alike) it is left out of that agent's chain."""
+    chain = fields.get("fallback", ())
+    own = (fields["preset"], fields.get("model"))
+    if not any((entry.agent, entry.model) == own for entry in chain):
+        return
+    if own_key:
+        problems.add(path, agent, "fallback", f"lists the agent's own preset "
+                     f"{fields['preset']!r}" + (f" and model {own[1]!r}" if own[1] else "")
+                     + " (give another preset, or another model of it)")
+    else:
+        fields["fallback"] = tuple(e for e in chain if (e.agent, e.model) != own)
 
 
 def _check_dependencies(path: str, agents: dict[str, dict[str, Any]],
@@ -450,6 +523,9 @@ def _check_dependencies(path: str, agents: dict[str, dict[str, Any]],
                              '(it needs isolation = "worktree")')
             if fields.get("isolation") != "worktree":
                 problems.add(path, name, "base", 'only applies with isolation = "worktree"')
+        for key in LANDING_KEYS:
+            if key in fields and fields.get("isolation") != "worktree":
+                problems.add(path, name, key, 'only applies with isolation = "worktree"')
         pool = fields.get("pool")
         if pool is not None and pools is not None and pool not in pools:
             problems.add(path, name, "pool", f"unknown pool '{pool}' (declare it in "
@@ -537,6 +613,11 @@ def parse_pipeline(name: str, path: str, data: dict[str, Any], problems: Problem
                          "(expected [A-Za-z0-9][A-Za-z0-9_-]*)")
         fields = {"executor": own_executor or executor, "sandbox": sandbox,
                   **default_fields, **_agent_fields(path, agent_name, table, problems)}
+        if fields.get("best_of") and not fields["best_of"][0].isdigit() \
+                and "preset" not in fields and "command" not in fields:
+            fields["preset"] = fields["best_of"][0]   # each candidate gets its own preset
+        for key, message in best_of_problems(fields):
+            problems.add(path, agent_name, key, message)
         if isinstance(table, dict):
             _check_how_it_runs(path, agent_name, fields, problems, frozenset(table))
             for key, message in placeholder_problems({**defaults, **table}
@@ -554,9 +635,9 @@ def parse_pipeline(name: str, path: str, data: dict[str, Any], problems: Problem
     if len(problems.lines) > before:
         return None
     agents = tuple(Agent(pipeline=name, name=n, **f) for n, f in fields_by_agent.items())
-    return Pipeline(name=name, path=path, agents=agents, description=description,
-                    max_parallel=max_parallel, budget_usd=budget, hooks=hooks,
-                    declared=agents, executor=own_executor)
+    return Pipeline(name=name, path=path, agents=expand_candidates(agents),
+                    description=description, max_parallel=max_parallel, budget_usd=budget,
+                    hooks=hooks, declared=agents, executor=own_executor)
 
 
 def output_clashes(fields_by_agent: dict[str, dict[str, Any]], owners: dict[str, str],
@@ -639,4 +720,7 @@ def parse_workspace_config(path: str, data: dict[str, Any], problems: Problems) 
     if "slurm" in table:
         config["slurm"] = parse_slurm_table(table["slurm"], parse_duration,
                                             lambda key, message: problems.add(path, None, key, message))
+    if "telemetry" in table:
+        config["telemetry"] = parse_telemetry_table(
+            table["telemetry"], lambda key, message: problems.add(path, None, key, message))
     return config

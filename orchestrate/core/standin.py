@@ -28,7 +28,7 @@ def launch_limits(agent: Agent) -> dict[str, Any]:
     without its declaration."""
     return {"timeout": agent.timeout, "stall_timeout": agent.stall_timeout,
             "kill_grace": agent.kill_grace, "check": agent.check is not None,
-            "preset": agent.preset}
+            "preset": agent.preset, "model": agent.model}
 
 
 def stand_in(record: StatusRecord, why: str) -> Agent:

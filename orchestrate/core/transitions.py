@@ -29,7 +29,8 @@ from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import Any
 
-from . import checks, standin
+from . import checks, landing, standin
+from .fallback import as_ran, ends_in_fallback
 from .fingerprint import digest_text
 from .policy import SIGKILL, SIGTERM, StopKind, backoff, limit_exceeded, next_limit, should_retry
 from .scheduler import RETRY_REQUESTED, Decision
@@ -213,10 +214,13 @@ class WriteFeedback(Value):
 
 @dataclass(eq=False, repr=False)
 class HoldPreset(Value):
-    """The preset's agents wait until then (ratelimits/<preset>.json)."""
+    """The preset's agents wait until then (ratelimits/<preset>.json);
+    `reset_known`: the CLI said when (else `until` is a backoff's guess)."""
     preset: str
     until: float
     by: str
+    reset_known: bool = True
+    model: str | None = None   # the CLI said the limit is for this model family only
 
 
 @dataclass(eq=False, repr=False)
@@ -257,6 +261,7 @@ Effects = list[Effect]
 # -- the function -------------------------------------------------------------
 def transition(record: StatusRecord, agent: Agent, seen: Observation, now: float
                ) -> tuple[StatusRecord, Effects]:
+    agent = as_ran(agent, record)   # a fallback's run is settled as the preset that ran
     if agent.stand_in is None:
         return _transition(record, agent, seen, now)
     return _undeclared(record, agent, seen, now)
@@ -319,13 +324,20 @@ def _attached(record: StatusRecord, handle: Handle, reason: str) -> StatusRecord
 def _started(record: StatusRecord, agent: Agent, seen: Submitted) -> tuple[StatusRecord, Effects]:
     handle = seen.handle
     why = record.reason   # the scheduler's reason to launch it
-    record = _attached(record, handle, seen.running_reason)
+    running = seen.running_reason
+    if record.via:   # a fallback preset runs it: the reason says which, and why
+        running = record.via if running == "running" else f"{running}; {record.via}"
+    record = _attached(record, handle, running)
     extra = {"job_id": handle.job_id} if handle.job_id else {}
     # a job id is the only way back to a job: on disk before anything else
-    return record, [Save(durable=handle.job_id is not None),
-                    Event("launch", {"task": agent.task, "run_id": record.run_id,
-                                     "pid": handle.pid, "attempt": record.attempt,
-                                     "reason": why, **extra})]
+    effects: Effects = [Save(durable=handle.job_id is not None),
+                        Event("launch", {"task": agent.task, "run_id": record.run_id,
+                                         "pid": handle.pid, "attempt": record.attempt,
+                                         "reason": why, **extra})]
+    if record.via:
+        effects.append(Event("fallback", {"task": agent.task, "run_id": record.run_id,
+                                          "preset": record.preset, "reason": record.via}))
+    return record, effects
 
 
 def _submit_failed(record: StatusRecord, agent: Agent, seen: SubmitFailed, now: float
@@ -412,9 +424,14 @@ def _finish(record: StatusRecord, agent: Agent, ended: Ended | None, now: float,
         record.result.get("rate_limited"))
     if not (record.state == RunState.FAILED and rate_limited):
         record = replace(record, rate_limit_hits=0)   # the row of rate limits is broken
-    kind = {RunState.DONE: "finish", RunState.CANCELLED: "cancel"}.get(record.state, "fail")
+    queued = landing.merge_pending(record)
+    kind = "finish" if queued else {RunState.DONE: "finish",
+                                    RunState.CANCELLED: "cancel"}.get(record.state, "fail")
     details: dict[str, Any] = {"task": agent.task, "run_id": record.run_id, "exit_code": code,
                                "reason": record.reason, "attempt": record.attempt}
+    details.update(_spend(agent, record, ended, now))
+    if queued:
+        details["merge"] = "queued"
     if record.state == RunState.CANCELLED and rate_limited:   # the wall is real
         effects.append(_hold(agent, record, record.rate_limit_hits + 1, now))
     if (record.state == RunState.FAILED and rate_limited
@@ -422,7 +439,7 @@ def _finish(record: StatusRecord, agent: Agent, ended: Ended | None, now: float,
         record, hold = _rest_after_rate_limit(agent, record, now)
         effects.append(hold)
         details["retry_at"] = record.retry_at
-    elif record.state == RunState.WAITING:   # a check's relaunch
+    elif record.state == RunState.WAITING and not queued:   # a check's relaunch
         details["retry_at"] = record.retry_at
     elif should_retry(agent, record, stopped) and not check_failed:
         record = _retry_later(record, agent, now)
@@ -432,6 +449,20 @@ def _finish(record: StatusRecord, agent: Agent, ended: Ended | None, now: float,
         effects.append(Event(*checks.verdict_event(agent, record)))
     effects += [Event(kind, details), RemoveRunFiles(record.run_id)]
     return record, effects
+
+
+def _spend(agent: Agent, record: StatusRecord, ended: Ended | None, now: float
+           ) -> dict[str, Any]:
+    """What a run took, in its end's event: the history `doit plan` forecasts
+    from and `doit status` adds up per preset (seconds; a preset's dollars)."""
+    spend: dict[str, Any] = {}
+    if record.started_epoch is not None:
+        spend["duration_s"] = round(max(now - record.started_epoch, 0.0), 3)
+    if agent.preset:
+        reported = ended.reported if ended is not None else None
+        spend.update(preset=agent.preset, model=agent.model,
+                     cost_usd=reported.cost_usd if reported is not None else None)
+    return spend
 
 
 def _stopped_state(record: StatusRecord) -> RunState:
@@ -474,7 +505,10 @@ def _outcome(record: StatusRecord, agent: Agent, ended: Ended, now: float
         if not passed:
             return record, effects
     text = ended.signal_text or ""
-    record = replace(record, state=RunState.DONE, exit_code=0, ended_at=ended_at, reason="done",
+    if agent.merge:   # done means merged: the signal waits for its branch to land
+        return landing.queued(record, agent, text, ended_at, now), effects
+    record = replace(record, state=RunState.DONE, exit_code=0, ended_at=ended_at,
+                     reason=record.via or "done",
                      signal_digest=digest_text(text))
     return record, effects + [WriteSignal(text)]
 
@@ -492,6 +526,14 @@ def _rest_after_rate_limit(agent: Agent, record: StatusRecord, now: float
     spending one of `retries`, and hold the preset's other agents till then."""
     hits = record.rate_limit_hits + 1
     hold = _hold(agent, record, hits, now)
+    limited = (f"rate limited until {clock_text(hold.until)}" if hold.reset_known
+               else "rate limited (reset unknown)")
+    if ends_in_fallback(agent, hold.reset_known, hold.until, now):
+        # the next launch, at once, takes the first fallback that is not limited
+        record = replace(record, state=RunState.WAITING, retry_at=now,
+                         attempt=record.attempt - 1, rate_limit_hits=hits,
+                         reason=f"{agent.preset} {limited}; relaunching with a fallback preset")
+        return record, hold
     record = replace(record, state=RunState.WAITING, retry_at=hold.until, attempt=record.attempt - 1,
                      rate_limit_hits=hits,
                      reason=f"rate limited until {clock_text(hold.until)}; retrying "
@@ -502,8 +544,11 @@ def _rest_after_rate_limit(agent: Agent, record: StatusRecord, now: float
 def _hold(agent: Agent, record: StatusRecord, hits: int, now: float) -> HoldPreset:
     """Until when the preset's agents wait: the CLI's reset time, else backoff."""
     reset = record.result.get("reset_at")
-    until = float(reset) if reset and reset > now else now + backoff(agent, hits)
-    return HoldPreset(agent.preset or "", until, agent.task)
+    family = record.result.get("limit_model")
+    family = family if isinstance(family, str) and family.isalnum() else None
+    if isinstance(reset, (int, float)) and reset > now:
+        return HoldPreset(agent.preset or "", float(reset), agent.task, True, family)
+    return HoldPreset(agent.preset or "", now + backoff(agent, hits), agent.task, False, family)
 
 
 def _owe_attempt(record: StatusRecord, now: float) -> tuple[StatusRecord, Effects]:
@@ -524,16 +569,18 @@ def launch_number(previous: StatusRecord | None) -> int:
 
 
 def launching(decision: Decision, previous: StatusRecord | None, run_id: str,
-              inputs: dict[str, list[Any]], log: str, now: float
-              ) -> tuple[StatusRecord, Effects]:
+              inputs: dict[str, list[Any]], log: str, now: float,
+              trace_id: str | None = None) -> tuple[StatusRecord, Effects]:
     """The record of a launch, before the executor is asked: a crash after
     it is recovered by its run id (`Found`, `NeverStarted`). It keeps what a
     relaunch must not forget (money spent, rate limits in a row, a check
-    series) and the limits of this launch (`standin`)."""
+    series) and the limits of this launch (`standin`); `trace_id`: the
+    pipeline run's trace (telemetry)."""
     agent, fingerprint = decision.agent, decision.fingerprint
     record = StatusRecord(
         state=RunState.LAUNCHING, pipeline=agent.pipeline, agent=agent.name, task=agent.task,
-        attempt=decision.attempt, run_id=run_id, launches=launch_number(previous),
+        attempt=decision.attempt, run_id=run_id, trace_id=trace_id,
+        launches=launch_number(previous),
         started_at=iso(now), started_epoch=now, reason=decision.reason, log=log,
         fingerprint=fingerprint.digest if fingerprint else None,
         config_digest=fingerprint.config if fingerprint else None,
@@ -542,7 +589,11 @@ def launching(decision: Decision, previous: StatusRecord | None, run_id: str,
         spent_usd=previous.spent_usd if previous else 0.0,
         rate_limit_hits=previous.rate_limit_hits if previous else 0,
         executor=agent.executor, limits=standin.launch_limits(agent),
+        preset=agent.preset, via=decision.via,
+        candidate_of=f"{agent.pipeline}:{agent.candidate_of}" if agent.candidate_of else None,
         **checks.carried(previous))
+    if previous is not None and previous.preset not in (None, agent.preset):
+        record = replace(record, resume_session=None)   # a session never moves between CLIs
     return record, [Save(durable=False)]
 
 
@@ -582,13 +633,17 @@ def feedback_given(record: StatusRecord | None, task: str, text: str, feedback_f
                    ) -> tuple[StatusRecord, Effects] | None:
     """`doit retry TASK --feedback FILE`: an agent that ran (done, failed or
     cancelled) is relaunched as after a failed check, the feedback file
-    named in its record so that the launch carries it (`checks.carried`);
-    a fresh session, attempts start over. None for any other."""
+    named in its record so that the launch carries it (`checks.carried`),
+    in the session its CLI reported last (resumed where the CLI can);
+    attempts start over. None for any other."""
     if record is None or record.state not in (RunState.DONE, *ENDED_BADLY):
         return None
+    session = record.result.get("session_id") or record.resume_session
     waiting = replace(record, state=RunState.WAITING, retry_at=0.0, fingerprint=None,
-                      attempt=0, reason=RETRY_REQUESTED, retry_requested=True,
-                      check_attempts=0, resume_session=None, feedback=feedback_file)
+                      attempt=0, reason=RETRY_REQUESTED,
+                      retry_requested=True, check_attempts=0, relaunch="review",
+                      resume_session=session if isinstance(session, str) else None,
+                      feedback=feedback_file, merge={})
     return waiting, [WriteFeedback(text), Save(),
                      Event("retry", {"task": task, "was": record.state, "feedback": True})]
 
@@ -621,3 +676,62 @@ def forgotten(record: StatusRecord | None, pipeline: str, name: str, verb: str =
     if record is not None and record.state in ACTIVE:
         return f"{task} is running; not {verb} (doit cancel {task} first)", []
     return None, [Forget(pipeline, name)]
+
+
+# -- best of N: a contest's rows (see core/bestof.py, runtime/bestof.py) ----------
+def contest_decided(agent: Agent, previous: StatusRecord | None, key: dict[str, str],
+                    winner: str | None, reason: str, signal_text: str | None, log: str,
+                    now: float) -> tuple[StatusRecord, Effects]:
+    """A best_of agent's row once its contest is over: done from the winner
+    (its signal written from the winner's outputs), or failed; `key`: the
+    candidates' runs it was decided on (a relaunch of any is a new contest)."""
+    done = winner is not None and signal_text is not None
+    digest = digest_text(signal_text) if done and signal_text is not None else None
+    state = RunState.DONE if done else (
+        RunState.CANCELLED if reason.startswith("cancelled") else RunState.FAILED)
+    row = StatusRecord(
+        state=state, pipeline=agent.pipeline,
+        agent=agent.name, task=agent.task, reason=reason, log=log,
+        started_at=previous.started_at if previous and previous.started_at else iso(now),
+        ended_at=iso(now), upstream=dict(key), signal_digest=digest,
+        winner=f"{agent.pipeline}:{winner}" if winner else None)
+    effects: Effects = [WriteSignal(signal_text)] if done and signal_text is not None else []
+    details: dict[str, Any] = {"task": agent.task, "reason": reason}
+    if row.winner:
+        details["winner"] = row.winner
+    kind = {RunState.DONE: "finish", RunState.CANCELLED: "cancel"}.get(state, "fail")
+    return row, effects + [RememberSignal(digest), Save(), Event(kind, details)]
+
+
+def contest_reopened(agent: Agent, previous: StatusRecord, now: float
+                     ) -> tuple[StatusRecord, Effects]:
+    """A candidate ran again: the old winner no longer stands for the agent."""
+    row = replace(previous, state=RunState.WAITING, reason="waiting on candidates",
+                  started_at=iso(now), ended_at=None, winner=None, retry_requested=False,
+                  checking=False)
+    return row, [Save()]
+
+
+def contest_judging(agent: Agent, previous: StatusRecord | None, reason: str, log: str,
+                    now: float) -> tuple[StatusRecord, Effects]:
+    """Every candidate has ended and several passed: the judge runs (the
+    row's `checking`: its contest is being decided)."""
+    base = previous or StatusRecord(state=RunState.WAITING, pipeline=agent.pipeline,
+                                    agent=agent.name, task=agent.task)
+    row = replace(base, state=RunState.WAITING, reason=reason, log=log, checking=True,
+                  started_at=iso(now), ended_at=None, winner=None, retry_requested=False)
+    return row, [Save(), Event("judge", {"task": agent.task, "reason": reason})]
+
+
+def candidate_withdrawn(previous: StatusRecord | None, pipeline: str, name: str,
+                        agent_name: str, reason: str, now: float
+                        ) -> tuple[StatusRecord, Effects]:
+    """A candidate that had not started (queued, waiting to retry) when its
+    contest was won: cancelled, as a cancel before start leaves it."""
+    task = f"{pipeline}:{name}"
+    base = previous or StatusRecord(state=RunState.CANCELLED, pipeline=pipeline, agent=name,
+                                    task=task)
+    record = replace(base, state=RunState.CANCELLED, reason=reason, ended_at=iso(now),
+                     pid=None, retry_at=None, retry_requested=False, checking=False,
+                     fingerprint=None, candidate_of=f"{pipeline}:{agent_name}")
+    return record, [Save(), Event("cancel", {"task": task, "reason": reason})]

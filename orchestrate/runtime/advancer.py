@@ -28,6 +28,7 @@ from ..core.spec import Workspace
 from .inflight import select_watched, with_stand_ins
 from .workspace import load_workspace
 from .state import Layout, SchedulingLock, StateFileError, append_event, utc_now
+from .telemetry import advancer_sends, send_before_exit
 
 IDLE_CHECK_SECONDS = 1.0   # liveness check of running agents when nothing happens
 # With a pidfd for every running agent, an ended wrapper wakes us: a pass then
@@ -313,6 +314,7 @@ def fork_advancer(engine: Engine, names: list[str], lock: SchedulingLock,
     pid = os.fork()
     if pid:
         lock.forget()
+        advancer_sends()
         return pid
     code = 0
     log = None
@@ -330,7 +332,10 @@ def fork_advancer(engine: Engine, names: list[str], lock: SchedulingLock,
             sys.stderr.flush()
         finally:
             code = ExitCode.INTERNAL
-    os._exit(code)
+    try:   # os._exit runs no atexit handler: what is owed goes now (bounded)
+        send_before_exit()
+    finally:
+        os._exit(code)
 
 
 def _advance_in_child(engine: Engine, names: list[str], lock: SchedulingLock,
@@ -341,6 +346,7 @@ def _advance_in_child(engine: Engine, names: list[str], lock: SchedulingLock,
         lock.release()
         return 0
     lock.release()
+    engine.telemetry.start_sending()   # a thread: this process forks no more
     # Made after the launches (it costs ~10 ms): the advancer's first pass
     # re-reads every file, so nothing that happened before it is missed.
     watcher = Watcher(engine.layout, [p.name for p in engine.workspace.pipelines])

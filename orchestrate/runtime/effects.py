@@ -12,6 +12,8 @@ from __future__ import annotations
 from typing import Callable
 
 from ..core import transitions as t
+from ..core.fallback import limit_key
+from ..core.records import ACTIVE
 from ..core.spec import Agent
 from .executors import Executor
 from .faults import crash_point
@@ -35,15 +37,20 @@ class EffectRunner:
     def __init__(self, layout: Layout, status_cache: FileCache[StatusRecord],
                  signal_cache: FileCache[str],
                  executor_of: Callable[[StatusRecord], Executor],
-                 clock: Callable[[], float], wake: Callable[[float], None]):
+                 clock: Callable[[], float], wake: Callable[[float], None],
+                 attempt_ended: Callable[[Agent, StatusRecord, StatusRecord, object], None]
+                 | None = None):
         """`executor_of`: the executor holding a record's run; `wake(at)`:
-        the engine must run a pass by `at` (a kill due, a retry)."""
+        the engine must run a pass by `at` (a kill due, a retry);
+        `attempt_ended(agent, running, settled, verdict)`: told when a run's
+        attempt ends, before the record that says so is written (telemetry)."""
         self.layout = layout
         self.status_cache = status_cache
         self.signal_cache = signal_cache
         self.executor_of = executor_of
         self.clock = clock
         self.wake = wake
+        self.attempt_ended = attempt_ended
 
     def apply(self, agent: Agent, record: StatusRecord, fact: t.Observation,
               events: list[dict] | None = None) -> StatusRecord:
@@ -51,8 +58,11 @@ class EffectRunner:
         An effect that answers with a fact (`Track`) has the rest of the
         decision made again from that fact. Events go to `events` when given
         (a batch written by the caller), else to events.jsonl at once."""
-        record, effects = t.transition(record, agent, fact, self.clock())
-        return self.run(record, effects, events, agent)
+        settled, effects = t.transition(record, agent, fact, self.clock())
+        if (self.attempt_ended is not None and record.state in ACTIVE
+                and settled.state not in ACTIVE and not isinstance(fact, t.NeverStarted)):
+            self.attempt_ended(agent, record, settled, getattr(fact, "verdict", None))
+        return self.run(settled, effects, events, agent)
 
     def run(self, record: StatusRecord | None, effects: t.Effects,
             events: list[dict] | None = None, agent: Agent | None = None
@@ -108,8 +118,9 @@ class EffectRunner:
         elif isinstance(effect, t.HoldPreset):
             directory = layout.ratelimits_dir
             directory.mkdir(exist_ok=True)
-            write_json(directory / f"{effect.preset}.json",
-                       {"until": effect.until, "by": effect.by})
+            write_json(directory / f"{limit_key(effect.preset, effect.model)}.json",
+                       {"until": effect.until, "by": effect.by,
+                        "reset_known": effect.reset_known})
         elif isinstance(effect, t.RemoveRunFiles):
             remove_run_files(layout, effect.run_id)
         elif isinstance(effect, t.Crash):

@@ -18,12 +18,15 @@ from . import worktree
 from .executors import Executor, Observation, SubmitError, Unavailable
 from .executors.local import LocalExecutor
 from .executors.slurm import SlurmExecutor
+from .bestof import ContestKeeper
 from .fanout import FanoutKeeper, move_outputs_aside
 from .effects import EffectRunner
 from .faults import crash_point
 from ..core.fingerprint import digest_text
 from .hooks import HookKeeper
+from .landing import MergeQueue
 from .launcher import Launcher
+from .telemetry import Telemetry
 from .observe import observe_run
 from ..core.policy import StopKind
 from ..core.stopping import SETTLE, SIGTERM, StopPolicy
@@ -151,6 +154,29 @@ class FanoutRequests(StateView):
         self._engine.workspace = workspace
 
 
+class MergeRequests(StateView):
+    """The merge queue's side of the engine (`landing.MergeHost`): the
+    read-only view, and the changes of records it decides (`core/merging.py`)."""
+
+    def apply_change(self, record: StatusRecord, effects: t.Effects) -> None:
+        self._engine.effects.run(record, effects)
+
+class ContestRequests(StateView):
+    """The best-of step's side of the engine (`bestof.ContestHost`): the
+    read-only view, a pure constructor's change recorded, a candidate cancelled."""
+
+    def apply_change(self, record: StatusRecord | None, effects: t.Effects) -> None:
+        self._engine.effects.run(record, effects)
+
+    def stop(self, agent: Agent, record: StatusRecord, reason: str) -> None:
+        engine = self._engine
+        agent = engine.workspace.agents_by_task.get(agent.task, agent)
+        engine.stop(agent, record, StopKind.CANCEL, reason)
+
+    def wake_by(self, at: float) -> None:
+        self._engine.wake_by(at)
+
+
 class _RunsBeingStopped:
     """The batch `stopping.drive` asks: runs by run id, one question per
     executor per round; `why`: why an executor cannot tell, since it last could."""
@@ -209,18 +235,20 @@ class Engine:
     def __init__(self, workspace: Workspace, launcher: Launcher | None = None,
                  liveness_interval: float = 0.0, clock: Callable[[], float] = time.time,
                  executors: dict[str, Executor] | None = None,
-                 sleep: Callable[[float], None] = time.sleep):
+                 sleep: Callable[[float], None] = time.sleep, make_dirs: bool = True):
         """`liveness_interval`: for an engine that runs pass after pass, the
         least seconds between two questions to an executor that wakes us
         (local; a polled one is asked every `poll`); 0: every executor is
         asked at every pass (one-shot commands); `executors`: name -> executor (default:
         local and slurm on this machine); `clock`: epoch seconds and `sleep`
-        (waiting for a stop), fake ones in tests."""
+        (waiting for a stop), fake ones in tests; `make_dirs`: False for a
+        look that must write nothing (`doit plan`)."""
         self.workspace = workspace
         self.layout = Layout(workspace.root)
         self.launcher = launcher or Launcher(self.layout)
         self.deadline: float | None = None   # executor calls end by then (see bound_stops)
-        self.layout.make_dirs([p.name for p in workspace.pipelines])
+        if make_dirs:
+            self.layout.make_dirs([p.name for p in workspace.pipelines])
         self.status_cache: FileCache[StatusRecord] = FileCache(parse_status)
         self.signal_cache: FileCache[str] = FileCache(read_signal_digest)
         self.liveness_interval = liveness_interval
@@ -229,14 +257,20 @@ class Engine:
         self.next_wake = float("inf")   # the earliest timeout, kill, retry or poll ahead
         self.hooks = HookKeeper(workspace, self.layout)
         self.fanouts = FanoutKeeper(self.layout)
+        self.merges = MergeQueue(self.layout)
         self.executors: dict[str, Executor] = executors or {
             "local": LocalExecutor(self.launcher),
             "slurm": SlurmExecutor(self.layout, workspace.slurm, self.launcher, self.time_left)}
         self.last_asked = {name: float("-inf") for name in self.executors}
         self.view = StateView(self)   # what keepers may read (hooks)
         self.fanout_requests = FanoutRequests(self)   # and what the fan-out step may ask
+        self.merge_requests = MergeRequests(self)     # and the merge queue
+        self.telemetry = Telemetry(workspace, self.layout, clock)
+        self.contests = ContestKeeper(self.layout)
+        self.contest_requests = ContestRequests(self)  # and the best-of step
         self.effects = EffectRunner(self.layout, self.status_cache, self.signal_cache,
-                                    self.executor_of, clock, self.wake_by)
+                                    self.executor_of, clock, self.wake_by,
+                                    self.telemetry.attempt_ended)
 
     def wake_by(self, at: float) -> None:
         """A pass is due by `at` (a timeout, a kill, a retry, a poll)."""
@@ -273,8 +307,11 @@ class Engine:
         """A done agent's declared outputs that name no file now (a stat per
         plain path, a glob per pattern: the price of its inputs); only a
         done agent asks, as only its verdict can change by it."""
-        if record is None or record.state != "done" or not agent.outputs or agent.gate:
-            return ()   # a fan-out's own row: its instances have the outputs
+        if record is None or record.state != "done" or not agent.outputs or agent.gate \
+                or agent.candidate_of:
+            # a fan-out's own row: its instances have the outputs; a best_of
+            # candidate's worktree may now be its agent's (or gone: it lost)
+            return ()
         return tuple(expand_patterns(output_root(self.layout, agent), agent.outputs)[1])
 
     def watched(self) -> None:
@@ -304,7 +341,7 @@ class Engine:
         if name.startswith("."):       # our temporary files
             return False
         if path.parent == self.layout.runs_dir:
-            return name.endswith((".exit", ".checking"))
+            return name.endswith((".exit", ".checking", ".merged", ".judged"))   # .judged: bestof.py
         if path.parent.parent == self.layout.status_dir:
             self.status_cache.mark_dirty(path)
             return self.status_cache.changed(path)
@@ -321,6 +358,15 @@ class Engine:
         records = self.records(agents)
         return plan(self.workspace, agents, self.facts(agents, records),
                     self.external_signals(), now=self.clock())
+
+    def preview(self, agents: list[Agent]) -> dict[str, Decision]:
+        """What a pass would decide now, budgets and rate limits included,
+        without settling a run or writing anything (`doit plan`)."""
+        records = self.records(agents)
+        return plan(self.workspace, agents, self.facts(agents, records),
+                    self.external_signals(), self.running_elsewhere(agents), now=self.clock(),
+                    spent=self.spent(), rate_limited=self.rate_limits(),
+                    unknown_reset=self.unknown_resets())
 
     # -- the pass ----------------------------------------------------------
     def run_pass(self, agents: list[Agent]) -> PassResult:
@@ -342,15 +388,21 @@ class Engine:
         expanded = self.fanouts.step(self.fanout_requests, agents)
         if expanded is not None:   # a planner's list became instances (or changed)
             agents = expanded
+        if expanded is not None or any(a.candidates for a in agents):
+            self.contests.step(self.contest_requests, agents)   # best_of: a winner chosen?
+            records = self.records(agents)
+        if self.merges.step(self.merge_requests):   # a branch landed, or was sent back
             records = self.records(agents)
         facts = self.facts(agents, records)
         decisions = plan(self.workspace, agents, facts, self.external_signals(),
                          self.running_elsewhere(agents), now=self.clock(),
-                         spent=self.spent(), rate_limited=self.rate_limits())
+                         spent=self.spent(), rate_limited=self.rate_limits(),
+                         unknown_reset=self.unknown_resets())
         for decision in decisions.values():
             if decision.timed and decision.wake_at is not None:
                 self.next_wake = min(self.next_wake, decision.wake_at)
         self.hooks.observe(self.view, decisions, facts)
+        self.telemetry.observe(self.view, decisions)
         return PassResult(decisions, facts, agents)
 
     def ask_executors(self, running: list[StatusRecord], now: float) -> dict[str, Observation]:
@@ -524,6 +576,14 @@ class Engine:
                 limits[path.stem] = float(data["until"])
         return limits
 
+    def unknown_resets(self) -> frozenset[str]:
+        """Presets whose CLI did not say when its limit resets: their `until`
+        is a backoff's guess, and a fallback does not wait for it."""
+        directory = self.layout.ratelimits_dir
+        return frozenset(path.stem for path in directory.glob("*.json")
+                         if (read_json(path) or {}).get("reset_known") is False
+                         ) if directory.is_dir() else frozenset()
+
     def running_elsewhere(self, agents: list[Agent]) -> tuple[Agent, ...]:
         """Running agents outside the selection, read only when shared caps exist."""
         if not (self.workspace.max_parallel or self.workspace.pools):
@@ -559,8 +619,10 @@ class Engine:
         self.signal_cache.forget(layout.signal(agent.pipeline, agent.name))
         fingerprint = decision.fingerprint
         log = layout.log(agent.pipeline, agent.name)
+        trace_id = self.telemetry.trace_of(agent.pipeline)
         record = self.effects.run(*t.launching(decision, previous, run_id, inputs,
-                                       layout.relative(log), self.clock()))
+                                               layout.relative(log), self.clock(), trace_id))
+        self.launcher.traceparents[run_id] = self.telemetry.traceparent(trace_id, run_id)
         crash_point("launch-recorded")
         upstream = self._write_upstream_file(agent, run_id,
                                              fingerprint.upstream if fingerprint else {})
@@ -572,11 +634,13 @@ class Engine:
             started = self.executor_for(agent).submit(agent, run_id, decision.attempt, log,
                                                       upstream, checks.followup(layout.root, record))
         except OSError as err:
+            self.launcher.traceparents.pop(run_id, None)
             from .causes import start_failure
             reason = start_failure(err, output_root(layout, agent) / agent.cwd, layout.root)
             return self.effects.apply(agent, record, t.SubmitFailed(
                 reason, retried=isinstance(err, SubmitError)), events)
         crash_point("launch-spawned")
+        self.launcher.traceparents.pop(run_id, None)   # an executor that did not ask
         self._just_launched(self.executor_for(agent).name)
         return self.effects.apply(agent, record, t.Submitted(
             started, checks.running_reason(previous, record)), events)

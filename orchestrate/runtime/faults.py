@@ -13,7 +13,7 @@ import signal
 
 POINTS = ("launch-recorded", "launch-spawned", "finish-signal-written", "finish-saved",
           "stop-recorded", "advancer-forked", "pass-settled", "hook-recorded",
-          "fanout-recorded")
+          "fanout-recorded", "merge-recorded", "merge-advanced", "bestof-chosen")
 
 
 def _plan() -> dict[str, int]:

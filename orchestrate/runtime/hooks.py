@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .faults import crash_point
+from ..core.fallback import limit_until
 from ..core.records import RunState
 from ..core.scheduler import AgentFacts, Decision, plan
 from ..core.selection import upstream_closure
@@ -88,11 +89,12 @@ def standing(decision: Decision, rate_limited: dict[str, float], now: float) -> 
     """done; stuck (needs a person, or a rate limit to pass); follows (waits on
     an upstream that can still move); moving (runs, is ready, queued behind a
     cap, or waits out a retry's backoff)."""
-    if decision.state == RunState.DONE:
+    if decision.state == RunState.DONE or decision.lost:   # a best_of loser: as planned
         return "done"
     if decision.state in (RunState.FAILED, RunState.CANCELLED) or decision.blocked or decision.external:
         return "stuck"
-    if decision.timed and rate_limited.get(decision.agent.preset or "", 0.0) > now:
+    agent = decision.agent
+    if decision.timed and (limit_until(agent.preset, agent.model, rate_limited)[0] or 0.0) > now:
         return "stuck"
     if decision.state == RunState.WAITING and not decision.timed:
         return "follows"

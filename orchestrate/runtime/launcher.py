@@ -19,7 +19,7 @@ from ..core.checks import Followup, prompt_with_feedback
 from ..agents.presets import RESUMABLE, Place, executable, invocation
 from ..core.spec import Agent
 from .state import Layout
-from .worktree import output_root
+from .worktree import commit_line, output_root, setup_line
 from .wrapper import wrapper_argv
 
 
@@ -55,6 +55,8 @@ class Launcher:
         self.popen = popen
         self.base_env = dict(os.environ)   # decoded once, not once per launch
         self.children: set[int] = set()    # wrappers started here, not yet reaped
+        # run id -> its TRACEPARENT, set by the engine just before it submits the run
+        self.traceparents: dict[str, str] = {}
 
     def wrapped(self, agent: Agent, run_id: str, attempt: int, upstream: Path,
                 followup: Followup | None = None
@@ -64,6 +66,8 @@ class Launcher:
         env = agent_environment(self.layout, agent, run_id, attempt, upstream, self.base_env)
         if followup is not None:
             env["ORCHESTRATE_FEEDBACK"] = str(followup.feedback)
+        if run_id in self.traceparents:   # W3C trace context: the attempt's span
+            env["TRACEPARENT"] = self.traceparents.pop(run_id)
         command, stdin_path = self._command(agent, run_id, env, followup)
         root = output_root(self.layout, agent)
         box = None
@@ -71,8 +75,15 @@ class Launcher:
             box = sandbox.prepare(self.layout, agent, run_id, env, root / agent.cwd, root,
                                   (self.layout.log(agent.pipeline, agent.name),))
         check = runner_command(self.layout, agent, run_id, root, box) if agent.check else None
+        before = after = None
+        if agent.isolation == "worktree":   # its worktree exists by now (`worktree.ensure`)
+            after = commit_line(agent, run_id, root, self.layout.commit_failed(run_id))
+            if agent.setup is not None:
+                before = setup_line(agent, root, self.layout.setup_log(agent.pipeline, agent.name),
+                                    self.layout.setup_failed(run_id))
         body = box.script(command, f"{run_id}.sock") if box is not None else None
-        argv = wrapper_argv(agent.task, command, self.layout.exit_file(run_id), check, body)
+        argv = wrapper_argv(agent.task, command, self.layout.exit_file(run_id), check,
+                            before, after, body)
         return argv, stdin_path, env
 
     def launch(self, agent: Agent, run_id: str, attempt: int, log_path: Path,

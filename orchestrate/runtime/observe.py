@@ -12,11 +12,14 @@ writes, since looking and then acting would race with a late wrapper.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from .causes import exit_reason
 from .checkrun import read_verdict
+from ..core.checks import last_line
 from .executors import Executor, Observation, Unavailable
 from ..agents.results import parse as parse_result
+from ..core.fallback import as_ran
 from ..core.spec import Agent
 from .state import Layout, StatusRecord, expand_patterns
 from ..core.transitions import (
@@ -36,6 +39,7 @@ def observe_run(layout: Layout, agent: Agent, record: StatusRecord, executor: Ex
                 seen: Observation | None) -> Fact | None:
     """The fact about a running record (None: nothing can be said yet).
     `seen`: what the executor said at this pass (None: it was not asked)."""
+    agent = as_ran(agent, record)   # a fallback's run: its log is that preset's
     if unanswered(record):
         return recovered(layout, agent, record, executor)
     exit_path = layout.exit_file(record.run_id or "")
@@ -100,6 +104,12 @@ def ended(layout: Layout, agent: Agent, record: StatusRecord, code: int,
         reported = parse_result(agent.preset, text, code)
     if record.stop_kind is not None:   # it ends with its stop reason: nothing else matters
         return Ended(code, ended_at, executor_said=executor_said, reported=reported)
+    if code != 0 and layout.setup_failed(record.run_id or "").exists():
+        said = f"setup failed: {last_line_of(layout.setup_log(agent.pipeline, agent.name))}"
+        return Ended(code, ended_at, said, executor_said, reported)
+    if code != 0 and layout.commit_failed(record.run_id or "").exists():
+        said = f"auto-commit failed: {last_line_of(layout.commit_failed(record.run_id or ''))}"
+        return Ended(code, ended_at, said, executor_said, reported)
     if code != 0:
         said = exit_reason(code, describe_exit(code), layout.root / record.log)
         return Ended(code, ended_at, said, executor_said, reported)
@@ -109,6 +119,16 @@ def ended(layout: Layout, agent: Agent, record: StatusRecord, code: int,
         else None
     text = None if missing else signal_content(root, agent, outputs, record.run_id or "")
     return Ended(code, ended_at, "", executor_said, reported, tuple(missing), text, verdict)
+
+
+def last_line_of(path: Path) -> str:
+    """A file's last line (of its last 64 KiB): why a set-up or a commit failed."""
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(max(0, handle.seek(0, os.SEEK_END) - 64 * 1024))
+            return last_line(handle.read().decode(errors="replace").splitlines())
+    except OSError:
+        return "(no output)"
 
 
 def last_output(layout: Layout, agent: Agent, record: StatusRecord) -> float | None:

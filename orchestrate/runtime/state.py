@@ -124,6 +124,22 @@ class Layout:
     def check_log(self, pipeline: str, agent: str) -> Path:
         return self.base / "logs" / pipeline / f"{agent}.check.log"
 
+    def setup_log(self, pipeline: str, agent: str) -> Path:
+        return self.base / "logs" / pipeline / f"{agent}.setup.log"
+
+    def setup_failed(self, run_id: str) -> Path:
+        """Exists when the run's worktree set-up failed (the wrapper writes it)."""
+        return self.runs_dir / f"{run_id}.setup-failed"
+
+    def commit_failed(self, run_id: str) -> Path:
+        """git's errors while the wrapper committed what the agent left; kept
+        only when the commit failed."""
+        return self.runs_dir / f"{run_id}.commit-failed"
+
+    def merge_log(self, pipeline: str, agent: str) -> Path:
+        """The last merge of the agent's branch and its merge check's output."""
+        return self.base / "logs" / pipeline / f"{agent}.merge.log"
+
     def feedback(self, pipeline: str, agent: str) -> Path:
         """What a failed check (or a person, `doit retry --feedback`) tells the agent."""
         return self.root / feedback_relpath(pipeline, agent)

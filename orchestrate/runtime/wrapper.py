@@ -30,6 +30,7 @@ def claim_path(exit_path: Path) -> Path:
 
 
 def wrapper_script(command: Command, exit_path: Path, check: str | None = None,
+                   before: str | None = None, after: str | None = None,
                    body: str | None = None) -> str:
     # First the wrapper claims its run (noclobber: O_EXCL, so one of it and a
     # recovering orchestrator wins; `true` is a regular builtin, so a failed
@@ -38,17 +39,24 @@ def wrapper_script(command: Command, exit_path: Path, check: str | None = None,
     # `printf` is a builtin and the record is one small write, so a reader
     # sees either nothing or the whole line; the trap also runs when the
     # wrapper is stopped by SIGTERM/SIGINT/SIGHUP, after its child has gone.
+    # `before` (a worktree's setup) runs after the claim; `after` (the
+    # worktree's commit) once the command exited 0, before the check; each
+    # may set `rc` (the run's status) or end the run.
     record = shlex.quote(str(exit_path))
     claim = shlex.quote(str(claim_path(exit_path)))
     shell_text = body is not None or isinstance(command, str)   # `body`: the sandbox's
     body = body or (command if isinstance(command, str) else '"$@"')
-    if check is not None:   # the agent's status is the run's; the check records its own
-        body = (f"(\n{body}\n)" if shell_text else body) + \
-            f'\nrc=$?; [ "$rc" -ne 0 ] || {check}\nexit "$rc"'
+    if check is not None or after is not None:   # the agent's status is the run's
+        body = (f"(\n{body}\n)" if shell_text else body) + "\nrc=$?"
+        if after is not None:
+            body += f'\n[ "$rc" -ne 0 ] || {after}'
+        if check is not None:   # the check records its own verdict
+            body += f'\n[ "$rc" -ne 0 ] || {check}'
+        body += '\nexit "$rc"'
     return (f"set -C; {{ true > {claim}; }} 2>/dev/null || exit 0; set +C\n"
             f"trap 'printf \"%s\\n\" \"$?\" > {record}' EXIT\n"
             "trap 'exit 143' TERM; trap 'exit 130' INT; trap 'exit 129' HUP\n"
-            f"{body}\n")
+            f"{before or ''}{body}\n")
 
 
 def abandon_run(exit_path: Path) -> bool:
@@ -62,11 +70,13 @@ def abandon_run(exit_path: Path) -> bool:
 
 
 def wrapper_argv(task: str, command: Command, exit_path: Path,
-                 check: str | None = None, body: str | None = None) -> list[str]:
+                 check: str | None = None, before: str | None = None,
+                 after: str | None = None, body: str | None = None) -> list[str]:
     """`sh -c SCRIPT orchestrate:<task> [argv...]`: `ps` shows whose wrapper it is;
     `check`: a shell line run after the command exited 0 (see `checks`);
+    `before`/`after`: a worktree's set-up and commit (see `worktree`);
     `body`: shell text that runs the command instead (the sandbox's)."""
-    argv = ["/bin/sh", "-c", wrapper_script(command, exit_path, check, body),
+    argv = ["/bin/sh", "-c", wrapper_script(command, exit_path, check, before, after, body),
             f"orchestrate:{task}"]
     if not isinstance(command, str):
         argv.extend(command)
@@ -100,7 +110,9 @@ def signal_content(root: Path, agent: Agent, outputs: Iterable[str], run_id: str
 def remove_run_files(layout: Layout, run_id: str | None) -> None:
     exit_path = layout.exit_file(run_id or "")
     for path in (exit_path, claim_path(exit_path), layout.upstream_file(run_id or ""),
-                 layout.prompt_file(run_id or ""), *layout.check_files(run_id or "")):
+                 layout.prompt_file(run_id or ""), layout.setup_failed(run_id or ""),
+                 layout.commit_failed(run_id or ""),
+                 *layout.check_files(run_id or "")):
         path.unlink(missing_ok=True)
     if run_id:
         remove_run(layout, run_id)
