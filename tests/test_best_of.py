@@ -450,3 +450,49 @@ def test_a_loser_is_no_dead_end_for_hooks(ws):
     assert standing(Decision(agent, "cancelled", "cancelled: p:a@1 won", lost=True), {}, 0) \
         == "done"
     assert standing(Decision(agent, "cancelled", "cancelled by user"), {}, 0) == "stuck"
+
+
+def _events(ws, kind: str) -> list[dict]:
+    lines = (ws.state / "events.jsonl").read_text().splitlines()
+    return [e for e in map(json.loads, lines) if e.get("event") == kind]
+
+
+def test_with_merge_the_winner_lands_and_downstream_starts_after_the_merge(repo):
+    ws = repo
+    pipeline(ws, {"1": {"slow": True}, "2": {"text": "two"}}, best_of=2,
+             extra='merge = true\nmerge_into = "landed"')
+    ws.doit("wait", check_rc=0)
+    row = ws.status("p", "a")
+    merged = _events(ws, "merged")
+    assert [e["task"] for e in merged] == ["p:a"]                  # the winner's branch, once
+    sha = merged[0]["sha"]
+    assert row["state"] == "done" and row["winner"] == "p:a@2"
+    assert row["reason"] == f"merged into landed at {sha[:12]}"
+    assert row["run_id"] == ws.status("p", "a@2")["run_id"]        # its merge: that attempt's
+    assert git(ws, "rev-parse", "landed").strip() == sha
+    assert git(ws, "show", "landed:out.txt") == "two\n"            # the winner's change landed
+    assert not any(e["task"].startswith("p:a@") for e in merged)   # no candidate merged itself
+    started_b = [e for e in _events(ws, "launch") if e["task"] == "p:b"]
+    assert len(started_b) == 1 and started_b[0]["ts"] >= merged[0]["ts"]   # after the merge
+    assert git(ws, "rev-parse", "HEAD").strip() == git(ws, "rev-parse", "main").strip()
+
+
+def test_a_winner_whose_merge_conflicts_fails_the_agent_and_downstream_waits(repo):
+    ws = repo
+    git(ws, "checkout", "-qb", "landed")
+    (ws.root / "out.txt").write_text("already here\n")
+    git(ws, "add", "out.txt")
+    git(ws, "commit", "-qm", "other work")
+    git(ws, "checkout", "-q", "main")
+    before = git(ws, "rev-parse", "landed").strip()
+    pipeline(ws, {"1": {"slow": True}, "2": {"text": "two"}}, best_of=2,
+             extra='merge = true\nmerge_into = "landed"\nmerge_retries = 1')
+    ws.doit("wait", check_rc=1)
+    row = ws.status("p", "a")
+    assert row["state"] == "failed", row
+    assert row["reason"] == ("merge conflict in out.txt (a best_of winner is not sent back; "
+                             "its branch orchestrate/p/a is kept)")
+    assert git(ws, "rev-parse", "landed").strip() == before       # the target as it was
+    assert ws.status("p", "b") is None or ws.status("p", "b")["state"] != "done"
+    assert not _events(ws, "merged")
+    assert launches(ws) == {"a@1": 1, "a@2": 1}                    # nothing relaunched

@@ -182,3 +182,40 @@ def test_plan_names_the_fallback_preset_while_claude_is_limited(ws):
     assert rows == {"p:a": ("launch", "codex"), "p:b": ("waits", "codex"),
                     "p:c": ("waits", "claude")}
     assert data["agents"][0]["via"].startswith("via codex: claude rate limited until ")
+
+
+def test_a_best_of_agent_is_forecast_n_times_its_cost(ws, fake_bins):
+    """Every candidate runs and counts toward budgets: best_of = 3 is three
+    runs' cost, each candidate forecast from the agent's own runs."""
+    import subprocess
+
+    def git(*args: str) -> None:
+        subprocess.run(["git", "-C", str(ws.root), *args], check=True, capture_output=True)
+    git("init", "-q", "-b", "main")
+    git("config", "user.email", "t@example.invalid")
+    git("config", "user.name", "test")
+    (ws.root / ".gitignore").write_text(".orchestrate/\n")
+    git("add", "-A")
+    git("commit", "-qm", "initial")
+    ws.write_pipeline("p", "budget_usd = 0.046\n" + preset_toml("a", "claude", "first"))
+    ws.doit("wait", check_rc=0, env=fake_bins)
+    ws.write_pipeline("p", "budget_usd = 0.046\n" + preset_toml(
+        "a", "claude", "second", isolation="worktree", best_of=3)
+        + '[agents.c]\ncommand = "true"\nafter = ["a"]\n')
+    data = json.loads(ws.doit("plan", "--json", check_rc=1, env=fake_bins).stdout)
+    planned = {a["task"]: a for a in data["agents"]}
+    assert list(planned) == ["p:a@1", "p:a@2", "p:a@3", "p:a", "p:c"]
+    for name in ("p:a@1", "p:a@2", "p:a@3"):
+        assert planned[name]["action"] == "launch"
+        assert planned[name]["forecast"]["cost_usd"] == CLAUDE_RUN
+        assert planned[name]["forecast"]["basis"] == "1 run of p:a"
+    row = planned["p:a"]["forecast"]
+    assert (row["cost_usd"], row["basis"]) == (pytest.approx(3 * CLAUDE_RUN), "3 candidates")
+    assert data["total"]["agents"] == 4                           # the row is not a run of its own
+    assert data["total"]["cost_usd"] == pytest.approx(3 * CLAUDE_RUN)
+    [budget] = data["budgets"]                                    # $0.0123 spent, $0.0337 left
+    assert budget["forecast_usd"] == pytest.approx(3 * CLAUDE_RUN) and budget["exceeded"]
+    text = ws.doit("plan", check_rc=1, env=fake_bins).stdout
+    assert "p:a  waits: waiting on candidates (0 of 3 passed)  [claude]  ~" in text
+    assert "$0.04 (3 candidates)" in text
+    assert "pipeline p: forecast $0.04, $0.03 of $0.05 left: exceeds what is left" in text

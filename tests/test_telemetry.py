@@ -286,3 +286,43 @@ def test_a_merge_is_owed_as_a_child_span_of_its_attempt_once(tmp_path):
     assert span["attributes"]["orchestrate.merge.into"] == "main"
     from orchestrate.runtime import telemetry as module
     module._SENDERS.pop(tmp_path)   # nothing for this test process to send at its exit
+
+
+def test_a_merge_is_a_child_span_of_the_attempt_that_made_its_branch(ws, receiver):
+    """`merge = true`: each merge's outcome is a span under the attempt whose
+    branch it merged, from the merge's start to its outcome; a conflict is ERROR."""
+    import subprocess
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(ws.root), *args], check=True,
+                              capture_output=True, text=True).stdout
+    git("init", "-q", "-b", "main")
+    git("config", "user.email", "t@example.invalid")
+    git("config", "user.name", "test")
+    (ws.root / ".gitignore").write_text(".orchestrate/\n")
+    git("add", "-A")
+    git("commit", "-qm", "initial")
+    git("checkout", "-qb", "landed")
+    (ws.root / "a.txt").write_text("theirs\n")
+    git("add", "a.txt")
+    git("commit", "-qm", "other work")
+    git("checkout", "-q", "main")
+    ws.write_pipeline("p", '[agents.a]\ncommand = "echo mine > a.txt"\n'
+                           'isolation = "worktree"\nmerge = true\nmerge_into = "landed"\n'
+                           'merge_retries = 0\n'
+                           '[agents.b]\ncommand = "echo fine > b.txt"\n'
+                           'isolation = "worktree"\nmerge = true\nmerge_into = "clean"\n')
+    ws.doit("wait", check_rc=1, env=otel(receiver.endpoint))
+    assert ws.status("p", "a")["reason"] == "merge conflict in a.txt"
+    spans = by_span_id(receiver.spans)
+    [a_attempt], [b_attempt] = receiver.named("p:a"), receiver.named("p:b")
+    [conflict], [landed] = receiver.named("p:a merge"), receiver.named("p:b merge")
+    assert conflict["parent_span_id"] == a_attempt["span_id"]
+    assert (conflict["status"], conflict["message"]) == (ERROR, "merge conflict in a.txt")
+    assert conflict["attributes"]["orchestrate.merge.into"] == "landed"
+    assert landed["parent_span_id"] == b_attempt["span_id"] and landed["status"] != ERROR
+    assert landed["attributes"]["orchestrate.merge.into"] == "clean"
+    for merge, attempt in ((conflict, a_attempt), (landed, b_attempt)):
+        assert merge["trace_id"] == attempt["trace_id"]
+        assert attempt["end_ns"] <= merge["start_ns"] <= merge["end_ns"]
+    assert len(spans) == 5 and not owed(ws)   # the pipeline, two attempts, two merges

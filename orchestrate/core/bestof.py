@@ -88,7 +88,7 @@ def expand_candidates(agents: tuple[Any, ...]) -> tuple[Any, ...]:
 
 def _candidate(agent: Any, name: str, label: str, copy_with: Any) -> Any:
     changes: dict[str, Any] = {"name": name, "candidate_of": agent.name, "best_of": (),
-                               "judge": None}
+                               "judge": None, "merge": False}   # the winner lands as the agent
     if not label.isdigit() and label != agent.preset:   # one candidate per preset
         changes["preset"] = label
         changes.update({k: (() if k in ("extra_args", "allowed_tools") else None)
@@ -161,6 +161,7 @@ def contest_decision(agent: Any, record: StatusRecord | None, decided: dict[str,
     """The agent's own row: done or failed as its contest came out, else
     waiting on its candidates. A candidate about to (re)launch opens a new
     contest: the old winner no longer stands for the agent."""
+    from .landing import MERGE_POLL, merge_pending
     from .scheduler import Decision
     candidates = [decided[f"{agent.pipeline}:{c}"] for c in agent.candidates]
     reopening = any(d.launch or d.state in (RunState.PENDING, RunState.QUEUED)
@@ -173,6 +174,9 @@ def contest_decision(agent: Any, record: StatusRecord | None, decided: dict[str,
         if record.checking:   # its judge runs (detached): look for the answer soon
             return Decision(agent, RunState.WAITING, record.reason, timed=True,
                             wake_at=now + JUDGE_POLL)
+        if merge_pending(record):   # the winner's branch is in the merge queue
+            return Decision(agent, RunState.WAITING, record.reason, timed=True,
+                            wake_at=now + MERGE_POLL)
     if candidates and all(d.blocked for d in candidates):
         first = candidates[0]
         return Decision(agent, RunState.WAITING, f"waiting on {first.agent.name} (blocked)",

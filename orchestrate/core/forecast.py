@@ -110,6 +110,34 @@ def forecast(task: str, preset: str | None, model: str | None, runs: list[PastRu
                     f"{len(alike)} run{'s' if len(alike) > 1 else ''} of {what}")
 
 
+def candidate_forecast(agent: Agent, runs: list[PastRun]) -> Forecast:
+    """A best_of candidate: its own runs, else its agent's (from before it
+    was a contest, or its other candidates') of the same preset, else the
+    preset's."""
+    guess = forecast(agent.task, agent.preset, agent.model, runs)
+    if guess.basis.startswith("its ") or not agent.candidate_of:
+        return guess
+    family = f"{agent.pipeline}:{agent.candidate_of}"
+    kin = [r for r in runs if r.ok and r.preset == agent.preset and r.model == agent.model
+           and (r.task == family or r.task.startswith(family + "@"))][-LAST_RUNS:]
+    if not kin:
+        return guess
+    return Forecast(_median([r.duration_s for r in kin]), _median([r.cost_usd for r in kin]),
+                    f"{len(kin)} run{'s' if len(kin) > 1 else ''} of {family}")
+
+
+def contest_forecast(candidates: list[Forecast]) -> Forecast:
+    """A best_of agent: every candidate runs (at once) and counts toward
+    budgets, so N times a candidate's cost, as long as the longest."""
+    costs = [f.cost_usd for f in candidates if f.cost_usd is not None]
+    durations = [f.duration_s for f in candidates if f.duration_s is not None]
+    if not costs and not durations:
+        return UNKNOWN
+    return Forecast(max(durations) if durations else None,
+                    round(sum(costs), 6) if costs else None,
+                    f"{len(candidates)} candidates")
+
+
 # -- the plan -------------------------------------------------------------------
 @dataclass(frozen=True)
 class Planned:
@@ -163,17 +191,22 @@ class Plan:
     def exceeded(self) -> bool:
         return any(b.exceeded for b in self.budgets)
 
+    @property
+    def running(self) -> list[Planned]:
+        """What runs: a best_of agent's own row is its candidates' sum, not a run."""
+        return [p for p in self.agents if not p.decision.agent.candidates]
+
     def cost(self, pipeline: str | None = None) -> float:
-        return sum(p.forecast.cost_usd or 0.0 for p in self.agents
+        return sum(p.forecast.cost_usd or 0.0 for p in self.running
                    if pipeline is None or p.decision.agent.pipeline == pipeline)
 
     def to_json(self) -> dict[str, Any]:
-        durations = [p.forecast.duration_s for p in self.agents]
+        durations = [p.forecast.duration_s for p in self.running]
         return {"agents": [p.to_json() for p in self.agents],
                 "budgets": [b.to_json() for b in self.budgets],
-                "total": {"agents": len(self.agents), "cost_usd": round(self.cost(), 6),
+                "total": {"agents": len(self.running), "cost_usd": round(self.cost(), 6),
                           "duration_s": round(sum(d or 0.0 for d in durations), 3),
-                          "unknown": sum(1 for p in self.agents if not p.forecast.known)},
+                          "unknown": sum(1 for p in self.running if not p.forecast.known)},
                 "exceeds_budget": self.exceeded}
 
 
@@ -208,8 +241,16 @@ def make_plan(workspace: Workspace, decisions: dict[str, Decision], runs: list[P
         if not decision.launch:
             decision = replace(decision, agent=launch_as(decision.agent))
         agent = decision.agent
-        plan.agents.append(Planned(decision, action,
-                                   forecast(task, agent.preset, agent.model, runs)))
+        if agent.candidates:   # N times: every candidate runs and counts
+            mine = [p.forecast for p in plan.agents
+                    if p.decision.agent.pipeline == agent.pipeline
+                    and p.decision.agent.candidate_of == agent.name]
+            guess = contest_forecast(mine) if mine else Forecast(0.0, 0.0, "no candidate to run")
+        elif agent.candidate_of:
+            guess = candidate_forecast(agent, runs)
+        else:
+            guess = forecast(task, agent.preset, agent.model, runs)
+        plan.agents.append(Planned(decision, action, guess))
     pipelines = sorted({p.decision.agent.pipeline for p in plan.agents})
     for name in pipelines:
         budget = workspace.pipeline(name).budget_usd

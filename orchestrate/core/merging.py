@@ -61,7 +61,9 @@ def sent_back(record: StatusRecord, agent: Agent, branch: str, outcome: dict[str
     merge = {k: v for k, v in record.merge.items() if k != "signal"}
     merge.update(state=kind, attempts=number)
     why = landing.failed_reason(outcome)
-    if kind not in (landing.CONFLICT, landing.CHECK_FAILED) or number > of:
+    if agent.candidates and kind in (landing.CONFLICT, landing.CHECK_FAILED):
+        why += f" (a best_of winner is not sent back; its branch {branch} is kept)"
+    if kind not in (landing.CONFLICT, landing.CHECK_FAILED) or number > of or agent.candidates:
         failed = replace(record, state=RunState.FAILED, merge=merge, reason=why,
                          ended_at=iso(now), relaunch=None)
         return failed, [Save(), *events, Event("fail", {"task": agent.task,

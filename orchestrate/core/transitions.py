@@ -681,10 +681,14 @@ def forgotten(record: StatusRecord | None, pipeline: str, name: str, verb: str =
 # -- best of N: a contest's rows (see core/bestof.py, runtime/bestof.py) ----------
 def contest_decided(agent: Agent, previous: StatusRecord | None, key: dict[str, str],
                     winner: str | None, reason: str, signal_text: str | None, log: str,
-                    now: float) -> tuple[StatusRecord, Effects]:
+                    now: float, won: StatusRecord | None = None
+                    ) -> tuple[StatusRecord, Effects]:
     """A best_of agent's row once its contest is over: done from the winner
     (its signal written from the winner's outputs), or failed; `key`: the
-    candidates' runs it was decided on (a relaunch of any is a new contest)."""
+    candidates' runs it was decided on (a relaunch of any is a new contest).
+    With `merge = true` the winner's branch (now the agent's) joins the merge
+    queue instead: done means merged, the signal waits; the row carries the
+    winning run's id and trace (`won`), so its merge is that attempt's child."""
     done = winner is not None and signal_text is not None
     digest = digest_text(signal_text) if done and signal_text is not None else None
     state = RunState.DONE if done else (
@@ -695,6 +699,12 @@ def contest_decided(agent: Agent, previous: StatusRecord | None, key: dict[str, 
         started_at=previous.started_at if previous and previous.started_at else iso(now),
         ended_at=iso(now), upstream=dict(key), signal_digest=digest,
         winner=f"{agent.pipeline}:{winner}" if winner else None)
+    if done and agent.merge and signal_text is not None:
+        row = landing.queued(replace(row, run_id=won.run_id if won else None,
+                                     trace_id=won.trace_id if won else None),
+                             agent, signal_text, iso(now), now)
+        queued = {"task": agent.task, "reason": reason, "winner": row.winner, "merge": "queued"}
+        return row, [RememberSignal(None), Save(), Event("finish", queued)]
     effects: Effects = [WriteSignal(signal_text)] if done and signal_text is not None else []
     details: dict[str, Any] = {"task": agent.task, "reason": reason}
     if row.winner:
@@ -708,7 +718,7 @@ def contest_reopened(agent: Agent, previous: StatusRecord, now: float
     """A candidate ran again: the old winner no longer stands for the agent."""
     row = replace(previous, state=RunState.WAITING, reason="waiting on candidates",
                   started_at=iso(now), ended_at=None, winner=None, retry_requested=False,
-                  checking=False)
+                  checking=False, merge={})
     return row, [Save()]
 
 

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any, Protocol
 
-from ..core import transitions as t
+from ..core import landing, transitions as t
 from ..core.bestof import (
     JUDGE_POLL,
     Outcome,
@@ -111,7 +111,8 @@ class ContestKeeper:
         """True if the row says how this very contest came out (its losers'
         worktrees are tidied); else the row is reopened if it spoke of an
         earlier contest, and forgets its choice if `doit retry` asked so."""
-        if row is not None and row.state in (RunState.DONE, RunState.FAILED):
+        if row is not None and (row.state in (RunState.DONE, RunState.FAILED)
+                                or landing.merge_pending(row)):   # decided, landing
             if row.upstream == key:
                 self.tidy(host, agent, row, records)
                 return True
@@ -202,7 +203,7 @@ class ContestKeeper:
         won = records[winner]
         text = signal_content(root, agent, outputs, (won.run_id if won else None) or winner)
         host.apply_change(*t.contest_decided(agent, previous, key, winner, choice["reason"],
-                                             text, log, host.clock()))
+                                             text, log, host.clock(), won))
 
     def cancel_losers(self, host: ContestHost, agent: Agent, winner: str,
                       records: dict[str, StatusRecord | None], how: str) -> None:

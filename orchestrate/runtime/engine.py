@@ -161,6 +161,17 @@ class MergeRequests(StateView):
     def apply_change(self, record: StatusRecord, effects: t.Effects) -> None:
         self._engine.effects.run(record, effects)
 
+    def merge_ended(self, agent: Agent, record: StatusRecord, begin: float,
+                    error: str | None) -> None:
+        """The merge's span, a child of the span of the attempt whose branch it
+        merged (a best_of agent's row carries its winning run's id)."""
+        number = int(record.merge.get("attempts", 0)) + 1
+        self._engine.telemetry.merge_ended(
+            agent.task, record, number, begin, self._engine.clock(), error,
+            **{"orchestrate.merge.into": str(record.merge.get("into") or agent.merge_target),
+               "orchestrate.merge.attempt": number})
+
+
 class ContestRequests(StateView):
     """The best-of step's side of the engine (`bestof.ContestHost`): the
     read-only view, a pure constructor's change recorded, a candidate cancelled."""

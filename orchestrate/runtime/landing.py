@@ -66,6 +66,10 @@ class MergeHost(Protocol):
 
     def clock(self) -> float: ...
 
+    def merge_ended(self, agent: Agent, record: StatusRecord, begin: float,
+                    error: str | None) -> None:
+        """Owe the merge's span (telemetry), ending now, before its outcome is recorded."""
+
 
 def _git(root: Path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True,
@@ -158,12 +162,21 @@ class MergeQueue:
                 self._redo_on_new_tip(current, agent)   # the branch moved under us
                 return False, False
             crash_point("merge-advanced")
+            host.merge_ended(agent, record, self.began(current, host), None)
             host.apply_change(*merging.landed(record, agent, sha, host.clock()))
         else:
+            host.merge_ended(agent, record, self.began(current, host),
+                             landing.failed_reason(verdict))
             host.apply_change(*merging.sent_back(record, agent, worktree.branch(agent),
                                                  verdict, host.clock()))
         self._clear(current)
         return True, True
+
+    @staticmethod
+    def began(current: dict, host: MergeHost) -> float:
+        """When the merge was started (a record of an older orchestrate: now)."""
+        began = current.get("began")
+        return float(began) if isinstance(began, (int, float)) else host.clock()
 
     def _redo_on_new_tip(self, current: dict, agent: Agent) -> None:
         tip = branch_tip(self.layout.root, current["into"])
@@ -224,10 +237,12 @@ class MergeQueue:
                 current, refusal = None, f"merge failed: {err}"
             if current is None:
                 why = refusal or f"merge failed: {agent.task}'s branch is gone"
+                host.merge_ended(agent, record, host.clock(), why)
                 host.apply_change(*merging.refused(record, agent, why, host.clock()))
                 changed = True
                 continue
             self.folder.mkdir(exist_ok=True)
+            current["began"] = host.clock()
             write_json(self.current_path, current)
             crash_point("merge-recorded")
             host.apply_change(*merging.merging(record))
