@@ -311,3 +311,19 @@ def test_a_limit_of_one_model_family_falls_back_to_another_model_of_the_cli(tmp_
     assert engine.launch_all(result) == ["p:b"]      # its own model is not limited
     record = engine.records(agents)["p:b"]
     assert (record.preset, record.via) == ("claude", None)
+
+
+def test_a_fallback_runs_span_names_the_cli_that_ran():
+    from dataclasses import replace
+    from orchestrate.core.fallback import FallbackPreset
+    from orchestrate.core.records import RunState, StatusRecord
+    from orchestrate.core.spec import Agent
+    from orchestrate.core.tracing import attempt_attributes
+    agent = Agent("p", "a", preset="claude", model="claude-opus-4-8", prompt="x",
+                  fallback=(FallbackPreset("codex", "gpt-5-codex"),))
+    started = StatusRecord(RunState.RUNNING, "p", "a", attempt=1, run_id="r", preset="codex",
+                           limits={"preset": "codex", "model": "gpt-5-codex"})
+    ended = replace(started, state=RunState.DONE, reason="via codex: claude rate limited")
+    attributes = attempt_attributes(agent, started, ended)
+    assert attributes["gen_ai.provider.name"] == "openai"
+    assert attributes["gen_ai.request.model"] == "gpt-5-codex"

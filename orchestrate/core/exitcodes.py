@@ -9,7 +9,7 @@ from enum import IntEnum
 class ExitCode(IntEnum):
     OK = 0
     FAILED = 1          # an agent failed, was cancelled or is blocked; a refusal; a stop
-                        # that could not be confirmed
+                        # that could not be confirmed; `doit plan`: a forecast past a budget
     INVALID = 3         # invalid pipeline, unknown task, bad argument ("ERROR: ...")
     INTERNAL = 70       # a detached process hit a bug (EX_SOFTWARE): its traceback is logged
     TIMEOUT = 124       # `doit wait --timeout` ran out (as timeout(1))

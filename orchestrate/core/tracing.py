@@ -18,6 +18,7 @@ from datetime import datetime
 from typing import Any
 
 from .checks import Verdict
+from .fallback import as_ran
 from .records import RunState, StatusRecord
 from .spec import Agent
 
@@ -87,6 +88,7 @@ def provider_of(agent: Agent) -> str | None:
 def attempt_attributes(agent: Agent, started: StatusRecord, ended: StatusRecord
                        ) -> dict[str, Any]:
     """The contract's attributes, and for a preset the GenAI conventions'."""
+    agent = as_ran(agent, started)   # a fallback's run: the preset and model that ran
     attributes: dict[str, Any] = {
         "orchestrate.task": agent.task, "orchestrate.pipeline": agent.pipeline,
         "orchestrate.agent": agent.name, "orchestrate.attempt": started.attempt,
