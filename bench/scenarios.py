@@ -11,6 +11,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 
+from .sandbox import sandbox
 from .harness import (
     USER_ENV,
     advancer_cpu,
@@ -778,7 +779,7 @@ def ray(sizes: Sizes) -> list[Row]:
 
 ALL = [critical_path_scenarios, caller_block, launch_throughput, signal_to_launch, scale,
        noop, status_ratio, memory, idle, idle_running, hooks, report_size, fanout, merge_queue,
-       slurm, telemetry, best_of, ray]
+       slurm, telemetry, best_of, ray, sandbox]
 
 
 def run_all(sizes: Sizes, report, only: str | None = None) -> list[Row]:

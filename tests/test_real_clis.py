@@ -151,6 +151,27 @@ def test_success_records_the_answer_tokens_and_cost(ws, api, home, preset):
         assert ".aider" not in (ws.root / ".gitignore").read_text()
 
 
+@pytest.mark.parametrize("preset", PRESETS)
+def test_success_sandboxed_through_the_proxy(ws, api, home, preset):
+    """The same success, under bubblewrap: the mock on 127.0.0.1 is reached
+    only through orchestrate's proxy (the sandbox has no network of its own),
+    so every request it saw went through the proxy."""
+    from test_sandbox import needs_bubblewrap
+    needs_bubblewrap()
+    env = cli_env(preset, api, "success", home)
+    text = pipeline(preset) + f'sandbox = {{ network = ["127.0.0.1:{api.port}"] }}\n'
+    ws.write_pipeline("p", text)
+    before = len(api.seen("success"))
+    ws.doit("wait", env=env, timeout=180, check_rc=0)
+    record = ws.status("p", "a")
+    assert record["state"] == "done", (ws.state / "logs" / "p" / "a.log").read_text()
+    assert record["result"]["final_message"] == "PLAN: hello"
+    assert len(api.seen("success")) > before
+    # other hosts a CLI asks for (codex: github.com for its update check) are
+    # refused, each one line in the log; the mock never is
+    assert "sandbox: blocked 127.0.0.1" not in (ws.state / "logs" / "p" / "a.log").read_text()
+
+
 @pytest.mark.parametrize("preset", TOOL_PRESETS)
 def test_tool_use_keeps_only_the_answer_after_the_last_tool_call(ws, api, home, preset):
     keys = {"allowed_tools": ["Bash"]} if preset == "claude" else {}

@@ -11,7 +11,9 @@ import shlex
 import shutil
 
 from ..agents.presets import executable
+from ..core.sandbox import describe
 from ..core.spec import Agent
+from ..runtime.sandbox import agent_policy
 
 
 def resolved_program(agent: Agent, environ: dict[str, str] | None = None) -> str:
@@ -48,4 +50,8 @@ def info_lines(agent: Agent) -> list[str]:
              f"after_any {', '.join(agent.after_any)}" if agent.after_any else "",
              f"wait_for signal {', '.join(agent.wait_for)}" if agent.wait_for else ""]
     lines.append(("gates", "; ".join(g for g in gates if g) or "none"))
+    if agent.sandbox is None:
+        lines.append(("sandbox", "none"))
+    else:
+        lines += [("sandbox", line) for line in describe(agent_policy(agent, dict(os.environ)))]
     return [f"{key:11s}: {value}" for key, value in lines]

@@ -20,6 +20,7 @@ from .causes import suggestion
 from .errors import UserError
 from .fallback import DEFAULT_AFTER, FallbackPreset, check_after, check_fallback
 from .foreach import ForEach, check_foreach, fanout_problems, placeholder_problems
+from .sandbox import Sandbox, check_sandbox
 from .settings import (
     RaySettings,
     SlurmSettings,
@@ -99,6 +100,7 @@ class Agent:
     expanded_from: str | None = None    # a gate: digest of the items it was expanded from
     executor: str = "local"          # where it runs: pipeline's, else workspace's
     resources: tuple[tuple[str, Any], ...] = ()   # cpus, mem, gpus, time
+    sandbox: Sandbox | None = None      # None: not sandboxed (see `core.sandbox`)
     # A run in flight whose declaration is gone (see `standin`): why, else None
     stand_in: str | None = None
     best_of: tuple[str, ...] = ()       # the candidates' labels ("1".."N" or presets)
@@ -193,6 +195,7 @@ class Workspace:
     executor: str = "local"
     slurm: SlurmSettings = SlurmSettings()
     ray: RaySettings = RaySettings()
+    sandbox: Sandbox | None = None      # the default of every agent
     telemetry: TelemetrySettings = TelemetrySettings()
     agents_by_task: dict[str, Agent] = field(default_factory=dict, compare=False,
                                              repr=False)
@@ -419,11 +422,12 @@ AGENT_KEYS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "judge": ("judge", _check_command),
     "executor": ("executor", check_executor),
     "resources": ("resources", lambda value: check_resources(value, parse_duration)),
+    "sandbox": ("sandbox", check_sandbox),
 }
 PIPELINE_KEYS = ("description", "max_parallel", "budget_usd", "defaults", "agents", "hooks",
                  "executor")
 WORKSPACE_KEYS = ("max_parallel", "pools", "budget_usd", "hooks", "executor", "slurm", "ray",
-                  "telemetry")
+                  "sandbox", "telemetry")
 
 
 def parse_hooks(path: str, key: str, table: Any, problems: "Problems") -> Hooks:
@@ -587,8 +591,8 @@ def _pipeline_scalar(path: str, data: dict[str, Any], problems: Problems,
 
 
 def parse_pipeline(name: str, path: str, data: dict[str, Any], problems: Problems,
-                   pools: dict[str, int] | None = None, executor: str = "local"
-                   ) -> Pipeline | None:
+                   pools: dict[str, int] | None = None, executor: str = "local",
+                   sandbox: Sandbox | None = None) -> Pipeline | None:
     """Validate one pipeline's parsed TOML; add problems, return None if any."""
     before = len(problems.lines)
     if not NAME_RE.fullmatch(name):
@@ -616,7 +620,7 @@ def parse_pipeline(name: str, path: str, data: dict[str, Any], problems: Problem
         if not NAME_RE.fullmatch(agent_name):
             problems.add(path, agent_name, None, "not a valid agent name "
                          "(expected [A-Za-z0-9][A-Za-z0-9_-]*)")
-        fields = {"executor": own_executor or executor,
+        fields = {"executor": own_executor or executor, "sandbox": sandbox,
                   **default_fields, **_agent_fields(path, agent_name, table, problems)}
         if fields.get("best_of") and not fields["best_of"][0].isdigit() \
                 and "preset" not in fields and "command" not in fields:
@@ -717,6 +721,11 @@ def parse_workspace_config(path: str, data: dict[str, Any], problems: Problems) 
             config["executor"] = check_executor(table["executor"])
         except ValueError as err:
             problems.add(path, None, "tool.orchestrate.executor", str(err))
+    if "sandbox" in table:
+        try:
+            config["sandbox"] = check_sandbox(table["sandbox"])
+        except ValueError as err:
+            problems.add(path, None, "tool.orchestrate.sandbox", str(err))
     if "slurm" in table:
         config["slurm"] = parse_slurm_table(table["slurm"], parse_duration,
                                             lambda key, message: problems.add(path, None, key, message))

@@ -16,7 +16,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..core.checks import (
     FEEDBACK_LINES,
@@ -30,6 +30,9 @@ from ..core.stopping import StopPolicy
 from .stopping import killpg, stop_group
 from .state import Layout, expand_patterns, utc_now, write_atomic
 
+if TYPE_CHECKING:
+    from .sandbox import SandboxRun
+
 PACKAGE_PARENT = str(Path(__file__).resolve().parent.parent.parent)
 
 
@@ -42,14 +45,18 @@ def read_verdict(layout: Layout, run_id: str) -> Verdict:
         return NO_VERDICT
 
 
-def runner_command(layout: Layout, agent: Agent, run_id: str, root: Path) -> str:
-    """The shell line the wrapper runs after the agent exited 0."""
+def runner_command(layout: Layout, agent: Agent, run_id: str, root: Path,
+                   sandbox: "SandboxRun | None" = None) -> str:
+    """The shell line the wrapper runs after the agent exited 0; a sandboxed
+    agent's check runs in the same sandbox (the runner stays outside)."""
     spec = {"command": list(agent.check) if isinstance(agent.check, tuple) else agent.check,
             "timeout": agent.check_timeout, "grace": agent.kill_grace,
             "root": str(root), "outputs": list(agent.outputs),
             "log": str(layout.check_log(agent.pipeline, agent.name)),
             "verdict": str(layout.check_verdict(run_id)),
             "marker": str(layout.check_marker(run_id))}
+    if sandbox is not None and agent.check is not None:
+        spec["sandbox"] = sandbox.script(agent.check, f"{run_id}.check.sock")
     code = (f"import sys; sys.path.insert(0, {PACKAGE_PARENT!r}); "
             "from orchestrate.runtime.checkrun import main; main(sys.argv[1])")
     return shlex.join([sys.executable, "-c", code, json.dumps(spec)])
@@ -83,7 +90,11 @@ def main(spec_json: str) -> None:
     with open(log, "wb") as out:
         out.write(f"# check: {command_text(command)}  ({utc_now()})\n".encode())
         out.flush()
-        process = subprocess.Popen(command, shell=isinstance(command, str), stdout=out,
+        run = command
+        if spec.get("sandbox"):   # sh text that runs the check (an argv: "$@") in bwrap
+            run = ("/bin/sh", "-c", spec["sandbox"], "check",
+                   *(() if isinstance(command, str) else command))
+        process = subprocess.Popen(run, shell=isinstance(run, str), stdout=out,
                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                    process_group=0)
 

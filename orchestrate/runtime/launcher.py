@@ -13,6 +13,7 @@ import subprocess
 from pathlib import Path
 from typing import Callable
 
+from . import sandbox
 from .checkrun import runner_command
 from ..core.checks import Followup, prompt_with_feedback
 from ..agents.presets import RESUMABLE, Place, executable, invocation
@@ -69,20 +70,28 @@ class Launcher:
             env["TRACEPARENT"] = self.traceparents.pop(run_id)
         command, stdin_path = self._command(agent, run_id, env, followup)
         root = output_root(self.layout, agent)
-        check = runner_command(self.layout, agent, run_id, root) if agent.check else None
+        box = None
+        if agent.sandbox is not None:   # the check too; the wrapper stays outside
+            box = sandbox.prepare(self.layout, agent, run_id, env, root / agent.cwd, root,
+                                  (self.layout.log(agent.pipeline, agent.name),))
+        check = runner_command(self.layout, agent, run_id, root, box) if agent.check else None
         before = after = None
         if agent.isolation == "worktree":   # its worktree exists by now (`worktree.ensure`)
             after = commit_line(agent, run_id, root, self.layout.commit_failed(run_id))
             if agent.setup is not None:
                 before = setup_line(agent, root, self.layout.setup_log(agent.pipeline, agent.name),
                                     self.layout.setup_failed(run_id))
+        body = box.script(command, f"{run_id}.sock") if box is not None else None
         argv = wrapper_argv(agent.task, command, self.layout.exit_file(run_id), check,
-                            before, after)
+                            before, after, body)
         return argv, stdin_path, env
 
     def launch(self, agent: Agent, run_id: str, attempt: int, log_path: Path,
                upstream: Path, followup: Followup | None = None) -> int:
-        """Spawn the wrapped agent detached; its wrapper's pid."""
+        """Spawn the wrapped agent detached; its wrapper's pid. A sandboxed
+        agent needs a bubblewrap that works here (else it never starts)."""
+        if agent.sandbox is not None:
+            sandbox.ensure_bubblewrap(dict(agent.env).get("PATH", self.base_env.get("PATH")))
         argv, stdin_path, env = self.wrapped(agent, run_id, attempt, upstream, followup)
         root = output_root(self.layout, agent)
         stdin = os.open(stdin_path or os.devnull, os.O_RDONLY | os.O_CLOEXEC)

@@ -55,7 +55,7 @@ def load_workspace(root: Path, lenient: bool = False) -> Workspace:
         pipeline = None
         if data is not None:
             pipeline = parse_pipeline(path.stem, shown, data, problems, pools,
-                                      config.get("executor", "local"))
+                                      config.get("executor", "local"), config.get("sandbox"))
         if pipeline is not None:
             pipeline = expand_loaded(root, pipeline, problems)
         if pipeline is not None:

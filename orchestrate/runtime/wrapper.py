@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Iterable
 
 from ..core.spec import Agent
+from .sandbox import remove_run
 from .state import Layout, file_digest
 
 SIGNAL_NAMES = {129: "SIGHUP", 130: "SIGINT", 137: "SIGKILL", 143: "SIGTERM"}
@@ -29,7 +30,8 @@ def claim_path(exit_path: Path) -> Path:
 
 
 def wrapper_script(command: Command, exit_path: Path, check: str | None = None,
-                   before: str | None = None, after: str | None = None) -> str:
+                   before: str | None = None, after: str | None = None,
+                   body: str | None = None) -> str:
     # First the wrapper claims its run (noclobber: O_EXCL, so one of it and a
     # recovering orchestrator wins; `true` is a regular builtin, so a failed
     # redirection does not end the shell). A run whose launch was abandoned
@@ -42,9 +44,10 @@ def wrapper_script(command: Command, exit_path: Path, check: str | None = None,
     # may set `rc` (the run's status) or end the run.
     record = shlex.quote(str(exit_path))
     claim = shlex.quote(str(claim_path(exit_path)))
-    body = command if isinstance(command, str) else '"$@"'
+    shell_text = body is not None or isinstance(command, str)   # `body`: the sandbox's
+    body = body or (command if isinstance(command, str) else '"$@"')
     if check is not None or after is not None:   # the agent's status is the run's
-        body = (f"(\n{body}\n)" if isinstance(command, str) else body) + "\nrc=$?"
+        body = (f"(\n{body}\n)" if shell_text else body) + "\nrc=$?"
         if after is not None:
             body += f'\n[ "$rc" -ne 0 ] || {after}'
         if check is not None:   # the check records its own verdict
@@ -68,11 +71,12 @@ def abandon_run(exit_path: Path) -> bool:
 
 def wrapper_argv(task: str, command: Command, exit_path: Path,
                  check: str | None = None, before: str | None = None,
-                 after: str | None = None) -> list[str]:
+                 after: str | None = None, body: str | None = None) -> list[str]:
     """`sh -c SCRIPT orchestrate:<task> [argv...]`: `ps` shows whose wrapper it is;
     `check`: a shell line run after the command exited 0 (see `checks`);
-    `before`/`after`: a worktree's set-up and commit (see `worktree`)."""
-    argv = ["/bin/sh", "-c", wrapper_script(command, exit_path, check, before, after),
+    `before`/`after`: a worktree's set-up and commit (see `worktree`);
+    `body`: shell text that runs the command instead (the sandbox's)."""
+    argv = ["/bin/sh", "-c", wrapper_script(command, exit_path, check, before, after, body),
             f"orchestrate:{task}"]
     if not isinstance(command, str):
         argv.extend(command)
@@ -111,6 +115,8 @@ def remove_run_files(layout: Layout, run_id: str | None) -> None:
                  *layout.check_files(run_id or ""),
                  exit_path.with_suffix(".ray.json"), exit_path.with_suffix(".unstarted")):
         path.unlink(missing_ok=True)
+    if run_id:
+        remove_run(layout, run_id)
 
 
 def exit_time(path: Path) -> str | None:
