@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -34,6 +35,11 @@ def workspace(pipelines: dict[str, str]) -> Iterator[Path]:
         yield root
     finally:
         wait_for_advancers(root, timeout=60)
+        for pid in advancer_pids(root):   # one that cannot finish (a cluster gone): ended
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         shutil.rmtree(root, ignore_errors=True)
 
 

@@ -68,6 +68,14 @@ class AdvancerSlot:
         os.write(fd, f"{os.getpid()}\n".encode())
         return True
 
+    def removed(self) -> bool:
+        """The slot's file is gone (its link count is 0): someone removed the
+        state folder, or the whole workspace, under the advancer. Its runs'
+        records went with it: nothing is left to advance, and going on would
+        write a new state folder into what is left (or forever retry stops
+        nobody can confirm any more)."""
+        return self.fd is not None and os.fstat(self.fd).st_nlink == 0
+
     def give_up(self) -> None:
         if self.fd is not None:
             os.close(self.fd)
@@ -219,6 +227,10 @@ class Advancer:
         after our last pass finds the slot free and advances by itself.
         """
         self.passes += 1
+        if self.slot.removed():
+            self.log("the state folder was removed: stopped advancing")
+            self.slot.give_up()
+            return False
         with self.lock:
             # Changes another process made before we got the lock are queued
             # in inotify now: take them in, or the trusted caches would be stale.
