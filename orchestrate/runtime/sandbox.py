@@ -232,7 +232,8 @@ def _home_mounts(user_home: str, private: Path, rules: Policy, root: Path
 def _toolchain_paths(agent: Agent, env: dict[str, str]) -> list[str]:
     """Where the programs an agent runs live: orchestrate's Python and this
     package (the bridge), the `PATH` folders, and its preset's CLI (a
-    node_modules tree as a whole: a CLI's package needs its dependencies)."""
+    node_modules tree, or a virtual environment, as a whole: a CLI's
+    package needs its dependencies)."""
     paths = [sys.prefix, sys.base_prefix, os.path.dirname(os.path.realpath(sys.executable)),
              str(HERE), *env.get("PATH", "").split(":")]
     if agent.preset is not None:
@@ -240,8 +241,12 @@ def _toolchain_paths(agent: Agent, env: dict[str, str]) -> list[str]:
         for program in (found, os.path.realpath(found)) if found else ():
             parts = Path(program).parts
             modules = [i for i, part in enumerate(parts) if part == "node_modules"]
-            paths.append(str(Path(*parts[:modules[0] + 1])) if modules
-                         else os.path.dirname(program))
+            folder = os.path.dirname(program)
+            if modules:
+                folder = str(Path(*parts[:modules[0] + 1]))
+            elif os.path.exists(os.path.join(folder, "..", "pyvenv.cfg")):
+                folder = os.path.dirname(folder)   # a venv's CLI (aider): its packages too
+            paths.append(folder)
     return paths
 
 
