@@ -9,7 +9,6 @@ second one for the same selection exits as soon as it has launched.
 """
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import os
 import sys
@@ -27,7 +26,8 @@ from ..core.selection import SelectionError, select
 from ..core.spec import Workspace
 from .inflight import select_watched, with_stand_ins
 from .workspace import load_workspace
-from .state import Layout, SchedulingLock, StateFileError, append_event, utc_now
+from .state import (Layout, SchedulingLock, StateFileError, append_event, try_flock,
+                    utc_now)
 from .telemetry import advancer_sends, send_before_exit
 
 IDLE_CHECK_SECONDS = 1.0   # liveness check of running agents when nothing happens
@@ -57,11 +57,8 @@ class AdvancerSlot:
         self.fd: int | None = None
 
     def take(self) -> bool:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
+        fd = try_flock(self.path)
+        if fd is None:
             return False
         self.fd = fd
         os.ftruncate(fd, 0)

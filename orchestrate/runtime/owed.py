@@ -40,7 +40,6 @@ only briefly while another process found the receiver down in the last
 """
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import queue
@@ -50,7 +49,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from .faults import crash_point
-from .state import Layout, utc_now
+from .state import Layout, try_flock, utc_now
 
 if TYPE_CHECKING:
     from .telemetry import ExportConfig
@@ -172,13 +171,7 @@ class OwedSpans:
     def lock(self) -> int | None:
         """The send lock's fd, or None if another sender holds it."""
         self.base.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            return None
-        return fd
+        return try_flock(self.lock_path)
 
     def make_durable(self) -> None:
         """What is about to be sent is on disk first."""

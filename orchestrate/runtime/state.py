@@ -343,6 +343,20 @@ def append_event(layout: Layout, kind: str, **details: Any) -> None:
     append_events(layout, [event(kind, **details)])
 
 
+def try_flock(path: Path) -> int | None:
+    """Open (create) `path` and take its exclusive flock without waiting:
+    the held fd, or None if another process holds it. For the locks whose
+    holder only says "someone is already doing this" (an advancer's slot,
+    the telemetry sender)."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
 class SchedulingLock:
     """flock on `.orchestrate/lock`: one scheduling pass at a time.
 
