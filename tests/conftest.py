@@ -68,6 +68,19 @@ class Workspace:
         return " ".join(shlex.quote(a) for a in
                         [sys.executable, str(FAKE_AGENT), str(self.ledger), *args])
 
+    def git(self, *args: str) -> str:
+        return subprocess.run(["git", "-C", str(self.root), *args], check=True,
+                              capture_output=True, text=True).stdout
+
+    def make_git_repo(self, ignore: str = ".orchestrate/\n") -> None:
+        """The workspace as a git repository with one commit (for worktrees)."""
+        self.git("init", "-q", "-b", "main")
+        self.git("config", "user.email", "t@example.invalid")
+        self.git("config", "user.name", "test")
+        (self.root / ".gitignore").write_text(ignore)
+        self.git("add", "-A")
+        self.git("commit", "-qm", "initial")
+
     def write_pipeline(self, name: str, text: str) -> None:
         (self.root / "pipelines" / f"{name}.toml").write_text(text)
 

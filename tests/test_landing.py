@@ -21,13 +21,8 @@ def git(root, *args: str, check: bool = True) -> str:
 
 @pytest.fixture
 def repo(ws):
-    git(ws.root, "init", "-q", "-b", "main")
-    git(ws.root, "config", "user.email", "t@example.invalid")
-    git(ws.root, "config", "user.name", "test")
     (ws.root / "README.md").write_text("main checkout\n")
-    (ws.root / ".gitignore").write_text(".orchestrate/\n*.ignored\n")
-    git(ws.root, "add", "-A")
-    git(ws.root, "commit", "-qm", "initial")
+    ws.make_git_repo(ignore=".orchestrate/\n*.ignored\n")
     return ws
 
 

@@ -187,16 +187,7 @@ def test_plan_names_the_fallback_preset_while_claude_is_limited(ws):
 def test_a_best_of_agent_is_forecast_n_times_its_cost(ws, fake_bins):
     """Every candidate runs and counts toward budgets: best_of = 3 is three
     runs' cost, each candidate forecast from the agent's own runs."""
-    import subprocess
-
-    def git(*args: str) -> None:
-        subprocess.run(["git", "-C", str(ws.root), *args], check=True, capture_output=True)
-    git("init", "-q", "-b", "main")
-    git("config", "user.email", "t@example.invalid")
-    git("config", "user.name", "test")
-    (ws.root / ".gitignore").write_text(".orchestrate/\n")
-    git("add", "-A")
-    git("commit", "-qm", "initial")
+    ws.make_git_repo()
     ws.write_pipeline("p", "budget_usd = 0.046\n" + preset_toml("a", "claude", "first"))
     ws.doit("wait", check_rc=0, env=fake_bins)
     ws.write_pipeline("p", "budget_usd = 0.046\n" + preset_toml(

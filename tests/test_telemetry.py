@@ -291,17 +291,8 @@ def test_a_merge_is_owed_as_a_child_span_of_its_attempt_once(tmp_path):
 def test_a_merge_is_a_child_span_of_the_attempt_that_made_its_branch(ws, receiver):
     """`merge = true`: each merge's outcome is a span under the attempt whose
     branch it merged, from the merge's start to its outcome; a conflict is ERROR."""
-    import subprocess
-
-    def git(*args: str) -> str:
-        return subprocess.run(["git", "-C", str(ws.root), *args], check=True,
-                              capture_output=True, text=True).stdout
-    git("init", "-q", "-b", "main")
-    git("config", "user.email", "t@example.invalid")
-    git("config", "user.name", "test")
-    (ws.root / ".gitignore").write_text(".orchestrate/\n")
-    git("add", "-A")
-    git("commit", "-qm", "initial")
+    ws.make_git_repo()
+    git = ws.git
     git("checkout", "-qb", "landed")
     (ws.root / "a.txt").write_text("theirs\n")
     git("add", "a.txt")
