@@ -66,7 +66,8 @@ def plan_of(root: Path, names: list[str]) -> Forecast:
     workspace = with_stand_ins(workspace_at(root, lenient=False))
     engine = Engine(workspace, make_dirs=False)
     decisions = engine.preview(select(workspace, names))
-    limits, unknown, now = engine.rate_limits(), engine.unknown_resets(), engine.clock()
+    files = engine.rate_limit_files()
+    limits, unknown, now = engine.rate_limits(files), engine.unknown_resets(files), engine.clock()
 
     def launch_as(agent: Agent) -> Agent:
         return route(agent, None, limits, unknown, now).agent

@@ -379,10 +379,11 @@ class Engine:
         """What a pass would decide now, budgets and rate limits included,
         without settling a run or writing anything (`doit plan`)."""
         records = self.records(agents)
+        files = self.rate_limit_files()
         return plan(self.workspace, agents, self.facts(agents, records),
                     self.external_signals(), self.running_elsewhere(agents), now=self.clock(),
-                    spent=self.spent(), rate_limited=self.rate_limits(),
-                    unknown_reset=self.unknown_resets())
+                    spent=self.spent(), rate_limited=self.rate_limits(files),
+                    unknown_reset=self.unknown_resets(files))
 
     # -- the pass ----------------------------------------------------------
     def run_pass(self, agents: list[Agent]) -> PassResult:
@@ -410,10 +411,11 @@ class Engine:
         if self.merges.step(self.merge_requests):   # a branch landed, or was sent back
             records = self.records(agents)
         facts = self.facts(agents, records)
+        files = self.rate_limit_files()
         decisions = plan(self.workspace, agents, facts, self.external_signals(),
                          self.running_elsewhere(agents), now=self.clock(),
-                         spent=self.spent(), rate_limited=self.rate_limits(),
-                         unknown_reset=self.unknown_resets())
+                         spent=self.spent(), rate_limited=self.rate_limits(files),
+                         unknown_reset=self.unknown_resets(files))
         for decision in decisions.values():
             if decision.timed and decision.wake_at is not None:
                 self.next_wake = min(self.next_wake, decision.wake_at)
@@ -594,23 +596,25 @@ class Engine:
                 spent["*"] = spent.get("*", 0.0) + record.spent_usd
         return spent
 
-    def rate_limits(self) -> dict[str, float]:
-        """Preset -> until when its CLI said it is rate limited (ratelimits/*.json)."""
+    def rate_limit_files(self) -> dict[str, dict]:
+        """Preset -> what ratelimits/<preset>.json says: one read of the
+        folder for both `rate_limits` and `unknown_resets`."""
         directory = self.layout.ratelimits_dir
-        limits = {}
-        for path in directory.glob("*.json") if directory.is_dir() else ():
-            data = read_json(path) or {}
-            if isinstance(data.get("until"), (int, float)):
-                limits[path.stem] = float(data["until"])
-        return limits
+        return {path.stem: read_json(path) or {}
+                for path in (directory.glob("*.json") if directory.is_dir() else ())}
 
-    def unknown_resets(self) -> frozenset[str]:
+    def rate_limits(self, files: dict[str, dict] | None = None) -> dict[str, float]:
+        """Preset -> until when its CLI said it is rate limited (ratelimits/*.json)."""
+        files = self.rate_limit_files() if files is None else files
+        return {preset: float(data["until"]) for preset, data in files.items()
+                if isinstance(data.get("until"), (int, float))}
+
+    def unknown_resets(self, files: dict[str, dict] | None = None) -> frozenset[str]:
         """Presets whose CLI did not say when its limit resets: their `until`
         is a backoff's guess, and a fallback does not wait for it."""
-        directory = self.layout.ratelimits_dir
-        return frozenset(path.stem for path in directory.glob("*.json")
-                         if (read_json(path) or {}).get("reset_known") is False
-                         ) if directory.is_dir() else frozenset()
+        files = self.rate_limit_files() if files is None else files
+        return frozenset(preset for preset, data in files.items()
+                         if data.get("reset_known") is False)
 
     def running_elsewhere(self, agents: list[Agent]) -> tuple[Agent, ...]:
         """Running agents outside the selection, read only when shared caps exist."""
